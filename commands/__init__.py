@@ -1,0 +1,58 @@
+"""The `ttx` command group. Subcommands load lazily so `ttx --help` never imports torch."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+# name -> (module under ttx.commands, one-line help shown by `ttx --help`)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "tts-run": ("tts_run", "Test-time scaling: sample, vote, search and refine with a model."),
+    "score": ("score", "Score tts-run records: accuracy, pass@k, maj@k, tokens, plots."),
+    "tlm-adapt": ("planned", "Test-Time Learning: LoRA on unlabeled test inputs (not built yet)."),
+    "perk-metatrain": ("planned", "PERK: meta-learn a LoRA that encodes long context (not built yet)."),
+    "inplace-ttt-convert": ("planned", "Make an In-Place TTT model from a checkpoint (not built yet)."),
+    "distill-to-mamba": ("planned", "Replace attention with Mamba-2 layers and distill (not built yet)."),
+    "memory-extract": ("planned", "Distil strategies from traces into a memory bank (not built yet)."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(SUBCOMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in SUBCOMMANDS:
+            return None
+        module_name, short_help = SUBCOMMANDS[name]
+        if module_name == "planned":
+            from ttx.commands.planned import planned_command
+            return planned_command(name, short_help)
+        module = importlib.import_module(f"ttx.commands.{module_name}")
+        command = module.command
+        command.short_help = short_help
+        return command
+
+    def invoke(self, ctx):
+        from ttx.errors import TtxError
+
+        try:
+            return super().invoke(ctx)
+        except TtxError as exc:
+            if os.environ.get("TTX_DEBUG") or (ctx.obj or {}).get("debug"):
+                raise
+            click.echo(f"ttx: error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ttx")
+@click.option("--debug", is_flag=True, help="Show tracebacks (also TTX_DEBUG=1).")
+@click.pass_context
+def cli(ctx, debug):
+    """ttx: test-time compute for language models. Each subcommand is one stage; stages talk
+    through files (JSONL records, safetensors checkpoints, PEFT adapters)."""
+    ctx.obj = {"debug": debug}

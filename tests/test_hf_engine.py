@@ -1,0 +1,115 @@
+"""The hf engine against plain transformers on a tiny random Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ttx.engines.base import SamplingParams
+from ttx.engines.hf import HFEngine
+
+PROMPTS = ["Tom has 3 apples and buys 5 more.", "Hi", "A much longer prompt, so that left padding "
+           "matters when the prompts of a chunk share one batch."]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return HFEngine(model=str(tiny_model_dir), device="cpu")
+
+
+def _reference_greedy(engine, prompt, max_new_tokens):
+    ids = torch.tensor([engine.encode(prompt)])
+    out = engine.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                max_new_tokens=max_new_tokens, eos_token_id=list(engine.eos_ids),
+                                pad_token_id=engine.pad_id)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def test_greedy_matches_transformers_generate_for_a_padded_batch(engine):
+    gens = engine.generate(PROMPTS, 2, SamplingParams(max_new_tokens=12))
+    for prompt, gen in zip(PROMPTS, gens):
+        want = _reference_greedy(engine, prompt, 12)
+        assert gen.prompt_tokens == len(engine.encode(prompt))
+        assert len(gen.traces) == 2
+        for trace in gen.traces:            # both copies of the shared prefill decode alike
+            assert trace.token_ids == want
+            assert trace.completion_tokens == len(want)
+            assert trace.finish_reason == ("length" if len(want) == 12 else "stop")
+
+
+def test_sampled_logprobs_match_a_full_forward_pass(engine):
+    """Sampled traces from the repeated KV cache score the same as re-encoding prompt + trace."""
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=3, logprobs=True)
+    gens = engine.generate(PROMPTS, 3, params)
+    for prompt, gen in zip(PROMPTS, gens):
+        prompt_ids = engine.encode(prompt)
+        texts = {tuple(t.token_ids) for t in gen.traces}
+        assert len(texts) > 1, "temperature 1 on a random model should give distinct traces"
+        for trace in gen.traces:
+            ids = torch.tensor([prompt_ids + trace.token_ids])
+            with torch.no_grad():
+                logp = torch.log_softmax(engine.model(ids).logits[0].float(), -1)
+            steps = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(trace.token_ids))
+            want = [logp[pos, tok].item() for pos, tok in zip(steps, trace.token_ids)]
+            assert trace.logprobs == pytest.approx(want, abs=1e-4)
+            assert all(c >= -1e-5 for c in trace.self_certainty)   # KL(U||p) is non-negative
+
+
+def test_seed_makes_sampling_repeatable(engine):
+    params = SamplingParams(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=11)
+    first = engine.generate(PROMPTS[:2], 4, params)
+    again = engine.generate(PROMPTS[:2], 4, params)
+    other = engine.generate(PROMPTS[:2], 4, SamplingParams(max_new_tokens=8, temperature=0.9,
+                                                         top_p=0.9, seed=12))
+    ids = lambda gens: [[t.token_ids for t in g.traces] for g in gens]  # noqa: E731
+    assert ids(first) == ids(again)
+    assert ids(first) != ids(other)
+
+
+def test_stop_string_cuts_the_text_and_ends_the_trace(engine):
+    free = engine.generate(PROMPTS[:1], 1, SamplingParams(max_new_tokens=12))[0].traces[0]
+    assert len(free.text) > 4
+    stop = free.text[2:4]                       # a string the greedy trace is known to produce
+    cut = engine.generate(PROMPTS[:1], 1, SamplingParams(max_new_tokens=12, stop=(stop,)))
+    trace = cut[0].traces[0]
+    assert trace.finish_reason == "stop"
+    assert trace.text == free.text[:free.text.find(stop)]
+    assert trace.completion_tokens < free.completion_tokens or free.text.endswith(stop)
+
+
+def test_first_finish_cancels_the_rest_of_that_prompt_only(engine):
+    sampling = dict(max_new_tokens=12, temperature=1.0, seed=5)
+    probe = engine.generate(PROMPTS[:2], 4, SamplingParams(**sampling))[0]
+    extra_eos = probe.traces[0].token_ids[3]          # makes traces end early, at varied steps
+    engine.eos_ids = set(engine.eos_ids) | {extra_eos}
+    try:
+        full = engine.generate(PROMPTS[:2], 4, SamplingParams(**sampling))
+        ffs = engine.generate(PROMPTS[:2], 4, SamplingParams(**sampling, stop_after_finished=1))
+    finally:
+        engine.eos_ids -= {extra_eos}
+    first = min(t.completion_tokens for t in full[0].traces)
+    assert first <= 4
+    # same seed, same steps until the first finish: the earliest traces finish, the rest stop there
+    for trace in ffs[0].traces:
+        assert trace.completion_tokens == first
+        assert trace.finish_reason in ("stop", "cancelled")
+    assert ffs[0].traces[0].finish_reason == "stop" and ffs[0].traces[0].finish_order == 0
+    n_first = sum(t.completion_tokens == first for t in full[0].traces)
+    assert sum(t.finish_reason == "cancelled" for t in ffs[0].traces) == 4 - n_first
+    # the other prompt keeps its own schedule: its traces run until its own first finish
+    second = min(t.completion_tokens for t in full[1].traces)
+    assert all(t.completion_tokens == second for t in ffs[1].traces)
+
+
+def test_finished_rows_leave_and_others_continue(engine):
+    """Rows of a prompt that finished early must not disturb the continuing prompts."""
+    alone = engine.generate(PROMPTS[2:], 1, SamplingParams(max_new_tokens=16))[0].traces[0]
+    first = _reference_greedy(engine, PROMPTS[1], 2)[1]
+    engine.eos_ids = set(engine.eos_ids) | {first}
+    try:
+        gens = engine.generate(PROMPTS[1:], 1, SamplingParams(max_new_tokens=16))
+    finally:
+        engine.eos_ids -= {first}
+    assert gens[0].traces[0].completion_tokens <= 2
+    if first not in alone.token_ids:
+        assert gens[1].traces[0].token_ids == alone.token_ids

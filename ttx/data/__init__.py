@@ -1,0 +1,1 @@
+"""Problem sets that ttx generates itself (no downloads)."""

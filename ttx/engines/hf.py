@@ -1,0 +1,188 @@
+"""Local generation with transformers: n traces per prompt decoded in lockstep from one prefill.
+
+Each prompt is encoded once; its KV cache is repeated n times (not n prefills). Traces that
+finish leave the batch at once, so later steps only pay for live rows, and a caller can cancel a
+prompt's remaining traces once k of them have finished (First Finish Search).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ttx.engines.base import Generation, Prompt, SamplingParams, Trace
+from ttx.models import load_model, render_prompt
+
+
+@dataclass
+class _Row:
+    prompt: int                      # index of the prompt within the group
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    certainty: list[float] = field(default_factory=list)
+
+
+class HFEngine:
+    name = "hf"
+
+    def __init__(self, model: str = "smollm2-135m-instruct", device: str = "auto",
+                 dtype: str = "auto", adapter: str | None = None, max_batch_rows: int = 64,
+                 loaded=None):
+        """`loaded` takes an already loaded (model, tokenizer) pair instead of a spec."""
+        if loaded is None:
+            self.model, self.tokenizer, _ = load_model(model, device, dtype)
+        else:
+            self.model, self.tokenizer = loaded
+        if adapter:
+            from peft import PeftModel
+            self.model = PeftModel.from_pretrained(self.model, adapter).eval()
+        self.model_name = str(model)
+        self.device = next(self.model.parameters()).device
+        self.max_batch_rows = max_batch_rows
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None:
+            eos.append(self.tokenizer.eos_token_id)
+        self.eos_ids = set(eos)
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = next(iter(self.eos_ids), 0)
+
+    def close(self) -> None:
+        pass
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        text = render_prompt(self.tokenizer, prompt)
+        # A chat template already wrote the special tokens; raw text gets the model's usual ones.
+        return self.tokenizer(text, add_special_tokens=isinstance(prompt, str)).input_ids
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[Prompt], n: int, params: SamplingParams) -> list[Generation]:
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        encoded = [self.encode(p) for p in prompts]
+        per_group = max(1, self.max_batch_rows // max(n, 1))
+        results: list[Generation] = []
+        for start in range(0, len(encoded), per_group):
+            results += self._generate_group(encoded[start:start + per_group], n, params, generator)
+        return results
+
+    def _generate_group(self, encoded: list[list[int]], n: int, params: SamplingParams,
+                        generator) -> list[Generation]:
+        t0 = time.perf_counter()
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for i, ids in enumerate(encoded):           # left padding: every row ends at `width`
+            input_ids[i, width - len(ids):] = torch.tensor(ids)
+            mask[i, width - len(ids):] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+        from transformers import DynamicCache
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        # Share the prefill: repeat each prompt's cache n times instead of encoding it n times.
+        cache.batch_repeat_interleave(n)
+        logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)
+        mask = mask.repeat_interleave(n, dim=0)
+        next_pos = positions[:, -1].repeat_interleave(n, dim=0) + 1
+
+        rows = [_Row(prompt=i) for i in range(len(encoded)) for _ in range(n)]
+        traces: list[list[Trace]] = [[] for _ in encoded]
+        finished_count = [0] * len(encoded)
+        live = list(range(len(rows)))               # rows still in the batch, in batch order
+        stop_after = params.stop_after_finished
+
+        for step in range(params.max_new_tokens):
+            tokens = self._sample(logits, params, generator)
+            if params.logprobs:
+                logp = torch.log_softmax(logits, dim=-1)
+                chosen = logp.gather(1, tokens[:, None]).squeeze(1).tolist()
+                # Self-certainty: KL(U || p) = -log V - mean_j log p_j (Kang et al. 2025, eq. 4)
+                certainty = (-math.log(logp.shape[-1]) - logp.mean(-1)).tolist()
+            token_list = tokens.tolist()
+            keep: list[int] = []
+            for b, r in enumerate(live):
+                row = rows[r]
+                tok = token_list[b]
+                row.ids.append(tok)
+                if params.logprobs:
+                    row.logprobs.append(chosen[b])
+                    row.certainty.append(certainty[b])
+                reason, text = self._finish(row, tok, params, step)
+                if reason is None:
+                    keep.append(b)
+                    continue
+                traces[row.prompt].append(self._trace(row, text, reason, finished_count))
+            # First Finish Search: cancel the other traces of prompts that have k finished ones.
+            if stop_after is not None:
+                cancelled = [b for b in keep if finished_count[rows[live[b]].prompt] >= stop_after]
+                for b in cancelled:
+                    row = rows[live[b]]
+                    traces[row.prompt].append(self._trace(row, None, "cancelled", None))
+                keep = [b for b in keep if finished_count[rows[live[b]].prompt] < stop_after]
+            if not keep:
+                break
+            if len(keep) < len(live):             # finished traces leave the batch
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                tokens, mask, next_pos = tokens[index], mask[index], next_pos[index]
+                live = [live[b] for b in keep]
+            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+            out = self.model(input_ids=tokens[:, None], attention_mask=mask,
+                             position_ids=next_pos[:, None], cache=cache, use_cache=True)
+            logits = out.logits[:, -1].float()
+            next_pos = next_pos + 1
+        wall = time.perf_counter() - t0
+        return [Generation(traces=sorted(t, key=_finish_key), prompt_tokens=len(ids), wall_s=wall)
+                for t, ids in zip(traces, encoded)]
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
+        if params.temperature <= 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits / params.temperature, dim=-1)
+        if params.top_p < 1.0:                      # nucleus: keep the smallest set with mass >= p
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > params.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+    def _finish(self, row: _Row, tok: int, params: SamplingParams, step: int):
+        """(finish_reason, text) when the row is done after `tok`, else (None, None)."""
+        if tok in self.eos_ids:
+            return "stop", self.tokenizer.decode(row.ids[:-1], skip_special_tokens=True)
+        if params.stop:
+            tail = self.tokenizer.decode(row.ids[-16:], skip_special_tokens=True)
+            if any(s in tail for s in params.stop):
+                text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+                cut = min(text.find(s) for s in params.stop if s in text)
+                return "stop", text[:cut]
+        if step + 1 >= params.max_new_tokens:
+            return "length", self.tokenizer.decode(row.ids, skip_special_tokens=True)
+        return None, None
+
+    def _trace(self, row: _Row, text: str | None, reason: str, finished_count) -> Trace:
+        order = None
+        if finished_count is not None:
+            order = finished_count[row.prompt]
+            finished_count[row.prompt] += 1
+        if text is None:
+            text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+        return Trace(text=text, completion_tokens=len(row.ids), finish_reason=reason,
+                     token_ids=list(row.ids),
+                     logprobs=list(row.logprobs) if row.logprobs else None,
+                     self_certainty=list(row.certainty) if row.certainty else None,
+                     finish_order=order)
+
+
+def _finish_key(trace: Trace):
+    # finished traces first in finishing order, then cancelled ones
+    return (trace.finish_order is None, trace.finish_order or 0)

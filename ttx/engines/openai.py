@@ -1,0 +1,488 @@
+"""The `openai` engine: any OpenAI-compatible server (vLLM, SGLang, llama.cpp server) over HTTP.
+
+    engine = OpenAIEngine(base_url="http://127.0.0.1:8000/v1")      # model: the server's first
+    gens = engine.generate(["2+2="], n=4, SamplingParams(max_new_tokens=32, temperature=0.7))
+
+Chat prompts (a list of messages) go to /chat/completions, where the server applies the model's
+chat template; a str prompt goes to /completions as it is. The n traces of a prompt are asked for
+in one request (`n`), so the server shares the prompt's prefill; requests for different prompts run
+concurrently on threads, at most `concurrency` in flight.
+
+Token counts are exact per trace. vLLM and SGLang report `usage` per request, summed over the n
+choices, so the engine always asks for the sampled token's log-probability (`logprobs=0` on
+/completions, `logprobs=true, top_logprobs=0` on /chat/completions): the server returns one entry
+per generated token of each choice, and their count is that choice's completion_tokens (tokens
+that produced a stop string included, as in `usage`). A choice's `token_ids` (vLLM with
+extra_body={"return_token_ids": True}) are used, and kept in Trace.token_ids, where present. A
+server that returns neither, or fewer choices than asked (llama.cpp ignores `n`), is then asked
+one trace per request, whose `usage` is exact; the engine remembers that for its lifetime.
+
+Log-probabilities are the server's: vLLM returns them from the raw model output (temperature 1)
+by default. Trace.self_certainty stays None: a server returns a few top log-probabilities, not
+the full distribution KL(uniform || p) needs.
+
+First Finish Search (params.stop_after_finished=k) streams the request; once k traces of a
+prompt have finished, the stream is closed (vLLM aborts the request on disconnect) and the other
+traces come back with finish_reason "cancelled" and the tokens received so far (counted from the
+streamed log-probability entries). finish_order numbers traces in the order they finished; for a
+non-streamed request, whose n choices are decoded in lockstep, that is the order of their token
+counts (ties by index).
+
+At temperature 0 the n traces are identical (and vLLM refuses n > 1), so one is generated and
+copied n times; each copy counts its tokens, as n greedy sequences would.
+
+Retries: connection errors, 429 and 5xx are retried up to max_retries times with exponential
+backoff and full jitter (honouring Retry-After); other 4xx and read timeouts are not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import httpx
+
+from ttx.engines.base import Generation, Prompt, SamplingParams, Trace
+from ttx.errors import TtxError
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+# Failures before or while talking to the server that a retry can fix. A ReadTimeout is not among
+# them: a server that took timeout_s once will likely take it again.
+_RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
+                 httpx.ReadError, httpx.WriteError, httpx.PoolTimeout)
+
+
+class _Retryable(Exception):
+    """An attempt that failed in a way the next attempt may not (429, 5xx, a dropped connection)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Inexact(Exception):
+    """The server gave no per-choice token count for a multi-choice request."""
+
+
+@dataclass
+class _PromptState:
+    """What the requests of one prompt share: their traces, the finish count, the clock."""
+
+    n: int
+    traces: list = field(default_factory=list)
+    finished: int = 0
+    prompt_tokens: int = 0
+    start: float | None = None
+    end: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        self.traces = [None] * self.n
+
+    def finish(self, stop_after: int | None) -> tuple[int | None, bool]:
+        """Count one finished trace; return (its finish_order, whether the prompt is done).
+
+        A trace finishing after the prompt is done is cancelled (order None): FFS keeps k.
+        """
+        with self.lock:
+            if stop_after is not None and self.finished >= stop_after:
+                return None, True
+            order = self.finished
+            self.finished += 1
+            return order, stop_after is not None and self.finished >= stop_after
+
+    def done(self, stop_after: int | None) -> bool:
+        with self.lock:
+            return stop_after is not None and self.finished >= stop_after
+
+
+class OpenAIEngine:
+    """Generate through an OpenAI-compatible HTTP server (see the module docstring)."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str | None = None, model: str | None = None,
+                 api_key: str | None = None, concurrency: int = 8, timeout_s: float = 600.0,
+                 max_retries: int = 4, backoff_s: float = 0.5, extra_body: dict | None = None,
+                 transport: httpx.BaseTransport | None = None):
+        """base_url: e.g. http://127.0.0.1:8000/v1 (default $TTX_BASE_URL, else that URL);
+        model: the name the server serves (None: the first of GET /models);
+        api_key: sent as a Bearer token (default $TTX_API_KEY; empty sends none);
+        concurrency: most requests in flight; timeout_s: per request;
+        max_retries: retries after the first attempt; backoff_s: the first backoff's scale;
+        extra_body: server-specific fields added to every request (e.g. vLLM's top_k);
+        transport: an httpx transport (tests wrap the default one)."""
+        if concurrency < 1:
+            raise TtxError(f"concurrency must be >= 1, got {concurrency}")
+        self.base_url = (base_url or os.environ.get("TTX_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        api_key = os.environ.get("TTX_API_KEY", "") if api_key is None else api_key
+        self.concurrency = concurrency
+        self.max_retries = max(0, int(max_retries))
+        self.backoff_s = backoff_s
+        self.extra_body = dict(extra_body or {})
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._one_per_request = False      # set once the server proved it cannot do n per request
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(
+            base_url=self.base_url, headers=headers, transport=transport,
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+        self.model_name = model or self._first_model()
+
+    # ---------------------------------------------------------------- HTTP with retries
+
+    def _attempts(self, what: str, call):
+        """Run call() until it succeeds, retrying _Retryable failures with backoff."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                with self._slots:
+                    return call()
+            except _RETRY_ERRORS as exc:
+                err = _Retryable(f"{type(exc).__name__}: {exc}")
+            except _Retryable as exc:
+                err = exc
+            except httpx.TimeoutException:
+                raise TtxError(f"{self.base_url}{what}: no answer within "
+                               f"{self._client.timeout.read}s (timeout_s)") from None
+            if attempt == self.max_retries:
+                raise TtxError(f"cannot get an answer from the server at {self.base_url}{what} "
+                               f"after {attempt + 1} attempt(s): {err}") from None
+            delay = random.uniform(0, self.backoff_s * 2 ** attempt)     # full jitter
+            if err.retry_after is not None:
+                delay = max(delay, min(err.retry_after, 60.0))
+            time.sleep(delay)
+
+    def _check(self, response: httpx.Response, what: str) -> None:
+        """Raise _Retryable for 429/5xx and TtxError (with the server's message) for other 4xx."""
+        if response.status_code < 400:
+            return
+        response.read()
+        message = _error_message(response)
+        if response.status_code in _RETRY_STATUS or response.status_code >= 500:
+            try:
+                retry_after = float(response.headers.get("retry-after", ""))
+            except ValueError:
+                retry_after = None
+            raise _Retryable(f"HTTP {response.status_code}: {message}", retry_after)
+        raise TtxError(f"{self.base_url}{what}: HTTP {response.status_code}: {message}")
+
+    def _get_json(self, path: str) -> dict:
+        def call():
+            response = self._client.get(path)
+            self._check(response, path)
+            return response.json()
+        return self._attempts(path, call)
+
+    def _first_model(self) -> str:
+        models = self._get_json("/models").get("data") or []
+        if not models:
+            raise TtxError(f"{self.base_url}/models: the server lists no model; pass model=")
+        return models[0]["id"]
+
+    # ---------------------------------------------------------------- requests
+
+    def _body(self, prompt: Prompt, n: int, params: SamplingParams, seed: int | None,
+              stream: bool) -> tuple[str, dict]:
+        body = {"model": self.model_name, "n": n, "max_tokens": params.max_new_tokens,
+                "temperature": params.temperature, "top_p": params.top_p}
+        if seed is not None:
+            body["seed"] = seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if isinstance(prompt, str):
+            path = "/completions"
+            body["prompt"] = prompt
+            body["logprobs"] = 0            # the sampled token's log-probability only
+        else:
+            path = "/chat/completions"
+            body["messages"] = prompt
+            body["logprobs"] = True
+            body["top_logprobs"] = 0
+        if stream:
+            body["stream"] = True
+            # continuous_usage_stats (vLLM) reports prompt_tokens on every chunk, so a stream
+            # closed early still knows them; other servers ignore it.
+            body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+        body.update(self.extra_body)
+        return path, body
+
+    def _complete(self, prompt: Prompt, n: int, params: SamplingParams, seed: int | None,
+                  state: _PromptState, first: int) -> int:
+        """One non-streamed request for n choices; fill state.traces[first:]; return how many."""
+        path, body = self._body(prompt, n, params, seed, stream=False)
+
+        def call():
+            response = self._client.post(path, json=body)
+            self._check(response, path)
+            return response.json()
+        data = self._attempts(path, call)
+        usage = data.get("usage") or {}
+        choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))[:n]
+        if not choices:
+            raise TtxError(f"{self.base_url}{path}: the answer has no choices: {str(data)[:300]}")
+        counts = [_choice_tokens(c) for c in choices]
+        if len(choices) == 1 and counts[0] is None:
+            counts[0] = usage.get("completion_tokens")
+        if any(c is None for c in counts):
+            raise _Inexact()
+        traces = [Trace(text=_choice_text(c), completion_tokens=k,
+                        finish_reason=_finish_reason(c.get("finish_reason")),
+                        token_ids=list(c.get("token_ids") or []),
+                        logprobs=_choice_logprobs(c) if params.logprobs else None)
+                  for c, k in zip(choices, counts)]
+        with state.lock:
+            state.prompt_tokens = state.prompt_tokens or int(usage.get("prompt_tokens") or 0)
+            state.traces[first:first + len(traces)] = traces
+        return len(traces)
+
+    def _stream(self, prompt: Prompt, n: int, params: SamplingParams, seed: int | None,
+                state: _PromptState, first: int) -> int:
+        """One streamed request for n choices, closed once the prompt has k finished traces."""
+        k = params.stop_after_finished
+        if state.done(k):
+            return 0
+        path, body = self._body(prompt, n, params, seed, stream=True)
+
+        counted = []      # finishes this request added to the prompt's count
+
+        def call():
+            if counted:       # a retry would count those finishes twice
+                raise TtxError(f"{self.base_url}{path}: the stream broke after traces finished")
+            parts = [_Partial() for _ in range(n)]
+            with self._client.stream("POST", path, json=body) as response:
+                self._check(response, path)
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        break
+                    chunk = json.loads(payload)
+                    if chunk.get("error"):
+                        raise _Retryable(f"stream error: {_error_text(chunk['error'])}")
+                    usage = chunk.get("usage") or {}
+                    if usage.get("prompt_tokens"):
+                        with state.lock:
+                            state.prompt_tokens = state.prompt_tokens or int(usage["prompt_tokens"])
+                    if len(chunk.get("choices") or []) == 0 and n == 1 and usage:
+                        parts[0].usage_tokens = usage.get("completion_tokens")
+                    prompt_done = False
+                    for c in chunk.get("choices") or []:
+                        index = c.get("index", 0)
+                        if index >= n:
+                            continue
+                        part = parts[index]
+                        part.add(c)
+                        if part.finish_reason is not None and part.order is None:
+                            part.order, prompt_done = state.finish(k)
+                            counted.append(part.order)
+                            if part.order is None:          # finished after the k-th: too late
+                                part.finish_reason = None
+                    if prompt_done or state.done(k):
+                        break                              # closing the stream aborts the rest
+            return parts
+
+        parts = self._attempts(path, call)
+        if not state.done(k):
+            # A server that ignores n sends fewer choices: keep those, _run asks for the rest.
+            parts = parts[:next((i for i, p in enumerate(parts) if not p.seen), n)]
+            if not parts:
+                raise TtxError(f"{self.base_url}{path}: the stream ended without a choice")
+        traces = []
+        for p in parts:
+            count = p.tokens
+            if n == 1 and p.finish_reason is not None and p.usage_tokens is not None:
+                count = p.usage_tokens
+            traces.append(Trace(text="".join(p.text), completion_tokens=count,
+                                finish_reason=_finish_reason(p.finish_reason),
+                                token_ids=p.token_ids,
+                                logprobs=p.logprobs if params.logprobs else None,
+                                finish_order=p.order))
+        with state.lock:
+            state.traces[first:first + len(traces)] = traces
+        return len(traces)
+
+    # ---------------------------------------------------------------- generate
+
+    def _run(self, prompt: Prompt, n: int, first: int, params: SamplingParams,
+             state: _PromptState) -> None:
+        """Fill state.traces[first:first+n], in one request where the server allows."""
+        with state.lock:
+            state.start = time.perf_counter() if state.start is None else state.start
+        request = self._stream if params.stop_after_finished is not None else self._complete
+        done = 0
+        while done < n:
+            ask = 1 if self._one_per_request else n - done
+            index = first + done
+            # Trace i of a prompt gets seed + i when asked alone, so traces differ yet repeat.
+            seed = None if params.seed is None else params.seed + index
+            try:
+                got = request(prompt, ask, params, seed, state, index)
+            except _Inexact:
+                if ask == 1:
+                    raise TtxError(f"{self.base_url}: the server returned no token count for a "
+                                   "single-choice request") from None
+                self._one_per_request = True
+                continue
+            if got == 0:            # FFS: the prompt already has its k finished traces
+                break
+            if got < ask:           # the server ignores n: ask one trace per request from now
+                self._one_per_request = True
+            done += got
+        with state.lock:
+            state.end = max(state.end, time.perf_counter())
+
+    def generate(self, prompts: list[Prompt], n: int, params: SamplingParams) -> list[Generation]:
+        """Generate n traces for each prompt; results come back in prompt order."""
+        if n < 1:
+            raise TtxError(f"n must be >= 1, got {n}")
+        # Greedy traces are all the same, and vLLM refuses n > 1 at temperature 0: generate
+        # one and copy it.
+        asked = 1 if params.temperature == 0 else n
+        states = [_PromptState(asked) for _ in prompts]
+        # One unit of work per prompt (or per trace, for a server that ignores n).
+        per = 1 if self._one_per_request else asked
+        units = [(p, first) for p in range(len(prompts)) for first in range(0, asked, per)]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(units)))) as pool:
+            futures = [pool.submit(self._run, prompts[p], min(per, asked - first), first, params,
+                                   states[p]) for p, first in units]
+            for future in futures:
+                future.result()
+        generations = []
+        for state in states:
+            traces = [t or Trace(text="", completion_tokens=0, finish_reason="cancelled")
+                      for t in state.traces]
+            if asked < n:
+                traces = _copies(traces[0], n, params.stop_after_finished)
+            elif params.stop_after_finished is None:
+                _order_by_length(traces)
+            generations.append(Generation(traces=traces, prompt_tokens=state.prompt_tokens,
+                                          wall_s=state.end - (state.start or state.end)))
+        return generations
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _Partial:
+    """One streamed choice as it arrives."""
+
+    def __init__(self):
+        self.text: list[str] = []
+        self.logprobs: list[float] = []
+        self.token_ids: list[int] = []
+        self.tokens = 0
+        self.deltas = 0
+        self.has_logprobs = False
+        self.seen = False
+        self.finish_reason: str | None = None
+        self.order: int | None = None
+        self.usage_tokens: int | None = None
+
+    def add(self, c: dict) -> None:
+        self.seen = True
+        if self.finish_reason is not None:
+            return
+        text = c.get("text")
+        if text is None:
+            text = (c.get("delta") or {}).get("content")
+        if text:
+            self.text.append(text)
+            self.deltas += 1
+        self.token_ids.extend(c.get("token_ids") or [])
+        logprobs = _choice_logprobs(c)
+        if logprobs is not None:
+            self.logprobs.extend(logprobs)
+            self.has_logprobs = True
+        # Per-token entries count exactly; without them, one delta per token (llama.cpp does so).
+        if self.token_ids:
+            self.tokens = len(self.token_ids)
+        else:
+            self.tokens = len(self.logprobs) if self.has_logprobs else self.deltas
+        if c.get("finish_reason"):
+            self.finish_reason = c["finish_reason"]
+
+
+def _choice_text(c: dict) -> str:
+    if "text" in c:
+        return c["text"] or ""
+    return ((c.get("message") or {}).get("content")) or ""
+
+
+def _choice_logprobs(c: dict) -> list[float] | None:
+    """The sampled tokens' log-probabilities of a choice or chunk (/completions or /chat)."""
+    lp = c.get("logprobs")
+    if not lp:
+        return None
+    if "content" in lp:                                     # chat: [{token, logprob, ...}]
+        return [float(e["logprob"]) for e in lp["content"] or []]
+    if "token_logprobs" in lp:                              # completions
+        return [float(x) if x is not None else 0.0 for x in lp["token_logprobs"] or []]
+    return None
+
+
+def _choice_tokens(c: dict) -> int | None:
+    if c.get("token_ids"):
+        return len(c["token_ids"])
+    logprobs = _choice_logprobs(c)
+    return len(logprobs) if logprobs is not None else None
+
+
+def _finish_reason(reason: str | None) -> str:
+    if reason is None:
+        return "cancelled"
+    return "length" if reason == "length" else "stop"     # stop, eos, stop string, tool call
+
+
+def _order_by_length(traces: list[Trace]) -> None:
+    """finish_order for lockstep decoding: fewer tokens finished first."""
+    ranked = sorted(range(len(traces)), key=lambda i: (traces[i].completion_tokens, i))
+    order = 0
+    for i in ranked:
+        if traces[i].finish_reason != "cancelled":
+            traces[i].finish_order = order
+            order += 1
+
+
+def _copies(trace: Trace, n: int, stop_after: int | None) -> list[Trace]:
+    """n copies of a greedy trace; with FFS, those past the k-th count as cancelled."""
+    copies = [dataclasses.replace(trace, token_ids=list(trace.token_ids),
+                                  logprobs=None if trace.logprobs is None else list(trace.logprobs))
+              for _ in range(n)]
+    for i, t in enumerate(copies):
+        if t.finish_reason == "cancelled" or (stop_after is not None and i >= stop_after):
+            t.finish_reason, t.finish_order = "cancelled", None
+        else:
+            t.finish_order = i
+    return copies
+
+
+def _error_text(error) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or error)
+    return str(error)
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(data, dict):
+        for key in ("error", "message", "detail"):
+            if data.get(key):
+                return _error_text(data[key])[:500]
+    return str(data)[:500]

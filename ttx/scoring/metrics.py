@@ -1,0 +1,155 @@
+"""Per-run metrics over tts-run records: accuracy, pass@k, maj@k, token and time costs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Sequence
+
+from ttx.scoring.answers import answers_equal, extract_answer, normalize_answer
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of Chen et al. 2021 (arXiv 2107.03374, eq. 1): 1 - C(n-c, k) / C(n, k),
+    in the numerically stable product form of their Figure 3."""
+    if not 0 <= c <= n or k < 1:
+        raise ValueError(f"pass@k needs 0 <= c <= n and k >= 1 (n={n}, c={c}, k={k})")
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def maj_at_k(preds: Sequence[str | None], gold: str | None, k: int, bootstrap: int = 0,
+             rng: random.Random | None = None) -> float:
+    """maj@k: 1.0 if the majority vote over the first k predictions equals gold, else 0.0.
+
+    With bootstrap=B > 0: the mean over B random k-subsets (each kept in trace order, so a tie
+    still goes to the answer seen first); when C(n, k) <= B, the exact mean over all k-subsets,
+    which is what the draws estimate. rng defaults to random.Random(0).
+    """
+    if k < 1 or k > len(preds):
+        raise ValueError(f"maj@{k} needs 1 <= k <= {len(preds)} predictions")
+    # normalise once; a vote is then a count over keys (same rule as answers.majority_vote)
+    keys = [normalize_answer(p) for p in preds]
+    verdict: dict[str, bool] = {}  # one equivalence check per answer class
+
+    def correct(idx: Sequence[int]) -> bool:
+        counts: dict[str, int] = {}
+        first: dict[str, int] = {}
+        for i in idx:
+            if keys[i] is not None:
+                counts[keys[i]] = counts.get(keys[i], 0) + 1
+                first.setdefault(keys[i], i)
+        if not counts:
+            return False
+        best = max(counts.values())
+        key = next(key for key in first if counts[key] == best)  # tie: the class seen first
+        if key not in verdict:
+            verdict[key] = answers_equal(preds[first[key]], gold)
+        return verdict[key]
+
+    if bootstrap <= 0:
+        return float(correct(range(k)))
+    if math.comb(len(preds), k) <= bootstrap:  # fewer subsets than draws: the exact mean
+        subsets = list(itertools.combinations(range(len(preds)), k))
+        return sum(correct(idx) for idx in subsets) / len(subsets)
+    rng = rng or random.Random(0)
+    hits = sum(correct(sorted(rng.sample(range(len(preds)), k))) for _ in range(bootstrap))
+    return hits / bootstrap
+
+
+def gold_answer(record: dict, answer_field: str = "answer") -> str | None:
+    """The record's gold final answer, through the same extractor as predictions."""
+    raw = record.get(answer_field)
+    return None if raw is None else extract_answer(str(raw))
+
+
+def trace_preds(record: dict) -> list[str | None]:
+    """The extracted answer of each trace (its `pred`, else extracted from its `text`)."""
+    out = []
+    for trace in record.get("traces") or []:
+        if not isinstance(trace, dict):
+            out.append(None)
+        elif "pred" in trace:
+            out.append(trace["pred"])
+        else:
+            out.append(extract_answer(trace.get("text")))
+    return out
+
+
+def record_correct(record: dict, answer_field: str = "answer") -> bool:
+    """Is the record's `pred` right? Always recomputed; a stored `correct` is never trusted."""
+    pred = record.get("pred")
+    return answers_equal(None if pred is None else str(pred), gold_answer(record, answer_field))
+
+
+def _traces_correct(preds: Sequence[str | None], gold: str | None) -> list[bool]:
+    """Each trace's verdict, one equivalence check per answer class."""
+    verdict: dict[str | None, bool] = {}
+    out = []
+    for p in preds:
+        key = normalize_answer(p)
+        if key not in verdict:
+            verdict[key] = answers_equal(p, gold)
+        out.append(verdict[key])
+    return out
+
+
+def default_ks(max_n: int, extra: Sequence[int] = ()) -> list[int]:
+    """Powers of two up to max_n, plus the extra k values asked for."""
+    ks, k = set(), 1
+    while k <= max_n:
+        ks.add(k)
+        k *= 2
+    ks.update(int(x) for x in extra if int(x) >= 1)
+    return sorted(ks)
+
+
+def _mean(values: list) -> float | None:
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def summarize(records: Sequence[dict], *, answer_field: str = "answer", ks: Sequence[int] = (),
+              bootstrap: int = 0, seed: int = 0,
+              correct: Sequence[bool] | None = None) -> dict:
+    """A flat summary of one group of records (one run, or one level of a run).
+
+    Keys: n_records, accuracy, pass@k and maj@k for k = 1, 2, 4, ... up to the largest trace
+    count plus `ks` (each averaged over the records with at least k traces; None where none
+    has), mean_completion_tokens, mean_sequential_tokens, mean_prompt_tokens,
+    accuracy_per_1k_tokens (accuracy / mean completion tokens * 1000), mean_wall_s,
+    mean_traces. `correct` (the record verdicts, if already computed) saves recomputing them.
+    """
+    if correct is None:
+        correct = [record_correct(r, answer_field) for r in records]
+    rng = random.Random(seed)
+    golds = [gold_answer(r, answer_field) for r in records]
+    preds = [trace_preds(r) for r in records]
+    trace_ok = [_traces_correct(ps, g) for ps, g in zip(preds, golds)]
+    max_n = max((len(p) for p in preds), default=0)
+
+    out: dict = {"n_records": len(records),
+                 "accuracy": (sum(correct) / len(records)) if records else None}
+    for k in default_ks(max_n, ks):
+        eligible = [i for i, p in enumerate(preds) if len(p) >= k]
+        out[f"pass@{k}"] = (sum(pass_at_k(len(preds[i]), sum(trace_ok[i]), k) for i in eligible)
+                            / len(eligible)) if eligible else None
+    for k in default_ks(max_n, ks):
+        eligible = [i for i, p in enumerate(preds) if len(p) >= k]
+        out[f"maj@{k}"] = (sum(maj_at_k(preds[i], golds[i], k, bootstrap, rng) for i in eligible)
+                           / len(eligible)) if eligible else None
+    out["mean_traces"] = _mean([len(p) for p in preds])
+    for field in ("completion_tokens", "sequential_tokens", "prompt_tokens"):
+        out[f"mean_{field}"] = _mean([r.get(field) for r in records])
+    tokens = out["mean_completion_tokens"]
+    out["accuracy_per_1k_tokens"] = (out["accuracy"] / tokens * 1000.0
+                                     if tokens and out["accuracy"] is not None else None)
+    out["mean_wall_s"] = _mean([r.get("wall_s") for r in records])
+    return out

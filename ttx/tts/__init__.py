@@ -1,0 +1,1 @@
+"""Test-time scaling strategies on top of one engine interface."""
