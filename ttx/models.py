@@ -117,14 +117,31 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve_model(spec)
+    check_causal_lm(folder)
     device = pick_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=pick_dtype(dtype, device))
     except (ValueError, KeyError) as exc:
-        raise TtxError(f"cannot load as a causal language model ({exc})", path=str(folder)) from None
+        raise TtxError(f"cannot load as a causal language model ({exc})".splitlines()[0],
+                       path=str(folder)) from None
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model.to(device).eval()
     return model, tokenizer, folder
+
+
+def check_causal_lm(folder: Path) -> None:
+    """Refuse a checkpoint whose saved architecture is not a causal language model."""
+    import json
+
+    path = Path(folder) / "config.json"
+    try:
+        architectures = json.loads(path.read_text()).get("architectures") or []
+    except json.JSONDecodeError as exc:
+        raise TtxError(f"not valid JSON ({exc.msg})", path=str(path), line=exc.lineno) from None
+    generative = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+    if architectures and not any(a.endswith(generative) for a in architectures):
+        raise TtxError(f"checkpoint of architecture {', '.join(architectures)} is not a causal "
+                       "language model", path=str(folder), field="architectures")
 
 
 def render_prompt(tokenizer, prompt) -> str:

@@ -1,0 +1,127 @@
+"""tts-run end to end through the real CLI on a tiny model: records, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import GSM8K, run_cli
+from ttx.data.arith import generate
+from ttx.scoring.answers import answers_equal, extract_answer, majority_vote
+
+
+def _problems(tmp_path, n=5, seed=7):
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in generate(n, seed)))
+    return path
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _tts(model, problems, out, *extra):
+    return run_cli(["tts-run", "--model", model, "-i", problems, "-o", out, "--max-new-tokens",
+                    "6", "--no-progress", *extra])
+
+
+def test_majority_records_carry_every_trace(tmp_path, tiny_model_dir):
+    problems, out = _problems(tmp_path), tmp_path / "out.jsonl"
+    result = _tts(tiny_model_dir, problems, out, "--strategy", "majority", "--n", "4")
+    assert result.exit_code == 0, result.output
+    records = _records(out)
+    assert [r["id"] for r in records] == [p["id"] for p in generate(5, 7)]
+    for r in records:
+        assert r["strategy"] == "majority" and r["n"] == 4 and len(r["traces"]) == 4
+        for t in r["traces"]:
+            assert 1 <= t["completion_tokens"] <= 6
+            assert t["pred"] == extract_answer(t["text"])
+            assert t["finish_reason"] in ("stop", "length")
+        assert r["pred"] == majority_vote([t["pred"] for t in r["traces"]])
+        assert r["completion_tokens"] == sum(t["completion_tokens"] for t in r["traces"])
+        assert r["sequential_tokens"] == max(t["completion_tokens"] for t in r["traces"])
+        assert r["prompt_tokens"] > 10 and r["wall_s"] >= 0 and r["model"] == str(tiny_model_dir)
+    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+    assert manifest["stage"] == "tts-run" and manifest["summary"]["written"] == 5
+    assert manifest["inputs"][0]["sha256"]
+
+
+def test_interrupted_run_resumes_to_the_same_records(tmp_path, tiny_model_dir):
+    problems = _problems(tmp_path, n=5)
+    args = ("--strategy", "sample", "--n", "3", "--temperature", "1.0", "--batch-size", "2")
+    whole = tmp_path / "whole.jsonl"
+    assert _tts(tiny_model_dir, problems, whole, *args).exit_code == 0
+    # an interruption after 3 records, mid-chunk, with a torn last line
+    part = tmp_path / "part.jsonl"
+    lines = whole.read_text().splitlines(keepends=True)
+    part.write_text("".join(lines[:3]) + lines[3][:40])
+    result = _tts(tiny_model_dir, problems, part, *args, "--resume")
+    assert result.exit_code == 0, result.output
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_s"} for r in rs]  # noqa: E731
+    assert strip(_records(part)) == strip(_records(whole))
+
+
+def test_broken_jsonl_line_is_named(tmp_path, tiny_model_dir):
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"id": 1, "question": "a?"}\n{"id": 2, "question": \n')
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": 0, "keep": true}\n')
+    result = _tts(tiny_model_dir, problems, out, "--resume")
+    assert result.exit_code == 2
+    assert f"{problems}:2:" in result.output and "not valid JSON" in result.output
+    assert out.read_text() == '{"id": 0, "keep": true}\n'      # nothing already written is lost
+
+
+def test_missing_field_is_named(tmp_path, tiny_model_dir):
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"id": 1, "question": "a?"}\n{"id": 2, "prompt": "b?"}\n')
+    result = _tts(tiny_model_dir, problems, tmp_path / "o.jsonl")
+    assert result.exit_code == 2
+    assert f"{problems}:2: field 'question': missing" in result.output
+
+
+def test_gsm8k_format_and_other_field_names(tmp_path, tiny_model_dir):
+    rows = [json.loads(line) for line in (GSM8K / "test.jsonl").read_text().splitlines()[:2]]
+    problems = tmp_path / "gsm.jsonl"
+    problems.write_text("".join(json.dumps({"problem": r["question"], "solution": r["answer"]})
+                                + "\n" for r in rows))
+    out = tmp_path / "o.jsonl"
+    result = _tts(tiny_model_dir, problems, out, "--strategy", "greedy", "--question-field",
+                  "problem", "--answer-field", "solution")
+    assert result.exit_code == 0, result.output
+    records = _records(out)
+    assert [r["id"] for r in records] == [1, 2]                  # ids default to line numbers
+    result = run_cli(["score", "-i", out, "--answer-field", "solution", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["runs"][0]["summary"]["n_records"] == 2
+
+
+@pytest.mark.parametrize("strategy", ["best-of-n", "ffs"])
+def test_search_strategies_account_tokens(tmp_path, tiny_model_dir, strategy):
+    problems, out = _problems(tmp_path, n=2), tmp_path / "o.jsonl"
+    result = _tts(tiny_model_dir, problems, out, "--strategy", strategy, "--n", "4",
+                  "--temperature", "1.0")
+    assert result.exit_code == 0, result.output
+    for r in _records(out):
+        assert r["completion_tokens"] == sum(t["completion_tokens"] for t in r["traces"])
+        if strategy == "best-of-n":
+            best = max(r["traces"], key=lambda t: t["score"])
+            assert all(t["score"] <= 0 for t in r["traces"])
+            assert r["pred"] == best["pred"]
+        else:   # the first finished trace decides; nobody ran longer than it
+            finished = [t for t in r["traces"] if t["finish_reason"] != "cancelled"]
+            assert r["sequential_tokens"] == min(t["completion_tokens"] for t in finished)
+            assert all(t["completion_tokens"] <= r["sequential_tokens"] for t in r["traces"])
+
+
+def test_score_agrees_with_records(tmp_path, tiny_model_dir):
+    problems, out = _problems(tmp_path, n=4), tmp_path / "o.jsonl"
+    assert _tts(tiny_model_dir, problems, out, "--n", "2").exit_code == 0
+    result = run_cli(["score", "-i", out, "--json"])
+    summary = json.loads(result.stdout)["runs"][0]["summary"]
+    records = _records(out)
+    want = sum(answers_equal(r["pred"], extract_answer(r["answer"])) for r in records) / 4
+    assert summary["accuracy"] == pytest.approx(want)
+    assert summary["mean_completion_tokens"] == pytest.approx(
+        sum(r["completion_tokens"] for r in records) / 4)
