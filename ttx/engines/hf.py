@@ -153,7 +153,10 @@ class HFEngine:
             drop = sorted_p.cumsum(-1) - sorted_p > params.top_p
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) samples i with probability p_i,
+        # and is several times faster than torch.multinomial over a 49k vocabulary.
+        race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+        return (probs / race).argmax(dim=-1)
 
     def _finish(self, row: _Row, tok: int, params: SamplingParams, step: int):
         """(finish_reason, text) when the row is done after `tok`, else (None, None)."""

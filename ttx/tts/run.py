@@ -1,7 +1,8 @@
-"""The tts-run loop: read problems, run a strategy chunk by chunk, append one record per problem.
+"""The tts-run loop: read problems, run a strategy per chunk, level and repeat, append records.
 
-Chunks are fixed by input order and each chunk's seed derives from --seed and its index, so a
-resumed run regenerates an unfinished chunk exactly as an uninterrupted run would.
+Chunks are fixed by input order and every engine call's seed derives from --seed, the chunk, the
+level and the repeat, so a resumed run regenerates an unfinished call exactly as an
+uninterrupted run would and writes only the records that are missing.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 from ttx.engines.base import Engine
 from ttx.errors import TtxError
-from ttx.io import JsonlAppender, iter_jsonl, now_iso, read_done_ids, write_manifest
+from ttx.io import JsonlAppender, iter_jsonl, now_iso, read_jsonl, repair_torn_tail, write_manifest
+from ttx.tts.levels import Levels, RepeatRule
 from ttx.tts.prompts import DEFAULT_INSTRUCTION, build_prompt
-from ttx.tts.strategies import StrategyConfig, run_strategy
+from ttx.tts.strategies import Outcome, StrategyConfig, run_strategy
 
 
 @dataclass
@@ -22,6 +24,8 @@ class RunConfig:
     input: str
     output: str
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    levels: Levels | None = None     # None: one level at the strategy's own settings
+    repeats: RepeatRule = field(default_factory=RepeatRule)
     question_field: str = "question"
     answer_field: str = "answer"
     id_field: str = "id"
@@ -36,8 +40,10 @@ class RunConfig:
 
 def read_problems(cfg: RunConfig) -> list[dict]:
     """All problems, validated before any generation starts; `id` defaults to the line number."""
+    dynamic = cfg.repeats.maximum > cfg.repeats.minimum
+    required = [cfg.question_field] + ([cfg.answer_field] if dynamic else [])
     problems, seen = [], {}
-    for lineno, record in iter_jsonl(cfg.input, required=[cfg.question_field]):
+    for lineno, record in iter_jsonl(cfg.input, required=required):
         if not isinstance(record[cfg.question_field], str):
             raise TtxError("expected a string", path=cfg.input, line=lineno,
                            field=cfg.question_field)
@@ -52,66 +58,140 @@ def read_problems(cfg: RunConfig) -> list[dict]:
     return problems
 
 
-def chunk_seed(seed: int | None, index: int) -> int | None:
-    return None if seed is None else (seed * 1_000_003 + index) % (1 << 63)
+def call_seed(seed: int | None, *parts: int) -> int | None:
+    if seed is None:
+        return None
+    for p in parts:
+        seed = (seed * 1_000_003 + p) % (1 << 63)
+    return seed
+
+
+def _level_settings(cfg: RunConfig) -> list[tuple[str, int, StrategyConfig]]:
+    """(level_key, value, strategy config) for each level, in level order."""
+    base = cfg.strategy
+    if cfg.levels is None:
+        value = 1 if base.strategy == "greedy" else base.n
+        return [("n", value, base)]
+    out = []
+    for value in cfg.levels.values:
+        if cfg.levels.key == "n":
+            if base.strategy == "greedy":
+                raise TtxError("--levels n=... needs a sampling strategy, not greedy")
+            if base.strategy == "ffs" and base.ffs_k > value:
+                raise TtxError(f"--levels n={value} is below --ffs-k {base.ffs_k}")
+            out.append(("n", value, replace(base, n=value)))
+        elif cfg.levels.key == "max_new_tokens":
+            out.append(("max_new_tokens", value,
+                        replace(base, params=replace(base.params, max_new_tokens=value))))
+        else:
+            raise TtxError(f"--levels {cfg.levels.key}=... needs the refine strategy, which this "
+                           "version of ttx does not have yet")
+    return out
+
+
+class _Done:
+    """Records already in the output (for --resume), keyed by (id, level, repeat)."""
+
+    def __init__(self, cfg: RunConfig):
+        self.keys: set[tuple[str, int, int]] = set()
+        self.outcomes: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        if not cfg.resume or cfg.output == "-":
+            return
+        from pathlib import Path
+
+        path = Path(cfg.output)
+        if not path.exists():
+            return
+        repair_torn_tail(path)
+        for r in read_jsonl(path):
+            key = (str(r.get("id")), int(r.get("level", 1)), int(r.get("repeat", 0)))
+            self.keys.add(key)
+
+    def has(self, pid, level: int, repeat: int) -> bool:
+        return (str(pid), level, repeat) in self.keys
 
 
 def run_tts(engine: Engine, cfg: RunConfig) -> dict:
-    """Run the strategy over every problem; returns the summary written to the manifest."""
+    """Run the strategy over every problem, level and repeat; returns the manifest summary."""
     from tqdm import tqdm
 
     from ttx.scoring.answers import answers_equal, extract_answer
 
     started = now_iso()
     problems = read_problems(cfg)
-    done = read_done_ids(cfg.output) if cfg.resume else set()
-    strategy = cfg.strategy
-    base_seed = strategy.params.seed
+    settings = _level_settings(cfg)
+    done = _Done(cfg)
+    base_seed = cfg.strategy.params.seed
     t0 = time.perf_counter()
-    bar = tqdm(total=len(problems), desc=f"tts-run {strategy.strategy}", unit="problem",
-               file=sys.stderr, disable=not cfg.progress)
-    written = correct = graded = 0
+    bar = tqdm(total=len(problems) * len(settings), desc=f"tts-run {cfg.strategy.strategy}",
+               unit="problem-level", file=sys.stderr, disable=not cfg.progress)
+    stats = {"written": 0, "correct": 0, "graded": 0, "engine_calls": 0}
+
+    def correct_of(problem: dict, pred) -> float | None:
+        gold = problem.get(cfg.answer_field)
+        if gold is None:
+            return None
+        return float(answers_equal(pred, extract_answer(str(gold))))
+
     with JsonlAppender(cfg.output, resume=cfg.resume) as out:
-        for index in range(0, len(problems), cfg.batch_size):
-            chunk = problems[index:index + cfg.batch_size]
-            todo = [p for p in chunk if str(p["id"]) not in done]
-            if not todo:
+        for c, start in enumerate(range(0, len(problems), cfg.batch_size)):
+            chunk = problems[start:start + cfg.batch_size]
+            for level, (key, value, strategy) in enumerate(settings, start=1):
+                history: dict[str, list[tuple[float, float]]] = {str(p["id"]): [] for p in chunk}
+                for repeat in range(cfg.repeats.maximum):
+                    active = [p for p in chunk if cfg.repeats.wants_more(
+                        *_split(history[str(p["id"])]))]
+                    if not active:
+                        break
+                    seed = call_seed(base_seed, c, level, repeat)
+                    call_cfg = replace(strategy, params=replace(strategy.params, seed=seed))
+                    if all(done.has(p["id"], level, repeat) for p in active) and not \
+                            cfg.repeats.maximum > cfg.repeats.minimum:
+                        continue
+                    tc = time.perf_counter()
+                    prompts = [build_prompt(p[cfg.question_field], instruction=cfg.instruction,
+                                            system=cfg.system, chat=cfg.chat) for p in active]
+                    outcomes = run_strategy(engine, prompts, call_cfg)
+                    stats["engine_calls"] += 1
+                    share = (time.perf_counter() - tc) / len(active)
+                    for problem, outcome in zip(active, outcomes):
+                        acc = correct_of(problem, outcome.pred)
+                        history[str(problem["id"])].append(
+                            (acc if acc is not None else 0.0, float(outcome.completion_tokens)))
+                        if done.has(problem["id"], level, repeat):
+                            continue
+                        out.write(_record(problem, engine, strategy, key, value, level, repeat,
+                                          outcome, share))
+                        stats["written"] += 1
+                        if acc is not None:
+                            stats["graded"] += 1
+                            stats["correct"] += acc
                 bar.update(len(chunk))
-                continue
-            prompts = [build_prompt(p[cfg.question_field], instruction=cfg.instruction,
-                                    system=cfg.system, chat=cfg.chat) for p in chunk]
-            seed = chunk_seed(base_seed, index // cfg.batch_size)
-            chunk_cfg = replace(strategy, params=replace(strategy.params, seed=seed))
-            tc = time.perf_counter()
-            outcomes = run_strategy(engine, prompts, chunk_cfg)
-            share = (time.perf_counter() - tc) / len(chunk)
-            for problem, outcome in zip(chunk, outcomes):
-                if str(problem["id"]) in done:
-                    continue
-                record = {**problem, "strategy": strategy.strategy, "n": len(outcome.traces),
-                          "level": 1, "repeat": 0, "traces": outcome.traces, "pred": outcome.pred,
-                          "completion_tokens": outcome.completion_tokens,
-                          "sequential_tokens": outcome.sequential_tokens,
-                          "prompt_tokens": outcome.prompt_tokens, "wall_s": round(share, 4),
-                          "model": engine.model_name}
-                out.write(record)
-                written += 1
-                gold = problem.get(cfg.answer_field)
-                if gold is not None:
-                    graded += 1
-                    correct += answers_equal(outcome.pred, extract_answer(str(gold)))
-            bar.update(len(chunk))
     bar.close()
-    summary = {"problems": len(problems), "written": written, "skipped_done": len(problems) - written
-               if cfg.resume else 0, "wall_s": round(time.perf_counter() - t0, 3),
-               "accuracy_of_written": correct / graded if graded else None}
-    write_manifest(cfg.output, stage="tts-run", options=_options(cfg, engine), inputs=[cfg.input],
+    summary = {"problems": len(problems), "levels": len(settings), **stats,
+               "wall_s": round(time.perf_counter() - t0, 3),
+               "accuracy_of_written": stats["correct"] / stats["graded"] if stats["graded"]
+               else None}
+    summary.pop("correct")
+    summary.pop("graded")
+    options = {**asdict(cfg), "engine": engine.name, "model": engine.model_name}
+    write_manifest(cfg.output, stage="tts-run", options=options, inputs=[cfg.input],
                    started=started, summary=summary)
     return summary
 
 
-def _options(cfg: RunConfig, engine: Engine) -> dict:
-    options = asdict(cfg)
-    options["engine"] = engine.name
-    options["model"] = engine.model_name
-    return options
+def _split(history: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    return [a for a, _ in history], [t for _, t in history]
+
+
+def _record(problem: dict, engine: Engine, strategy: StrategyConfig, key: str, value: int,
+            level: int, repeat: int, outcome: Outcome, share: float) -> dict:
+    record = {**problem, "strategy": strategy.strategy, "n": len(outcome.traces),
+              "level_key": key, key: value, "level": level, "repeat": repeat,
+              "traces": outcome.traces, "pred": outcome.pred,
+              "completion_tokens": outcome.completion_tokens,
+              "sequential_tokens": outcome.sequential_tokens,
+              "prompt_tokens": outcome.prompt_tokens,
+              "wall_s": round(share, 4),          # this problem's share of its batch's wall time
+              "model": engine.model_name}
+    return record
