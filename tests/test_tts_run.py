@@ -49,7 +49,7 @@ def test_majority_records_carry_every_trace(tmp_path, tiny_model_dir):
 
 def test_interrupted_run_resumes_to_the_same_records(tmp_path, tiny_model_dir):
     problems = _problems(tmp_path, n=5)
-    args = ("--strategy", "sample", "--n", "3", "--temperature", "1.0", "--batch-size", "2")
+    args = ("--strategy", "sample", "--n", "3", "--temperature", "1.0", "--batch-rows", "6")
     whole = tmp_path / "whole.jsonl"
     assert _tts(tiny_model_dir, problems, whole, *args).exit_code == 0
     # an interruption after 3 records, mid-chunk, with a torn last line

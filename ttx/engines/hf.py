@@ -153,10 +153,12 @@ class HFEngine:
             drop = sorted_p.cumsum(-1) - sorted_p > params.top_p
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
-        # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) samples i with probability p_i,
-        # and is several times faster than torch.multinomial over a 49k vocabulary.
-        race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-        return (probs / race).argmax(dim=-1)
+        # Inverse-CDF sampling: one uniform per row against the cumulative distribution (float64),
+        # much cheaper than torch.multinomial or Gumbel noise over a 49k vocabulary.
+        cdf = probs.cumsum(dim=-1, dtype=torch.float64)
+        u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64,
+                       device=probs.device) * cdf[:, -1:]
+        return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[1] - 1)
 
     def _finish(self, row: _Row, tok: int, params: SamplingParams, step: int):
         """(finish_reason, text) when the row is done after `tok`, else (None, None)."""

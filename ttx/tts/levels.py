@@ -48,7 +48,7 @@ class RepeatRule:
 
     @classmethod
     def fixed(cls, k: int) -> "RepeatRule":
-        return cls(k, k, math.inf)
+        return cls(k, k, 0.0)        # min == max: the threshold is never consulted
 
     def wants_more(self, accs: list[float], tokens: list[float]) -> bool:
         """Whether a (problem, level) with these outcomes so far needs another repeat."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-DEFAULT_INSTRUCTION = "Solve the problem step by step. End with: The answer is <number>."
+DEFAULT_INSTRUCTION: str | None = None   # the question as it is: measured best for the default model
 
 
 def build_prompt(question: str, *, instruction: str | None = DEFAULT_INSTRUCTION,

@@ -32,7 +32,7 @@ class RunConfig:
     instruction: str | None = DEFAULT_INSTRUCTION
     system: str | None = None
     chat: bool = True
-    batch_size: int = 8              # problems per engine call (each with n traces)
+    batch_rows: int = 64             # traces decoded together: problems per call = rows // n
     limit: int | None = None
     resume: bool = False
     progress: bool = True
@@ -94,7 +94,6 @@ class _Done:
 
     def __init__(self, cfg: RunConfig):
         self.keys: set[tuple[str, int, int]] = set()
-        self.outcomes: dict[tuple[str, int], list[tuple[float, float]]] = {}
         if not cfg.resume or cfg.output == "-":
             return
         from pathlib import Path
@@ -122,6 +121,7 @@ def run_tts(engine: Engine, cfg: RunConfig) -> dict:
     settings = _level_settings(cfg)
     done = _Done(cfg)
     base_seed = cfg.strategy.params.seed
+    dynamic = cfg.repeats.maximum > cfg.repeats.minimum
     t0 = time.perf_counter()
     bar = tqdm(total=len(problems) * len(settings), desc=f"tts-run {cfg.strategy.strategy}",
                unit="problem-level", file=sys.stderr, disable=not cfg.progress)
@@ -134,20 +134,23 @@ def run_tts(engine: Engine, cfg: RunConfig) -> dict:
         return float(answers_equal(pred, extract_answer(str(gold))))
 
     with JsonlAppender(cfg.output, resume=cfg.resume) as out:
-        for c, start in enumerate(range(0, len(problems), cfg.batch_size)):
-            chunk = problems[start:start + cfg.batch_size]
-            for level, (key, value, strategy) in enumerate(settings, start=1):
+        for level, (key, value, strategy) in enumerate(settings, start=1):
+            # problems per engine call: fill --batch-rows with this level's traces
+            per_call = max(1, cfg.batch_rows // (1 if strategy.strategy == "greedy" else strategy.n))
+            for c, start in enumerate(range(0, len(problems), per_call)):
+                chunk = problems[start:start + per_call]
                 history: dict[str, list[tuple[float, float]]] = {str(p["id"]): [] for p in chunk}
                 for repeat in range(cfg.repeats.maximum):
-                    active = [p for p in chunk if cfg.repeats.wants_more(
-                        *_split(history[str(p["id"])]))]
+                    active = [p for p in chunk
+                              if cfg.repeats.wants_more(*_split(history[str(p["id"])]))]
                     if not active:
                         break
-                    seed = call_seed(base_seed, c, level, repeat)
-                    call_cfg = replace(strategy, params=replace(strategy.params, seed=seed))
-                    if all(done.has(p["id"], level, repeat) for p in active) and not \
-                            cfg.repeats.maximum > cfg.repeats.minimum:
+                    # A fixed count needs no outcomes, so a finished call is skipped on resume;
+                    # the dynamic rule needs them, so it regenerates (same seed, same records).
+                    if not dynamic and all(done.has(p["id"], level, repeat) for p in active):
                         continue
+                    seed = call_seed(base_seed, level, c, repeat)
+                    call_cfg = replace(strategy, params=replace(strategy.params, seed=seed))
                     tc = time.perf_counter()
                     prompts = [build_prompt(p[cfg.question_field], instruction=cfg.instruction,
                                             system=cfg.system, chat=cfg.chat) for p in active]
