@@ -98,6 +98,7 @@ def test_summarize_by_hand():
     assert s["mean_prompt_tokens"] == pytest.approx(20.0)
     assert s["accuracy_per_1k_tokens"] == pytest.approx((2 / 3) / 240 * 1000)
     assert s["mean_wall_s"] == pytest.approx(0.5)
+    assert s["total_wall_s"] == pytest.approx(0.5 * s["n_records"])
     assert s["mean_traces"] == pytest.approx(10 / 3)
 
 

@@ -18,6 +18,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()        # stop strings; the text is cut before the first one
     logprobs: bool = False            # per-token log-probabilities (and self-certainty on hf)
+    ignore_eos: bool = False          # generate exactly max_new_tokens (benchmarks)
     # First Finish Search: once this many traces of a prompt have finished, cancel the rest.
     stop_after_finished: int | None = None
 

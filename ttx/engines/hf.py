@@ -162,7 +162,7 @@ class HFEngine:
 
     def _finish(self, row: _Row, tok: int, params: SamplingParams, step: int):
         """(finish_reason, text) when the row is done after `tok`, else (None, None)."""
-        if tok in self.eos_ids:
+        if tok in self.eos_ids and not params.ignore_eos:
             return "stop", self.tokenizer.decode(row.ids[:-1], skip_special_tokens=True)
         if params.stop:
             tail = self.tokenizer.decode(row.ids[-16:], skip_special_tokens=True)

@@ -196,6 +196,8 @@ class OpenAIEngine:
             body["seed"] = seed
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.ignore_eos:
+            body["ignore_eos"] = True       # vLLM / SGLang extension; benchmarks force lengths
         if isinstance(prompt, str):
             path = "/completions"
             body["prompt"] = prompt

