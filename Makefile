@@ -20,11 +20,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/ttx --version
-	bash recipes/pipelines/main-job.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash recipes/pipelines/main-job.sh
 
 test: setup
-	$(PY) -m pytest -q tests --ignore=tests/server
+	$(PY) -m pytest -q tests
 
 test-server: setup
 	$(PY) -m pytest -q tests/server

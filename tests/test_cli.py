@@ -78,7 +78,7 @@ def test_config_rejects_an_unknown_key(tmp_path):
 
 def test_command_line_wins_over_config(tmp_path, tiny_model_dir):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("strategy: greedy\nmax_new_tokens: 3\nno_progress: true\n")
+    cfg.write_text("strategy: greedy\nmax_new_tokens: 3\nprogress: false\n")
     problems = tmp_path / "p.jsonl"
     problems.write_text('{"id": 1, "question": "1+1?", "answer": "2"}\n')
     out = tmp_path / "o.jsonl"

@@ -24,6 +24,10 @@ def test_gguf_converts_once_to_a_plain_transformers_checkpoint(default_model_dir
     assert (config.num_hidden_layers, config.hidden_size, config.num_key_value_heads) == (30, 576, 3)
     assert not hasattr(config, "quantization_config")
     assert resolve_model("smollm2-135m-instruct") == default_model_dir   # cached, not redone
+    from ttx.models import _alias_gguf
+    gguf = _alias_gguf("smollm2-135m-instruct")
+    assert resolve_model(str(gguf)) == default_model_dir      # a .gguf path: the same cache
+    assert resolve_model(str(default_model_dir)) == default_model_dir   # an HF folder as it is
 
 
 def test_majority_on_unseen_problems_agrees_with_score(tmp_path):

@@ -113,3 +113,31 @@ def test_finished_rows_leave_and_others_continue(engine):
     assert gens[0].traces[0].completion_tokens <= 2
     if first not in alone.token_ids:
         assert gens[1].traces[0].token_ids == alone.token_ids
+
+
+def test_top_p_keeps_only_the_nucleus():
+    """With top-p 0.5 and one token holding 60% of the mass, only that token can be drawn."""
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]]))
+    g = torch.Generator().manual_seed(0)
+    params = SamplingParams(temperature=1.0, top_p=0.5)
+    draws = torch.stack([HFEngine._sample(logits, params, g) for _ in range(200)])
+    assert set(draws[:, 0].tolist()) == {0}
+    assert set(draws[:, 1].tolist()) == {1}     # 0.5 alone reaches p = 0.5
+    free = torch.stack([HFEngine._sample(logits, SamplingParams(temperature=1.0), g)
+                        for _ in range(400)])
+    share = (free[:, 0] == 0).float().mean().item()
+    assert 0.5 < share < 0.7                     # unrestricted: about 60% for token 0
+    assert set(free[:, 0].tolist()) == {0, 1, 2}
+
+
+def test_traces_come_back_in_sampling_order(engine):
+    """Row order, not finishing order: maj@k over 'the first k traces' must not favour short ones.
+    Until the first trace finishes, a run with a stop string draws what a run without one draws."""
+    sampling = dict(max_new_tokens=12, temperature=1.0, seed=5)
+    stopped = engine.generate(PROMPTS[:1], 6, SamplingParams(**sampling, stop=("e",)))[0]
+    free = engine.generate(PROMPTS[:1], 6, SamplingParams(**sampling))[0]
+    first = min(t.completion_tokens for t in stopped.traces)
+    assert sorted(t.finish_order for t in stopped.traces) == list(range(6))
+    assert len({tuple(t.token_ids[:first]) for t in free.traces}) > 1
+    for a, b in zip(stopped.traces, free.traces):
+        assert a.token_ids[:first] == b.token_ids[:first]

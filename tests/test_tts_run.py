@@ -97,22 +97,54 @@ def test_gsm8k_format_and_other_field_names(tmp_path, tiny_model_dir):
     assert json.loads(result.stdout)["runs"][0]["summary"]["n_records"] == 2
 
 
-@pytest.mark.parametrize("strategy", ["best-of-n", "ffs"])
-def test_search_strategies_account_tokens(tmp_path, tiny_model_dir, strategy):
+def test_best_of_n_picks_the_highest_mean_logprob(tmp_path, tiny_model_dir):
     problems, out = _problems(tmp_path, n=2), tmp_path / "o.jsonl"
-    result = _tts(tiny_model_dir, problems, out, "--strategy", strategy, "--n", "4",
+    result = _tts(tiny_model_dir, problems, out, "--strategy", "best-of-n", "--n", "4",
                   "--temperature", "1.0")
     assert result.exit_code == 0, result.output
     for r in _records(out):
+        scores = [t["score"] for t in r["traces"]]
+        assert len(set(scores)) > 1 and all(s < 0 for s in scores)
+        assert r["pred"] == max(r["traces"], key=lambda t: t["score"])["pred"]
+
+
+def test_ffs_stops_at_the_first_finished_trace(tmp_path, tiny_model_dir):
+    """A stop string that random text hits early makes traces finish at different steps."""
+    problems, out = _problems(tmp_path, n=3), tmp_path / "o.jsonl"
+    result = run_cli(["tts-run", "--model", tiny_model_dir, "-i", problems, "-o", out,
+                      "--strategy", "ffs", "--n", "6", "--temperature", "1.0", "--stop", "e",
+                      "--max-new-tokens", "24", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    cancelled = 0
+    for r in _records(out):
+        finished = [t for t in r["traces"] if t["finish_reason"] != "cancelled"]
+        first = min(finished, key=lambda t: t["finish_order"])
+        assert first["finish_order"] == 0
+        assert r["pred"] == first["pred"]
+        assert r["sequential_tokens"] == first["completion_tokens"]
+        # nobody ran past the first finish; the cancelled ones stopped right there
+        assert all(t["completion_tokens"] <= first["completion_tokens"] for t in r["traces"])
+        cancelled += sum(t["finish_reason"] == "cancelled" for t in r["traces"])
         assert r["completion_tokens"] == sum(t["completion_tokens"] for t in r["traces"])
-        if strategy == "best-of-n":
-            best = max(r["traces"], key=lambda t: t["score"])
-            assert all(t["score"] <= 0 for t in r["traces"])
-            assert r["pred"] == best["pred"]
-        else:   # the first finished trace decides; nobody ran longer than it
-            finished = [t for t in r["traces"] if t["finish_reason"] != "cancelled"]
-            assert r["sequential_tokens"] == min(t["completion_tokens"] for t in finished)
-            assert all(t["completion_tokens"] <= r["sequential_tokens"] for t in r["traces"])
+    assert cancelled > 0
+
+
+def test_problems_from_stdin(tmp_path, tiny_model_dir):
+    text = "".join(json.dumps(p) + "\n" for p in generate(2, 1))
+    out = tmp_path / "o.jsonl"
+    result = run_cli(["tts-run", "--model", tiny_model_dir, "-i", "-", "-o", out, "--strategy",
+                      "greedy", "--max-new-tokens", "3", "--no-progress"], input=text)
+    assert result.exit_code == 0, result.output
+    assert len(_records(out)) == 2
+
+
+def test_ffs_k_above_n_fails_before_any_output(tmp_path, tiny_model_dir):
+    problems, out = _problems(tmp_path, n=1), tmp_path / "o.jsonl"
+    out.write_text('{"keep": 1}\n')
+    result = _tts(tiny_model_dir, problems, out, "--strategy", "ffs", "--n", "2", "--ffs-k", "4",
+                  "--levels", "max_new_tokens=2,4")
+    assert result.exit_code == 2 and "--ffs-k 4" in result.output
+    assert out.read_text() == '{"keep": 1}\n'
 
 
 def test_score_agrees_with_records(tmp_path, tiny_model_dir):

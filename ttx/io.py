@@ -60,20 +60,11 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[di
     return [record for _, record in iter_jsonl(path, required)]
 
 
-def read_done_ids(path: str | os.PathLike, key: str = "id") -> set:
-    """Ids already present in an output file (for --resume). A torn last line is dropped."""
-    p = Path(path)
-    if str(path) == STDIO or not p.exists():
-        return set()
-    repair_torn_tail(p)
-    return {str(r.get(key)) for r in read_jsonl(p)}
-
-
 def repair_torn_tail(path: Path) -> None:
     """Cut a last line without its newline (left by a killed writer on a non-atomic filesystem)."""
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+        os.truncate(path, data.rfind(b"\n") + 1)   # in place: complete lines are never rewritten
 
 
 class JsonlAppender:

@@ -18,14 +18,16 @@ def make_engine(name: str, **kwargs) -> Engine:
 
 def open_engine(name: str, *, model: str, device: str = "auto", dtype: str = "auto",
                 adapter: str | None = None, base_url: str | None = None,
-                concurrency: int = 8) -> Engine:
+                concurrency: int = 8, max_batch_rows: int = 64) -> Engine:
     """An engine from CLI options: every stage that generates text opens its engine here."""
     from ttx.errors import TtxError
 
     if name == "hf":
-        return make_engine("hf", model=model, device=device, dtype=dtype, adapter=adapter)
+        return make_engine("hf", model=model, device=device, dtype=dtype, adapter=adapter,
+                           max_batch_rows=max_batch_rows)
     if not base_url:
-        raise TtxError("--engine openai needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        raise TtxError("--engine openai needs --base-url or TTX_BASE_URL "
+                       "(e.g. http://127.0.0.1:8000/v1)")
     if adapter:
         raise TtxError("--adapter applies to --engine hf; load adapters into the server instead")
     from ttx.models import ALIASES

@@ -94,7 +94,7 @@ class HFEngine:
         next_pos = positions[:, -1].repeat_interleave(n, dim=0) + 1
 
         rows = [_Row(prompt=i) for i in range(len(encoded)) for _ in range(n)]
-        traces: list[list[Trace]] = [[] for _ in encoded]
+        traces: list[list[tuple[int, Trace]]] = [[] for _ in encoded]   # (row, trace)
         finished_count = [0] * len(encoded)
         live = list(range(len(rows)))               # rows still in the batch, in batch order
         stop_after = params.stop_after_finished
@@ -119,13 +119,13 @@ class HFEngine:
                 if reason is None:
                     keep.append(b)
                     continue
-                traces[row.prompt].append(self._trace(row, text, reason, finished_count))
+                traces[row.prompt].append((r, self._trace(row, text, reason, finished_count)))
             # First Finish Search: cancel the other traces of prompts that have k finished ones.
             if stop_after is not None:
                 cancelled = [b for b in keep if finished_count[rows[live[b]].prompt] >= stop_after]
                 for b in cancelled:
                     row = rows[live[b]]
-                    traces[row.prompt].append(self._trace(row, None, "cancelled", None))
+                    traces[row.prompt].append((live[b], self._trace(row, None, "cancelled", None)))
                 keep = [b for b in keep if finished_count[rows[live[b]].prompt] < stop_after]
             if not keep:
                 break
@@ -140,7 +140,9 @@ class HFEngine:
             logits = out.logits[:, -1].float()
             next_pos = next_pos + 1
         wall = time.perf_counter() - t0
-        return [Generation(traces=sorted(t, key=_finish_key), prompt_tokens=len(ids), wall_s=wall)
+        # traces in row order (sampling order), whatever order they finished in
+        return [Generation(traces=[trace for _, trace in sorted(t, key=lambda rt: rt[0])],
+                           prompt_tokens=len(ids), wall_s=wall)
                 for t, ids in zip(traces, encoded)]
 
     @staticmethod
@@ -150,7 +152,7 @@ class HFEngine:
         probs = torch.softmax(logits / params.temperature, dim=-1)
         if params.top_p < 1.0:                      # nucleus: keep the smallest set with mass >= p
             sorted_p, order = probs.sort(dim=-1, descending=True)
-            drop = sorted_p.cumsum(-1) - sorted_p > params.top_p
+            drop = sorted_p.cumsum(-1) - sorted_p >= params.top_p
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
         # Inverse-CDF sampling: one uniform per row against the cumulative distribution (float64),
@@ -165,11 +167,13 @@ class HFEngine:
         if tok in self.eos_ids and not params.ignore_eos:
             return "stop", self.tokenizer.decode(row.ids[:-1], skip_special_tokens=True)
         if params.stop:
-            tail = self.tokenizer.decode(row.ids[-16:], skip_special_tokens=True)
-            if any(s in tail for s in params.stop):
-                text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
-                cut = min(text.find(s) for s in params.stop if s in text)
-                return "stop", text[:cut]
+            # a stop string can only have appeared in the text that this token added
+            window = max(len(s) for s in params.stop) + 16
+            text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+            found = [i for i in (text.find(s, max(0, len(text) - window)) for s in params.stop)
+                     if i >= 0]
+            if found:
+                return "stop", text[:min(text.find(s) for s in params.stop if s in text)]
         if step + 1 >= params.max_new_tokens:
             return "length", self.tokenizer.decode(row.ids, skip_special_tokens=True)
         return None, None
@@ -187,7 +191,3 @@ class HFEngine:
                      self_certainty=list(row.certainty) if row.certainty else None,
                      finish_order=order)
 
-
-def _finish_key(trace: Trace):
-    # finished traces first in finishing order, then cancelled ones
-    return (trace.finish_order is None, trace.finish_order or 0)

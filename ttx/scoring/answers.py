@@ -135,7 +135,7 @@ def extract_answer(text: str | None) -> str | None:
 def _is_bare_answer(text: str) -> bool:
     """Short text that is an answer rather than prose: one token, or no words outside latex."""
     s = text.strip()
-    if len(s) > 100 or "\n" in s:
+    if len(s) > 100 or "\n" in s or "=" in s:   # "12 + 5 = 17" answers 17, "x = 5" answers 5
         return False
     if len(s.split()) == 1:
         return True

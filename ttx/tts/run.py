@@ -70,8 +70,9 @@ def _level_settings(cfg: RunConfig) -> list[tuple[str, int, StrategyConfig]]:
     """(level_key, value, strategy config) for each level, in level order."""
     base = cfg.strategy
     if cfg.levels is None:
-        value = 1 if base.strategy == "greedy" else base.n
-        return [("n", value, base)]
+        if base.strategy == "ffs" and base.ffs_k > base.n:
+            raise TtxError(f"--ffs-k {base.ffs_k} exceeds --n {base.n}")
+        return [("n", 1 if base.strategy == "greedy" else base.n, base)]
     out = []
     for value in cfg.levels.values:
         if cfg.levels.key == "n":
@@ -80,6 +81,8 @@ def _level_settings(cfg: RunConfig) -> list[tuple[str, int, StrategyConfig]]:
             if base.strategy == "ffs" and base.ffs_k > value:
                 raise TtxError(f"--levels n={value} is below --ffs-k {base.ffs_k}")
             out.append(("n", value, replace(base, n=value)))
+        elif base.strategy == "ffs" and base.ffs_k > base.n:
+            raise TtxError(f"--ffs-k {base.ffs_k} exceeds --n {base.n}")
         elif cfg.levels.key == "max_new_tokens":
             out.append(("max_new_tokens", value,
                         replace(base, params=replace(base.params, max_new_tokens=value))))
@@ -110,14 +113,63 @@ class _Done:
         return (str(pid), level, repeat) in self.keys
 
 
-def run_tts(engine: Engine, cfg: RunConfig) -> dict:
+def run_from_options(*, input_path: str, output_path: str, strategy: str, n: int,
+                     max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
+                     stop: tuple[str, ...], scorer: str, weighted: bool, ffs_k: int,
+                     levels: str | None, repeats: int | None, repeats_min: int | None,
+                     repeats_max: int | None, cv_threshold: float, engine: str, model: str,
+                     device: str, dtype: str, adapter: str | None, base_url: str | None,
+                     concurrency: int, batch_rows: int, question_field: str, answer_field: str,
+                     id_field: str, instruction: str | None, system: str | None, chat: bool,
+                     limit: int | None, resume: bool, progress: bool) -> dict:
+    """`ttx tts-run`: build the run from CLI options, validate the input, open the engine, run."""
+    locals_options = dict(locals())          # every resolved option, for the manifest
+    from ttx.engines import SamplingParams, open_engine
+    from ttx.tts.levels import parse_levels
+
+    try:
+        parsed_levels = parse_levels(levels) if levels else None
+    except ValueError as exc:
+        raise TtxError(str(exc), field="--levels") from None
+    if repeats is None and (repeats_min or repeats_max):
+        lo, hi = repeats_min or 3, repeats_max or 10          # ARISE's defaults
+        if lo > hi:
+            raise TtxError(f"--repeats-min {lo} exceeds --repeats-max {hi}")
+        rule = RepeatRule(lo, hi, cv_threshold)
+    else:
+        rule = RepeatRule.fixed(repeats or 1)
+    if engine == "openai" and strategy == "best-of-n" and scorer == "self-certainty":
+        raise TtxError("--scorer self-certainty needs the full token distribution, which a "
+                       "server does not return: use --scorer logprob with --engine openai")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            seed=seed, stop=tuple(stop))
+    cfg = RunConfig(input=input_path, output=output_path,
+                    strategy=StrategyConfig(strategy=strategy, n=n, params=params, scorer=scorer,
+                                            weighted=weighted, ffs_k=ffs_k),
+                    levels=parsed_levels, repeats=rule, question_field=question_field,
+                    answer_field=answer_field, id_field=id_field,
+                    instruction=DEFAULT_INSTRUCTION if instruction is None else (instruction or None),
+                    system=system, chat=chat, batch_rows=batch_rows, limit=limit, resume=resume,
+                    progress=progress)
+    problems = read_problems(cfg)        # bad input fails here, before a model is loaded
+    _level_settings(cfg)                 # and so do impossible level settings
+    opened = open_engine(engine, model=model, device=device, dtype=dtype, adapter=adapter,
+                         base_url=base_url, concurrency=concurrency, max_batch_rows=batch_rows)
+    try:
+        return run_tts(opened, cfg, problems=problems, options=dict(locals_options))
+    finally:
+        opened.close()
+
+
+def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
+            options: dict | None = None) -> dict:
     """Run the strategy over every problem, level and repeat; returns the manifest summary."""
     from tqdm import tqdm
 
     from ttx.scoring.answers import answers_equal, extract_answer
 
     started = now_iso()
-    problems = read_problems(cfg)
+    problems = read_problems(cfg) if problems is None else problems
     settings = _level_settings(cfg)
     done = _Done(cfg)
     base_seed = cfg.strategy.params.seed
@@ -177,7 +229,8 @@ def run_tts(engine: Engine, cfg: RunConfig) -> dict:
                else None}
     summary.pop("correct")
     summary.pop("graded")
-    options = {**asdict(cfg), "engine": engine.name, "model": engine.model_name}
+    options = {"cli": options or {}, "run": asdict(cfg), "engine": engine.name,
+               "model": engine.model_name}
     write_manifest(cfg.output, stage="tts-run", options=options, inputs=[cfg.input],
                    started=started, summary=summary)
     return summary

@@ -47,7 +47,7 @@ def trace_score(trace: Trace, scorer: str) -> float | None:
 def _record(trace: Trace, score: float | None) -> dict:
     return {"text": trace.text, "pred": extract_answer(trace.text),
             "completion_tokens": trace.completion_tokens, "finish_reason": trace.finish_reason,
-            "score": score}
+            "finish_order": trace.finish_order, "score": score}
 
 
 def _best_of_n(traces: list[dict], weighted: bool, scorer: str) -> str | None:
