@@ -116,3 +116,18 @@ def test_summarize_traces_without_pred_use_text():
     s = summarize([rec])
     assert s["pass@1"] == pytest.approx(0.5)
     assert s["maj@2"] == 1.0  # tie: 18 first
+
+
+def test_repeats_of_a_problem_weigh_as_one_problem():
+    """Problem a has 3 repeats (all right), problem b one (wrong): accuracy over problems is 0.5,
+    not 0.75 over records."""
+    def rec(pid, pred, tokens):
+        return {"id": pid, "answer": "1", "pred": pred, "completion_tokens": tokens,
+                "traces": [{"pred": pred}]}
+    records = [rec("a", "1", 10), rec("a", "1", 20), rec("a", "1", 30), rec("b", "2", 100)]
+    ids = [r["id"] for r in records]
+    s = summarize(records, ids=ids)
+    assert s["accuracy"] == pytest.approx(0.5)
+    assert s["pass@1"] == pytest.approx(0.5)
+    assert s["mean_completion_tokens"] == pytest.approx((20 + 100) / 2)
+    assert summarize(records)["accuracy"] == pytest.approx(0.75)     # per record without ids

@@ -111,14 +111,28 @@ def default_ks(max_n: int, extra: Sequence[int] = ()) -> list[int]:
     return sorted(ks)
 
 
-def _mean(values: list) -> float | None:
-    vals = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return sum(vals) / len(vals) if vals else None
+def _mean(values: list, weights: Sequence[float] | None = None) -> float | None:
+    """Weighted mean of the numeric values (None and non-numbers skipped)."""
+    weights = weights or [1.0] * len(values)
+    pairs = [(float(v), w) for v, w in zip(values, weights)
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None
+
+
+def problem_weights(ids: Sequence[str] | None, count: int) -> list[float]:
+    """1 / (records of that problem): repeats of one problem together weigh as one problem."""
+    if ids is None:
+        return [1.0] * count
+    seen: dict[str, int] = {}
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+    return [1.0 / seen[i] for i in ids]
 
 
 def summarize(records: Sequence[dict], *, answer_field: str = "answer", ks: Sequence[int] = (),
               bootstrap: int = 0, seed: int = 0,
-              correct: Sequence[bool] | None = None) -> dict:
+              correct: Sequence[bool] | None = None, ids: Sequence[str] | None = None) -> dict:
     """A flat summary of one group of records (one run, or one level of a run).
 
     Keys: n_records, accuracy, pass@k and maj@k for k = 1, 2, 4, ... up to the largest trace
@@ -126,28 +140,30 @@ def summarize(records: Sequence[dict], *, answer_field: str = "answer", ks: Sequ
     has), mean_completion_tokens, mean_sequential_tokens, mean_prompt_tokens,
     accuracy_per_1k_tokens (accuracy / mean completion tokens * 1000), mean_wall_s, total_wall_s,
     mean_traces. `correct` (the record verdicts, if already computed) saves recomputing them.
+    With `ids` (the problem of each record), means are over problems: a problem's repeats are
+    averaged first, as the spec's "averaged over problems" asks.
     """
     if correct is None:
         correct = [record_correct(r, answer_field) for r in records]
+    weights = problem_weights(ids, len(records))
     rng = random.Random(seed)
     golds = [gold_answer(r, answer_field) for r in records]
     preds = [trace_preds(r) for r in records]
     trace_ok = [_traces_correct(ps, g) for ps, g in zip(preds, golds)]
     max_n = max((len(p) for p in preds), default=0)
 
-    out: dict = {"n_records": len(records),
-                 "accuracy": (sum(correct) / len(records)) if records else None}
+    out: dict = {"n_records": len(records), "accuracy": _mean([float(c) for c in correct], weights)}
     for k in default_ks(max_n, ks):
         eligible = [i for i, p in enumerate(preds) if len(p) >= k]
-        out[f"pass@{k}"] = (sum(pass_at_k(len(preds[i]), sum(trace_ok[i]), k) for i in eligible)
-                            / len(eligible)) if eligible else None
+        out[f"pass@{k}"] = _mean([pass_at_k(len(preds[i]), sum(trace_ok[i]), k) for i in eligible],
+                                 [weights[i] for i in eligible])
     for k in default_ks(max_n, ks):
         eligible = [i for i, p in enumerate(preds) if len(p) >= k]
-        out[f"maj@{k}"] = (sum(maj_at_k(preds[i], golds[i], k, bootstrap, rng) for i in eligible)
-                           / len(eligible)) if eligible else None
-    out["mean_traces"] = _mean([len(p) for p in preds])
+        out[f"maj@{k}"] = _mean([maj_at_k(preds[i], golds[i], k, bootstrap, rng) for i in eligible],
+                                [weights[i] for i in eligible])
+    out["mean_traces"] = _mean([len(p) for p in preds], weights)
     for field in ("completion_tokens", "sequential_tokens", "prompt_tokens"):
-        out[f"mean_{field}"] = _mean([r.get(field) for r in records])
+        out[f"mean_{field}"] = _mean([r.get(field) for r in records], weights)
     tokens = out["mean_completion_tokens"]
     out["accuracy_per_1k_tokens"] = (out["accuracy"] / tokens * 1000.0
                                      if tokens and out["accuracy"] is not None else None)

@@ -76,7 +76,7 @@ def evaluate_run(run: dict, *, answer_field: str = "answer", ks: Sequence[int] =
         idx = [i for i, x in enumerate(levels) if x == lvl]
         rows.append({"level": lvl, "value": values.get(lvl),
                      **summarize([records[i] for i in idx], correct=[correct[i] for i in idx],
-                                 seed=seed + j, **opts)})
+                                 ids=[run["ids"][i] for i in idx], seed=seed + j, **opts)})
     curves = ar.problem_curves(records, correct, levels, run["ids"])
     means = ar.level_means(curves)
     for m in means:
@@ -90,7 +90,8 @@ def evaluate_run(run: dict, *, answer_field: str = "answer", ks: Sequence[int] =
         "strategy": sorted({str(r["strategy"]) for r in records if r.get("strategy")}),
         "model": sorted({str(r["model"]) for r in records if r.get("model")}),
         "level_key": axis,
-        "summary": (summarize(records, correct=correct, seed=seed, **opts) if len(rows) > 1 else
+        "summary": (summarize(records, correct=correct, ids=[f"{i}@{lv}" for i, lv in zip(
+                        run["ids"], levels)], seed=seed, **opts) if len(rows) > 1 else
                     {k: v for k, v in rows[0].items() if k not in ("level", "value")}),
         "levels": rows,
         "arise": ar.arise_summary(curves),
