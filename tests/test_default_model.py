@@ -70,3 +70,31 @@ def test_pipeline_script_runs_on_a_tiny_model(tmp_path, tiny_model_dir):
     assert {r["name"] for r in score["runs"]} == {"greedy", "majority"}
     majority = next(r for r in score["runs"] if r["name"] == "majority")
     assert [lv["value"] for lv in majority["levels"]] == [1, 2, 4, 8]
+
+
+def test_dynamic_repeats_on_the_default_model(tmp_path):
+    """The real engine path of ARISE's dynamic sampling, with tiny budgets; score reads it back."""
+    from ttx.tts.levels import RepeatRule
+
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in generate(2, seed=77)))
+    out = tmp_path / "dyn.jsonl"
+    result = run_cli(["tts-run", "-i", problems, "-o", out, "--strategy", "majority", "--n", "2",
+                      "--levels", "max_new_tokens=16,48", "--repeats-min", "2", "--repeats-max",
+                      "3", "--temperature", "0.7", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    rule = RepeatRule(2, 3, 0.5)
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["id"], r["level"]), []).append(r)
+    assert len(groups) == 4
+    for rs in groups.values():
+        rs.sort(key=lambda r: r["repeat"])
+        assert [r["repeat"] for r in rs] == list(range(len(rs)))
+        accs = [float(answers_equal(r["pred"], extract_answer(r["answer"]))) for r in rs]
+        tokens = [float(r["completion_tokens"]) for r in rs]
+        assert all(rule.wants_more(accs[:k], tokens[:k]) for k in range(len(rs)))
+        assert len(rs) == 3 or not rule.wants_more(accs, tokens)
+    scored = json.loads(run_cli(["score", "-i", out, "--json"]).stdout)["runs"][0]
+    assert scored["level_key"] == "max_new_tokens" and scored["arise"]["n_levels"] == 2
