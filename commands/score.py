@@ -10,6 +10,7 @@ from __future__ import annotations
 import json as json_module
 
 import click
+
 from ttx.commands.options import config_option
 
 

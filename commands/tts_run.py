@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from ttx.commands.options import config_option, model_options
-
-from ttx.tts.strategies import SCORERS, STRATEGIES   # light: no torch at import time
+from ttx.tts.strategies import SCORERS, STRATEGIES  # light: no torch at import time
 
 
 @click.command(name="tts-run")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from ttx.commands import cli
 
+from ttx.commands import cli
 from ttx.scoring.answers import answers_equal, extract_answer
 from ttx.scoring.arise import arise_score
 from ttx.scoring.metrics import pass_at_k
