@@ -141,3 +141,49 @@ def test_traces_come_back_in_sampling_order(engine):
     assert len({tuple(t.token_ids[:first]) for t in free.traces}) > 1
     for a, b in zip(stopped.traces, free.traces):
         assert a.token_ids[:first] == b.token_ids[:first]
+
+
+def test_prompts_joining_a_running_batch_decode_as_if_alone(tiny_model_dir):
+    """Continuous batching: with room for 2 rows, the third prompt joins mid-flight (left-padded
+    to the running batch, stale padding trimmed when the long rows leave) and still decodes
+    exactly as on its own."""
+    from ttx.engines import hf
+
+    calls = {"merge": 0, "trim": 0}
+    merge, trim = hf._merge, hf._trim_left
+
+    def counting_merge(*args):
+        calls["merge"] += 1
+        return merge(*args)
+
+    def counting_trim(cache, mask):
+        out = trim(cache, mask)
+        calls["trim"] += out[1].shape[1] < mask.shape[1]
+        return out
+
+    small = HFEngine(model=str(tiny_model_dir), device="cpu", max_batch_rows=2)
+    hf._merge, hf._trim_left = counting_merge, counting_trim
+    try:
+        for order in (PROMPTS, PROMPTS[::-1]):   # the early finisher: short, then long prompt
+            stop_early = _reference_greedy(small, order[1], 3)[2]
+            small.eos_ids = set(small.eos_ids) | {stop_early}
+            try:
+                gens = small.generate(order, 1, SamplingParams(max_new_tokens=10))
+                for prompt, gen in zip(order, gens):
+                    assert gen.traces[0].token_ids == _reference_greedy(small, prompt, 10)
+            finally:
+                small.eos_ids -= {stop_early}
+    finally:
+        hf._merge, hf._trim_left = merge, trim
+    assert calls["merge"] >= 2 and calls["trim"] >= 1
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=2, logprobs=True)
+    small.max_batch_rows = 3                       # one prompt's 2 rows + a row of the next
+    for prompt, gen in zip(PROMPTS, small.generate(PROMPTS, 2, params)):
+        prompt_ids = small.encode(prompt)
+        for trace in gen.traces:
+            ids = torch.tensor([prompt_ids + trace.token_ids])
+            with torch.no_grad():
+                logp = torch.log_softmax(small.model(ids).logits[0].float(), -1)
+            steps = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(trace.token_ids))
+            want = [logp[pos, tok].item() for pos, tok in zip(steps, trace.token_ids)]
+            assert trace.logprobs == pytest.approx(want, abs=1e-4)

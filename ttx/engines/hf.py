@@ -64,16 +64,15 @@ class HFEngine:
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
-        encoded = [self.encode(p) for p in prompts]
-        per_group = max(1, self.max_batch_rows // max(n, 1))
-        results: list[Generation] = []
-        for start in range(0, len(encoded), per_group):
-            results += self._generate_group(encoded[start:start + per_group], n, params, generator)
-        return results
+        return self._decode([self.encode(p) for p in prompts], n, params, generator)
 
-    def _generate_group(self, encoded: list[list[int]], n: int, params: SamplingParams,
-                        generator) -> list[Generation]:
-        t0 = time.perf_counter()
+    def _prefill(self, encoded: list[list[int]], n: int):
+        """Encode prompts once (left-padded), then repeat each prompt's cache n times.
+
+        Returns (cache, logits, mask, next_pos) for len(encoded) * n rows.
+        """
+        from transformers import DynamicCache
+
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -82,24 +81,54 @@ class HFEngine:
             mask[i, width - len(ids):] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-
-        from transformers import DynamicCache
         cache = DynamicCache(config=self.model.config)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          cache=cache, use_cache=True, logits_to_keep=1)
         # Share the prefill: repeat each prompt's cache n times instead of encoding it n times.
         cache.batch_repeat_interleave(n)
-        logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)
-        mask = mask.repeat_interleave(n, dim=0)
-        next_pos = positions[:, -1].repeat_interleave(n, dim=0) + 1
+        return (cache, out.logits[:, -1].float().repeat_interleave(n, dim=0),
+                mask.repeat_interleave(n, dim=0), positions[:, -1].repeat_interleave(n, dim=0) + 1)
 
-        rows = [_Row(prompt=i) for i in range(len(encoded)) for _ in range(n)]
+    def _decode(self, encoded: list[list[int]], n: int, params: SamplingParams,
+                generator) -> list[Generation]:
+        """Continuous batching: prompts join the batch as soon as rows for all n traces are free,
+        so a long trace never holds a whole chunk of short ones hostage."""
+        pending = list(range(len(encoded)))         # prompts not yet admitted, in order
+        rows: list[_Row] = []
         traces: list[list[tuple[int, Trace]]] = [[] for _ in encoded]   # (row, trace)
         finished_count = [0] * len(encoded)
-        live = list(range(len(rows)))               # rows still in the batch, in batch order
+        started = [0.0] * len(encoded)
+        ended = [0.0] * len(encoded)
+        left = [n] * len(encoded)                   # traces of each prompt still running
+        live: list[int] = []                        # rows in the batch, in batch order
+        cache = logits = mask = next_pos = None
         stop_after = params.stop_after_finished
 
-        for step in range(params.max_new_tokens):
+        def done(row_index: int, trace: Trace) -> None:
+            prompt = rows[row_index].prompt
+            traces[prompt].append((row_index, trace))
+            left[prompt] -= 1
+            if left[prompt] == 0:
+                ended[prompt] = time.perf_counter()
+
+        while pending or live:
+            free = (self.max_batch_rows - len(live)) // max(n, 1)
+            if pending and (free > 0 or not live):
+                take = max(1, free)                 # a prompt too wide for the batch runs alone
+                admit, pending = pending[:take], pending[take:]
+                now = time.perf_counter()
+                for p in admit:
+                    started[p] = now
+                new = self._prefill([encoded[p] for p in admit], n)
+                first = len(rows)
+                rows += [_Row(prompt=p) for p in admit for _ in range(n)]
+                new_live = list(range(first, len(rows)))
+                if live:
+                    cache, logits, mask, next_pos = _merge((cache, logits, mask, next_pos), new)
+                else:
+                    cache, logits, mask, next_pos = new
+                live += new_live
+
             tokens = self._sample(logits, params, generator)
             if params.logprobs:
                 logp = torch.log_softmax(logits, dim=-1)
@@ -115,35 +144,36 @@ class HFEngine:
                 if params.logprobs:
                     row.logprobs.append(chosen[b])
                     row.certainty.append(certainty[b])
-                reason, text = self._finish(row, tok, params, step)
+                reason, text = self._finish(row, tok, params)
                 if reason is None:
                     keep.append(b)
                     continue
-                traces[row.prompt].append((r, self._trace(row, text, reason, finished_count)))
+                done(r, self._trace(row, text, reason, finished_count))
             # First Finish Search: cancel the other traces of prompts that have k finished ones.
             if stop_after is not None:
-                cancelled = [b for b in keep if finished_count[rows[live[b]].prompt] >= stop_after]
-                for b in cancelled:
+                for b in keep:
                     row = rows[live[b]]
-                    traces[row.prompt].append((live[b], self._trace(row, None, "cancelled", None)))
+                    if finished_count[row.prompt] >= stop_after:
+                        done(live[b], self._trace(row, None, "cancelled", None))
                 keep = [b for b in keep if finished_count[rows[live[b]].prompt] < stop_after]
-            if not keep:
-                break
             if len(keep) < len(live):             # finished traces leave the batch
+                live = [live[b] for b in keep]
+                if not live:
+                    cache = logits = mask = next_pos = None
+                    continue
                 index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
                 tokens, mask, next_pos = tokens[index], mask[index], next_pos[index]
-                live = [live[b] for b in keep]
+                cache, mask = _trim_left(cache, mask)
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
             out = self.model(input_ids=tokens[:, None], attention_mask=mask,
                              position_ids=next_pos[:, None], cache=cache, use_cache=True)
             logits = out.logits[:, -1].float()
             next_pos = next_pos + 1
-        wall = time.perf_counter() - t0
         # traces in row order (sampling order), whatever order they finished in
         return [Generation(traces=[trace for _, trace in sorted(t, key=lambda rt: rt[0])],
-                           prompt_tokens=len(ids), wall_s=wall)
-                for t, ids in zip(traces, encoded)]
+                           prompt_tokens=len(ids), wall_s=ended[i] - started[i])
+                for i, (t, ids) in enumerate(zip(traces, encoded))]
 
     @staticmethod
     def _sample(logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
@@ -162,7 +192,7 @@ class HFEngine:
                        device=probs.device) * cdf[:, -1:]
         return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[1] - 1)
 
-    def _finish(self, row: _Row, tok: int, params: SamplingParams, step: int):
+    def _finish(self, row: _Row, tok: int, params: SamplingParams):
         """(finish_reason, text) when the row is done after `tok`, else (None, None)."""
         if tok in self.eos_ids and not params.ignore_eos:
             return "stop", self.tokenizer.decode(row.ids[:-1], skip_special_tokens=True)
@@ -174,7 +204,7 @@ class HFEngine:
                      if i >= 0]
             if found:
                 return "stop", text[:min(text.find(s) for s in params.stop if s in text)]
-        if step + 1 >= params.max_new_tokens:
+        if len(row.ids) >= params.max_new_tokens:
             return "length", self.tokenizer.decode(row.ids, skip_special_tokens=True)
         return None, None
 
@@ -191,3 +221,38 @@ class HFEngine:
                      self_certainty=list(row.certainty) if row.certainty else None,
                      finish_order=order)
 
+
+def _layers(cache):
+    return cache.layers        # transformers >= 5: DynamicCache.layers[i].keys / .values
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _merge(old, new):
+    """Stack two batches' decoding state; the shorter one is left-padded (masked) to align."""
+    (c1, l1, m1, p1), (c2, l2, m2, p2) = old, new
+    width = max(m1.shape[1], m2.shape[1])
+    for a, b in zip(_layers(c1), _layers(c2)):
+        a.keys = torch.cat([_pad_left(a.keys, width, 2), _pad_left(b.keys, width, 2)], dim=0)
+        a.values = torch.cat([_pad_left(a.values, width, 2), _pad_left(b.values, width, 2)], dim=0)
+    mask = torch.cat([_pad_left(m1, width, 1), _pad_left(m2, width, 1)], dim=0)
+    return c1, torch.cat([l1, l2]), mask, torch.cat([p1, p2])
+
+
+def _trim_left(cache, mask):
+    """Drop leading cache columns that no remaining row attends to (left padding gone stale)."""
+    used = mask.any(dim=0).nonzero()
+    first = int(used[0]) if len(used) else 0
+    if first == 0:
+        return cache, mask
+    for layer in _layers(cache):
+        layer.keys = layer.keys[:, :, first:]
+        layer.values = layer.values[:, :, first:]
+    return cache, mask[:, first:]
