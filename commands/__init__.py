@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "perk-metatrain": ("planned", "PERK: meta-learn a LoRA that encodes long context (not built yet)."),
     "inplace-ttt-convert": ("planned", "Make an In-Place TTT model from a checkpoint (not built yet)."),
     "distill-to-mamba": ("planned", "Replace attention with Mamba-2 layers and distill (not built yet)."),
-    "memory-extract": ("planned", "Distil strategies from traces into a memory bank (not built yet)."),
+    "memory-extract": ("memory_extract", "Distil strategies and pitfalls from traces into a memory bank."),
 }
 
 

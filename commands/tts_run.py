@@ -55,6 +55,10 @@ from ttx.tts.strategies import SCORERS, STRATEGIES  # light: no torch at import 
 @click.option("--system", help="System message.")
 @click.option("--chat/--no-chat", default=True, show_default=True,
               help="Chat template (chat endpoint) or plain 'Question: ... Answer:' text.")
+@click.option("--memory", type=click.Path(dir_okay=False),
+              help="A memory bank (ttx memory-extract): retrieved items go before each question.")
+@click.option("--memory-k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Memory items per problem (BM25 top-k, never from the same problem).")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N problems.")
 @click.option("--resume/--no-resume", default=False,
               help="Keep the output and skip (problem, level, repeat) records already in it.")

@@ -6,11 +6,15 @@ DEFAULT_INSTRUCTION: str | None = None   # the question as it is: measured best 
 
 
 def build_prompt(question: str, *, instruction: str | None = DEFAULT_INSTRUCTION,
-                 system: str | None = None, chat: bool = True):
-    """Chat messages for a chat model, or plain text ("Question: ...\\nAnswer:") for a base model."""
+                 system: str | None = None, chat: bool = True, memory: str | None = None):
+    """Chat messages for a chat model, or plain text ("Question: ...\\nAnswer:") for a base model.
+
+    `memory` (ttx.memory.retrieve.memory_block) goes before the question."""
     body = f"{question}\n{instruction}" if instruction else question
     if not chat:
-        head = f"{system}\n\n" if system else ""
+        head = "".join(f"{part}\n\n" for part in (system, memory) if part)
         return f"{head}Question: {body}\nAnswer:"
+    if memory:
+        body = f"{memory}\n\n{body}"
     messages = [{"role": "system", "content": system}] if system else []
     return messages + [{"role": "user", "content": body}]

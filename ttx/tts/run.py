@@ -36,6 +36,8 @@ class RunConfig:
     limit: int | None = None
     resume: bool = False
     progress: bool = True
+    memory: str | None = None        # a memory bank (ttx memory-extract) to retrieve from
+    memory_k: int = 1                # items per problem (ReasoningBank: k = 1 best)
 
 
 def read_problems(cfg: RunConfig) -> list[dict]:
@@ -121,7 +123,8 @@ def run_from_options(*, input_path: str, output_path: str, strategy: str, n: int
                      device: str, dtype: str, adapter: str | None, base_url: str | None,
                      concurrency: int, batch_rows: int, question_field: str, answer_field: str,
                      id_field: str, instruction: str | None, system: str | None, chat: bool,
-                     limit: int | None, resume: bool, progress: bool) -> dict:
+                     limit: int | None, resume: bool, progress: bool,
+                     memory: str | None = None, memory_k: int = 1) -> dict:
     """`ttx tts-run`: build the run from CLI options, validate the input, open the engine, run."""
     locals_options = dict(locals())          # every resolved option, for the manifest
     from ttx.engines import SamplingParams, open_engine
@@ -150,8 +153,11 @@ def run_from_options(*, input_path: str, output_path: str, strategy: str, n: int
                     answer_field=answer_field, id_field=id_field,
                     instruction=DEFAULT_INSTRUCTION if instruction is None else (instruction or None),
                     system=system, chat=chat, batch_rows=batch_rows, limit=limit, resume=resume,
-                    progress=progress)
+                    progress=progress, memory=memory, memory_k=memory_k)
     problems = read_problems(cfg)        # bad input fails here, before a model is loaded
+    if memory:
+        from ttx.memory.bank import load_bank
+        load_bank(memory)                # and so does a bad memory bank
     _level_settings(cfg)                 # and so do impossible level settings
     opened = open_engine(engine, model=model, device=device, dtype=dtype, adapter=adapter,
                          base_url=base_url, concurrency=concurrency, max_batch_rows=batch_rows)
@@ -172,6 +178,7 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
     problems = read_problems(cfg) if problems is None else problems
     settings = _level_settings(cfg)
     done = _Done(cfg)
+    recall = _memory(cfg, problems)      # id -> (injected text or None, item ids)
     base_seed = cfg.strategy.params.seed
     dynamic = cfg.repeats.maximum > cfg.repeats.minimum
     t0 = time.perf_counter()
@@ -205,7 +212,8 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
                     call_cfg = replace(strategy, params=replace(strategy.params, seed=seed))
                     tc = time.perf_counter()
                     prompts = [build_prompt(p[cfg.question_field], instruction=cfg.instruction,
-                                            system=cfg.system, chat=cfg.chat) for p in active]
+                                            system=cfg.system, chat=cfg.chat,
+                                            memory=recall[str(p["id"])][0]) for p in active]
                     outcomes = run_strategy(engine, prompts, call_cfg)
                     stats["engine_calls"] += 1
                     share = (time.perf_counter() - tc) / len(active)
@@ -215,8 +223,10 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
                             (acc if acc is not None else 0.0, float(outcome.completion_tokens)))
                         if done.has(problem["id"], level, repeat):
                             continue
-                        out.write(_record(problem, engine, strategy, key, value, level, repeat,
-                                          outcome, share))
+                        record = _record(problem, engine, strategy, key, value, level, repeat,
+                                         outcome, share)
+                        record["memory_ids"] = recall[str(problem["id"])][1]
+                        out.write(record)
                         stats["written"] += 1
                         if acc is not None:
                             stats["graded"] += 1
@@ -231,9 +241,27 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
     summary.pop("graded")
     options = {"cli": options or {}, "run": asdict(cfg), "engine": engine.name,
                "model": engine.model_name}
-    write_manifest(cfg.output, stage="tts-run", options=options, inputs=[cfg.input],
+    if cfg.memory:
+        summary["memory_problems_with_items"] = sum(1 for _, ids in recall.values() if ids)
+    write_manifest(cfg.output, stage="tts-run", options=options,
+                   inputs=[cfg.input] + ([cfg.memory] if cfg.memory else []),
                    started=started, summary=summary)
     return summary
+
+
+def _memory(cfg: RunConfig, problems: list[dict]) -> dict[str, tuple[str | None, list[str]]]:
+    """Per problem: the memory block to inject and the ids of its items (leave-one-out)."""
+    if not cfg.memory:
+        return {str(p["id"]): (None, []) for p in problems}
+    from ttx.memory.bank import load_bank
+    from ttx.memory.retrieve import BM25Retriever, memory_block
+
+    retriever = BM25Retriever(load_bank(cfg.memory))
+    out = {}
+    for p in problems:
+        items = retriever.retrieve(p[cfg.question_field], cfg.memory_k, exclude_source=str(p["id"]))
+        out[str(p["id"])] = (memory_block(items), [it["id"] for it in items])
+    return out
 
 
 def _split(history: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
