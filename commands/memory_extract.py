@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from ttx.commands.options import config_option, model_options
+from ttx.commands.options import config_option, engine_options
 from ttx.memory.extract import STYLES  # light: no torch at import time
 
 
@@ -23,12 +23,7 @@ from ttx.memory.extract import STYLES  # light: no torch at import time
               help="reasoningbank: strategies and pitfalls; concepts: ArcMemo concepts by name.")
 @click.option("--judge", type=click.Choice(["gold", "self"]), default="gold", show_default=True,
               help="gold: the records' `correct`; self: the model judges each answer.")
-@click.option("--engine", type=click.Choice(["hf", "openai"]), default="hf", show_default=True)
-@model_options
-@click.option("--base-url", envvar="TTX_BASE_URL",
-              help="openai: server URL, e.g. http://127.0.0.1:8000/v1 (env TTX_BASE_URL).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
-              help="openai: requests in flight.")
+@engine_options
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0,

@@ -46,3 +46,15 @@ def model_options(f):
     f = click.option("--model", "-m", default="smollm2-135m-instruct", show_default=True,
                      help="Model alias, Hugging Face folder, or .gguf file.")(f)
     return f
+
+
+def engine_options(f):
+    """--engine, the model options, and the openai engine's --base-url and --concurrency."""
+    f = click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="openai: requests in flight.")(f)
+    f = click.option("--base-url", envvar="TTX_BASE_URL",
+                     help="openai: server URL, e.g. http://127.0.0.1:8000/v1 "
+                          "(env TTX_BASE_URL).")(f)
+    f = model_options(f)
+    return click.option("--engine", type=click.Choice(["hf", "openai"]), default="hf",
+                        show_default=True, help="hf: local transformers; openai: a server.")(f)

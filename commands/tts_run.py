@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ttx.commands.options import config_option, model_options
+from ttx.commands.options import config_option, engine_options
 from ttx.tts.strategies import SCORERS, STRATEGIES  # light: no torch at import time
 
 
@@ -36,15 +36,9 @@ from ttx.tts.strategies import SCORERS, STRATEGIES  # light: no torch at import 
               help="Dynamic repeats: at most this many (ARISE default 10).")
 @click.option("--cv-threshold", type=click.FloatRange(min=0), default=0.5, show_default=True,
               help="Dynamic repeats: stop once CV(accuracy) + CV(tokens) <= this.")
-@click.option("--engine", type=click.Choice(["hf", "openai"]), default="hf",
-              show_default=True)
-@model_options
+@engine_options
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False),
               help="hf: a PEFT adapter folder to apply.")
-@click.option("--base-url", envvar="TTX_BASE_URL",
-              help="openai: server URL, e.g. http://127.0.0.1:8000/v1 (env TTX_BASE_URL).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
-              help="openai: requests in flight.")
 @click.option("--batch-rows", type=click.IntRange(min=1), default=64, show_default=True,
               help="hf: traces decoded together (problems per call = rows / n).")
 @click.option("--question-field", default="question", show_default=True)

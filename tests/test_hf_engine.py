@@ -25,6 +25,16 @@ def _reference_greedy(engine, prompt, max_new_tokens):
     return out[0, ids.shape[1]:].tolist()
 
 
+def _assert_logprobs_of_a_full_forward(engine, prompt_ids, trace):
+    """The trace's per-token log-probabilities equal re-encoding prompt + trace in one pass."""
+    ids = torch.tensor([prompt_ids + trace.token_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(engine.model(ids).logits[0].float(), -1)
+    steps = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(trace.token_ids))
+    want = [logp[pos, tok].item() for pos, tok in zip(steps, trace.token_ids)]
+    assert trace.logprobs == pytest.approx(want, abs=1e-4)
+
+
 def test_greedy_matches_transformers_generate_for_a_padded_batch(engine):
     gens = engine.generate(PROMPTS, 2, SamplingParams(max_new_tokens=12))
     for prompt, gen in zip(PROMPTS, gens):
@@ -46,12 +56,7 @@ def test_sampled_logprobs_match_a_full_forward_pass(engine):
         texts = {tuple(t.token_ids) for t in gen.traces}
         assert len(texts) > 1, "temperature 1 on a random model should give distinct traces"
         for trace in gen.traces:
-            ids = torch.tensor([prompt_ids + trace.token_ids])
-            with torch.no_grad():
-                logp = torch.log_softmax(engine.model(ids).logits[0].float(), -1)
-            steps = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(trace.token_ids))
-            want = [logp[pos, tok].item() for pos, tok in zip(steps, trace.token_ids)]
-            assert trace.logprobs == pytest.approx(want, abs=1e-4)
+            _assert_logprobs_of_a_full_forward(engine, prompt_ids, trace)
             assert all(c >= -1e-5 for c in trace.self_certainty)   # KL(U||p) is non-negative
 
 
@@ -179,11 +184,5 @@ def test_prompts_joining_a_running_batch_decode_as_if_alone(tiny_model_dir):
     params = SamplingParams(max_new_tokens=8, temperature=1.0, seed=2, logprobs=True)
     small.max_batch_rows = 3                       # one prompt's 2 rows + a row of the next
     for prompt, gen in zip(PROMPTS, small.generate(PROMPTS, 2, params)):
-        prompt_ids = small.encode(prompt)
         for trace in gen.traces:
-            ids = torch.tensor([prompt_ids + trace.token_ids])
-            with torch.no_grad():
-                logp = torch.log_softmax(small.model(ids).logits[0].float(), -1)
-            steps = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(trace.token_ids))
-            want = [logp[pos, tok].item() for pos, tok in zip(steps, trace.token_ids)]
-            assert trace.logprobs == pytest.approx(want, abs=1e-4)
+            _assert_logprobs_of_a_full_forward(small, small.encode(prompt), trace)
