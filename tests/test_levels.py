@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import run_cli
 from ttx.data.arith import generate
+from ttx.scoring.answers import answers_equal, extract_answer
 from ttx.tts.levels import Levels, RepeatRule, cv, parse_levels
 
 
@@ -86,8 +87,8 @@ def test_levels_write_one_record_per_problem_level_and_repeat(tmp_path, tiny_mod
 
 
 def test_dynamic_repeats_end_to_end(tmp_path, tiny_model_dir):
-    """A random tiny model is always wrong: accuracy CV is 0, so repeats stop at the minimum
-    unless token counts vary; every (problem, level) gets between min and max repeats."""
+    """Every (problem, level) gets between min and max repeats, each wanted by the rule given
+    the outcomes before it, and no more once the rule is satisfied."""
     problems = tmp_path / "p.jsonl"
     problems.write_text("".join(json.dumps(p) + "\n" for p in generate(2, 5)))
     out = tmp_path / "o.jsonl"
@@ -100,7 +101,8 @@ def test_dynamic_repeats_end_to_end(tmp_path, tiny_model_dir):
         counts.setdefault((r["id"], r["level"]), []).append(r)
         assert r["max_new_tokens"] == {1: 2, 2: 4}[r["level"]]
     for rs in counts.values():
-        accs = [0.0] * len(rs)
+        rs.sort(key=lambda r: r["repeat"])
+        accs = [float(answers_equal(r["pred"], extract_answer(r["answer"]))) for r in rs]
         tokens = [float(r["completion_tokens"]) for r in rs]
         assert 2 <= len(rs) <= 4
         rule = RepeatRule(2, 4, 0.5)
