@@ -28,4 +28,5 @@ def machine() -> dict:
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "git_commit": commit,
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -1,0 +1,1 @@
+"""In-Place Test-Time Training (Feng et al., 2026): MLP down-projections as chunk-wise fast weights."""

@@ -1,0 +1,1 @@
+"""Test-Time Learning (Hu et al., ICML 2025): LoRA on unlabeled test inputs by perplexity minimisation."""

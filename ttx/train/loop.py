@@ -1,0 +1,299 @@
+"""The one training loop: tlm-adapt, perk-metatrain, inplace-ttt and distill-to-mamba all use it.
+
+It owns what every stage would otherwise copy: the accelerate Accelerator, AdamW with decay on
+matrices only, the warmup + cosine/linear/constant schedule, gradient accumulation, clipping,
+checkpoints every N steps with exact resume (weights, optimizer, schedule, RNG, data position),
+a per-step log, and a progress bar. A stage supplies the module, the micro-batches and a
+`loss_fn(module, batch)`; it saves its own final artefact (PEFT adapter, HF checkpoint).
+
+A step is one accumulation window of `grad_accum` micro-batches. A micro-batch whose loss_fn
+returns None is skipped (no backward); a window with no backward makes no optimizer update but
+still advances the schedule, so the learning rate follows the data position.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ttx.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+
+LossOut = Any   # tensor | None | (tensor | None, dict of floats)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: Path
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "cosine"             # cosine | linear | constant (after warmup)
+    warmup_ratio: float = 0.0
+    max_steps: int | None = None         # optimizer steps; None: epochs over the batches
+    epochs: int = 1
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    save_every: int = 0                  # checkpoint every N steps (0: only when stopping early)
+    keep_checkpoints: int = 2
+    seed: int = 0
+    shuffle: bool = False                # reshuffle micro-batches each epoch (seeded)
+    mixed_precision: str = "no"          # no | fp16 | bf16 (accelerate)
+    resume: bool = False
+    stop_after: int | None = None        # stop after N steps in this invocation (checkpointed)
+    desc: str = "train"
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0                       # steps (windows) completed in total
+    updates: int = 0                     # optimizer updates made (steps with a backward)
+    backward: int = 0                    # micro-batches with a backward pass
+    skipped: int = 0                     # micro-batches whose loss_fn returned None
+    losses: list[float] = field(default_factory=list)
+    resumed_from: int | None = None
+    finished: bool = False
+    wall_s: float = 0.0
+
+
+def make_accelerator(mixed_precision: str = "no"):
+    """The Accelerator: created here and nowhere else (accelerate keeps its state per process)."""
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=mixed_precision)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warmup to 1, then cosine / linear decay to 0, or constant."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    def __init__(self, module: torch.nn.Module, config: TrainConfig, total_steps: int | None = None):
+        if config.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"unknown schedule {config.schedule!r}")
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        torch.manual_seed(config.seed)
+        self.accelerator = make_accelerator(config.mixed_precision)
+        self.named = {n: p for n, p in module.named_parameters() if p.requires_grad}
+        if not self.named:
+            raise ValueError("nothing to train: no parameter requires grad")
+        decay = [p for p in self.named.values() if p.ndim >= 2]
+        no_decay = [p for p in self.named.values() if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": config.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr,
+                                      betas=config.betas)
+        self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
+        self.total_steps = total_steps or config.max_steps
+        self.step_count = 0                  # completed windows
+        self.micro = 0                       # micro-batches in the current window
+        self.result = TrainResult()
+        self._window_losses: list[float] = []
+        self._window_backward = 0
+        self._extras: dict[str, float] = {}
+        self._log_path = self.output_dir / "train_log.jsonl"
+
+    # -- what stages use -------------------------------------------------------------------
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.module)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def lr(self) -> float:
+        total = self.total_steps or 0
+        warmup = round(self.config.warmup_ratio * total)
+        return self.config.lr * lr_factor(self.step_count, total, warmup, self.config.schedule)
+
+    def resume(self) -> dict | None:
+        """Load the newest checkpoint if there is one; returns its stage extras (or None)."""
+        found = checkpoint_dirs(self.output_dir)
+        if not found:
+            return None
+        state = load_checkpoint(found[-1], params=self._trainable(), optimizer=self.optimizer)
+        self.step_count = state["step"]
+        self.result = TrainResult(**{**state["result"], "resumed_from": state["step"]})
+        self._truncate_log(self.step_count)
+        return state.get("extras", {})
+
+    def save(self, extras: dict | None = None) -> Path | None:
+        """Checkpoint now (at a window boundary); the main process writes."""
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return None
+        return save_checkpoint(self.output_dir, self.step_count, params=self._trainable(),
+                               optimizer=self.optimizer, keep=self.config.keep_checkpoints,
+                               state={"step": self.step_count, "result": asdict(self.result),
+                                      "config": _jsonable(asdict(self.config)),
+                                      "extras": extras or {}})
+
+    def step(self, batch, loss_fn: Callable[[torch.nn.Module, Any], LossOut]) -> float | None:
+        """One micro-batch; completes a step (update, schedule, log, checkpoint) at the window end."""
+        self.module.train()
+        loss, extras = _split(loss_fn(self.module, batch))
+        if loss is None and self.accelerator.num_processes > 1:
+            # every rank must join the gradient all-reduce: contribute zeros
+            loss = sum(p.sum() for p in self.named.values()) * 0.0
+        value = None
+        if loss is None:
+            self.result.skipped += 1
+        else:
+            last = self.micro + 1 == self.config.grad_accum
+            context = self.accelerator.no_sync(self.module) if not last else _nullcontext()
+            with context:
+                self.accelerator.backward(loss / self.config.grad_accum)
+            value = float(loss.detach())
+            self._window_losses.append(value)
+            self._window_backward += 1
+            self.result.backward += 1
+        for k, v in extras.items():
+            self._extras[k] = float(v)
+        self.micro += 1
+        if self.micro == self.config.grad_accum:
+            self._finish_window()
+        return value
+
+    def fit(self, batches: Sequence, loss_fn: Callable[[torch.nn.Module, Any], LossOut]) -> TrainResult:
+        """epochs x batches micro-batches (or max_steps steps), resuming when config.resume."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        shard = self._shard(list(batches))
+        if not shard:
+            raise ValueError("no training batches")
+        per_epoch = math.ceil(len(shard) / cfg.grad_accum)
+        total = cfg.max_steps or per_epoch * cfg.epochs
+        self.total_steps = total
+        if cfg.resume:
+            self.resume()
+        started, t0 = self.step_count, time.perf_counter()
+        bar = tqdm(total=total, initial=self.step_count, desc=cfg.desc, unit="step", file=sys.stderr,
+                   disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
+        while self.step_count < total:
+            epoch, in_epoch = divmod(self.step_count, per_epoch)
+            order = self._order(len(shard), epoch)
+            window = order[in_epoch * cfg.grad_accum:(in_epoch + 1) * cfg.grad_accum]
+            for i in window:
+                self.step(shard[i], loss_fn)
+            if self.micro:                   # a short last window of the epoch
+                self._finish_window()
+            bar.update(1)
+            if self.result.losses:
+                bar.set_postfix(loss=f"{self.result.losses[-1]:.4f}", lr=f"{self.lr():.2e}")
+            if cfg.stop_after is not None and self.step_count - started >= cfg.stop_after \
+                    and self.step_count < total:
+                self.save()
+                break
+        bar.close()
+        self.result.finished = self.step_count >= total
+        self.result.wall_s += time.perf_counter() - t0
+        return self.result
+
+    def remove_checkpoints(self) -> None:
+        """After the stage saved its final artefact: checkpoints are no longer needed."""
+        import shutil
+
+        if self.is_main:
+            shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.unwrapped.named_parameters() if p.requires_grad}
+
+    def _finish_window(self) -> None:
+        cfg = self.config
+        lr = self.lr()
+        updated = self._window_backward > 0
+        grad_norm = None
+        if updated:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            if cfg.max_grad_norm:
+                grad_norm = float(self.accelerator.clip_grad_norm_(list(self.named.values()),
+                                                                   cfg.max_grad_norm))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.result.updates += 1
+        loss = sum(self._window_losses) / len(self._window_losses) if self._window_losses else None
+        if loss is not None:
+            self.result.losses.append(loss)
+        self.step_count += 1
+        self.result.steps = self.step_count
+        self._log({"step": self.step_count, "loss": loss, "lr": lr, "updated": updated,
+                   "grad_norm": grad_norm, **self._extras})
+        self.micro, self._window_losses, self._window_backward, self._extras = 0, [], 0, {}
+        if cfg.save_every and self.step_count % cfg.save_every == 0:
+            self.save()
+
+    def _order(self, n: int, epoch: int) -> list[int]:
+        if not self.config.shuffle:
+            return list(range(n))
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        return torch.randperm(n, generator=g).tolist()
+
+    def _shard(self, batches: list) -> list:
+        """Each process takes every world-th micro-batch (equal counts, so no rank waits forever)."""
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        if world == 1:
+            return batches
+        usable = len(batches) // world * world
+        return batches[rank:usable:world]
+
+    def _log(self, row: dict) -> None:
+        if not self.is_main:
+            return
+        import json
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with open(self._log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        import json
+
+        if not self.is_main or not self._log_path.exists():
+            return
+        keep = []
+        for line in self._log_path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (ValueError, KeyError):
+                break                        # a torn last line from the interrupted run
+        self._log_path.write_text("".join(f"{line}\n" for line in keep))
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _split(out: LossOut) -> tuple[torch.Tensor | None, dict]:
+    if isinstance(out, tuple):
+        return out[0], dict(out[1] or {})
+    return out, {}
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
