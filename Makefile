@@ -30,6 +30,7 @@ test-server: setup
 
 bench: setup
 	$(PY) bench/tts_engine.py
+	$(PY) bench/tlm.py
 
 lint: setup
 	$(PY) -m ruff check ttx commands tests bench

@@ -12,7 +12,7 @@ import click
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tts-run": ("tts_run", "Test-time scaling: sample, vote, search and refine with a model."),
     "score": ("score", "Score tts-run records: accuracy, pass@k, maj@k, tokens, plots."),
-    "tlm-adapt": ("planned", "Test-Time Learning: LoRA on unlabeled test inputs (not built yet)."),
+    "tlm-adapt": ("tlm_adapt", "Test-Time Learning: LoRA on unlabeled test inputs."),
     "perk-metatrain": ("planned", "PERK: meta-learn a LoRA that encodes long context (not built yet)."),
     "inplace-ttt-convert": ("planned", "Make an In-Place TTT model from a checkpoint (not built yet)."),
     "distill-to-mamba": ("planned", "Replace attention with Mamba-2 layers and distill (not built yet)."),

@@ -112,20 +112,31 @@ def pick_dtype(dtype: str, device: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
-def load_model(spec: str, device: str = "auto", dtype: str = "auto"):
-    """Load (model, tokenizer, folder) in eval mode on the chosen device."""
+def load_model(spec: str, device: str = "auto", dtype: str = "auto", load_in_4bit: bool = False):
+    """Load (model, tokenizer, folder) in eval mode on the chosen device.
+
+    `load_in_4bit` quantizes the linear layers to NF4 with bitsandbytes (QLoRA; CPU works too)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve_model(spec)
     check_causal_lm(folder)
     device = pick_device(device)
+    kwargs = {"dtype": pick_dtype(dtype, device)}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kwargs["dtype"])
+        kwargs["device_map"] = device
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=pick_dtype(dtype, device))
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except (ValueError, KeyError) as exc:
         raise TtxError(f"cannot load as a causal language model ({exc})".splitlines()[0],
                        path=str(folder)) from None
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model.to(device).eval()
+    if not load_in_4bit:
+        model.to(device)
+    model.eval()
     return model, tokenizer, folder
 
 

@@ -193,8 +193,7 @@ class Trainer:
             window = order[in_epoch * cfg.grad_accum:(in_epoch + 1) * cfg.grad_accum]
             for i in window:
                 self.step(shard[i], loss_fn)
-            if self.micro:                   # a short last window of the epoch
-                self._finish_window()
+            self.flush()                     # a short last window of the epoch
             bar.update(1)
             if self.result.losses:
                 bar.set_postfix(loss=f"{self.result.losses[-1]:.4f}", lr=f"{self.lr():.2e}")
@@ -206,6 +205,11 @@ class Trainer:
         self.result.finished = self.step_count >= total
         self.result.wall_s += time.perf_counter() - t0
         return self.result
+
+    def flush(self) -> None:
+        """Finish a partly filled window now (the end of an epoch or of an online block)."""
+        if self.micro:
+            self._finish_window()
 
     def remove_checkpoints(self) -> None:
         """After the stage saved its final artefact: checkpoints are no longer needed."""
