@@ -6,10 +6,13 @@ part with and without memory: same model, strategy and budget.
 
 1. train part: majority, n = 2 at temperature 0.7 (two traces to contrast, MaTTS parallel);
    `correct` per record as `ttx score --per-record` writes it;
-2. memory-extract, reasoningbank style, greedy, into a fresh bank;
-3. test part: greedy without memory, then greedy with --memory-k 1 (BM25, leave-one-out).
-Reports accuracy, completion and prompt tokens both ways, the problems memory flipped, the
-bank's size and the extractor's malformed count. Writes bench/results/memory.json.
+2. memory-extract into a fresh bank per arm: reasoningbank with field blocks, reasoningbank with
+   `--item-format tips`, cheatsheet with tips (Dynamic Cheatsheet, problems in order);
+3. test part: greedy without memory, then greedy with each bank (reasoningbank: --memory-k 1,
+   BM25, leave-one-out; cheatsheet: --memory-k 0, the whole sheet), and greedy with
+   --memory-update (reasoningbank tips, learning online over the test part, starting empty).
+Reports accuracy, completion and prompt tokens per arm, the problems memory flipped, each bank's
+size and the extractor's parsed / malformed counts. Writes bench/results/memory.json.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine  # noqa: E402
 
 
-def _run(engine, problems_path, out, *, strategy, n, temperature, max_new_tokens, memory=None):
+def _run(engine, problems_path, out, *, strategy, n, temperature, max_new_tokens, memory=None,
+         memory_k=1, update=None):
     from ttx.engines import SamplingParams
     from ttx.tts.run import RunConfig, run_tts
     from ttx.tts.strategies import StrategyConfig
@@ -35,7 +39,10 @@ def _run(engine, problems_path, out, *, strategy, n, temperature, max_new_tokens
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=0)
     cfg = RunConfig(input=str(problems_path), output=str(out), progress=False,
                     strategy=StrategyConfig(strategy=strategy, n=n, params=params),
-                    memory=str(memory) if memory else None, memory_k=1)
+                    memory=str(memory) if memory else None, memory_k=memory_k)
+    if update:
+        cfg.memory_update = True
+        cfg.memory_style, cfg.memory_item_format, cfg.memory_extract_tokens = update
     t0 = time.perf_counter()
     run_tts(engine, cfg)
     records = [json.loads(line) for line in Path(out).read_text().splitlines()]
@@ -59,6 +66,8 @@ def main(argv=None) -> None:
     ap.add_argument("--test", type=int, default=24)
     ap.add_argument("--max-new-tokens", type=int, default=192)
     ap.add_argument("--extract-tokens", type=int, default=256)
+    ap.add_argument("--arms", default="blocks,tips,cheatsheet,online",
+                    help="memory arms to run (comma-separated)")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--engine", choices=["hf", "openai"], default="hf")
     ap.add_argument("--base-url", default=None, help="openai: a server with a larger model")
@@ -92,47 +101,66 @@ def main(argv=None) -> None:
                              strategy="majority", n=2, temperature=0.7,
                              max_new_tokens=args.max_new_tokens)
     score([str(work / "train_runs.jsonl")], per_record=str(work / "scored.jsonl"))
-    t1 = time.perf_counter()
-    extraction = extract_to_bank(engine, str(work / "scored.jsonl"), str(work / "bank.jsonl"),
-                                 ExtractConfig(progress=False, params=SamplingParams(
-                                     max_new_tokens=args.extract_tokens, seed=0)))
-    extract_wall = time.perf_counter() - t1
-    bank = load_bank(work / "bank.jsonl")
+    from ttx.scoring.metrics import record_correct
 
     kw = dict(strategy="greedy", n=1, temperature=0.0, max_new_tokens=args.max_new_tokens)
     base, base_wall = _run(engine, work / "test.jsonl", work / "baseline.jsonl", **kw)
-    mem, mem_wall = _run(engine, work / "test.jsonl", work / "with_memory.jsonl",
-                         memory=work / "bank.jsonl", **kw)
-    from ttx.scoring.metrics import record_correct
-
-    flips = [(record_correct(a), record_correct(b)) for a, b in zip(base, mem)]
+    arms = {"blocks": ("reasoningbank", "blocks", 1), "tips": ("reasoningbank", "tips", 1),
+            "cheatsheet": ("cheatsheet", "tips", 0)}
     result = {
-        "setup": {"engine": args.engine, "model": args.model, "problems_seed": args.seed, "train": args.train,
-                  "test": args.test, "train_strategy": "majority n=2 T=0.7",
+        "setup": {"engine": args.engine, "model": args.model, "problems_seed": args.seed,
+                  "train": args.train, "test": args.test, "train_strategy": "majority n=2 T=0.7",
                   "test_strategy": "greedy", "max_new_tokens": args.max_new_tokens,
-                  "extract": {"style": "reasoningbank", "max_new_tokens": args.extract_tokens,
-                              "temperature": 0.0}, "retrieval": "bm25s, k=1, leave-one-out"},
+                  "extract": {"max_new_tokens": args.extract_tokens, "temperature": 0.0},
+                  "arms": {k: {"style": v[0], "item_format": v[1], "memory_k": v[2]}
+                           for k, v in arms.items()},
+                  "online": {"style": "reasoningbank", "item_format": "tips", "memory_k": 1},
+                  "retrieval": "bm25s, leave-one-out"},
         "model_load_s": round(load_s, 1), "torch_threads_set": args.threads,
-        "train": _stats(train, train_wall),
-        "extraction": {**extraction, "wall_s": round(extract_wall, 1)},
-        "bank_sample": [{k: it[k] for k in ("title", "text", "kind", "outcome")}
-                        for it in bank[:5]],
-        "without_memory": _stats(base, base_wall),
-        "with_memory": _stats(mem, mem_wall),
-        "memory_helped": sum(1 for a, b in flips if not a and b),
-        "memory_hurt": sum(1 for a, b in flips if a and not b),
-        "machine": machine(),
-    }
-    result["accuracy_delta"] = (result["with_memory"]["accuracy"]
-                                - result["without_memory"]["accuracy"])
+        "train": _stats(train, train_wall), "without_memory": _stats(base, base_wall),
+        "arms": {}, "machine": None}
+    for name in [a for a in args.arms.split(",") if a]:
+        bank_path = work / f"bank-{name}.jsonl"
+        t1 = time.perf_counter()
+        if name == "online":          # learn over the test part itself, one problem at a time
+            mem, mem_wall = _run(engine, work / "test.jsonl", work / "online.jsonl",
+                                 memory=bank_path, update=("reasoningbank", "tips", args.extract_tokens),
+                                 **kw)
+            manifest = json.loads((work / "online.jsonl.manifest.json").read_text())
+            extraction = manifest["summary"]["memory_update"]
+        else:
+            style, item_format, k = arms[name]
+            extraction = extract_to_bank(engine, str(work / "scored.jsonl"), str(bank_path),
+                                         ExtractConfig(style=style, item_format=item_format,
+                                                       progress=False, params=SamplingParams(
+                                                           max_new_tokens=args.extract_tokens,
+                                                           seed=0)))
+            extraction["wall_s"] = round(time.perf_counter() - t1, 1)
+            mem, mem_wall = _run(engine, work / "test.jsonl", work / f"with-{name}.jsonl",
+                                 memory=bank_path, memory_k=k, **kw)
+        bank = load_bank(bank_path) if bank_path.exists() else []
+        flips = [(record_correct(a), record_correct(b)) for a, b in zip(base, mem)]
+        stats = _stats(mem, mem_wall)
+        result["arms"][name] = {
+            "extraction": extraction, "bank_items": len(bank),
+            "bank_sample": [{k: it[k] for k in ("title", "text", "kind", "outcome", "uses")}
+                            for it in bank[:5]],
+            "with_memory": stats,
+            "accuracy_delta": stats["accuracy"] - result["without_memory"]["accuracy"],
+            "memory_helped": sum(1 for a, b in flips if not a and b),
+            "memory_hurt": sum(1 for a, b in flips if a and not b)}
+        print(name, json.dumps({k: result["arms"][name][k] for k in
+                                ("bank_items", "accuracy_delta", "memory_helped", "memory_hurt")}),
+              f"parsed {extraction.get('items_parsed')} malformed {extraction.get('malformed')}",
+              flush=True)
+    result["machine"] = machine()
     engine.close()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("train", "without_memory", "with_memory",
-                                             "memory_helped", "memory_hurt", "accuracy_delta")},
-                     indent=2))
-    print(f"bank: {len(bank)} items, extraction: {extraction['items_parsed']} parsed, "
-          f"{extraction['malformed']} malformed; wrote {args.out}")
+    print(json.dumps({"without_memory": result["without_memory"],
+                      **{k: {"accuracy": v["with_memory"]["accuracy"], "bank": v["bank_items"]}
+                         for k, v in result["arms"].items()}}, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     ttx score -i runs.jsonl --per-record scored.jsonl
     ttx memory-extract -i scored.jsonl -o bank.jsonl --style reasoningbank
+    ttx memory-extract -i scored.jsonl -o sheet.jsonl --style cheatsheet --item-format tips
     ttx tts-run -i test.jsonl --memory bank.jsonl --memory-k 1 -o with_memory.jsonl
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import click
 
 from ttx.commands.options import config_option, engine_options
-from ttx.memory.extract import STYLES  # light: no torch at import time
+from ttx.memory.extract import ITEM_FORMATS, STYLES  # light: no torch at import time
 
 
 @click.command(name="memory-extract")
@@ -20,7 +21,11 @@ from ttx.memory.extract import STYLES  # light: no torch at import time
 @click.option("-o", "--output", "output_path", required=True,
               help="Bank JSONL; an existing bank is merged into (duplicates logged as events).")
 @click.option("--style", type=click.Choice(STYLES), default="reasoningbank", show_default=True,
-              help="reasoningbank: strategies and pitfalls; concepts: ArcMemo concepts by name.")
+              help="reasoningbank: strategies and pitfalls; concepts: ArcMemo concepts by name; "
+              "cheatsheet: one document rewritten after each problem (Dynamic Cheatsheet).")
+@click.option("--item-format", type=click.Choice(ITEM_FORMATS), default="blocks",
+              show_default=True, help="blocks: Title/Description/Content fields; tips: one "
+              "'Tip:' line per item after a worked example (small models keep to it).")
 @click.option("--judge", type=click.Choice(["gold", "self"]), default="gold", show_default=True,
               help="gold: the records' `correct`; self: the model judges each answer.")
 @engine_options

@@ -26,6 +26,48 @@ from ttx.tts.strategies import SCORERS, STRATEGIES  # light: no torch at import 
 @click.option("--weighted/--no-weighted", default=False, help="best-of-n: sum scores per answer.")
 @click.option("--ffs-k", type=click.IntRange(min=1), default=1, show_default=True,
               help="ffs: wait for k finished traces and vote among them.")
+@click.option("--min-thinking-tokens", type=click.IntRange(min=0),
+              help="budget-forcing: continue a trace that stops before this many tokens.")
+@click.option("--max-thinking-tokens", type=click.IntRange(min=1),
+              help="budget-forcing: cut thinking here, append the end text and 'Final Answer:' "
+                   "(default --max-new-tokens).")
+@click.option("--num-ignore", type=click.IntRange(min=0),
+              help="budget-forcing: stops ignored at most K times per trace (default 1).")
+@click.option("--ignore-str", help="budget-forcing: appended when a stop is ignored "
+              "(default 'Wait').")
+@click.option("--think-end", help="budget-forcing: end-of-thinking text (default '</think>' "
+              "when the model has it, else none: thinking ends at EOS).")
+@click.option("--answer-tokens", type=click.IntRange(min=1),
+              help="budget-forcing: tokens for the answer after 'Final Answer:' (default 32).")
+@click.option("--beam-width", type=click.IntRange(min=1),
+              help="beam/dora: M; keep n/M beams, expand each M ways (default 2).")
+@click.option("--step-tokens", type=click.IntRange(min=1),
+              help="beam/dora: a step ends at a blank line or after this many tokens (default 64).")
+@click.option("--max-steps", type=click.IntRange(min=1),
+              help="beam/dora: iterations; the last runs to EOS (default 4).")
+@click.option("--agg", type=click.Choice(["last", "min", "prod"]),
+              help="beam/dora (and PRM best-of-n): step scores -> path score (default last).")
+@click.option("--dora-tau", type=click.FloatRange(min=0, min_open=True),
+              help="dora: softmax temperature of the scores (default 0.1).")
+@click.option("--dora-alpha", type=click.FloatRange(min=0, min_open=True),
+              help="dora: temperature of the similarity row-softmax (default 0.01).")
+@click.option("--embedder", type=click.Path(exists=True, file_okay=False),
+              help="dora: a local embedding model folder (default: the policy's hidden states).")
+@click.option("--turns", type=click.IntRange(min=1),
+              help="refine: rounds of check-and-correct (default 1).")
+@click.option("--turn-aggregate", type=click.Choice(["last", "majority"]),
+              help="refine: the last turn's answer, or a vote over all turns (default last).")
+@click.option("--reward-model", type=click.Path(exists=True, file_okay=False),
+              help="best-of-n/beam/dora: a local outcome or process reward model (replaces "
+                   "--scorer).")
+@click.option("--prm-format", type=click.Choice(["tag", "chat"]),
+              help="causal-LM PRM: steps followed by a tag (Math-Shepherd) or chat turns "
+                   "(RLHFlow) (default tag).")
+@click.option("--prm-step-tag", help="PRM: text after each step, scored there (default 'ки').")
+@click.option("--prm-good-token", help="PRM: the token whose probability is the score "
+              "(default '+').")
+@click.option("--prm-bad-token", help="PRM: its opposite; '' scores against the whole "
+              "vocabulary (default '-').")
 @click.option("--levels", metavar="AXIS=V1,V2,...",
               help="Compute levels for ARISE: n=1,2,4,8 or max_new_tokens=64,128,256.")
 @click.option("--repeats", type=click.IntRange(min=1),
@@ -51,8 +93,22 @@ from ttx.tts.strategies import SCORERS, STRATEGIES  # light: no torch at import 
               help="Chat template (chat endpoint) or plain 'Question: ... Answer:' text.")
 @click.option("--memory", type=click.Path(dir_okay=False),
               help="A memory bank (ttx memory-extract): retrieved items go before each question.")
-@click.option("--memory-k", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Memory items per problem (BM25 top-k, never from the same problem).")
+@click.option("--memory-k", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Memory items per problem (top-k, never from the same problem; 0: all).")
+@click.option("--memory-update/--no-memory-update", default=None,
+              help="Learn online: update the bank from each problem before the next.")
+@click.option("--memory-style", type=click.Choice(["reasoningbank", "concepts", "cheatsheet"]),
+              help="--memory-update: how items are distilled (default reasoningbank).")
+@click.option("--memory-item-format", type=click.Choice(["blocks", "tips"]),
+              help="--memory-update: field blocks (default) or one 'Tip:' line per item.")
+@click.option("--memory-judge", type=click.Choice(["gold", "self"]),
+              help="--memory-update: gold answers where present (default), or the model.")
+@click.option("--memory-extract-tokens", type=click.IntRange(min=1),
+              help="--memory-update: new tokens per extraction (default 256).")
+@click.option("--memory-retriever", type=click.Choice(["bm25", "embedding"]),
+              help="bm25 (default) or cosine similarity of a local model's mean hidden states.")
+@click.option("--memory-embedder", help="embedding: a local model folder, .gguf or alias "
+              "(default smollm2-135m-instruct); never downloaded.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N problems.")
 @click.option("--resume/--no-resume", default=False,
               help="Keep the output and skip (problem, level, repeat) records already in it.")

@@ -59,3 +59,31 @@ def run_cli(args, input=None):
     from ttx.commands import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def eos_model_dir(tmp_path_factory, default_model_dir) -> Path:
+    """A tiny random Llama that ends a trace with EOS about one token in nine (at temperature 1),
+    so stopping, EOS suppression and continuation are exercised for real: hidden unit 0 is held
+    constant (embedding column 0 = 1, nothing else writes to it) and only EOS reads it."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, tie_word_embeddings=False,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[0] = 0.0
+            layer.mlp.down_proj.weight[0] = 0.0
+        model.lm_head.weight[tokenizer.eos_token_id] = 0.0
+        model.lm_head.weight[tokenizer.eos_token_id, 0] = 1.15     # P(EOS) ~ 0.11 per token
+    folder = tmp_path_factory.mktemp("eos-llama")
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -114,8 +114,10 @@ def test_memory_pipeline_script_runs_on_a_tiny_model(tmp_path, tiny_model_dir):
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("train.jsonl", "train.scored.jsonl", "bank.jsonl", "baseline.jsonl",
-                 "with_memory.jsonl", "score.json"):
+                 "with_memory.jsonl", "online.jsonl", "online-bank.jsonl", "score.json"):
         assert (out / name).exists(), name
     assert all("memory_ids" in r for r in _records(out / "with_memory.jsonl"))
+    meta = json.loads((out / "online-bank.jsonl.meta.json").read_text())
+    assert meta["extracted_from"] == sorted(p["id"] for p in problems[3:])   # learned online
     score = json.loads((out / "score.json").read_text())
-    assert {r["name"] for r in score["runs"]} == {"baseline", "memory"}
+    assert {r["name"] for r in score["runs"]} == {"baseline", "memory", "online"}

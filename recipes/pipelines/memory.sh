@@ -6,8 +6,8 @@
 #
 # Trailing options go to every model stage (tts-run and memory-extract), so keep them to those
 # both accept: --model, --engine, --base-url, --max-new-tokens, --seed, --no-progress, ...
-# Writes OUT_DIR/{train,train.scored,bank,baseline,with_memory}.jsonl and OUT_DIR/score.json,
-# and prints the comparison table. Re-running it resumes every stage.
+# Writes OUT_DIR/{train,train.scored,bank,baseline,with_memory,online,online-bank}.jsonl and
+# OUT_DIR/score.json, and prints the comparison table. Re-running it resumes every stage.
 set -euo pipefail
 train=${1:?usage: memory.sh TRAIN.jsonl TEST.jsonl OUT_DIR [model options...]}
 test=${2:?usage: memory.sh TRAIN.jsonl TEST.jsonl OUT_DIR [model options...]}
@@ -29,7 +29,12 @@ ttx tts-run -i "$test" -o "$out/baseline.jsonl" --strategy greedy --resume "$@"
 ttx tts-run -i "$test" -o "$out/with_memory.jsonl" --strategy greedy --resume \
     --memory "$out/bank.jsonl" --memory-k 1 "$@"
 
-# 5. one table for both
-ttx score --compare baseline="$out/baseline.jsonl" --compare memory="$out/with_memory.jsonl" \
-    --json > "$out/score.json"
-ttx score --compare baseline="$out/baseline.jsonl" --compare memory="$out/with_memory.jsonl"
+# 5. learning online instead: the test split alone, the bank updated after each problem
+ttx tts-run -i "$test" -o "$out/online.jsonl" --strategy greedy --resume \
+    --memory "$out/online-bank.jsonl" --memory-update --memory-item-format tips "$@"
+
+# 6. one table for all three
+runs=(--compare baseline="$out/baseline.jsonl" --compare memory="$out/with_memory.jsonl"
+      --compare online="$out/online.jsonl")
+ttx score "${runs[@]}" --json > "$out/score.json"
+ttx score "${runs[@]}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Union
+from typing import Protocol, Sequence, Union
 
 # A prompt is either chat messages ([{"role": ..., "content": ...}], templated by the engine)
 # or raw text that is sent as it is (already templated, or a base model's plain prompt).
@@ -19,6 +19,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()        # stop strings; the text is cut before the first one
     logprobs: bool = False            # per-token log-probabilities (and self-certainty on hf)
     ignore_eos: bool = False          # generate exactly max_new_tokens (benchmarks)
+    # No EOS and no stop string before this many new tokens (vLLM's `min_tokens`): budget forcing
+    # continues a trace past a stop without it stopping again at once.
+    min_new_tokens: int = 0
     # First Finish Search: once this many traces of a prompt have finished, cancel the rest.
     stop_after_finished: int | None = None
 
@@ -32,6 +35,7 @@ class Trace:
     logprobs: list[float] | None = None         # log p(token) under the model (temperature 1)
     self_certainty: list[float] | None = None   # KL(uniform || p) per token (Kang et al. 2025)
     finish_order: int | None = None             # 0 for the first trace of its prompt to finish
+    stop_string: str | None = None              # the stop string that ended it (None: EOS/length)
 
 
 @dataclass
@@ -47,9 +51,38 @@ class Engine(Protocol):
     name: str            # "hf" or "openai"
     model_name: str      # what records name as `model`
 
-    def generate(self, prompts: list[Prompt], n: int, params: SamplingParams) -> list[Generation]:
-        """Generate n traces for each prompt; results come back in prompt order."""
+    def generate(self, prompts: list[Prompt], n: int | Sequence[int],
+                 params: SamplingParams | Sequence[SamplingParams]) -> list[Generation]:
+        """Generate n traces for each prompt; results come back in prompt order.
+
+        `n` and `params` may also be given per prompt (see `per_prompt`)."""
         ...
 
     def close(self) -> None:
         ...
+
+
+# Fields that may differ between the prompts of one call; the others are shared by the batch.
+PER_PROMPT_FIELDS = ("max_new_tokens", "min_new_tokens", "stop", "ignore_eos")
+
+
+def per_prompt(count: int, n: int | Sequence[int],
+               params: SamplingParams | Sequence[SamplingParams]
+               ) -> tuple[list[int], list[SamplingParams]]:
+    """Trace counts and sampling parameters per prompt, from one value for all or one per prompt.
+
+    Search strategies continue traces of different lengths in one call (each with its own token
+    budget), and DORA gives each beam its own number of rollouts. Only PER_PROMPT_FIELDS may
+    differ between prompts: temperature, top_p, seed, logprobs and FFS are the batch's."""
+    counts = [n] * count if isinstance(n, int) else [int(k) for k in n]
+    per = [params] * count if isinstance(params, SamplingParams) else list(params)
+    if len(counts) != count or len(per) != count:
+        raise ValueError(f"{count} prompts but {len(counts)} trace counts and {len(per)} params")
+    if any(k < 0 for k in counts):
+        raise ValueError(f"trace counts must be >= 0, got {counts}")
+    for p in per[1:]:
+        for name in ("temperature", "top_p", "seed", "logprobs", "stop_after_finished"):
+            if getattr(p, name) != getattr(per[0], name):
+                raise ValueError(f"SamplingParams.{name} must be the same for every prompt of a "
+                                 f"call (only {', '.join(PER_PROMPT_FIELDS)} may differ)")
+    return counts, per

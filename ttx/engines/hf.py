@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ttx.engines.base import Generation, Prompt, SamplingParams, Trace
+from ttx.engines.base import Generation, Prompt, SamplingParams, Trace, per_prompt
 from ttx.models import load_model, render_prompt
 
 
@@ -23,6 +23,7 @@ class _Row:
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     certainty: list[float] = field(default_factory=list)
+    stop: str | None = None          # the stop string that ended the row
 
 
 class HFEngine:
@@ -56,22 +57,30 @@ class HFEngine:
 
     def encode(self, prompt: Prompt) -> list[int]:
         text = render_prompt(self.tokenizer, prompt)
-        # A chat template already wrote the special tokens; raw text gets the model's usual ones.
-        return self.tokenizer(text, add_special_tokens=isinstance(prompt, str)).input_ids
+        # A chat template already wrote the special tokens; raw text gets the model's usual ones,
+        # unless it is already templated text (a continued trace) that starts with them.
+        bos = self.tokenizer.bos_token
+        special = isinstance(prompt, str) and not (bos and text.startswith(bos))
+        return self.tokenizer(text, add_special_tokens=special).input_ids
 
     @torch.inference_mode()
-    def generate(self, prompts: list[Prompt], n: int, params: SamplingParams) -> list[Generation]:
+    def generate(self, prompts: list[Prompt], n, params) -> list[Generation]:
+        """n traces per prompt; `n` and `params` may be per prompt (base.per_prompt)."""
+        counts, per = per_prompt(len(prompts), n, params)
         generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(params.seed)
-        return self._decode([self.encode(p) for p in prompts], n, params, generator)
+        if per and per[0].seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(per[0].seed)
+        return self._decode([self.encode(p) for p in prompts], counts, per, generator)
 
     def _prefill(self, encoded: list[list[int]], n: int):
         """Encode prompts once (left-padded), then repeat each prompt's cache n times.
 
-        Returns (cache, logits, mask, next_pos) for len(encoded) * n rows.
+        Returns (cache, logits, mask, next_pos) for len(encoded) * n rows (sum(n) for a list).
         """
         from transformers import DynamicCache
+
+        if not isinstance(n, int):                  # per-prompt counts (DORA's allocation)
+            n = torch.tensor(n, device=self.device)
 
         width = max(len(ids) for ids in encoded)
         input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
@@ -85,21 +94,22 @@ class HFEngine:
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          cache=cache, use_cache=True, logits_to_keep=1)
         # Share the prefill: repeat each prompt's cache n times instead of encoding it n times.
-        cache.batch_repeat_interleave(n)
+        _batch_rows(cache, lambda t: t.repeat_interleave(n, dim=0))
         return (cache, out.logits[:, -1].float().repeat_interleave(n, dim=0),
                 mask.repeat_interleave(n, dim=0), positions[:, -1].repeat_interleave(n, dim=0) + 1)
 
-    def _decode(self, encoded: list[list[int]], n: int, params: SamplingParams,
+    def _decode(self, encoded: list[list[int]], n: list[int], per: list[SamplingParams],
                 generator) -> list[Generation]:
         """Continuous batching: prompts join the batch as soon as rows for all n traces are free,
         so a long trace never holds a whole chunk of short ones hostage."""
-        pending = list(range(len(encoded)))         # prompts not yet admitted, in order
+        params = per[0]                             # the batch's shared sampling settings
+        pending = [p for p in range(len(encoded)) if n[p] > 0]   # not yet admitted, in order
         rows: list[_Row] = []
         traces: list[list[tuple[int, Trace]]] = [[] for _ in encoded]   # (row, trace)
         finished_count = [0] * len(encoded)
         started = [0.0] * len(encoded)
         ended = [0.0] * len(encoded)
-        left = [n] * len(encoded)                   # traces of each prompt still running
+        left = list(n)                              # traces of each prompt still running
         live: list[int] = []                        # rows in the batch, in batch order
         cache = logits = mask = next_pos = None
         stop_after = params.stop_after_finished
@@ -112,16 +122,19 @@ class HFEngine:
                 ended[prompt] = time.perf_counter()
 
         while pending or live:
-            free = (self.max_batch_rows - len(live)) // max(n, 1)
-            if pending and (free > 0 or not live):
-                take = max(1, free)                 # a prompt too wide for the batch runs alone
+            take, room = 0, self.max_batch_rows - len(live)
+            # a prompt too wide for the batch runs alone
+            while take < len(pending) and (n[pending[take]] <= room or (take == 0 and not live)):
+                room -= n[pending[take]]
+                take += 1
+            if take:
                 admit, pending = pending[:take], pending[take:]
                 now = time.perf_counter()
                 for p in admit:
                     started[p] = now
-                new = self._prefill([encoded[p] for p in admit], n)
+                new = self._prefill([encoded[p] for p in admit], [n[p] for p in admit])
                 first = len(rows)
-                rows += [_Row(prompt=p) for p in admit for _ in range(n)]
+                rows += [_Row(prompt=p) for p in admit for _ in range(n[p])]
                 new_live = list(range(first, len(rows)))
                 if live:
                     cache, logits, mask, next_pos = _merge((cache, logits, mask, next_pos), new)
@@ -129,7 +142,7 @@ class HFEngine:
                     cache, logits, mask, next_pos = new
                 live += new_live
 
-            tokens = self._sample(logits, params, generator)
+            tokens = self._sample(self._suppress_eos(logits, live, rows, per), params, generator)
             if params.logprobs:
                 logp = torch.log_softmax(logits, dim=-1)
                 chosen = logp.gather(1, tokens[:, None]).squeeze(1).tolist()
@@ -144,7 +157,7 @@ class HFEngine:
                 if params.logprobs:
                     row.logprobs.append(chosen[b])
                     row.certainty.append(certainty[b])
-                reason, text = self._finish(row, tok, params)
+                reason, text = self._finish(row, tok, per[row.prompt])
                 if reason is None:
                     keep.append(b)
                     continue
@@ -162,7 +175,7 @@ class HFEngine:
                     cache = logits = mask = next_pos = None
                     continue
                 index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
+                _batch_rows(cache, lambda t, rows=index: t[rows])
                 tokens, mask, next_pos = tokens[index], mask[index], next_pos[index]
                 cache, mask = _trim_left(cache, mask)
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
@@ -192,18 +205,39 @@ class HFEngine:
                        device=probs.device) * cdf[:, -1:]
         return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[1] - 1)
 
+    def _suppress_eos(self, logits: torch.Tensor, live: list[int], rows: list[_Row],
+                      per: list[SamplingParams]) -> torch.Tensor:
+        """Rows short of their min_new_tokens cannot sample EOS (log-probabilities stay raw)."""
+        short = [b for b, r in enumerate(live)
+                 if len(rows[r].ids) < per[rows[r].prompt].min_new_tokens]
+        if not short or not self.eos_ids:
+            return logits
+        logits = logits.clone()
+        eos = torch.tensor(sorted(self.eos_ids), device=logits.device)
+        logits[torch.tensor(short, device=logits.device)[:, None], eos[None, :]] = -math.inf
+        return logits
+
     def _finish(self, row: _Row, tok: int, params: SamplingParams):
         """(finish_reason, text) when the row is done after `tok`, else (None, None)."""
         if tok in self.eos_ids and not params.ignore_eos:
             return "stop", self.tokenizer.decode(row.ids[:-1], skip_special_tokens=True)
-        if params.stop:
+        if params.stop and len(row.ids) >= params.min_new_tokens:
             # a stop string can only have appeared in the text that this token added
             window = max(len(s) for s in params.stop) + 16
             text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
             found = [i for i in (text.find(s, max(0, len(text) - window)) for s in params.stop)
                      if i >= 0]
             if found:
-                return "stop", text[:min(text.find(s) for s in params.stop if s in text)]
+                # a stop string that ended before min_new_tokens was reached does not count
+                floor = 0
+                if params.min_new_tokens > 1:
+                    floor = len(self.tokenizer.decode(row.ids[:params.min_new_tokens - 1],
+                                                      skip_special_tokens=True))
+                hits = [(text.find(s, max(0, floor - len(s) + 1)), s) for s in params.stop]
+                hits = [h for h in hits if h[0] >= 0]
+                if hits:
+                    row.stop = min(hits)[1]
+                    return "stop", text[:min(hits)[0]]
         if len(row.ids) >= params.max_new_tokens:
             return "length", self.tokenizer.decode(row.ids, skip_special_tokens=True)
         return None, None
@@ -219,11 +253,31 @@ class HFEngine:
                      token_ids=list(row.ids),
                      logprobs=list(row.logprobs) if row.logprobs else None,
                      self_certainty=list(row.certainty) if row.certainty else None,
-                     finish_order=order)
+                     finish_order=order, stop_string=row.stop)
 
 
 def _layers(cache):
     return cache.layers        # transformers >= 5: DynamicCache.layers[i].keys / .values
+
+
+def _recurrent(layer) -> list[dict]:
+    """A Mamba layer's per-row state dicts (hybrid models such as Bamba): conv and SSM states,
+    [batch, ...] with no sequence axis. Attention layers have none."""
+    return [d for d in (getattr(layer, "conv_states", None), getattr(layer, "recurrent_states", None))
+            if d is not None]
+
+
+def _batch_rows(cache, pick) -> None:
+    """Apply a batch-axis operation (repeat, select) to every layer's state: K/V or Mamba state."""
+    for layer in _layers(cache):
+        for states in _recurrent(layer):
+            for i, t in states.items():
+                if t is not None:
+                    states[i] = pick(t)
+        if getattr(layer, "keys", None) is not None and layer.get_seq_length() > 0:
+            layer.keys, layer.values = pick(layer.keys), pick(layer.values)
+        if hasattr(layer, "batch_rows"):   # per-row state besides keys/values (In-Place TTT)
+            layer.batch_rows(pick)
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -240,8 +294,16 @@ def _merge(old, new):
     (c1, l1, m1, p1), (c2, l2, m2, p2) = old, new
     width = max(m1.shape[1], m2.shape[1])
     for a, b in zip(_layers(c1), _layers(c2)):
+        for sa, sb in zip(_recurrent(a), _recurrent(b)):     # Mamba state: rows stack as they are
+            for i in sa:
+                if sa[i] is not None:
+                    sa[i] = torch.cat([sa[i], sb[i]], dim=0)
+        if getattr(a, "keys", None) is None:
+            continue
         a.keys = torch.cat([_pad_left(a.keys, width, 2), _pad_left(b.keys, width, 2)], dim=0)
         a.values = torch.cat([_pad_left(a.values, width, 2), _pad_left(b.values, width, 2)], dim=0)
+        if hasattr(a, "batch_concat"):     # per-row state besides keys/values (In-Place TTT)
+            a.batch_concat(b)
     mask = torch.cat([_pad_left(m1, width, 1), _pad_left(m2, width, 1)], dim=0)
     return c1, torch.cat([l1, l2]), mask, torch.cat([p1, p2])
 
@@ -253,6 +315,8 @@ def _trim_left(cache, mask):
     if first == 0:
         return cache, mask
     for layer in _layers(cache):
+        if getattr(layer, "keys", None) is None:
+            continue                                          # Mamba state has no columns
         layer.keys = layer.keys[:, :, first:]
         layer.values = layer.values[:, :, first:]
     return cache, mask[:, first:]

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ttx.engines.base import Generation, Prompt, SamplingParams, Trace
+from ttx.engines.base import Generation, Prompt, SamplingParams, Trace, per_prompt
 from ttx.errors import TtxError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -198,6 +198,8 @@ class OpenAIEngine:
             body["stop"] = list(params.stop)
         if params.ignore_eos:
             body["ignore_eos"] = True       # vLLM / SGLang extension; benchmarks force lengths
+        if params.min_new_tokens:
+            body["min_tokens"] = params.min_new_tokens     # vLLM / SGLang extension
         if isinstance(prompt, str):
             path = "/completions"
             body["prompt"] = prompt
@@ -237,7 +239,8 @@ class OpenAIEngine:
         traces = [Trace(text=_choice_text(c), completion_tokens=k,
                         finish_reason=_finish_reason(c.get("finish_reason")),
                         token_ids=list(c.get("token_ids") or []),
-                        logprobs=_choice_logprobs(c) if params.logprobs else None)
+                        logprobs=_choice_logprobs(c) if params.logprobs else None,
+                        stop_string=_stop_string(c))
                   for c, k in zip(choices, counts)]
         with state.lock:
             state.prompt_tokens = state.prompt_tokens or int(usage.get("prompt_tokens") or 0)
@@ -306,7 +309,7 @@ class OpenAIEngine:
                                 finish_reason=_finish_reason(p.finish_reason),
                                 token_ids=p.token_ids,
                                 logprobs=p.logprobs if params.logprobs else None,
-                                finish_order=p.order))
+                                finish_order=p.order, stop_string=p.stop_string))
         with state.lock:
             state.traces[first:first + len(traces)] = traces
         return len(traces)
@@ -341,28 +344,35 @@ class OpenAIEngine:
         with state.lock:
             state.end = max(state.end, time.perf_counter())
 
-    def generate(self, prompts: list[Prompt], n: int, params: SamplingParams) -> list[Generation]:
-        """Generate n traces for each prompt; results come back in prompt order."""
-        if n < 1:
+    def generate(self, prompts: list[Prompt], n, params) -> list[Generation]:
+        """Generate n traces for each prompt; results come back in prompt order.
+
+        `n` and `params` may be given per prompt (ttx.engines.base.per_prompt)."""
+        try:
+            counts, each = per_prompt(len(prompts), n, params)
+        except ValueError as exc:
+            raise TtxError(str(exc)) from None
+        if isinstance(n, int) and n < 1:
             raise TtxError(f"n must be >= 1, got {n}")
         # Greedy traces are all the same, and vLLM refuses n > 1 at temperature 0: generate
         # one and copy it.
-        asked = 1 if params.temperature == 0 else n
-        states = [_PromptState(asked) for _ in prompts]
+        asked = [min(k, 1) if p.temperature == 0 else k for k, p in zip(counts, each)]
+        states = [_PromptState(a) for a in asked]
         # One unit of work per prompt (or per trace, for a server that ignores n).
-        per = 1 if self._one_per_request else asked
-        units = [(p, first) for p in range(len(prompts)) for first in range(0, asked, per)]
+        units = [(p, first, 1 if self._one_per_request else asked[p])
+                 for p in range(len(prompts))
+                 for first in range(0, asked[p], 1 if self._one_per_request else max(asked[p], 1))]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(units)))) as pool:
-            futures = [pool.submit(self._run, prompts[p], min(per, asked - first), first, params,
-                                   states[p]) for p, first in units]
+            futures = [pool.submit(self._run, prompts[p], min(per, asked[p] - first), first,
+                                   each[p], states[p]) for p, first, per in units]
             for future in futures:
                 future.result()
         generations = []
-        for state in states:
+        for state, k, a, params in zip(states, counts, asked, each):
             traces = [t or Trace(text="", completion_tokens=0, finish_reason="cancelled")
                       for t in state.traces]
-            if asked < n:
-                traces = _copies(traces[0], n, params.stop_after_finished)
+            if a < k:
+                traces = _copies(traces[0], k, params.stop_after_finished)
             elif params.stop_after_finished is None:
                 _order_by_length(traces)
             generations.append(Generation(traces=traces, prompt_tokens=state.prompt_tokens,
@@ -393,6 +403,7 @@ class _Partial:
         self.finish_reason: str | None = None
         self.order: int | None = None
         self.usage_tokens: int | None = None
+        self.stop_string: str | None = None
 
     def add(self, c: dict) -> None:
         self.seen = True
@@ -416,6 +427,7 @@ class _Partial:
             self.tokens = len(self.logprobs) if self.has_logprobs else self.deltas
         if c.get("finish_reason"):
             self.finish_reason = c["finish_reason"]
+            self.stop_string = _stop_string(c)
 
 
 def _choice_text(c: dict) -> str:
@@ -434,6 +446,12 @@ def _choice_logprobs(c: dict) -> list[float] | None:
     if "token_logprobs" in lp:                              # completions
         return [float(x) if x is not None else 0.0 for x in lp["token_logprobs"] or []]
     return None
+
+
+def _stop_string(c: dict) -> str | None:
+    """The stop string that ended a choice (vLLM's `stop_reason`; an int there is a token id)."""
+    reason = c.get("stop_reason")
+    return reason if isinstance(reason, str) else None
 
 
 def _choice_tokens(c: dict) -> int | None:

@@ -3,8 +3,12 @@
 Item schema (shared/specs/memory.md): {id, text, title, kind, source_ids, outcome, created_at,
 updated_at, uses, hash, meta}. Every change goes through `add_items`, which holds an exclusive
 lock on `<bank>.lock` while it loads, merges and atomically replaces the bank, so concurrent
-writers cannot corrupt it. Changes are logged mem0-style (ADD / UPDATE / NOOP) in
-`<bank>.events.jsonl`.
+writers cannot corrupt it; so do `rewrite_items` (a Dynamic Cheatsheet rewrite, which deletes the
+entries it leaves out) and `record_uses`. Changes are logged mem0-style (ADD / UPDATE / DELETE /
+NOOP) in `<bank>.events.jsonl`.
+
+`uses` counts the distinct problems an item was given to; `meta.used_by`, `meta.solved_by` and
+`meta.failed_by` hold their ids (sets, so recording the same record twice changes nothing).
 """
 
 from __future__ import annotations
@@ -184,19 +188,128 @@ def add_items(bank: str | os.PathLike, candidates: Sequence[dict], *,
     """Load, merge, save atomically and log events, all under the bank's lock."""
     if str(bank) == "-":
         raise TtxError("a memory bank must be a file, not stdout", field="--output")
-    meta_path, events_path, _ = sidecar_paths(bank)
     with bank_lock(bank):
         items = load_bank(bank)
         meta = load_meta(bank)
         events = merge_into(items, candidates, float(meta["near_duplicate"]["threshold"]))
-        for key, value in (meta_updates or {}).items():
-            if key == "extracted_from":
-                value = sorted(set(meta.get(key, [])) | set(value))
-            meta[key] = value
-        write_jsonl(bank, items)
-        write_json(meta_path, meta)
-        at = now_iso()
-        with open(events_path, "a", encoding="utf-8") as log:
-            for e in events:
-                log.write(json.dumps({"at": at, **e}, ensure_ascii=False) + "\n")
+        _update_meta(meta, meta_updates)
+        _save(bank, items, meta, events)
     return events
+
+
+def _save(bank, items: list[dict], meta: dict | None, events: Sequence[dict]) -> None:
+    """Replace the bank (and its sidecar) atomically and append the events; under the lock."""
+    meta_path, events_path, _ = sidecar_paths(bank)
+    write_jsonl(bank, items)
+    if meta is not None:
+        write_json(meta_path, meta)
+    at = now_iso()
+    with open(events_path, "a", encoding="utf-8") as log:
+        for e in events:
+            log.write(json.dumps({"at": at, **e}, ensure_ascii=False) + "\n")
+
+
+def _update_meta(meta: dict, updates: dict | None) -> None:
+    for key, value in (updates or {}).items():
+        if key == "extracted_from":
+            value = sorted(set(meta.get(key, [])) | set(value))
+        meta[key] = value
+
+
+def rewrite_items(bank: str | os.PathLike, entries: Sequence[dict], *, kind: str,
+                  source_id: str, keep_missing: bool = False,
+                  meta_updates: dict | None = None) -> list[dict]:
+    """Dynamic Cheatsheet: `entries` (new items, in order) become the bank's items of `kind`.
+
+    An entry with an old entry's text is that entry (NOOP); one with an old entry's title, or
+    near its text, updates it in place (UPDATE: same id, new text, `source_id` added); any other
+    is added (ADD). Old entries the rewrite leaves out are deleted (DELETE), unless
+    `keep_missing` (a rewrite cut short by the token limit). Items of other kinds are untouched.
+    """
+    with bank_lock(bank):
+        items = load_bank(bank)
+        meta = load_meta(bank)
+        threshold = float(meta["near_duplicate"]["threshold"])
+        others = [it for it in items if it["kind"] != kind]
+        old = [it for it in items if it["kind"] == kind]
+        taken: set[str] = set()
+        doc, events = [], []
+        for new in entries:
+            free = [it for it in old if it["id"] not in taken]
+            match = next((it for it in free if it["hash"] == new["hash"]), None)
+            sim = 1.0
+            if match is None:
+                match = next((it for it in free
+                              if normalise(it["title"]) == normalise(new["title"])), None)
+                sim = jaccard(match["text"], new["text"]) if match else 0.0
+            if match is None and free:
+                best = max(free, key=lambda it: jaccard(it["text"], new["text"]))
+                sim = jaccard(best["text"], new["text"])
+                match = best if sim >= threshold else None
+            if match is None:
+                if any(it["id"] == new["id"] for it in doc):
+                    continue                              # the same entry twice in one rewrite
+                doc.append(new)
+                events.append({"event": "ADD", "id": new["id"], "source_ids": new["source_ids"]})
+                continue
+            taken.add(match["id"])
+            if match["hash"] == new["hash"] and match["meta"] == {**match["meta"], **new["meta"]}:
+                doc.append(match)
+                events.append({"event": "NOOP", "id": match["id"], "source_ids": [source_id]})
+                continue
+            changed_text = match["hash"] != new["hash"]
+            updated = {**match, "meta": {**match["meta"], **new["meta"]}, "updated_at": now_iso()}
+            if changed_text:
+                updated.update(text=new["text"], title=new["title"], hash=new["hash"],
+                               outcome=new["outcome"],
+                               source_ids=sorted(set(match["source_ids"]) | {str(source_id)}))
+            doc.append(updated)
+            events.append({"event": "UPDATE", "id": match["id"], "similarity": round(sim, 3),
+                           "source_ids": [source_id]})
+        for it in old:
+            if it["id"] not in taken:
+                if keep_missing:
+                    doc.append(it)
+                else:
+                    events.append({"event": "DELETE", "id": it["id"], "title": it["title"],
+                                   "text": it["text"], "source_ids": [source_id]})
+        _update_meta(meta, meta_updates)
+        _save(bank, others + doc, meta, events)
+    return events
+
+
+def record_uses(bank: str | os.PathLike, uses: Sequence[tuple[str, Sequence[str], float | None]]
+                ) -> int:
+    """Credit items with the problems they were given to: (problem id, item ids, correct or
+    None). `uses` = distinct problems; solved/failed as scored. Returns the items changed."""
+    if not any(ids for _, ids, _ in uses):
+        return 0
+    with bank_lock(bank):
+        items = {it["id"]: it for it in load_bank(bank)}
+        changed, events = set(), []
+        for pid, ids, correct in uses:
+            pid = str(pid)
+            for mid in ids:
+                it = items.get(mid)
+                if it is None:
+                    continue                              # deleted since, or another bank
+                m = it["meta"]
+                before = (list(m.get("used_by", [])), list(m.get("solved_by", [])),
+                          list(m.get("failed_by", [])))
+                m["used_by"] = sorted(set(m.get("used_by", [])) | {pid})
+                m.setdefault("solved_by", [])
+                m.setdefault("failed_by", [])
+                if correct is not None:
+                    into, out_of = ("solved_by", "failed_by") if correct else ("failed_by",
+                                                                                "solved_by")
+                    m[into] = sorted(set(m.get(into, [])) | {pid})
+                    m[out_of] = [x for x in m.get(out_of, []) if x != pid]
+                if before != (m["used_by"], m["solved_by"], m["failed_by"]):
+                    it["uses"] = len(m["used_by"])
+                    changed.add(mid)
+                    events.append({"event": "UPDATE", "id": mid, "used_by": pid,
+                                   "solved": None if correct is None else bool(correct),
+                                   "uses": it["uses"]})
+        if changed:
+            _save(bank, list(items.values()), None, events)
+    return len(changed)

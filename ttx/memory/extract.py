@@ -5,7 +5,10 @@ Styles (shared/specs/memory.md):
   strategies, a failed one gives the pitfall and how to prevent it (up to 3 items); several
   traces of one problem are contrasted, MaTTS parallel scaling, into at most 5 items.
 - concepts (ArcMemo, arXiv 2509.04439): abstract, parameterised concepts, merged by name.
+- cheatsheet (Dynamic Cheatsheet, arXiv 2504.07952): one document rewritten after each problem,
+  problems in order (ttx.memory.cheatsheet).
 Outcomes come from `correct` (ttx score --per-record) or, with --judge self, from the model.
+Records that carry `memory_ids` (a run with --memory) credit those items' `uses`.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from ttx.engines.base import Engine, SamplingParams
 from ttx.errors import TtxError
 from ttx.io import iter_jsonl
 from ttx.memory import bank as bank_mod
-from ttx.memory.parse import parse_blocks, problem_specifics, split_list, strip_specifics
+from ttx.memory.parse import parse_blocks, parse_tips, problem_specifics, split_list, strip_specifics
 
-STYLES = ("reasoningbank", "concepts")
+STYLES = ("reasoningbank", "concepts", "cheatsheet")
 SYSTEM = "You distil short, reusable lessons from attempts at problems."
 _LIMIT = {"single": 3, "contrast": 5}
 _FORMAT = {
@@ -35,6 +38,19 @@ _FORMAT = {
                  "Hints: <how to apply it, separated by ;>"),
 }
 _GENERAL = "Keep each item general: no numbers or names from this problem."
+ITEM_FORMATS = ("blocks", "tips")
+# The `tips` format: one "Tip: ..." line per item, shown once on another problem first (a worked
+# example turn). The 135M default model never wrote the field blocks; with this it writes tips.
+TIP_TASK = ("Write general tips for solving problems like this one, one per line, each starting "
+            "with 'Tip:'. No numbers or names from the problem.")
+TIP_EXAMPLE_PROBLEM = ("Problem: Ann has 5 pens and buys 3 more. How many pens does she have?\n\n"
+                       "Attempt (judged CORRECT):\nAnn has 5 + 3 = 8 pens. The answer is 8.")
+TIP_EXAMPLE = "When something is added to what a person has, add the two amounts."
+
+
+def tip_example_turns() -> list[dict]:
+    return [{"role": "user", "content": f"{TIP_EXAMPLE_PROBLEM}\n\n{TIP_TASK}"},
+            {"role": "assistant", "content": f"Tip: {TIP_EXAMPLE}"}]
 
 
 @dataclass
@@ -45,11 +61,13 @@ class Problem:
     pred: str | None
     correct: float | None
     traces: list[dict] = field(default_factory=list)    # {text, pred, success}
+    memory_ids: list[str] = field(default_factory=list)  # items its prompts were given
 
 
 @dataclass
 class ExtractConfig:
     style: str = "reasoningbank"
+    item_format: str = "blocks"       # blocks: Title/Description/Content fields; tips: one line
     judge: str = "gold"               # gold: `correct` from ttx score; self: ask the model
     question_field: str = "question"
     answer_field: str = "answer"
@@ -65,34 +83,44 @@ class ExtractConfig:
 
 def read_problems(path: str, cfg: ExtractConfig) -> list[Problem]:
     """Group records by problem id (levels and repeats pool their traces); validate fields."""
-    from ttx.scoring.answers import answers_equal, extract_answer
-
     groups: dict[str, Problem] = {}
     for line, r in iter_jsonl(path, required=[cfg.question_field, "traces"]):
-        if not isinstance(r["traces"], list):
-            raise TtxError("expected a list", path=path, line=line, field="traces")
-        if cfg.judge == "gold" and not isinstance(r.get("correct"), (int, float)):
-            raise TtxError("missing verdict: run `ttx score --per-record` on records with gold "
-                           "answers, or use --judge self", path=path, line=line, field="correct")
-        pid = str(r.get(cfg.id_field, line))
-        gold = r.get(cfg.answer_field)
-        gold_pred = extract_answer(str(gold)) if gold is not None else None
-        p = groups.setdefault(pid, Problem(pid, str(r[cfg.question_field]),
-                                           None if gold is None else str(gold), r.get("pred"),
-                                           r.get("correct")))
-        for t in r["traces"]:
-            if not isinstance(t, dict) or not isinstance(t.get("text"), str):
-                raise TtxError("expected objects with a text", path=path, line=line,
-                               field="traces")
-            if gold_pred is not None and cfg.judge == "gold":
-                ok = answers_equal(t.get("pred"), gold_pred)
-            else:                 # no gold: a trace shares the verdict of the answer it voted for
-                ok = None if t.get("pred") != r.get("pred") else r.get("correct")
-            p.traces.append({"text": t["text"], "pred": t.get("pred"), "success": ok})
+        pid = add_record(groups, r, cfg, path, line)
         if cfg.limit is not None and len(groups) > cfg.limit:
             del groups[pid]
             break
     return list(groups.values())
+
+
+def add_record(groups: dict[str, Problem], r: dict, cfg: ExtractConfig, path: str,
+               line: int) -> str:
+    """Add one record's traces to its problem in `groups` (created on first sight); its id."""
+    from ttx.scoring.answers import answers_equal, extract_answer
+
+    if not isinstance(r["traces"], list):
+        raise TtxError("expected a list", path=path, line=line, field="traces")
+    if cfg.judge == "gold" and not isinstance(r.get("correct"), (int, float)):
+        raise TtxError("missing verdict: run `ttx score --per-record` on records with gold "
+                       "answers, or use --judge self", path=path, line=line, field="correct")
+    pid = str(r.get(cfg.id_field, line))
+    gold = r.get(cfg.answer_field)
+    gold_pred = extract_answer(str(gold)) if gold is not None else None
+    p = groups.setdefault(pid, Problem(pid, str(r[cfg.question_field]),
+                                       None if gold is None else str(gold), r.get("pred"),
+                                       r.get("correct")))
+    for t in r["traces"]:
+        if not isinstance(t, dict) or not isinstance(t.get("text"), str):
+            raise TtxError("expected objects with a text", path=path, line=line, field="traces")
+        if gold_pred is not None and cfg.judge == "gold":
+            ok = answers_equal(t.get("pred"), gold_pred)
+        else:                     # no gold: a trace shares the verdict of the answer it voted for
+            ok = None if t.get("pred") != r.get("pred") else r.get("correct")
+        p.traces.append({"text": t["text"], "pred": t.get("pred"), "success": ok})
+    ids = r.get("memory_ids") or []
+    if not isinstance(ids, list):
+        raise TtxError("expected a list of item ids", path=path, line=line, field="memory_ids")
+    p.memory_ids = sorted(set(p.memory_ids) | {str(i) for i in ids})
+    return pid
 
 
 def judge_prompt(p: Problem) -> list[dict]:
@@ -111,8 +139,9 @@ def _verdict(success) -> str:
                                                  "UNJUDGED")
 
 
-def extraction_prompt(p: Problem, cfg: ExtractConfig) -> tuple[list[dict], str]:
-    """The chat prompt for one problem, and its mode: single trace or contrast (MaTTS)."""
+def attempts_text(p: Problem, cfg: ExtractConfig) -> tuple[str, str, list[dict]]:
+    """The problem's distinct attempts with their verdicts, as shown to the extractor; its mode
+    (one attempt: single; several: contrast, MaTTS parallel) and the attempts shown."""
     seen, traces = set(), []
     for t in p.traces:
         if t["text"] not in seen:
@@ -120,30 +149,43 @@ def extraction_prompt(p: Problem, cfg: ExtractConfig) -> tuple[list[dict], str]:
             traces.append(t)
     traces = traces[:cfg.max_traces]
     clip = lambda s: s if len(s) <= cfg.trace_chars else s[:cfg.trace_chars] + " ..."  # noqa: E731
-    mode = "contrast" if len(traces) > 1 else "single"
-    limit = _LIMIT[mode]
-    if mode == "single":
+    if len(traces) <= 1:
         t = traces[0] if traces else {"text": "", "success": None}
-        head = (f"Problem: {p.question}\n\nAttempt (judged {_verdict(t['success'])}):\n"
-                f"{clip(t['text'])}\n\n")
+        return (f"Attempt (judged {_verdict(t['success'])}):\n{clip(t['text'])}", "single",
+                [t])
+    return ("\n\n".join(f"Attempt {i} (judged {_verdict(t['success'])}):\n{clip(t['text'])}"
+                        for i, t in enumerate(traces, start=1)), "contrast", traces)
+
+
+def extraction_prompt(p: Problem, cfg: ExtractConfig) -> tuple[list[dict], str]:
+    """The chat prompt for one problem, and its mode: single trace or contrast (MaTTS)."""
+    shown, mode, traces = attempts_text(p, cfg)
+    limit = _LIMIT[mode]
+    head = f"Problem: {p.question}\n\n{shown}\n\n"
+    if mode == "single":
         if cfg.style == "concepts":
             task = f"Write up to {limit} abstract concepts this problem uses."
-        elif t["success"]:
+        elif traces[0]["success"]:
             task = (f"Write up to {limit} memory items: general strategies that made this "
                     "attempt work and would help on similar problems.")
         else:
             task = (f"Write up to {limit} memory items: why this attempt failed (the pitfall) "
                     "and what would prevent the failure.")
+    elif cfg.style == "concepts":
+        task = f"Compare the attempts and write up to {limit} abstract concepts they rely on."
     else:
-        shown = "\n\n".join(f"Attempt {i} (judged {_verdict(t['success'])}):\n{clip(t['text'])}"
-                            for i, t in enumerate(traces, start=1))
-        head = f"Problem: {p.question}\n\n{shown}\n\n"
-        if cfg.style == "concepts":
-            task = f"Compare the attempts and write up to {limit} abstract concepts they rely on."
+        task = (f"Compare the attempts: what did the correct ones do that the wrong ones did "
+                f"not, and which mistakes recur? Write up to {limit} memory items: "
+                "strategies that work and pitfalls with how to prevent them.")
+    if cfg.item_format == "tips":
+        if mode == "contrast":
+            task = "Compare the attempts: what did the correct ones do, and which mistakes recur?"
+        elif traces[0]["success"]:
+            task = "What made this attempt work?"
         else:
-            task = (f"Compare the attempts: what did the correct ones do that the wrong ones did "
-                    f"not, and which mistakes recur? Write up to {limit} memory items: "
-                    "strategies that work and pitfalls with how to prevent them.")
+            task = "What went wrong in this attempt, and how can it be avoided?"
+        return ([{"role": "system", "content": SYSTEM}, *tip_example_turns(),
+                 {"role": "user", "content": f"{head}{task} {TIP_TASK} At most {limit}."}], mode)
     body = f"{head}{task} {_GENERAL}\n\n{_FORMAT[cfg.style]}"
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": body}], mode
 
@@ -151,7 +193,11 @@ def extraction_prompt(p: Problem, cfg: ExtractConfig) -> tuple[list[dict], str]:
 def items_from_output(text: str, p: Problem, cfg: ExtractConfig, mode: str,
                       counts: Counter) -> list[dict]:
     """Parse the model's output into bank items; malformed blocks and stripped ones counted."""
-    parsed = parse_blocks(text, cfg.style, _LIMIT[mode])
+    if cfg.item_format == "tips":
+        parsed, copied = parse_tips(text, _LIMIT[mode], TIP_EXAMPLE)
+        counts["copied_example"] += copied
+    else:
+        parsed = parse_blocks(text, cfg.style, _LIMIT[mode])
     counts["malformed"] += parsed.malformed
     numbers, names = problem_specifics(p.question, p.gold)
     any_success = any(t["success"] for t in p.traces)
@@ -179,67 +225,107 @@ def items_from_output(text: str, p: Problem, cfg: ExtractConfig, mode: str,
             item = bank_mod.new_item(text_, title=block["title"], kind=kind, source_ids=[p.id],
                                      outcome=outcome,
                                      meta={"description": desc, "content": block["content"],
-                                           "style": cfg.style, "mode": mode})
+                                           "style": cfg.style, "mode": mode,
+                                           "format": cfg.item_format})
         items.append(item)
     counts["items_parsed"] += len(items)
     return items
 
 
+def check_style(style: str, item_format: str) -> None:
+    if style not in STYLES:
+        raise TtxError(f"unknown style {style!r} (choose {', '.join(STYLES)})", field="--style")
+    if item_format not in ITEM_FORMATS:
+        raise TtxError(f"unknown item format {item_format!r}", field="--item-format")
+    if style == "concepts" and item_format == "tips":
+        raise TtxError("concepts need their fields (name, description, cues, hints): use "
+                       "--item-format blocks", field="--item-format")
+
+
+def judge_problems(engine: Engine, chunk: list[Problem], seed: int | None,
+                   counts: Counter) -> None:
+    """--judge self: the model says whether each problem's answer is right (no gold needed)."""
+    params = SamplingParams(max_new_tokens=8, temperature=0.0, seed=seed)
+    gens = engine.generate([judge_prompt(p) for p in chunk], 1, params)
+    for p, g in zip(chunk, gens):
+        verdict = parse_verdict(g.traces[0].text)
+        counts["judge_unparsed"] += verdict is None
+        p.correct = verdict or 0.0
+        for t in p.traces:              # traces voting for the judged answer share its verdict
+            t["success"] = bool(p.correct) if t["pred"] == p.pred else False
+
+
+def extract_items(engine: Engine, chunk: list[Problem], cfg: ExtractConfig,
+                  params: SamplingParams, counts: Counter) -> list[dict]:
+    """reasoningbank / concepts: one engine call for the chunk, parsed into candidate items."""
+    prompts, modes = zip(*(extraction_prompt(p, cfg) for p in chunk))
+    gens = engine.generate(list(prompts), 1, params)
+    items = []
+    for p, mode, g in zip(chunk, modes, gens):
+        counts[f"mode_{mode}"] += 1
+        items += items_from_output(g.traces[0].text, p, cfg, mode, counts)
+        counts["completion_tokens"] += g.traces[0].completion_tokens
+    return items
+
+
+def new_counts() -> Counter:
+    return Counter(dict.fromkeys(("items_parsed", "malformed", "specifics_stripped",
+                                  "judge_unparsed", "completion_tokens", "mode_single",
+                                  "mode_contrast", "rewrite_kept_old", "uses_recorded",
+                                  "copied_example"), 0))
+
+
 def extract_to_bank(engine: Engine, input_path: str, bank_path: str,
                     cfg: ExtractConfig) -> dict:
-    """Extract items from every problem in `input_path` and merge them into the bank."""
+    """Extract items from every problem in `input_path` and merge them into the bank; records
+    that were given memory items credit those items' `uses` (and solved / failed)."""
     from tqdm import tqdm
 
+    from ttx.memory.cheatsheet import update_cheatsheet
     from ttx.tts.run import call_seed
 
-    if cfg.style not in STYLES:
-        raise TtxError(f"unknown style {cfg.style!r} (choose {', '.join(STYLES)})", field="--style")
+    check_style(cfg.style, cfg.item_format)
     t0 = time.perf_counter()
     problems = read_problems(input_path, cfg)
     done = set(bank_mod.load_meta(bank_path).get("extracted_from", [])) if cfg.resume else set()
     bank_mod.load_bank(bank_path)                   # a bad existing bank fails before the model
     todo = [p for p in problems if p.id not in done]
-    counts: Counter = Counter(dict.fromkeys(("items_parsed", "malformed", "specifics_stripped",
-                                             "judge_unparsed", "completion_tokens",
-                                             "mode_single", "mode_contrast"), 0))
-    events: Counter = Counter()
+    counts, events = new_counts(), Counter()
     bar = tqdm(total=len(todo), desc=f"memory-extract {cfg.style}", unit="problem",
                disable=not cfg.progress, file=sys.stderr)
-    for b, start in enumerate(range(0, len(todo), cfg.batch)):
-        chunk = todo[start:start + cfg.batch]
+    # a cheatsheet is rewritten after each problem in turn: one problem per step
+    step = 1 if cfg.style == "cheatsheet" else cfg.batch
+    for b, start in enumerate(range(0, len(todo), step)):
+        chunk = todo[start:start + step]
         seed = call_seed(cfg.params.seed, b)
         params = SamplingParams(max_new_tokens=cfg.params.max_new_tokens,
                                 temperature=cfg.params.temperature, top_p=cfg.params.top_p,
                                 seed=seed)
         if cfg.judge == "self":
-            judge_params = SamplingParams(max_new_tokens=8, temperature=0.0, seed=seed)
-            gens = engine.generate([judge_prompt(p) for p in chunk], 1, judge_params)
-            for p, g in zip(chunk, gens):
-                verdict = parse_verdict(g.traces[0].text)
-                counts["judge_unparsed"] += verdict is None
-                p.correct = verdict or 0.0
-                for t in p.traces:       # traces voting for the judged answer share its verdict
-                    t["success"] = bool(p.correct) if t["pred"] == p.pred else False
-        prompts, modes = zip(*(extraction_prompt(p, cfg) for p in chunk))
-        gens = engine.generate(list(prompts), 1, params)
-        items = []
-        for p, mode, g in zip(chunk, modes, gens):
-            counts[f"mode_{mode}"] += 1
-            items += items_from_output(g.traces[0].text, p, cfg, mode, counts)
-            counts["completion_tokens"] += g.traces[0].completion_tokens
-        for e in bank_mod.add_items(bank_path, items, meta_updates={
-                "extracted_from": [p.id for p in chunk], "style": cfg.style}):
-            events[e["event"]] += 1
+            judge_problems(engine, chunk, seed, counts)
+        if cfg.style == "cheatsheet":
+            [p] = chunk
+            counts[f"mode_{attempts_text(p, cfg)[1]}"] += 1
+            new = update_cheatsheet(engine, bank_path, p, attempts_text(p, cfg)[0], params,
+                                    counts, item_format=cfg.item_format)
+        else:
+            new = bank_mod.add_items(bank_path, extract_items(engine, chunk, cfg, params, counts),
+                                     meta_updates={"extracted_from": [p.id for p in chunk],
+                                                   "style": cfg.style})
+        events.update(e["event"] for e in new)
         bar.update(len(chunk))
     bar.close()
+    counts["uses_recorded"] += bank_mod.record_uses(
+        bank_path, [(p.id, p.memory_ids, p.correct) for p in problems if p.memory_ids])
     return {"problems": len(problems), "skipped_already_extracted": len(problems) - len(todo),
             "extracted": len(todo), **{k: int(v) for k, v in sorted(counts.items())},
-            "events": {k: events.get(k, 0) for k in ("ADD", "UPDATE", "NOOP")},
+            "events": {k: events.get(k, 0) for k in ("ADD", "UPDATE", "DELETE", "NOOP")},
             "bank_items": len(bank_mod.load_bank(bank_path)),
             "wall_s": round(time.perf_counter() - t0, 3)}
 
 
-def extract_from_options(*, input_path: str, output_path: str, style: str, judge: str,
+def extract_from_options(*, input_path: str, output_path: str, style: str, item_format: str,
+                         judge: str,
                          engine: str, model: str, device: str, dtype: str, base_url: str | None,
                          concurrency: int, max_new_tokens: int, temperature: float, top_p: float,
                          seed: int | None, max_traces: int, batch: int, question_field: str,
@@ -253,7 +339,9 @@ def extract_from_options(*, input_path: str, output_path: str, style: str, judge
     started = now_iso()
     if output_path == "-":
         raise TtxError("a memory bank must be a file, not stdout", field="--output")
-    cfg = ExtractConfig(style=style, judge=judge, question_field=question_field,
+    check_style(style, item_format)
+    cfg = ExtractConfig(style=style, item_format=item_format, judge=judge,
+                        question_field=question_field,
                         answer_field=answer_field, id_field=id_field, max_traces=max_traces,
                         batch=batch, resume=resume, limit=limit, progress=progress,
                         params=SamplingParams(max_new_tokens=max_new_tokens,

@@ -1,7 +1,8 @@
 """Defensive parsing of an extractor's output into memory items.
 
 The model is asked for blocks such as `Title: / Description: / Content:` (reasoningbank) or
-`Concept: / Description: / Cues: / Hints:` (concepts). Anything else is tolerated: list markers
+`Concept: / Description: / Cues: / Hints:` (concepts) or `Title: / Content: / Count:`
+(cheatsheet). Anything else is tolerated: list markers
 and bold markup are ignored, a wrapped line continues the field above it, and a block missing a
 required field is dropped and counted as malformed, never raised.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_KEYS = "title|description|content|kind|concept|cues|hints"
+_KEYS = "title|description|content|kind|concept|cues|hints|count"
 _FIELD = re.compile(rf"^[\s\-*#>\d.)]*\**\s*({_KEYS})\s*\**\s*[:：]\s*\**\s*(.*?)\s*\**\s*$", re.I)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?![\w])")
@@ -24,7 +25,8 @@ _NOT_NAMES = {"How", "What", "When", "Where", "Which", "Who", "Why", "If", "The"
 
 # style -> (block head, required fields, optional fields)
 FORMATS = {"reasoningbank": ("title", ("title", "content"), ("description", "kind")),
-           "concepts": ("concept", ("concept", "description"), ("cues", "hints"))}
+           "concepts": ("concept", ("concept", "description"), ("cues", "hints")),
+           "cheatsheet": ("title", ("title", "content"), ("count",))}
 
 
 @dataclass
@@ -91,3 +93,35 @@ def strip_specifics(text: str, numbers: set[str], names: set[str]) -> tuple[str,
     for name in names:
         new = re.sub(rf"\b{re.escape(name)}\b", "someone", new)
     return new, new != text
+
+
+_TIP = re.compile(r"^[\s\-*#>]*(?:\d+[.)]\s*)?\**\s*tip\s*\d*\s*\**\s*[:：.]\s*\**\s*(?:\d+[.)]\s*)?(.*?)\s*$",
+                  re.I)
+
+
+def parse_tips(text: str, max_items: int, example: str = "") -> tuple[Parsed, int]:
+    """The `tips` item format, one `Tip: ...` line per item (small models keep to it far better
+    than to field blocks). Returns (blocks with title and content, copies of the prompt's example
+    dropped). The title is the tip's first clause; a repeated tip counts once."""
+    out, copied, seen = Parsed(), 0, set()
+    raw = [m.group(1) for m in map(_TIP.match, (text or "").splitlines()) if m]
+    if not raw and (text or "").strip():
+        out.malformed += 1                            # prose with no tip at all
+    for tip in raw:
+        tip = tip.strip(" *")
+        if len(tip.split()) < 3:
+            out.malformed += 1                        # empty or a fragment
+            continue
+        if example and " ".join(tip.lower().split()) == " ".join(example.lower().split()):
+            copied += 1                               # the prompt's example, copied
+            continue
+        if tip.lower() in seen:
+            continue
+        seen.add(tip.lower())
+        if len(out.blocks) >= max_items:
+            out.malformed += 1
+            continue
+        content = " ".join(_SENTENCE_END.split(tip)[:3])
+        title = " ".join(re.split(r"[,;:.]", content)[0].split()[:8])
+        out.blocks.append({"title": title, "content": content})
+    return out, copied

@@ -37,7 +37,14 @@ class RunConfig:
     resume: bool = False
     progress: bool = True
     memory: str | None = None        # a memory bank (ttx memory-extract) to retrieve from
-    memory_k: int = 1                # items per problem (ReasoningBank: k = 1 best)
+    memory_k: int = 1                # items per problem (ReasoningBank: k = 1 best); 0: all
+    memory_update: bool = False      # learn online: the bank is updated after each problem
+    memory_style: str = "reasoningbank"
+    memory_item_format: str = "blocks"
+    memory_judge: str = "gold"       # gold where a problem has one, else the model (self)
+    memory_retriever: str = "bm25"   # or embedding (memory_embedder: a local model)
+    memory_embedder: str | None = None
+    memory_extract_tokens: int = 256
 
 
 def read_problems(cfg: RunConfig) -> list[dict]:
@@ -88,9 +95,10 @@ def _level_settings(cfg: RunConfig) -> list[tuple[str, int, StrategyConfig]]:
         elif cfg.levels.key == "max_new_tokens":
             out.append(("max_new_tokens", value,
                         replace(base, params=replace(base.params, max_new_tokens=value))))
+        elif base.strategy == "refine":             # turns: the turn axis of refine
+            out.append(("turns", value, replace(base, search=replace(base.search, turns=value))))
         else:
-            raise TtxError(f"--levels {cfg.levels.key}=... needs the refine strategy, which this "
-                           "version of ttx does not have yet")
+            raise TtxError(f"--levels {cfg.levels.key}=... needs --strategy refine")
     return out
 
 
@@ -118,13 +126,18 @@ class _Done:
 def run_from_options(*, input_path: str, output_path: str, strategy: str, n: int,
                      max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
                      stop: tuple[str, ...], scorer: str, weighted: bool, ffs_k: int,
+                     min_thinking_tokens=None, max_thinking_tokens=None, num_ignore=None,
+                     ignore_str=None, think_end=None, answer_tokens=None, beam_width=None,
+                     step_tokens=None, max_steps=None, agg=None, dora_tau=None, dora_alpha=None,
+                     embedder=None, turns=None, turn_aggregate=None, reward_model=None,
+                     prm_format=None, prm_step_tag=None, prm_good_token=None, prm_bad_token=None,
                      levels: str | None, repeats: int | None, repeats_min: int | None,
                      repeats_max: int | None, cv_threshold: float, engine: str, model: str,
                      device: str, dtype: str, adapter: str | None, base_url: str | None,
                      concurrency: int, batch_rows: int, question_field: str, answer_field: str,
                      id_field: str, instruction: str | None, system: str | None, chat: bool,
                      limit: int | None, resume: bool, progress: bool,
-                     memory: str | None = None, memory_k: int = 1) -> dict:
+                     memory: str | None = None, memory_k: int = 1, **memory_options) -> dict:
     """`ttx tts-run`: build the run from CLI options, validate the input, open the engine, run."""
     locals_options = dict(locals())          # every resolved option, for the manifest
     from ttx.engines import SamplingParams, open_engine
@@ -146,18 +159,22 @@ def run_from_options(*, input_path: str, output_path: str, strategy: str, n: int
                        "server does not return: use --scorer logprob with --engine openai")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             seed=seed, stop=tuple(stop))
+    from ttx.tts.search import SEARCH_KNOBS, build_search
+    search = build_search(strategy=strategy, n=n, engine=engine, model=model, chat=chat,
+                          scorer=scorer, max_new_tokens=max_new_tokens, levels=parsed_levels,
+                          **{k: locals_options[k] for k in SEARCH_KNOBS})
     cfg = RunConfig(input=input_path, output=output_path,
                     strategy=StrategyConfig(strategy=strategy, n=n, params=params, scorer=scorer,
-                                            weighted=weighted, ffs_k=ffs_k),
+                                            weighted=weighted, ffs_k=ffs_k, search=search),
                     levels=parsed_levels, repeats=rule, question_field=question_field,
                     answer_field=answer_field, id_field=id_field,
                     instruction=DEFAULT_INSTRUCTION if instruction is None else (instruction or None),
                     system=system, chat=chat, batch_rows=batch_rows, limit=limit, resume=resume,
-                    progress=progress, memory=memory, memory_k=memory_k)
+                    progress=progress, memory=memory, memory_k=memory_k,
+                    **{k: v for k, v in memory_options.items() if v is not None})
     problems = read_problems(cfg)        # bad input fails here, before a model is loaded
-    if memory:
-        from ttx.memory.bank import load_bank
-        load_bank(memory)                # and so does a bad memory bank
+    from ttx.memory.online import check_memory_options
+    check_memory_options(cfg)            # and so does a bad memory bank or memory option
     _level_settings(cfg)                 # and so do impossible level settings
     opened = open_engine(engine, model=model, device=device, dtype=dtype, adapter=adapter,
                          base_url=base_url, concurrency=concurrency, max_batch_rows=batch_rows)
@@ -178,7 +195,8 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
     problems = read_problems(cfg) if problems is None else problems
     settings = _level_settings(cfg)
     done = _Done(cfg)
-    recall = _memory(cfg, problems)      # id -> (injected text or None, item ids)
+    from ttx.memory.online import Recall
+    recall = Recall(cfg, problems, engine)   # id -> (injected text or None, item ids)
     base_seed = cfg.strategy.params.seed
     dynamic = cfg.repeats.maximum > cfg.repeats.minimum
     t0 = time.perf_counter()
@@ -196,6 +214,7 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
         for level, (key, value, strategy) in enumerate(settings, start=1):
             # problems per engine call: fill --batch-rows with this level's traces
             per_call = max(1, cfg.batch_rows // (1 if strategy.strategy == "greedy" else strategy.n))
+            per_call = 1 if cfg.memory_update else per_call    # online memory: one at a time
             for c, start in enumerate(range(0, len(problems), per_call)):
                 chunk = problems[start:start + per_call]
                 history: dict[str, list[tuple[float, float]]] = {str(p["id"]): [] for p in chunk}
@@ -227,6 +246,7 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
                                          outcome, share)
                         record["memory_ids"] = recall[str(problem["id"])][1]
                         out.write(record)
+                        recall.learn(problem, record)    # --memory-update: before the next
                         stats["written"] += 1
                         if acc is not None:
                             stats["graded"] += 1
@@ -241,27 +261,11 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
     summary.pop("graded")
     options = {"cli": options or {}, "run": asdict(cfg), "engine": engine.name,
                "model": engine.model_name}
-    if cfg.memory:
-        summary["memory_problems_with_items"] = sum(1 for _, ids in recall.values() if ids)
+    summary.update(recall.summary())
     write_manifest(cfg.output, stage="tts-run", options=options,
                    inputs=[cfg.input] + ([cfg.memory] if cfg.memory else []),
                    started=started, summary=summary)
     return summary
-
-
-def _memory(cfg: RunConfig, problems: list[dict]) -> dict[str, tuple[str | None, list[str]]]:
-    """Per problem: the memory block to inject and the ids of its items (leave-one-out)."""
-    if not cfg.memory:
-        return {str(p["id"]): (None, []) for p in problems}
-    from ttx.memory.bank import load_bank
-    from ttx.memory.retrieve import BM25Retriever, memory_block
-
-    retriever = BM25Retriever(load_bank(cfg.memory))
-    out = {}
-    for p in problems:
-        items = retriever.retrieve(p[cfg.question_field], cfg.memory_k, exclude_source=str(p["id"]))
-        out[str(p["id"])] = (memory_block(items), [it["id"] for it in items])
-    return out
 
 
 def _split(history: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
@@ -277,5 +281,5 @@ def _record(problem: dict, engine: Engine, strategy: StrategyConfig, key: str, v
               "sequential_tokens": outcome.sequential_tokens,
               "prompt_tokens": outcome.prompt_tokens,
               "wall_s": round(share, 4),          # this problem's share of its batch's wall time
-              "model": engine.model_name}
+              "model": engine.model_name, **outcome.extra}
     return record

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field, replace
 
 from ttx.engines.base import Engine, Generation, SamplingParams, Trace
 from ttx.scoring.answers import extract_answer, majority_vote, normalize_answer
+from ttx.tts.search import SearchConfig
 
-STRATEGIES = ("greedy", "sample", "majority", "best-of-n", "ffs")
+STRATEGIES = ("greedy", "sample", "majority", "best-of-n", "ffs", "budget-forcing", "beam",
+              "dora", "refine")
 SCORERS = ("logprob", "self-certainty")
 
 
@@ -25,6 +27,8 @@ class StrategyConfig:
     scorer: str = "logprob"           # best-of-n
     weighted: bool = False            # best-of-n: sum scores per answer instead of taking the max
     ffs_k: int = 1                    # ffs: wait for k finished traces and vote among them
+    search: SearchConfig = field(default_factory=SearchConfig)   # budget forcing, beam, dora,
+                                                                 # refine, reward models
 
 
 @dataclass
@@ -34,6 +38,8 @@ class Outcome:
     completion_tokens: int
     sequential_tokens: int
     prompt_tokens: int
+    extra: dict = field(default_factory=dict)     # strategy-specific record fields (added, never
+                                                  # replacing the ones above)
 
 
 def trace_score(trace: Trace, scorer: str) -> float | None:
@@ -109,6 +115,19 @@ def aggregate(cfg: StrategyConfig, gen: Generation) -> Outcome:
 
 
 def run_strategy(engine: Engine, prompts: list, cfg: StrategyConfig) -> list[Outcome]:
-    """Generate and aggregate for a chunk of prompts (one batched engine call)."""
+    """Generate and aggregate for a chunk of prompts (one batched engine call; a search
+    strategy makes one batched call per round)."""
+    if cfg.strategy == "budget-forcing":
+        from ttx.tts.budget import run_budget_forcing
+        return run_budget_forcing(engine, prompts, cfg)
+    if cfg.strategy in ("beam", "dora"):
+        from ttx.tts.beam import run_beam
+        return run_beam(engine, prompts, cfg)
+    if cfg.strategy == "refine":
+        from ttx.tts.refine import run_refine
+        return run_refine(engine, prompts, cfg)
+    if cfg.strategy == "best-of-n" and cfg.search.reward_model:
+        from ttx.tts.reward import run_best_of_n_reward
+        return run_best_of_n_reward(engine, prompts, cfg)
     n, params = effective_params(cfg)
     return [aggregate(cfg, g) for g in engine.generate(prompts, n, params)]

@@ -1,0 +1,121 @@
+"""The test-time scaling strategies side by side on the default model, with ARISE per strategy.
+
+    .venv/bin/python bench/strategies.py [--problems 16] [--max-new-tokens 192] [--fresh]
+
+One run, the same problems (ttx.data.arith, seed 0) and the same engine for every strategy:
+greedy, majority, best-of-n (logprob), ffs, budget-forcing, beam, dora and refine. Each sampling
+strategy runs at temperature 0.4 over its natural scaling axis (n, the thinking budget, or turns)
+up to a comparable budget (n = 4, or 192 thinking tokens, or 3 turns), so the table compares
+accuracy against mean completion and sequential tokens, and ARISE measures how each one scales.
+Records go to bench/results/strategies/<name>.jsonl (resumed when present, unless --fresh);
+writes bench/results/strategies.json and bench/results/strategies.png (accuracy vs tokens).
+Sized for 2 shared CPU cores: 16 problems, at most 192 new tokens per trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import machine  # noqa: E402
+
+OUT = ROOT / "bench" / "results"
+TEMPERATURE = 0.4
+# name -> (strategy, n, levels, SearchConfig knobs); the last level is the compared budget
+RUNS = {
+    "greedy": ("greedy", 1, None, {}),
+    "majority": ("majority", 4, "n=1,2,4", {}),
+    "best-of-n": ("best-of-n", 4, "n=2,4", {}),
+    "ffs": ("ffs", 4, "n=2,4", {}),
+    "budget-forcing": ("budget-forcing", 1, "max_new_tokens=96,192", {"num_ignore": 1}),
+    "beam": ("beam", 4, "n=2,4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4}),
+    "dora": ("dora", 4, "n=2,4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4}),
+    "refine": ("refine", 1, "turns=1,2,3", {}),
+}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--problems", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=192)
+    ap.add_argument("--only", nargs="*", default=list(RUNS), help="a subset of the strategies")
+    ap.add_argument("--fresh", action="store_true", help="discard earlier records")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared, loaded 2-core machine 2 threads ran "
+                         "13x slower than 1, measured)")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+    from ttx.data.arith import generate
+    from ttx.engines.base import SamplingParams
+    from ttx.engines.hf import HFEngine
+    from ttx.scoring.report import score
+    from ttx.tts.levels import parse_levels
+    from ttx.tts.run import RunConfig, run_tts
+    from ttx.tts.search import SearchConfig
+    from ttx.tts.strategies import StrategyConfig
+
+    folder = OUT / "strategies"
+    if args.fresh and folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    problems = folder / "problems.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in generate(args.problems, 0)))
+    engine = HFEngine(model="smollm2-135m-instruct", device="cpu")
+    before = machine()
+    walls, files = {}, {}
+    for name in args.only:
+        strategy, n, levels, knobs = RUNS[name]
+        params = SamplingParams(max_new_tokens=args.max_new_tokens, seed=0,
+                                temperature=0.0 if strategy == "greedy" else TEMPERATURE)
+        cfg = RunConfig(input=str(problems), output=str(folder / f"{name}.jsonl"),
+                        strategy=StrategyConfig(strategy=strategy, n=n, params=params,
+                                                search=SearchConfig(**knobs)),
+                        levels=parse_levels(levels) if levels else None, resume=True,
+                        progress=True)
+        t0 = time.perf_counter()
+        run_tts(engine, cfg)
+        walls[name] = round(time.perf_counter() - t0, 1)
+        files[name] = cfg.output
+        print(f"{name}: {walls[name]} s", file=sys.stderr, flush=True)
+    result = score(compare=[f"{name}={path}" for name, path in files.items()],
+                   plot=str(OUT / "strategies.png"))
+    rows = []
+    for run in sorted(result["runs"], key=lambda r: list(RUNS).index(r["name"])):
+        top = run["levels"][-1]
+        rows.append({"strategy": run["name"], "level_key": run["level_key"],
+                     "compared_level": top["value"], "accuracy": top["accuracy"],
+                     "mean_completion_tokens": top["mean_completion_tokens"],
+                     "mean_sequential_tokens": top["mean_sequential_tokens"],
+                     "arise": run["arise"]["arise"] if len(run["levels"]) > 1 else None,
+                     "wall_s_all_levels": walls.get(run["name"]),
+                     "levels": [{"value": lv["value"], "accuracy": lv["accuracy"],
+                                 "mean_completion_tokens": lv["mean_completion_tokens"],
+                                 "mean_sequential_tokens": lv["mean_sequential_tokens"]}
+                                for lv in run["levels"]]})
+    report = {"bench": "strategies", "model": "smollm2-135m-instruct",
+              "problems": args.problems, "problem_set": "ttx.data.arith seed 0",
+              "max_new_tokens": args.max_new_tokens, "temperature": TEMPERATURE,
+              "runs": {name: {"strategy": RUNS[name][0], "n": RUNS[name][1],
+                              "levels": RUNS[name][2], "knobs": RUNS[name][3]} for name in files},
+              "table": rows, "machine": before, "load_average_1m_after": machine()["load_average_1m"]}
+    (OUT / "strategies.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'strategy':<15} {'level':>8} {'acc':>6} {'compl':>7} {'seq':>6} {'ARISE':>7} {'wall':>6}")
+    for r in rows:
+        arise = "" if r["arise"] is None else f"{r['arise']:+.3f}"
+        print(f"{r['strategy']:<15} {str(r['compared_level']):>8} {r['accuracy']:>6.3f} "
+              f"{r['mean_completion_tokens']:>7.1f} {r['mean_sequential_tokens']:>6.1f} "
+              f"{arise:>7} {r['wall_s_all_levels']!s:>6}")
+
+
+if __name__ == "__main__":
+    main()
