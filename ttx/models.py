@@ -118,6 +118,7 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", load_in_4bi
     `load_in_4bit` quantizes the linear layers to NF4 with bitsandbytes (QLoRA; CPU works too)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import ttx.inplace_ttt.modeling  # noqa: F401  registers the In-Place TTT model classes
     folder = resolve_model(spec)
     check_causal_lm(folder)
     device = pick_device(device)
