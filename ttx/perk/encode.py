@@ -1,0 +1,183 @@
+"""`ttx perk-encode`: PERK at test time (Chen et al. 2025, §3.1).
+
+Per record: run the inner loop on its context from the meta-learned LoRA init, write the adapted
+weights into the PEFT model, answer the question with the question alone in the prompt (greedy,
+through ttx's hf engine), then put the init back, so nothing leaks from one record to the next.
+Answers are tts-run records (`ttx score` scores them); `--resume` skips ids already written.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ttx.errors import TtxError
+from ttx.io import JsonlAppender, now_iso, read_jsonl, repair_torn_tail, write_manifest
+
+STAGE = "perk-encode"
+
+
+@dataclass
+class EncodeConfig:
+    input: str
+    output: str
+    perk: str
+    model: str | None = None            # None: the model the PERK folder was meta-trained on
+    device: str = "auto"
+    dtype: str = "auto"
+    inner_grad_accum: int = 1
+    max_new_tokens: int = 16
+    seed: int = 0
+    resume: bool = False
+    limit: int | None = None
+    context_field: str = "context"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    id_field: str = "id"
+    progress: bool = True
+
+
+def record_seed(seed: int, rid) -> int:
+    """A per-record seed (LoRA dropout in the inner loop) that does not depend on record order."""
+    return zlib.crc32(f"{seed}:{rid}".encode())
+
+
+class PerkAnswerer:
+    """Answer records with a PERK module: adapt per record, generate through the hf engine."""
+
+    def __init__(self, module, tokenizer, model_name: str, max_new_tokens: int = 16,
+                 grad_accum: int = 1, seed: int = 0):
+        from ttx.engines.hf import HFEngine
+
+        self.module, self.tokenizer = module, tokenizer
+        self.engine = HFEngine(model=model_name, loaded=(module.model, tokenizer))
+        self.max_new_tokens, self.grad_accum, self.seed = max_new_tokens, grad_accum, seed
+        self.init = module.snapshot()               # the meta-learned init, restored per record
+
+    def answer(self, record: dict, cfg: EncodeConfig) -> dict:
+        import torch
+
+        from ttx.engines.base import SamplingParams
+        from ttx.perk.inner import adapt
+        from ttx.perk.segments import context_segments, question_prompt
+        from ttx.tts.strategies import StrategyConfig, aggregate
+
+        m = self.module
+        device = m.inner_lrs.device
+        start = time.perf_counter()
+        torch.manual_seed(record_seed(self.seed, record[cfg.id_field]))
+        segments = context_segments(self.tokenizer, record[cfg.context_field],
+                                    m.cfg.segment_tokens).to(device)
+        init = {n: t.clone() for n, t in self.init.items()}
+        params, history = adapt(m, segments, unroll=0, grad_accum=self.grad_accum, init=init,
+                                lrs=m.inner_lrs.detach())
+        m.load_lora(params)
+        try:
+            strategy = StrategyConfig(strategy="greedy", n=1, params=SamplingParams(
+                max_new_tokens=self.max_new_tokens, temperature=0.0, stop=("\n",)))
+            prompt = question_prompt(record[cfg.question_field], segments.count)
+            gen = self.engine.generate([prompt], 1, strategy.params)[0]
+        finally:
+            m.load_lora(self.init)                  # discard the adapter: nothing leaks
+        outcome = aggregate(strategy, gen)
+        return {**record, "strategy": "perk", "n": 1, "level_key": "n", "level": 1, "repeat": 0,
+                "traces": outcome.traces, "pred": outcome.pred,
+                "completion_tokens": outcome.completion_tokens,
+                "sequential_tokens": outcome.sequential_tokens,
+                "prompt_tokens": outcome.prompt_tokens,
+                "wall_s": round(time.perf_counter() - start, 4), "model": self.engine.model_name,
+                "perk": {"segments": segments.count, "context_tokens": segments.loss_tokens,
+                         "inner_steps": int(m.inner_lrs.shape[0]),
+                         "inner_loss": [round(x, 5) for x in history]}}
+
+
+def read_inputs(cfg: EncodeConfig) -> list[dict]:
+    from ttx.perk.metatrain import read_records
+
+    fields = (cfg.context_field, cfg.question_field)
+    records = read_records(cfg.input, fields, cfg.limit, cfg.id_field)
+    seen: dict[str, int] = {}
+    for i, r in enumerate(records):
+        key = str(r[cfg.id_field])
+        if key in seen:
+            raise TtxError(f"duplicate id {key!r} (also record {seen[key] + 1})", path=cfg.input,
+                           field=cfg.id_field)
+        seen[key] = i
+    return records
+
+
+def _done_ids(cfg: EncodeConfig) -> set[str]:
+    path = Path(cfg.output)
+    if not cfg.resume or cfg.output == "-" or not path.exists():
+        return set()
+    repair_torn_tail(path)
+    return {str(r.get(cfg.id_field)) for r in read_jsonl(path)}
+
+
+def encode(cfg: EncodeConfig, options: dict | None = None, module=None, tokenizer=None) -> dict:
+    """Answer every record of cfg.input with PERK; returns the manifest summary.
+
+    `module`/`tokenizer` take an already built PERK module (benchmarks: a fresh LoRA init)."""
+    from tqdm import tqdm
+
+    from ttx.scoring.answers import answers_equal, extract_answer
+
+    started = now_iso()
+    records = read_inputs(cfg)                  # bad input fails before a model is loaded
+    if module is None:
+        module, tokenizer = load_perk(cfg)
+    done = _done_ids(cfg)
+    todo = [r for r in records if str(r[cfg.id_field]) not in done]
+    answerer = PerkAnswerer(module, tokenizer, cfg.model or module.cfg.model, cfg.max_new_tokens,
+                            cfg.inner_grad_accum, cfg.seed)
+    stats = {"written": 0, "correct": 0, "graded": 0}
+    t0 = time.perf_counter()
+    with JsonlAppender(cfg.output, resume=cfg.resume) as out:
+        for record in tqdm(todo, desc=STAGE, unit="record", file=sys.stderr,
+                           disable=not cfg.progress):
+            row = answerer.answer(record, cfg)
+            out.write(row)
+            stats["written"] += 1
+            gold = record.get(cfg.answer_field)
+            if gold is not None:
+                stats["graded"] += 1
+                stats["correct"] += answers_equal(row["pred"], extract_answer(str(gold)))
+    summary = {"records": len(records), "written": stats["written"],
+               "skipped_done": len(records) - len(todo),
+               "accuracy_of_written": stats["correct"] / stats["graded"] if stats["graded"]
+               else None, "wall_s": round(time.perf_counter() - t0, 3)}
+    write_manifest(cfg.output, stage=STAGE, options={"cli": options or {}, "run": asdict(cfg)},
+                   inputs=[cfg.input, str(Path(cfg.perk) / "perk_state.safetensors")],
+                   started=started, summary=summary)
+    return summary
+
+
+def load_perk(cfg: EncodeConfig):
+    """(PERK module, tokenizer): the base model with the meta-learned LoRA, step sizes, head."""
+    from ttx.models import load_model
+    from ttx.perk import module as pm
+
+    perk_cfg, _ = pm.read_config(Path(cfg.perk))
+    base, tokenizer, _ = load_model(cfg.model or perk_cfg.model, cfg.device, cfg.dtype)
+    module = pm.load(base, Path(cfg.perk))
+    for p in module.parameters():
+        p.requires_grad_(False)      # test time: only the inner loop's own copies need gradients
+    return module, tokenizer
+
+
+def encode_from_options(*, input_path: str, output_path: str, perk_dir: str, model: str | None,
+                        device: str, dtype: str, inner_grad_accum: int, max_new_tokens: int,
+                        context_field: str, question_field: str, answer_field: str,
+                        id_field: str, limit: int | None, seed: int, resume: bool,
+                        progress: bool) -> dict:
+    """`ttx perk-encode`: build the run from CLI options and answer every record."""
+    options = dict(locals())
+    cfg = EncodeConfig(input=input_path, output=output_path, perk=perk_dir, model=model,
+                       device=device, dtype=dtype, inner_grad_accum=inner_grad_accum,
+                       max_new_tokens=max_new_tokens, seed=seed, resume=resume, limit=limit,
+                       context_field=context_field, question_field=question_field,
+                       answer_field=answer_field, id_field=id_field, progress=progress)
+    return encode(cfg, options)

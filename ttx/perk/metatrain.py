@@ -1,0 +1,248 @@
+"""`ttx perk-metatrain`: learn the LoRA initialisation, the inner step sizes and the token-weighting
+head so that a few inner steps on a context memorise it (Chen et al. 2025, §3, eq. 3):
+
+    min_{phi_0, alpha, head}  E_(context, question, answer) [ CE(answer | question; phi_N) ],
+    phi_N = InnerLoop(phi_0, context; alpha, head)        (ttx.perk.inner)
+
+The outer loop is ttx's one training loop (ttx.train.Trainer): one record per micro-batch (the
+paper's batch 1), AdamW, warmup + cosine, clipping, checkpoints and exact resume. The outer
+loss_fn runs the inner loop functionally and returns the answer cross-entropy; time and memory of
+every outer step go into output/train_log.jsonl.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ttx.errors import TtxError
+from ttx.io import iter_jsonl, now_iso, write_manifest
+from ttx.perk.module import PerkConfig
+
+STAGE = "perk-metatrain"
+
+
+@dataclass
+class MetaTrainConfig:
+    input: str
+    output: str
+    perk: PerkConfig = field(default_factory=PerkConfig)
+    steps: int | None = None           # outer steps; None: `epochs` passes over the records
+    epochs: int = 1
+    lr: float = 1e-5                   # the paper's outer AdamW settings
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"
+    max_grad_norm: float = 1.0
+    inner_grad_accum: int = 1
+    save_every: int = 50
+    stop_after: int | None = None
+    seed: int = 0
+    resume: bool = False
+    limit: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    context_field: str = "context"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    progress: bool = True
+
+
+@dataclass
+class Example:
+    """One tokenized record: its context segments and its answer-only target."""
+
+    id: str
+    segments: object                   # ttx.perk.segments.Segments
+    input_ids: object
+    labels: object
+
+
+def read_records(path: str, fields: tuple[str, str, str], limit: int | None = None,
+                 id_field: str = "id") -> list[dict]:
+    """Records with string context, question and answer (a number is taken as its text)."""
+    records = []
+    for lineno, record in iter_jsonl(path, required=fields):
+        for name in fields:
+            value = record[name]
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                record[name] = str(value)
+            elif not isinstance(value, str) or not value.strip():
+                raise TtxError("expected a non-empty string", path=path, line=lineno, field=name)
+        record.setdefault(id_field, lineno)
+        records.append(record)
+        if limit is not None and len(records) >= limit:
+            break
+    if not records:
+        raise TtxError("no records", path=path)
+    return records
+
+
+def tokenize(records: list[dict], tokenizer, cfg: MetaTrainConfig) -> list[Example]:
+    from ttx.perk.segments import answer_example, context_segments
+
+    out = []
+    for r in records:
+        segments = context_segments(tokenizer, r[cfg.context_field], cfg.perk.segment_tokens)
+        ids, labels = answer_example(tokenizer, r[cfg.question_field], r[cfg.answer_field],
+                                     segments.count)
+        out.append(Example(str(r.get("id")), segments, ids, labels))
+    return out
+
+
+def peak_memory_mb(device) -> float:
+    """Peak memory so far: CUDA allocations on a GPU, the process's peak RSS on CPU."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_outer_loss(unroll: int, grad_accum: int):
+    """loss_fn(module, example) for Trainer.fit: inner loop, then the answer cross-entropy."""
+    import torch
+
+    from ttx.perk.inner import adapt, answer_loss
+
+    def outer_loss(module, example: Example):
+        perk = getattr(module, "module", module)          # unwrap DDP
+        device = perk.inner_lrs.device
+        start = time.perf_counter()
+        wall = time.time()
+        params, history = adapt(perk, example.segments.to(device), unroll=unroll,
+                                grad_accum=grad_accum)
+        loss = answer_loss(perk, params, example.input_ids.to(device), example.labels.to(device))
+        if not torch.isfinite(loss):
+            return None
+        return loss, {"inner_loss_first": history[0], "inner_loss_last": history[-1],
+                      "forward_s": round(time.perf_counter() - start, 3),
+                      "started_at": round(wall, 3),
+                      "peak_memory_mb": round(peak_memory_mb(device), 1),
+                      "mean_inner_lr": float(perk.inner_lrs.detach().mean())}
+
+    return outer_loss
+
+
+def metatrain(cfg: MetaTrainConfig, options: dict | None = None) -> dict:
+    """Meta-train a PERK folder at cfg.output; returns the manifest summary."""
+    import torch
+
+    from ttx.models import load_model
+    from ttx.perk import module as pm
+    from ttx.train import TrainConfig, Trainer
+
+    started = now_iso()
+    p = cfg.perk
+    if not 0 <= p.unroll <= p.inner_steps:
+        raise TtxError(f"--unroll {p.unroll} must be between 0 and --inner-steps {p.inner_steps}")
+    fields = (cfg.context_field, cfg.question_field, cfg.answer_field)
+    records = read_records(cfg.input, fields, cfg.limit)     # bad input fails before loading
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise TtxError("exists and is not a folder", path=str(out))
+    finished = _finished_summary(out) if cfg.resume else None
+    if finished is not None:
+        print(f"{STAGE}: {out} is already meta-trained; nothing to resume", file=sys.stderr)
+        return finished
+    if out.is_dir() and any(out.iterdir()) and not cfg.resume:
+        raise TtxError("the output folder is not empty: pass --resume to continue its run, or "
+                       "choose another folder", path=str(out))
+    torch.manual_seed(cfg.seed)
+    base, tokenizer, folder = load_model(p.model, cfg.device, cfg.dtype)
+    module = pm.build(base, p)
+    examples = tokenize(records, tokenizer, cfg)
+    train_cfg = TrainConfig(output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio,
+                            max_steps=cfg.steps, epochs=cfg.epochs, grad_accum=1,
+                            max_grad_norm=cfg.max_grad_norm, save_every=cfg.save_every,
+                            keep_checkpoints=1, seed=cfg.seed, resume=cfg.resume,
+                            stop_after=cfg.stop_after, desc=STAGE, progress=cfg.progress)
+    trainer = Trainer(module, train_cfg)
+    result = trainer.fit(examples, make_outer_loss(p.unroll, cfg.inner_grad_accum))
+    summary = {"records": len(records), "outer_steps": result.steps, "updates": result.updates,
+               "skipped": result.skipped, "finished": result.finished,
+               "resumed_from": result.resumed_from,
+               "first_loss": result.losses[0] if result.losses else None,
+               "last_loss": result.losses[-1] if result.losses else None,
+               "mean_loss_last_10": (sum(result.losses[-10:]) / len(result.losses[-10:])
+                                     if result.losses else None),
+               "wall_s": round(result.wall_s, 2), **_step_costs(out / "train_log.jsonl"),
+               "inner_lrs_mean_by_step": [round(float(x), 8) for x in
+                                          trainer.unwrapped.inner_lrs.detach().mean(1)]}
+    if trainer.is_main:
+        pm.save(trainer.unwrapped, out)
+        write_manifest(out, stage=STAGE,
+                       options={"cli": options or {}, "run": _jsonable(asdict(cfg)),
+                                "model_folder": str(folder)},
+                       inputs=[cfg.input], started=started, summary=summary)
+        if result.finished:
+            trainer.remove_checkpoints()
+    print(f"{STAGE}: {result.steps} outer steps, last loss {summary['last_loss']}", file=sys.stderr)
+    return summary
+
+
+def _finished_summary(out: Path) -> dict | None:
+    """The summary of a finished run in `out` (its manifest says so), else None."""
+    import json
+
+    from ttx.io import manifest_path
+
+    path = manifest_path(out) if out.is_dir() else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text()).get("summary") or {}
+    except json.JSONDecodeError:
+        return None
+    return summary if summary.get("finished") else None
+
+
+def _step_costs(log: Path) -> dict:
+    """Mean seconds per outer step and peak memory, from the per-step log."""
+    import json
+
+    if not log.exists():
+        return {}
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    times = [r["started_at"] for r in rows if r.get("started_at") is not None]
+    gaps = [b - a for a, b in zip(times, times[1:]) if 0 < b - a < 86400]
+    peaks = [r["peak_memory_mb"] for r in rows if r.get("peak_memory_mb") is not None]
+    return {"mean_outer_step_s": round(sum(gaps) / len(gaps), 3) if gaps else None,
+            "peak_memory_mb": max(peaks) if peaks else None}
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (_jsonable(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v)
+            for k, v in d.items()}
+
+
+def metatrain_from_options(*, input_path: str, output_path: str, model: str, device: str,
+                           dtype: str, inner_steps: int, unroll: int, segment_tokens: int,
+                           lora_r: int, lora_alpha: float, lora_dropout: float,
+                           target_modules: str, inner_lr: float, inner_grad_accum: int,
+                           steps: int | None, epochs: int, lr: float, weight_decay: float,
+                           warmup_ratio: float, schedule: str, max_grad_norm: float,
+                           save_every: int, stop_after: int | None, context_field: str,
+                           question_field: str, answer_field: str, limit: int | None, seed: int,
+                           resume: bool, progress: bool) -> dict:
+    """`ttx perk-metatrain`: build the run from CLI options and meta-train."""
+    options = dict(locals())
+    targets = tuple(t.strip() for t in target_modules.split(",") if t.strip())
+    if not targets:
+        raise TtxError("names no module", field="--target-modules")
+    perk = PerkConfig(model=model, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                      target_modules=targets, inner_steps=inner_steps, unroll=unroll,
+                      inner_lr=inner_lr, segment_tokens=segment_tokens)
+    cfg = MetaTrainConfig(input=input_path, output=output_path, perk=perk, steps=steps,
+                          epochs=epochs, lr=lr, weight_decay=weight_decay,
+                          warmup_ratio=warmup_ratio, schedule=schedule,
+                          max_grad_norm=max_grad_norm, inner_grad_accum=inner_grad_accum,
+                          save_every=save_every, stop_after=stop_after, seed=seed, resume=resume,
+                          limit=limit, device=device, dtype=dtype, context_field=context_field,
+                          question_field=question_field, answer_field=answer_field,
+                          progress=progress)
+    return metatrain(cfg, options)
