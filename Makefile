@@ -30,7 +30,12 @@ test-server: setup
 
 bench: setup
 	$(PY) bench/tts_engine.py
+	$(PY) bench/memory.py
+	$(PY) bench/strategies.py
 	$(PY) bench/tlm.py
+	$(PY) bench/distill.py
+	$(PY) bench/inplace_ttt.py
+	$(PY) bench/perk.py
 
 lint: setup
 	$(PY) -m ruff check ttx commands tests bench

@@ -13,9 +13,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tts-run": ("tts_run", "Test-time scaling: sample, vote, search and refine with a model."),
     "score": ("score", "Score tts-run records: accuracy, pass@k, maj@k, tokens, plots."),
     "tlm-adapt": ("tlm_adapt", "Test-Time Learning: LoRA on unlabeled test inputs."),
-    "perk-metatrain": ("planned", "PERK: meta-learn a LoRA that encodes long context (not built yet)."),
-    "inplace-ttt-convert": ("planned", "Make an In-Place TTT model from a checkpoint (not built yet)."),
-    "distill-to-mamba": ("planned", "Replace attention with Mamba-2 layers and distill (not built yet)."),
+    "perk-metatrain": ("perk_metatrain", "PERK: meta-learn a LoRA that encodes long context."),
+    "perk-encode": ("perk_encode", "PERK at test time: encode each context into a LoRA, answer."),
+    "inplace-ttt-convert": ("inplace_ttt_convert", "Make an In-Place TTT model from a checkpoint; train it."),
+    "distill-to-mamba": ("distill_to_mamba", "Replace attention with Mamba-2 layers and distill."),
     "memory-extract": ("memory_extract", "Distil strategies and pitfalls from traces into a memory bank."),
 }
 
@@ -28,9 +29,6 @@ class LazyGroup(click.Group):
         if name not in SUBCOMMANDS:
             return None
         module_name, short_help = SUBCOMMANDS[name]
-        if module_name == "planned":
-            from ttx.commands.planned import planned_command
-            return planned_command(name, short_help)
         module = importlib.import_module(f"ttx.commands.{module_name}")
         command = module.command
         command.short_help = short_help

@@ -20,15 +20,27 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None):
         raise click.BadParameter(f"{value}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{value}: expected a mapping of option names to values")
-    known = {p.name for p in ctx.command.params}
+    known = option_names(ctx.command)
     defaults = {}
     for key, v in data.items():
-        name = str(key).replace("-", "_")
-        if name not in known:
+        name = known.get(str(key).replace("-", "_"))
+        if name is None:
             raise click.BadParameter(f"{value}: unknown option '{key}' for {ctx.command.name}")
         defaults[name] = v
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def option_names(command: click.Command) -> dict[str, str]:
+    """Config keys -> parameter names: a key may be the parameter's name or its long flag
+    (`lambda` for `--lambda`, whose parameter is `lam`), with - or _."""
+    names = {}
+    for p in command.params:
+        names[p.name] = p.name
+        for opt in getattr(p, "opts", []):
+            if opt.startswith("--"):
+                names[opt[2:].replace("-", "_")] = p.name
+    return names
 
 
 def config_option(f):

@@ -158,3 +158,24 @@ def test_tlm_pipeline_script_runs_on_a_tiny_model(tiny_model_dir, tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     score = json.loads((out / "score.json").read_text())
     assert {r["name"] for r in score["runs"]} == {"baseline", "tlm"}
+
+
+@pytest.mark.model
+def test_default_model_learns_the_domain_without_hurting_other_text(default_model_dir, tmp_path):
+    """Adapted on 16 GSM8K questions (the paper's defaults), held-out GSM8K questions get a lower
+    log-perplexity and general prose (the GPL text) does not get worse by more than 0.05 nats."""
+    from pathlib import Path
+
+    from ttx.tlm.adapt import TLMConfig, run_tlm
+
+    paras = [" ".join(p.split()) for p in Path("/usr/share/common-licenses/GPL-3").read_text().split("\n\n")]
+    control = tmp_path / "control.jsonl"
+    control.write_text("".join(json.dumps({"id": f"c{i}", "question": p}) + "\n"
+                               for i, p in enumerate([p for p in paras if len(p.split()) >= 40][:4])))
+    train, held = _inputs(tmp_path / "train.jsonl", 0, 16), _inputs(tmp_path / "held.jsonl", 16, 8)
+    s = run_tlm(TLMConfig(input=train, output=str(tmp_path / "adapter"), model=str(default_model_dir),
+                          eval=(held, str(control)), progress=False))
+    assert s["selected"] > 0 and s["backward_passes"] == s["selected"]
+    assert s["eval"][held]["mean_log_ppl_after"] < s["eval"][held]["mean_log_ppl_before"]
+    c = s["eval"][str(control)]
+    assert c["mean_log_ppl_after"] < c["mean_log_ppl_before"] + 0.05
