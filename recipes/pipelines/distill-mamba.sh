@@ -3,7 +3,7 @@
 # teacher and the hybrid and score them side by side.
 #
 #   recipes/pipelines/distill-mamba.sh MODEL TRAIN.jsonl PROBLEMS.jsonl OUT_DIR [distill-to-mamba options...]
-#   recipes/pipelines/distill-mamba.sh smollm2-135m-instruct /work/shared/data/gsm8k/train.jsonl \
+#   recipes/pipelines/distill-mamba.sh smollm2-135m-instruct ../shared/data/gsm8k/train.jsonl \
 #       problems.jsonl out/mamba --config recipes/distill-to-mamba.yaml
 #
 # Writes OUT_DIR/hybrid (the Bamba checkpoint + manifest), OUT_DIR/teacher.jsonl,

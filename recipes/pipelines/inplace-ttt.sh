@@ -3,7 +3,7 @@
 #
 #   recipes/pipelines/inplace-ttt.sh DOCS.jsonl PROBLEMS.jsonl OUT_DIR [training options...]
 #   MODEL=smollm2-135m-instruct CHUNK=256 recipes/pipelines/inplace-ttt.sh \
-#       /work/shared/data/gsm8k/train.jsonl problems.jsonl out/ttt \
+#       ../shared/data/gsm8k/train.jsonl problems.jsonl out/ttt \
 #       --text-field question,answer --join-records 12 --max-length 1024 --max-steps 100
 #
 # Environment: MODEL (default smollm2-135m-instruct), LAYERS (default every 6th), CHUNK (256),
