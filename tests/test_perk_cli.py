@@ -18,12 +18,8 @@ from ttx.data.recall import generate
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a loaded machine one avoids OpenMP stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _threads(one_torch_thread):
+    """Every test here runs with one torch thread (tests/conftest.py)."""
 
 # small and fast: 16-token segments, 2 inner steps (1 unrolled), r=2, no dropout (exact repeats)
 TRAIN = ["--lora-r", "2", "--inner-steps", "2", "--unroll", "1", "--segment-tokens", "16",
