@@ -91,10 +91,50 @@ def test_slope_and_arise_disagree_on_a_costly_degradation():
     assert sev[0]["token_ratio"] == pytest.approx(300 / 110)
 
 
-def test_severe_needs_ratio_above_1_5_and_a_full_drop():
-    assert severe_degradations([1, 0], [100, 150], [1, 2]) == []     # ratio exactly 1.5
-    assert len(severe_degradations([1, 0], [100, 151], [1, 2])) == 1
-    assert severe_degradations([1, 0.5], [100, 400], [1, 2]) == []   # not 1 -> 0
+def test_severe_needs_ratio_above_1_5():
+    for rule in ("reference", "1-to-0"):
+        assert severe_degradations([1, 0], [100, 150], [1, 2], rule=rule) == []   # exactly 1.5
+        assert len(severe_degradations([1, 0], [100, 151], [1, 2], rule=rule)) == 1
+    # the 1 -> 0 rule skips a fractional drop; the reference counts it
+    assert severe_degradations([1, 0.5], [100, 400], [1, 2], rule="1-to-0") == []
+    assert len(severe_degradations([1, 0.5], [100, 400], [1, 2])) == 1
+
+
+def _reference_severe(accs, tokens, ratio=1.5):
+    """yinzhangyue/ARISE@fe773f0 code/arise_metric.py:176-186, written out: every j with
+    accs[j] < accs[j-1] and tokens[j] / tokens[j-1] > 1.5 is one severe degradation."""
+    return [j for j in range(1, len(accs))
+            if accs[j] < accs[j - 1] and tokens[j] / tokens[j - 1] > ratio]
+
+
+def _reference_slope(curves):
+    """code/arise_metric.py:205-215: the first and last levels' mean accuracy and tokens."""
+    a0 = sum(c["a"][0] for c in curves.values()) / len(curves)
+    a1 = sum(c["a"][-1] for c in curves.values()) / len(curves)
+    t0 = sum(c["t"][0] for c in curves.values()) / len(curves)
+    t1 = sum(c["t"][-1] for c in curves.values()) / len(curves)
+    return (a1 - a0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def test_severe_and_slope_reproduce_the_reference():
+    import random
+
+    rng = random.Random(3)
+    curves = {}
+    for i in range(60):
+        levels = 4
+        accs = [rng.choice([0, 1 / 3, 0.5, 2 / 3, 1]) for _ in range(levels)]
+        tokens = [rng.uniform(50, 400) for _ in range(levels)]
+        curves[f"p{i}"] = {"levels": list(range(1, levels + 1)), "a": accs, "t": tokens,
+                           "s": tokens}
+    s = arise_summary(curves)
+    want = sum(len(_reference_severe(c["a"], c["t"])) for c in curves.values())
+    assert want > 10 and s["n_severe"] == want       # one per (problem, transition), as theirs
+    assert s["n_severe_1_to_0"] < s["n_severe"]
+    assert s["slope"] == pytest.approx(_reference_slope(curves), abs=1e-15)
+    assert s["slope_per_problem"] == pytest.approx(
+        sum(slope_score(c["a"], c["t"]) for c in curves.values()) / len(curves))
+    assert s["per_problem"] == {pid: arise_score(c["a"], c["t"]) for pid, c in curves.items()}
 
 
 @pytest.mark.parametrize("acc,want", [
@@ -122,14 +162,16 @@ def test_arise_summary_counts_and_spread():
     assert (s["always_correct"], s["always_wrong"], s["improved"], s["degraded"], s["mixed"]) \
         == (1, 1, 1, 1, 0)
     assert s["n_severe"] == 1 and s["severe_degradations"][0]["id"] == "b"
-    # slope: (1/100 - 1/100 + 0 + 0) / 4
+    # per-problem slopes: (1/100 - 1/100 + 0 + 0) / 4; the dataset's: mean accuracy 0.5 -> 0.5
+    assert s["slope_per_problem"] == pytest.approx(0.0, abs=TOL)
     assert s["slope"] == pytest.approx(0.0, abs=TOL)
+    assert s["per_problem"] == {"a": 0.5, "b": -2.0, "c": 0.0, "d": 0.0}
 
 
 def test_s1_metrics_by_hand():
-    means = [{"accuracy": 0.2, "completion_tokens": 100, "sequential_tokens": 100},
-             {"accuracy": 0.4, "completion_tokens": 200, "sequential_tokens": 300},
-             {"accuracy": 0.5, "completion_tokens": 400, "sequential_tokens": 400}]
+    means = [{"accuracy": 0.2, "cost": 100, "sequential_tokens": 100},
+             {"accuracy": 0.4, "cost": 200, "sequential_tokens": 300},
+             {"accuracy": 0.5, "cost": 400, "sequential_tokens": 400}]
     s = s1_metrics(means, "max_new_tokens", [128, 256, 512])
     assert s["control"] == pytest.approx(2 / 3)          # level 2 overran its budget
     assert s["scaling"] == pytest.approx((0.2 / 100 + 0.3 / 300 + 0.1 / 200) / 3)
@@ -166,4 +208,4 @@ def test_level_axis_and_level_means():
     means = level_means(curves)
     assert [m["n_problems"] for m in means] == [1, 2]
     assert means[1]["accuracy"] == pytest.approx(0.75)
-    assert means[1]["completion_tokens"] == pytest.approx(40.0)
+    assert means[1]["cost"] == pytest.approx(40.0)

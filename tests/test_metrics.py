@@ -33,9 +33,33 @@ def test_maj_at_k_first_k_and_ties():
     assert maj_at_k(preds, "18", 4) == 0.0
     assert maj_at_k(preds, "18", 3) == 1.0  # 18 and 18.0 vote together
     assert maj_at_k(preds, "7", 1) == 1.0
-    assert maj_at_k([None, None, "3"], "3", 3) == 1.0  # None does not vote
+    # lm-eval (default): a trace without an answer votes "[invalid]", which wins here
+    assert maj_at_k([None, None, "3"], "3", 3) == 0.0
+    assert maj_at_k([None, None, "3"], "3", 3, invalid="skip") == 1.0   # None does not vote
+    assert maj_at_k([None, "3", "3"], "3", 3) == 1.0
+    assert maj_at_k([None, "3"], "3", 2) == 0.0                          # tie: seen first
     with pytest.raises(ValueError):
         maj_at_k(preds, "7", 5)
+
+
+def _lm_eval_majority(preds):
+    """EleutherAI/lm-evaluation-harness@4e7e0d4 lm_eval/filters/extraction.py:28,58 (no match ->
+    "[invalid]") and lm_eval/filters/selection.py:57-58 (Counter(resp).most_common(1)[0][0]),
+    written out."""
+    from collections import Counter
+
+    return Counter(["[invalid]" if p is None else p for p in preds]).most_common(1)[0][0]
+
+
+def test_majority_vote_is_lm_evals_rule():
+    from ttx.scoring.answers import majority_vote
+
+    rng = random.Random(5)
+    for _ in range(500):
+        preds = [rng.choice([None, "1", "2", "3"]) for _ in range(rng.randint(1, 9))]
+        want = _lm_eval_majority(preds)
+        got = majority_vote(preds)
+        assert (got if got is not None else "[invalid]") == want, preds
 
 
 def test_maj_at_k_bootstrap():

@@ -151,7 +151,7 @@ def test_multiple_inputs_are_levels(tmp_path):
                                       {"p": (1, 200), "q": (0, 300)},
                                       {"p": (1, 400), "q": (1, 400)}])
     args = [arg for f in files for arg in ("-i", f)]
-    result, out, err = _run(["score", *args, "--json"])
+    result, out, err = _run(["score", *args, "--json", "--arise-tokens", "completion"])
     assert result.exit_code == 0, err
     run = json.loads(out)["runs"][0]
     assert [row["level"] for row in run["levels"]] == [1, 2, 3]
@@ -160,15 +160,22 @@ def test_multiple_inputs_are_levels(tmp_path):
     # by hand: p = 1 (100/200) = 0.5; q = -1 (300/100) + 1 (300/400) = -2.25
     assert want == pytest.approx((0.5 - 2.25) / 2)
     assert run["arise"]["arise"] == pytest.approx(want, abs=1e-9)
+    assert run["arise"]["per_problem"] == pytest.approx({"p": 0.5, "q": -2.25})
     assert run["arise"]["n_severe"] == 1 and run["arise"]["severe_degradations"][0]["id"] == "q"
     assert run["ttspm"] is not None  # the level axis is n
+    # the default is ARISE's reference: prompt (30 per record) + completion tokens
+    _, out, _ = _run(["score", *args, "--json"])
+    run = json.loads(out)["runs"][0]
+    want = (arise_score([0, 1, 1], [130, 230, 430]) + arise_score([1, 0, 1], [130, 330, 430])) / 2
+    assert run["arise"]["arise"] == pytest.approx(want, abs=1e-9)
+    assert json.loads(out)["definitions"]["arise_tokens"] == "total"
 
 
 def test_level_field_in_one_file(tmp_path):
     recs = [_record("p", "#### 5", ["6"], level=1, n_tokens=100),
             _record("p", "#### 5", ["5", "5"], level=2, n_tokens=100)]
     path = _write(tmp_path / "run.jsonl", recs)
-    _, out, _ = _run(["score", "-i", path, "--json"])
+    _, out, _ = _run(["score", "-i", path, "--json", "--arise-tokens", "completion"])
     assert json.loads(out)["runs"][0]["arise"]["arise"] == pytest.approx(1 * 100 / 200)
 
 

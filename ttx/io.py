@@ -130,6 +130,19 @@ def write_jsonl(path: str | os.PathLike, records: Sequence[dict]) -> None:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+def json_safe(obj: Any) -> Any:
+    """The object with every NaN or infinite float replaced by None (JSON has neither)."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -50,6 +50,78 @@ def resolve_model(spec: str | os.PathLike) -> Path:
                    path=spec)
 
 
+def model_shape(spec: str | os.PathLike) -> dict:
+    """What a cost model needs, read without loading weights (or importing torch): parameters,
+    layers, attention heads, KV heads and head size, from config.json and the safetensors
+    headers of a folder, or from a GGUF file's metadata (an alias: its cached conversion if one
+    exists, else its GGUF)."""
+    import json
+
+    spec = str(spec)
+    if spec.lower() in ALIASES or spec.endswith(".gguf"):
+        gguf_path = _alias_gguf(spec.lower()) if spec.lower() in ALIASES else Path(spec)
+        if not gguf_path.is_file():
+            raise TtxError("no such file", path=str(gguf_path))
+        cached = _conversion_dir(gguf_path)
+        if not (cached / "config.json").is_file():
+            return _gguf_shape(gguf_path)
+        folder = cached
+    else:
+        folder = resolve_model(spec)
+    config = json.loads((folder / "config.json").read_text())
+    config = config.get("text_config", config)
+    heads = int(config["num_attention_heads"])
+    shape = {"params": _safetensors_params(folder), "layers": int(config["num_hidden_layers"]),
+             "heads": heads, "kv_heads": int(config.get("num_key_value_heads") or heads),
+             "head_dim": int(config.get("head_dim") or config["hidden_size"] // heads)}
+    return shape
+
+
+def _safetensors_params(folder: Path) -> int:
+    """Elements in every tensor of the folder's *.safetensors files (their headers only)."""
+    import json
+    import math
+
+    total = 0
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise TtxError("no *.safetensors weights to count parameters from", path=str(folder))
+    for path in files:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    return total
+
+
+def _gguf_shape(path: Path) -> dict:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    arch = _gguf_value(reader, "general.architecture")
+
+    def field(name):
+        return int(_gguf_value(reader, f"{arch}.{name}"))
+
+    heads = field("attention.head_count")
+    return {"params": sum(int(t.n_elements) for t in reader.tensors),
+            "layers": field("block_count"), "heads": heads,
+            "kv_heads": field("attention.head_count_kv"),
+            "head_dim": field("embedding_length") // heads}
+
+
+def _gguf_value(reader, key: str):
+    f = reader.fields.get(key)
+    if f is None:
+        raise TtxError(f"GGUF metadata has no {key}")
+    value = f.parts[f.data[0]]
+    return bytes(value).decode() if value.dtype.kind == "u" and value.itemsize == 1 else value[0]
+
+
+def _conversion_dir(gguf: Path) -> Path:
+    return ttx_home() / "models" / f"{gguf.stem}-{_file_key(gguf)}"
+
+
 def _file_key(path: Path) -> str:
     """Content hash of a GGUF file (first and last MiB plus size: fast and collision-safe enough)."""
     h = hashlib.sha256()
@@ -64,7 +136,7 @@ def _file_key(path: Path) -> str:
 
 def convert_gguf(gguf: Path) -> Path:
     """Dequantize a GGUF checkpoint once into a safetensors folder cached under $TTX_HOME."""
-    target = ttx_home() / "models" / f"{gguf.stem}-{_file_key(gguf)}"
+    target = _conversion_dir(gguf)
     if (target / "config.json").is_file():
         return target
     import torch

@@ -72,42 +72,63 @@ def classify(acc: Sequence[float]) -> str:
     return "mixed"
 
 
+SEVERE_RULES = ("reference", "1-to-0")
+
+
 def severe_degradations(acc: Sequence[float], tokens: Sequence[float],
-                        levels: Sequence[int], ratio: float = SEVERE_RATIO) -> list[dict]:
-    """Consecutive levels where accuracy fell from 1 to 0 while tokens grew by more than
-    `ratio` (t^j / t^{j-1} > ratio)."""
+                        levels: Sequence[int], ratio: float = SEVERE_RATIO,
+                        rule: str = "reference") -> list[dict]:
+    """Consecutive levels where accuracy fell while tokens grew by more than `ratio`
+    (t^j / t^{j-1} > ratio, strictly).
+
+    rule "reference": every drop, fractional ones included, one entry per (problem, transition),
+    as ARISE's NegativeScalingAnalyzer (yinzhangyue/ARISE code/arise_metric.py:176-186);
+    "1-to-0": only a drop from always right to always wrong (ttx before 0.2)."""
     out = []
     for j in range(1, len(acc)):
-        if abs(acc[j - 1] - 1.0) < _ZERO and abs(acc[j]) < _ZERO and tokens[j - 1] > 0:
+        if rule == "1-to-0":
+            drop = abs(acc[j - 1] - 1.0) < _ZERO and abs(acc[j]) < _ZERO
+        else:
+            drop = _sign(acc[j] - acc[j - 1]) < 0
+        if drop and tokens[j - 1] > 0:
             r = tokens[j] / tokens[j - 1]
             if r > ratio:
                 out.append({"from_level": levels[j - 1], "to_level": levels[j],
+                            "acc_from": acc[j - 1], "acc_to": acc[j],
                             "tokens_from": tokens[j - 1], "tokens_to": tokens[j],
                             "token_ratio": r})
     return out
 
 
 def problem_curves(records: Sequence[dict], correct: Sequence[bool],
-                   levels: Sequence[int], ids: Sequence[str]) -> dict[str, dict]:
-    """Per problem, its levels in order with a (mean correctness over repeats), t (mean
-    completion tokens) and s (mean sequential tokens). A problem missing at a level simply has
-    no point there; ARISE runs over the levels it has."""
+                   levels: Sequence[int], ids: Sequence[str],
+                   cost: Sequence[float | None] | None = None) -> dict[str, dict]:
+    """Per problem, its levels in order with a (mean correctness over repeats), t (mean cost:
+    `cost` per record, by default its completion tokens) and s (mean sequential tokens). A
+    problem missing at a level simply has no point there; ARISE runs over the levels it has."""
+    if cost is None:
+        cost = [_number(r.get("completion_tokens")) for r in records]
     cells: dict[str, dict[int, list]] = {}
-    for rec, ok, lvl, pid in zip(records, correct, levels, ids):
-        cells.setdefault(pid, {}).setdefault(lvl, []).append((rec, ok))
+    for rec, ok, lvl, pid, c in zip(records, correct, levels, ids, cost):
+        cells.setdefault(pid, {}).setdefault(lvl, []).append((rec, ok, c))
     curves = {}
     for pid, by_level in cells.items():
         lv = sorted(by_level)
         curve = {"levels": lv, "a": [], "t": [], "s": [], "repeats": []}
         for level in lv:
             rows = by_level[level]
-            curve["a"].append(sum(ok for _, ok in rows) / len(rows))
-            curve["t"].append(_mean_field([r for r, _ in rows], "completion_tokens"))
-            seq = _mean_field([r for r, _ in rows], "sequential_tokens", None)
+            curve["a"].append(sum(ok for _, ok, _ in rows) / len(rows))
+            costs = [c for _, _, c in rows if c is not None]
+            curve["t"].append(sum(costs) / len(costs) if costs else 0.0)
+            seq = _mean_field([r for r, _, _ in rows], "sequential_tokens", None)
             curve["s"].append(curve["t"][-1] if seq is None else seq)
             curve["repeats"].append(len(rows))
         curves[pid] = curve
     return curves
+
+
+def _number(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def _mean_field(rows: Sequence[dict], field: str, default: float | None = 0.0) -> float | None:
@@ -116,18 +137,36 @@ def _mean_field(rows: Sequence[dict], field: str, default: float | None = 0.0) -
     return sum(vals) / len(vals) if vals else default
 
 
+def dataset_slope(curves: dict[str, dict]) -> float:
+    """The slope baseline as ARISE's reference computes it (code/arise_metric.py:205-215): the
+    mean accuracy and mean cost of every problem's first and last level, then
+    (acc_last - acc_first) / (t_last - t_first); 0 where the mean cost did not grow."""
+    if not curves:
+        return 0.0
+    first = [(c["a"][0], c["t"][0]) for c in curves.values()]
+    last = [(c["a"][-1], c["t"][-1]) for c in curves.values()]
+    n = len(first)
+    a0, a1 = sum(a for a, _ in first) / n, sum(a for a, _ in last) / n
+    t0, t1 = sum(t for _, t in first) / n, sum(t for _, t in last) / n
+    return (a1 - a0) / (t1 - t0) if t1 > t0 else 0.0
+
+
 def arise_summary(curves: dict[str, dict], ratio: float = SEVERE_RATIO) -> dict:
-    """Dataset ARISE = the mean of ARISE_i; its population std, min, max; the class counts (see
-    `classify`); the severe degradations; and the slope metric for comparison."""
+    """Dataset ARISE = the mean of ARISE_i, with ARISE_i per problem (`per_problem`); its
+    population std, min, max; the class counts (see `classify`); the severe degradations by
+    the reference's rule (`n_severe`, `severe_degradations`) and by the 1 -> 0 rule
+    (`n_severe_1_to_0`); the slope metric at dataset level as the reference (`slope`) and as
+    the mean of per-problem slopes (`slope_per_problem`)."""
     scores = {pid: arise_score(c["a"], c["t"]) for pid, c in curves.items()}
     values = list(scores.values())
     n = len(values)
     mean = sum(values) / n if n else 0.0
     counts = dict.fromkeys(("always_correct", "always_wrong", "improved", "degraded", "mixed"), 0)
-    severe = []
+    severe, total_loss = [], 0
     for pid, c in curves.items():
         counts[classify(c["a"])] += 1
         severe += [{"id": pid, **d} for d in severe_degradations(c["a"], c["t"], c["levels"], ratio)]
+        total_loss += len(severe_degradations(c["a"], c["t"], c["levels"], ratio, "1-to-0"))
     return {
         "arise": mean,
         "arise_std": math.sqrt(sum((v - mean) ** 2 for v in values) / n) if n else 0.0,
@@ -136,15 +175,20 @@ def arise_summary(curves: dict[str, dict], ratio: float = SEVERE_RATIO) -> dict:
         "n_problems": n,
         "n_levels": len({lvl for c in curves.values() for lvl in c["levels"]}),
         **counts,
-        "slope": sum(slope_score(c["a"], c["t"]) for c in curves.values()) / n if n else 0.0,
+        "slope": dataset_slope(curves),
+        "slope_per_problem": (sum(slope_score(c["a"], c["t"]) for c in curves.values()) / n
+                              if n else 0.0),
         "n_severe": len(severe),
+        "n_severe_1_to_0": total_loss,
         "severe_degradations": severe,
+        "per_problem": scores,
     }
 
 
 def level_means(curves: dict[str, dict]) -> list[dict]:
-    """Dataset accuracy and tokens per level: means over the problems present at that level
-    (each problem weighs the same, whatever its number of repeats)."""
+    """Dataset accuracy and cost per level (the cost the curves were built with: tokens by
+    default): means over the problems present at that level (each problem weighs the same,
+    whatever its number of repeats)."""
     by_level: dict[int, list] = {}
     for c in curves.values():
         for lvl, a, t, s in zip(c["levels"], c["a"], c["t"], c["s"]):
@@ -153,7 +197,7 @@ def level_means(curves: dict[str, dict]) -> list[dict]:
     for lvl in sorted(by_level):
         rows = by_level[lvl]
         out.append({"level": lvl, "accuracy": sum(r[0] for r in rows) / len(rows),
-                    "completion_tokens": sum(r[1] for r in rows) / len(rows),
+                    "cost": sum(r[1] for r in rows) / len(rows),
                     "sequential_tokens": sum(r[2] for r in rows) / len(rows),
                     "n_problems": len(rows)})
     return out
@@ -166,16 +210,17 @@ def s1_metrics(means: Sequence[dict], axis: str | None,
     control: the fraction of levels whose mean sequential tokens stay within the level's
       budget (only when the axis is a token budget, else None);
     scaling: the mean over level pairs i < j of (A_j - A_i) / (T_j - T_i), A the dataset
-      accuracy and T the mean completion tokens (pairs with T_j = T_i skipped);
+      accuracy and T the mean cost (tokens unless another cost is chosen; pairs with
+      T_j = T_i skipped);
     performance: the best accuracy across levels.
     """
     control = None
     if axis in BUDGET_AXES and means and all(v is not None for v in values):
         control = sum(m["sequential_tokens"] <= v for m, v in zip(means, values)) / len(means)
     slopes = [(means[j]["accuracy"] - means[i]["accuracy"])
-              / (means[j]["completion_tokens"] - means[i]["completion_tokens"])
+              / (means[j]["cost"] - means[i]["cost"])
               for i in range(len(means)) for j in range(i + 1, len(means))
-              if means[j]["completion_tokens"] != means[i]["completion_tokens"]]
+              if means[j]["cost"] != means[i]["cost"]]
     return {"control": control,
             "scaling": sum(slopes) / len(slopes) if slopes else None,
             "performance": max((m["accuracy"] for m in means), default=None)}

@@ -7,7 +7,15 @@ import math
 import random
 from collections.abc import Sequence
 
-from ttx.scoring.answers import answers_equal, extract_answer, normalize_answer
+from ttx.scoring import intervals
+from ttx.scoring.answers import (
+    DEFAULT_INVALID_VOTE,
+    answers_equal,
+    extract_answer,
+    normalize_answer,
+    vote_key,
+    winner,
+)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -26,32 +34,26 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def maj_at_k(preds: Sequence[str | None], gold: str | None, k: int, bootstrap: int = 0,
-             rng: random.Random | None = None) -> float:
+             rng: random.Random | None = None, invalid: str = DEFAULT_INVALID_VOTE) -> float:
     """maj@k: 1.0 if the majority vote over the first k predictions equals gold, else 0.0.
 
     With bootstrap=B > 0: the mean over B random k-subsets (each kept in trace order, so a tie
     still goes to the answer seen first); when C(n, k) <= B, the exact mean over all k-subsets,
-    which is what the draws estimate. rng defaults to random.Random(0).
+    which is what the draws estimate. rng defaults to random.Random(0). `invalid`: how a trace
+    without an answer votes (answers.INVALID_VOTES).
     """
     if k < 1 or k > len(preds):
         raise ValueError(f"maj@{k} needs 1 <= k <= {len(preds)} predictions")
-    # normalise once; a vote is then a count over keys (same rule as answers.majority_vote)
-    keys = [normalize_answer(p) for p in preds]
-    verdict: dict[str, bool] = {}  # one equivalence check per answer class
+    keys = [vote_key(p, invalid) for p in preds]      # normalise once; a vote counts keys
+    verdict: dict[str, bool] = {}                     # one equivalence check per answer class
 
     def correct(idx: Sequence[int]) -> bool:
-        counts: dict[str, int] = {}
-        first: dict[str, int] = {}
-        for i in idx:
-            if keys[i] is not None:
-                counts[keys[i]] = counts.get(keys[i], 0) + 1
-                first.setdefault(keys[i], i)
-        if not counts:
+        i = winner([keys[j] for j in idx])
+        if i is None or preds[idx[i]] is None:        # no vote, or "[invalid]" won
             return False
-        best = max(counts.values())
-        key = next(key for key in first if counts[key] == best)  # tie: the class seen first
+        key = keys[idx[i]]
         if key not in verdict:
-            verdict[key] = answers_equal(preds[first[key]], gold)
+            verdict[key] = answers_equal(preds[idx[i]], gold)
         return verdict[key]
 
     if bootstrap <= 0:
@@ -131,20 +133,25 @@ def problem_weights(ids: Sequence[str] | None, count: int) -> list[float]:
 
 
 def summarize(records: Sequence[dict], *, answer_field: str = "answer", ks: Sequence[int] = (),
-              bootstrap: int = 0, seed: int = 0,
+              bootstrap: int = 0, seed: int = 0, invalid: str = DEFAULT_INVALID_VOTE,
+              ci_samples: int = intervals.DEFAULT_SAMPLES,
               correct: Sequence[bool] | None = None, ids: Sequence[str] | None = None) -> dict:
     """A flat summary of one group of records (one run, or one level of a run).
 
     Keys: n_records, accuracy, pass@k and maj@k for k = 1, 2, 4, ... up to the largest trace
     count plus `ks` (each averaged over the records with at least k traces; None where none
-    has), mean_completion_tokens, mean_sequential_tokens, mean_prompt_tokens,
-    accuracy_per_1k_tokens (accuracy / mean completion tokens * 1000), mean_wall_s, total_wall_s,
-    mean_traces. `correct` (the record verdicts, if already computed) saves recomputing them.
-    With `ids` (the problem of each record), means are over problems: a problem's repeats are
-    averaged first, as the spec's "averaged over problems" asks.
+    has), each with `<metric>_ci`, its 95% bootstrap interval over problems (and repeats; see
+    ttx.scoring.intervals; None with ci_samples=0); mean_completion_tokens,
+    mean_sequential_tokens, mean_prompt_tokens, accuracy_per_1k_tokens (accuracy / mean
+    completion tokens * 1000), mean_wall_s, total_wall_s, mean_traces. `correct` (the record
+    verdicts, if already computed) saves recomputing them. With `ids` (the problem of each
+    record), means are over problems: a problem's repeats are averaged first, as the spec's
+    "averaged over problems" asks. `per_problem` holds each metric's per-record values grouped
+    by problem, for paired comparisons (not part of the JSON summary).
     """
     if correct is None:
         correct = [record_correct(r, answer_field) for r in records]
+    ids = list(ids) if ids is not None else [str(i) for i in range(len(records))]
     weights = problem_weights(ids, len(records))
     rng = random.Random(seed)
     golds = [gold_answer(r, answer_field) for r in records]
@@ -152,15 +159,24 @@ def summarize(records: Sequence[dict], *, answer_field: str = "answer", ks: Sequ
     trace_ok = [_traces_correct(ps, g) for ps, g in zip(preds, golds)]
     max_n = max((len(p) for p in preds), default=0)
 
-    out: dict = {"n_records": len(records), "accuracy": _mean([float(c) for c in correct], weights)}
+    out: dict = {"n_records": len(records)}
+    values: dict[str, tuple[list[float], list[str]]] = {
+        "accuracy": ([float(c) for c in correct], ids)}
     for k in default_ks(max_n, ks):
         eligible = [i for i, p in enumerate(preds) if len(p) >= k]
-        out[f"pass@{k}"] = _mean([pass_at_k(len(preds[i]), sum(trace_ok[i]), k) for i in eligible],
-                                 [weights[i] for i in eligible])
+        values[f"pass@{k}"] = ([pass_at_k(len(preds[i]), sum(trace_ok[i]), k) for i in eligible],
+                               [ids[i] for i in eligible])
     for k in default_ks(max_n, ks):
         eligible = [i for i, p in enumerate(preds) if len(p) >= k]
-        out[f"maj@{k}"] = _mean([maj_at_k(preds[i], golds[i], k, bootstrap, rng) for i in eligible],
-                                [weights[i] for i in eligible])
+        values[f"maj@{k}"] = ([maj_at_k(preds[i], golds[i], k, bootstrap, rng, invalid)
+                               for i in eligible], [ids[i] for i in eligible])
+    per_problem = {}
+    for j, (name, (vals, vids)) in enumerate(values.items()):
+        groups = intervals.group(vals, vids)
+        per_problem[name] = groups
+        out[name] = (sum(sum(g) / len(g) for g in groups.values()) / len(groups)
+                     if groups else None)
+        out[f"{name}_ci"] = intervals.bootstrap_ci(groups, samples=ci_samples, seed=seed + j)
     out["mean_traces"] = _mean([len(p) for p in preds], weights)
     for field in ("completion_tokens", "sequential_tokens", "prompt_tokens"):
         out[f"mean_{field}"] = _mean([r.get(field) for r in records], weights)
@@ -170,4 +186,5 @@ def summarize(records: Sequence[dict], *, answer_field: str = "answer", ks: Sequ
     out["mean_wall_s"] = _mean([r.get("wall_s") for r in records])
     walls = [r["wall_s"] for r in records if isinstance(r.get("wall_s"), (int, float))]
     out["total_wall_s"] = sum(walls) if walls else None
+    out["per_problem"] = per_problem
     return out

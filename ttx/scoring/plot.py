@@ -8,8 +8,9 @@ from ttx.io import atomic_path
 
 
 def plot_runs(runs: Sequence[dict], path: str) -> None:
-    """Write a PNG: one point per scaling level (labelled with its value), one line per run,
-    each run's ARISE in the legend. `runs` are evaluate_run results."""
+    """Write a PNG: one point per scaling level (labelled with its value) with its 95% interval
+    as an error bar, one line per run, each run's ARISE in the legend. The x axis is the cost
+    the runs were scored with (tokens, FLOPs or eFLOPs). `runs` are evaluate_run results."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; must precede pyplot
@@ -18,15 +19,19 @@ def plot_runs(runs: Sequence[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
     spans = []
     for run in runs:
-        means = [m for m in run["level_means"] if m["completion_tokens"] > 0]
+        means = [m for m in run["level_means"] if m["cost"] > 0]
         if not means:
             continue
-        xs = [m["completion_tokens"] for m in means]
+        xs = [m["cost"] for m in means]
         ys = [m["accuracy"] for m in means]
+        cis = {row["level"]: row.get("accuracy_ci") for row in run["levels"]}
+        err = [[max(0.0, y - (cis.get(m["level"]) or [y, y])[0]) for m, y in zip(means, ys)],
+               [max(0.0, (cis.get(m["level"]) or [y, y])[1] - y) for m, y in zip(means, ys)]]
         spans += xs
         a = run["arise"]["arise"]
         label = f"{run['name']}  (ARISE {a:+.3f})"
-        (line,) = ax.plot(xs, ys, marker="o", linewidth=2, label=label)
+        line = ax.errorbar(xs, ys, yerr=err, marker="o", linewidth=2, capsize=3, label=label,
+                           alpha=0.9).lines[0]
         key = run["level_key"]
         for m, x, y in zip(means, xs, ys):
             if key and m["value"] is not None:  # long axis names are in the title already
@@ -39,8 +44,12 @@ def plot_runs(runs: Sequence[dict], path: str) -> None:
         ax.set_xscale("log")
     ax.set_ylim(-0.02, 1.08)
     ax.margins(x=0.08)
-    ax.set_xlabel("mean completion tokens per problem (all traces)")
-    ax.set_ylabel("accuracy (pred vs gold)")
+    cost = next((r["cost"] for r in runs), {"kind": "tokens", "token_basis": "total"})
+    ax.set_xlabel({"tokens": f"mean {cost.get('token_basis', 'total')} tokens per problem "
+                             "(all traces)",
+                   "flops": "mean GFLOP per problem", "kinetics": "mean G eFLOP per problem "
+                   "(Kinetics)"}[cost["kind"]])
+    ax.set_ylabel("accuracy (pred vs gold), 95% CI")
     axis = next((r["level_key"] for r in runs if r["level_key"]), None)
     ax.set_title("Accuracy vs. compute per scaling level"
                  + (f" (levels: {axis})" if axis else ""))

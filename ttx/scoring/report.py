@@ -1,30 +1,55 @@
-"""`ttx score`: load tts-run records, compute every metric per run and level, render a table.
+"""`ttx score`: load tts-run records, compute every metric per run and level.
 
     ttx score -i runs.jsonl                              # a table
     ttx score -i n1.jsonl -i n2.jsonl -i n4.jsonl --json # files in level order, JSON summary
     ttx score --compare base=a.jsonl --compare ffs=b.jsonl --plot cmp.png
+
+Definitions where the references disagree are options, each named after its reference (see
+`ttx score --help` and docs/score.md): how a trace without an answer votes, the token basis of
+ARISE, and the cost on the x axis.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ttx.errors import TtxError
 from ttx.io import iter_jsonl, now_iso, write_jsonl, write_manifest
 from ttx.scoring import arise as ar
+from ttx.scoring import intervals
+from ttx.scoring.answers import DEFAULT_INVALID_VOTE
+from ttx.scoring.cost import KINETICS_INTENSITY, UNITS, record_costs
 from ttx.scoring.metrics import gold_answer, record_correct, summarize
 
-_NUMERIC = ("completion_tokens", "sequential_tokens", "prompt_tokens", "wall_s")
+_NUMERIC = ("completion_tokens", "sequential_tokens", "prompt_tokens", "prefill_tokens", "wall_s")
+ARISE_TOKENS = ("total", "completion")
 
 
-def _check(record: dict, path: str, line: int, answer_field: str) -> None:
+@dataclass
+class ScoreConfig:
+    answer_field: str = "answer"
+    ks: tuple[int, ...] = ()
+    bootstrap: int = 0                 # maj@k over B random k-subsets (0: the first k)
+    seed: int = 0
+    eps: float = 1e-3                  # TTSPM saturation
+    invalid: str = DEFAULT_INVALID_VOTE      # "lm-eval" or "skip" (answers.INVALID_VOTES)
+    arise_tokens: str = "total"        # ARISE's evaluate.py: prompt + completion tokens
+    cost: str = "tokens"               # tokens, flops or kinetics (ttx.scoring.cost)
+    cost_model: str | None = None      # the model whose shape gives flops (default: records')
+    kinetics_intensity: float = KINETICS_INTENSITY
+    ci_samples: int = intervals.DEFAULT_SAMPLES
+    regrade: bool = False              # re-extract every trace's answer, recompute votes
+    strict_gold: bool = False          # a gold answer with no extractable answer is an error
+
+
+def _check(record: dict, path: str, line: int, cfg: ScoreConfig) -> None:
     """Reject what would silently skew a score, naming file, line and field."""
-    if record.get(answer_field) is None:
+    if record.get(cfg.answer_field) is None:
         raise TtxError("missing (the gold answer; see --answer-field)", path=path, line=line,
-                       field=answer_field)
-    if gold_answer(record, answer_field) is None:
-        raise TtxError("no final answer found in the gold answer", path=path, line=line,
-                       field=answer_field)
+                       field=cfg.answer_field)
     if "pred" not in record:
         raise TtxError("missing (the predicted answer; null if the model gave none)",
                        path=path, line=line, field="pred")
@@ -34,71 +59,163 @@ def _check(record: dict, path: str, line: int, answer_field: str) -> None:
                        field="level")
     if "traces" in record and not isinstance(record["traces"], list):
         raise TtxError("expected a list of traces", path=path, line=line, field="traces")
-    for field in _NUMERIC:
-        v = record.get(field)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise TtxError(f"expected a number, got {v!r}", path=path, line=line, field=field)
+    if cfg.regrade and not record.get("traces"):
+        raise TtxError("--regrade re-extracts answers from the traces' text, and this record "
+                       "has no traces", path=path, line=line, field="traces")
+    for name in _NUMERIC:
+        v = record.get(name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TtxError(f"expected a number, got {v!r}", path=path, line=line, field=name)
+        if not math.isfinite(v) or v < 0:
+            raise TtxError(f"expected a finite number >= 0, got {v!r}", path=path, line=line,
+                           field=name)
 
 
-def load_run(name: str, paths: Sequence[str], answer_field: str = "answer") -> dict:
-    """Read one run: its records, and for each its level and problem id.
+def load_run(name: str, paths: Sequence[str], cfg: ScoreConfig) -> dict:
+    """Read one run: its records, and for each its level, problem id and source line.
 
     A record's `level` wins; without one, file k of several is level k, and a single file is
     level 1. The problem id is the record's `id`, else its question, else its place in the file.
+    Records whose gold answer has no extractable final answer are set aside (named in
+    `no_gold`), or refused with --strict-gold. A second record of the same (id, level, repeat)
+    is refused: it would count twice.
     """
-    records, levels, ids = [], [], []
+    records, levels, ids, where, no_gold = [], [], [], [], []
+    seen: dict[tuple, str] = {}
     for k, path in enumerate(paths, start=1):
-        n_before = len(records)
+        display = "<stdin>" if str(path) == "-" else str(path)
+        n_before = len(records) + len(no_gold)
         for idx, (line, rec) in enumerate(iter_jsonl(path)):
-            display = "<stdin>" if str(path) == "-" else str(path)
-            _check(rec, display, line, answer_field)
-            records.append(rec)
-            levels.append(rec["level"] if rec.get("level") is not None
-                          else (k if len(paths) > 1 else 1))
+            _check(rec, display, line, cfg)
             pid = rec.get("id")
-            ids.append(str(pid) if pid is not None else str(rec.get("question") or f"#{idx + 1}"))
-        if len(records) == n_before:
-            raise TtxError("no records", path=str(path))
+            pid = str(pid) if pid is not None else str(rec.get("question") or f"#{idx + 1}")
+            level = rec["level"] if rec.get("level") is not None else (k if len(paths) > 1 else 1)
+            if gold_answer(rec, cfg.answer_field) is None:
+                if cfg.strict_gold:
+                    raise TtxError("no final answer found in the gold answer (--strict-gold)",
+                                   path=display, line=line, field=cfg.answer_field)
+                no_gold.append({"path": display, "line": line, "id": pid})
+                continue
+            key = (pid, level, rec.get("repeat", 0))
+            if key in seen:
+                raise TtxError(f"a second record of problem {pid!r} at level {level}, repeat "
+                               f"{key[2]} (first at {seen[key]}): it would count twice",
+                               path=display, line=line, field="id")
+            seen[key] = f"{display}:{line}"
+            records.append(rec)
+            levels.append(level)
+            ids.append(pid)
+            where.append(f"{display}:{line}")
+        if len(records) + len(no_gold) == n_before:
+            raise TtxError("no records", path=display)
+    if not records:
+        raise TtxError(f"no record of run {name} has an extractable gold answer "
+                       f"({len(no_gold)} set aside)", path=str(paths[0]))
     return {"name": name, "inputs": [str(p) for p in paths], "records": records,
-            "levels": levels, "ids": ids}
+            "levels": levels, "ids": ids, "where": where, "no_gold": no_gold}
 
 
-def evaluate_run(run: dict, *, answer_field: str = "answer", ks: Sequence[int] = (),
-                 bootstrap: int = 0, seed: int = 0, eps: float = 1e-3) -> dict:
+def regrade_run(run: dict) -> None:
+    """Re-extract every trace's answer from its text with today's grader and recompute the
+    record's prediction the way its strategy aggregates (ttx.tts.registry); the stored answers
+    are kept as `old_pred` on the record and each trace."""
+    from ttx.tts.registry import regrade_record
+
+    run["records"] = [regrade_record(r) for r in run["records"]]
+
+
+def _costs(records: Sequence[dict], cfg: ScoreConfig) -> list[float | None]:
+    shapes = None
+    if cfg.cost != "tokens":
+        from ttx.models import model_shape
+
+        names = {cfg.cost_model} if cfg.cost_model else {str(r.get("model")) for r in records}
+        shapes = {}
+        for name in names:
+            if name in (None, "None"):
+                raise TtxError(f"--cost {cfg.cost} needs the model's shape: the records name "
+                               "no model; give --cost-model")
+            try:
+                shapes[name] = model_shape(name)
+            except (TtxError, KeyError, ValueError, OSError) as exc:
+                raise TtxError(f"--cost {cfg.cost}: cannot read the shape of model {name!r} "
+                               f"({exc}); give --cost-model ALIAS|FOLDER|FILE.gguf") from None
+        if cfg.cost_model:
+            shapes = {str(r.get("model")): shapes[cfg.cost_model] for r in records}
+    return record_costs(records, cfg.cost, basis=cfg.arise_tokens, shapes=shapes,
+                        intensity=cfg.kinetics_intensity)
+
+
+def evaluate_run(run: dict, cfg: ScoreConfig) -> dict:
     """Every metric of one run: an overall summary, one row per level, ARISE, s1 and TTSPM."""
     records, levels = run["records"], run["levels"]
-    correct = [record_correct(r, answer_field) for r in records]
+    correct = [record_correct(r, cfg.answer_field) for r in records]
     run["correct"] = correct
-    opts = {"answer_field": answer_field, "ks": ks, "bootstrap": bootstrap}
+    cost = _costs(records, cfg)
+    opts = {"answer_field": cfg.answer_field, "ks": cfg.ks, "bootstrap": cfg.bootstrap,
+            "invalid": cfg.invalid, "ci_samples": cfg.ci_samples}
     axis, values = ar.level_axis(records, levels)
-    rows = []
+    rows, per_problem = [], {}
     for j, lvl in enumerate(sorted(set(levels))):
         idx = [i for i, x in enumerate(levels) if x == lvl]
-        rows.append({"level": lvl, "value": values.get(lvl),
-                     **summarize([records[i] for i in idx], correct=[correct[i] for i in idx],
-                                 ids=[run["ids"][i] for i in idx], seed=seed + j, **opts)})
-    curves = ar.problem_curves(records, correct, levels, run["ids"])
+        row = summarize([records[i] for i in idx], correct=[correct[i] for i in idx],
+                        ids=[run["ids"][i] for i in idx], seed=cfg.seed + 97 * j, **opts)
+        per_problem[lvl] = row.pop("per_problem")
+        row["mean_cost"] = _mean([cost[i] for i in idx], [run["ids"][i] for i in idx])
+        rows.append({"level": lvl, "value": values.get(lvl), **row})
+    curves = ar.problem_curves(records, correct, levels, run["ids"], cost)
     means = ar.level_means(curves)
     for m in means:
         m["value"] = values.get(m["level"])
     ttspm = None
     if axis == "n":
-        ttspm = ar.fit_ttspm([m["value"] for m in means], [m["accuracy"] for m in means], eps)
+        ttspm = ar.fit_ttspm([m["value"] for m in means], [m["accuracy"] for m in means], cfg.eps)
+    if len(rows) > 1:
+        cell_ids = [f"{i}@{lv}" for i, lv in zip(run["ids"], levels)]
+        summary = summarize(records, correct=correct, ids=cell_ids, seed=cfg.seed, **opts)
+        summary.pop("per_problem")
+        summary["mean_cost"] = _mean(cost, cell_ids)
+    else:
+        summary = {k: v for k, v in rows[0].items() if k not in ("level", "value")}
     return {
         "name": run["name"],
         "inputs": run["inputs"],
         "strategy": sorted({str(r["strategy"]) for r in records if r.get("strategy")}),
         "model": sorted({str(r["model"]) for r in records if r.get("model")}),
         "level_key": axis,
-        "summary": (summarize(records, correct=correct, ids=[f"{i}@{lv}" for i, lv in zip(
-                        run["ids"], levels)], seed=seed, **opts) if len(rows) > 1 else
-                    {k: v for k, v in rows[0].items() if k not in ("level", "value")}),
+        "cost": {"kind": cfg.cost, "unit": UNITS[cfg.cost],
+                 **({"token_basis": cfg.arise_tokens} if cfg.cost == "tokens" else {})},
+        "summary": summary,
         "levels": rows,
         "arise": ar.arise_summary(curves),
         "level_means": means,
         "s1": ar.s1_metrics(means, axis, [m["value"] for m in means]),
         "ttspm": ttspm,
+        "set_aside": {"no_gold_answer": run["no_gold"]},
+        "_per_problem": per_problem,     # for paired comparisons; dropped before output
     }
+
+
+def _mean(values: Sequence[float | None], ids: Sequence[str]) -> float | None:
+    groups = intervals.group([v for v in values if v is not None],
+                             [i for v, i in zip(values, ids) if v is not None])
+    return sum(sum(g) / len(g) for g in groups.values()) / len(groups) if groups else None
+
+
+def compare_runs(base: dict, other: dict, cfg: ScoreConfig) -> dict:
+    """`other` minus `base` at each level both have, per metric, with a paired 95% interval
+    over the problems both answered (ttx.scoring.intervals.paired_ci)."""
+    out = {}
+    for lvl, mine in other["_per_problem"].items():
+        theirs = base["_per_problem"].get(lvl)
+        if theirs is None:
+            continue
+        out[str(lvl)] = {metric: intervals.paired_ci(theirs[metric], groups,
+                                                     samples=cfg.ci_samples, seed=cfg.seed)
+                         for metric, groups in mine.items() if metric in theirs}
+    return out
 
 
 def _parse_compare(spec: str) -> tuple[str, list[str]]:
@@ -109,21 +226,39 @@ def _parse_compare(spec: str) -> tuple[str, list[str]]:
     return name.strip(), [f for f in files.split(",") if f]
 
 
-def score(inputs: Sequence[str] = (), compare: Sequence[str] = (), *, answer_field: str = "answer",
-          ks: Sequence[int] = (), bootstrap: int = 0, seed: int = 0, eps: float = 1e-3,
-          per_record: str | None = None, plot: str | None = None,
-          options: dict | None = None) -> dict:
+def _refuse_repeated_files(specs: list[tuple[str, list[str]]]) -> None:
+    from pathlib import Path
+
+    seen: dict[str, str] = {}
+    for name, files in specs:
+        for f in files:
+            if f == "-":
+                continue
+            key = str(Path(f).resolve())
+            if key in seen:
+                raise TtxError(f"given twice (runs {seen[key]} and {name}): its records would "
+                               "count twice", path=f)
+            seen[key] = name
+
+
+def score(inputs: Sequence[str] = (), compare: Sequence[str] = (),
+          cfg: ScoreConfig | None = None, *, per_record: str | None = None,
+          plot: str | None = None, options: dict | None = None) -> dict:
     """Score one run (the -i files, in level order) and/or named runs (--compare NAME=FILE).
 
-    Returns {"runs": [...], "ranked_by": "arise"}: runs sorted by dataset ARISE (best first)
-    when there are several. Writes per-record verdicts and a plot when asked, each with a
-    manifest.
+    Returns {"runs": [...], "ranked_by": "arise", "definitions": {...}}: runs sorted by dataset
+    ARISE (best first) when there are several, each after the first with `vs_first`, its paired
+    difference to the first run given. Writes per-record verdicts and a plot when asked, each
+    with a manifest.
     """
+    cfg = cfg or ScoreConfig()
     started = now_iso()
-    if bootstrap < 0:
-        raise TtxError("--bootstrap must be >= 0")
-    if eps <= 0:
+    if cfg.bootstrap < 0 or cfg.ci_samples < 0:
+        raise TtxError("--bootstrap and --ci-samples must be >= 0")
+    if cfg.eps <= 0:
         raise TtxError("--eps must be > 0")
+    if cfg.kinetics_intensity <= 0:
+        raise TtxError("--kinetics-intensity must be > 0")
     specs: list[tuple[str, list[str]]] = []
     if inputs:
         name = "input" if len(inputs) > 1 or str(inputs[0]) == "-" else _stem(inputs[0])
@@ -134,131 +269,76 @@ def score(inputs: Sequence[str] = (), compare: Sequence[str] = (), *, answer_fie
     names = [n for n, _ in specs]
     if len(set(names)) != len(names):
         raise TtxError(f"run names must differ, got {names}")
+    _refuse_repeated_files(specs)
 
-    loaded = [load_run(n, files, answer_field) for n, files in specs]
-    runs = [evaluate_run(r, answer_field=answer_field, ks=ks, bootstrap=bootstrap, seed=seed,
-                         eps=eps) for r in loaded]
+    loaded = [load_run(n, files, cfg) for n, files in specs]
+    if cfg.regrade:
+        for run in loaded:
+            regrade_run(run)
+    runs = [evaluate_run(r, cfg) for r in loaded]
+    for run in loaded:
+        _warn_set_aside(run)
+    for other in runs[1:]:
+        other["vs_first"] = {"run": runs[0]["name"], "levels": compare_runs(runs[0], other, cfg)}
     if len(runs) > 1:
         runs.sort(key=lambda r: -r["arise"]["arise"])  # stable: ties keep the given order
     for rank, r in enumerate(runs, start=1):
         r["rank"] = rank
-    result = {"runs": runs, "ranked_by": "arise"}
+        r.pop("_per_problem")
+    result = {"runs": runs, "ranked_by": "arise", "definitions": definitions(cfg)}
 
     all_inputs = [f for _, files in specs for f in files if f != "-"]
     manifest_summary = {r["name"]: {**r["summary"], "arise": r["arise"]["arise"]} for r in runs}
+    manifest_options = {**(options or {}), "definitions": result["definitions"]}
     if per_record:
-        out = [{**rec, "correct": ok} for run in loaded
+        out = [_per_record(rec, ok) for run in loaded
                for rec, ok in zip(run["records"], run["correct"])]
         write_jsonl(per_record, out)
-        write_manifest(per_record, stage="score", options=options or {}, inputs=all_inputs,
+        write_manifest(per_record, stage="score", options=manifest_options, inputs=all_inputs,
                        started=started, summary=manifest_summary)
     if plot:
         from ttx.scoring.plot import plot_runs
 
         plot_runs(runs, plot)
-        write_manifest(plot, stage="score", options=options or {}, inputs=all_inputs,
+        write_manifest(plot, stage="score", options=manifest_options, inputs=all_inputs,
                        started=started, summary=manifest_summary)
     return result
+
+
+def definitions(cfg: ScoreConfig) -> dict:
+    """The named definitions this score used (recorded in --json and the manifest)."""
+    return {"invalid_votes": cfg.invalid, "arise_tokens": cfg.arise_tokens, "cost": cfg.cost,
+            "severe_rule": "reference (any drop, token ratio > 1.5)",
+            "slope": "dataset (reference); slope_per_problem: mean of per-problem slopes",
+            "ci": f"95% percentile bootstrap over problems, {cfg.ci_samples} samples, "
+                  f"seed {cfg.seed}", "regrade": cfg.regrade,
+            **({"kinetics_intensity": cfg.kinetics_intensity} if cfg.cost == "kinetics" else {})}
+
+
+def _per_record(record: dict, ok: bool) -> dict:
+    """The record with its verdict; after --regrade, the old prediction and verdict too where
+    either differs."""
+    out = {**record, "correct": ok}
+    old = out.pop("old_pred", None)
+    if "old_pred" in record:
+        was = record_correct({**record, "pred": old})
+        if old != record.get("pred") or was != ok:
+            out["old_pred"], out["old_correct"] = old, was
+    return out
+
+
+def _warn_set_aside(run: dict) -> None:
+    missing = run["no_gold"]
+    if not missing:
+        return
+    shown = ", ".join(f"{m['path']}:{m['line']} (id {m['id']})" for m in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    print(f"score: run {run['name']}: {len(missing)} records set aside, their gold answer has "
+          f"no extractable final answer: {shown}{more} (--strict-gold makes this an error)",
+          file=sys.stderr)
 
 
 def _stem(path: str) -> str:
     from pathlib import Path
 
     return Path(path).stem or str(path)
-
-
-# --- rendering -----------------------------------------------------------------------------
-
-def _fmt(x, kind: str = "") -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, int):  # bool too
-        return str(x)
-    if kind == "tok":
-        return f"{x:.1f}"
-    if kind == "slope":
-        return f"{x:.3g}"
-    return f"{x:.3f}" if x == 0 or abs(x) >= 0.001 else f"{x:.2e}"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "  ".join(c.rjust(w) if ra else c.ljust(w)
-                         for c, w, ra in zip(cells, widths, right)).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-_METRIC_COLS = [("mean_completion_tokens", "compl_tok", "tok"),
-                ("mean_sequential_tokens", "seq_tok", "tok"),
-                ("mean_prompt_tokens", "prompt_tok", "tok"),
-                ("accuracy_per_1k_tokens", "acc/1k_tok", ""),
-                ("total_wall_s", "wall_s", "")]
-
-
-def _run_block(run: dict) -> str:
-    ks = [k for k in run["summary"] if k.startswith(("pass@", "maj@"))]
-    axis = run["level_key"] or "value"
-    headers = ["level", axis, "records", "accuracy", *ks, *(c[1] for c in _METRIC_COLS)]
-    rows = []
-    total = [{"level": "all", "value": None, **run["summary"]}] if len(run["levels"]) > 1 else []
-    for row in [*run["levels"], *total]:
-        rows.append([str(row["level"]), _fmt(row.get("value")), _fmt(row["n_records"]),
-                     _fmt(row["accuracy"]), *(_fmt(row.get(k)) for k in ks),
-                     *(_fmt(row.get(key), kind) for key, _, kind in _METRIC_COLS)])
-    a = run["arise"]
-    head = f"run {run['name']}: " + "; ".join(
-        part for part in (", ".join("<stdin>" if p == "-" else p for p in run["inputs"]),
-                          "strategy " + ", ".join(run["strategy"]) if run["strategy"] else "",
-                          "model " + ", ".join(run["model"]) if run["model"] else "") if part)
-    lines = [head, _table(headers, rows, [False] + [True] * (len(headers) - 1)), ""]
-    if a["n_levels"] > 1:
-        lines.append(f"ARISE {a['arise']:+.4f} (std {a['arise_std']:.4f}, min "
-                     f"{a['arise_min']:+.4f}, max {a['arise_max']:+.4f}) over "
-                     f"{a['n_problems']} problems and {a['n_levels']} levels")
-    else:
-        lines.append("ARISE needs two or more levels: give one -i file per level, in order, "
-                     "or records with `level`")
-    lines.append(f"problems: always correct {a['always_correct']}, always wrong "
-                 f"{a['always_wrong']}, improved {a['improved']}, degraded {a['degraded']}, "
-                 f"mixed {a['mixed']}")
-    lines.append(f"slope {_fmt(a['slope'], 'slope')} accuracy/token;  s1: control "
-                 f"{_fmt(run['s1']['control'])}, scaling {_fmt(run['s1']['scaling'], 'slope')}"
-                 f" accuracy/token, performance {_fmt(run['s1']['performance'])}")
-    if run["ttspm"]:
-        t = run["ttspm"]
-        lines.append(f"TTSPM fit F(N) = {t['f_max']:.3f} (1 - (1 - {t['p']:.3f})^N): gains "
-                     f"fall below {t['eps']:g} per sample beyond N = {t['saturation_n']} "
-                     f"(rmse {t['rmse']:.3f})")
-    if a["severe_degradations"]:
-        lines.append(f"severe degradations (1 -> 0 with tokens x{ar.SEVERE_RATIO:g}+): "
-                     f"{a['n_severe']}")
-        for d in a["severe_degradations"][:10]:
-            lines.append(f"  {d['id']}: level {d['from_level']} -> {d['to_level']}, tokens "
-                         f"{d['tokens_from']:.0f} -> {d['tokens_to']:.0f} "
-                         f"(x{d['token_ratio']:.2f})")
-        if a["n_severe"] > 10:
-            lines.append(f"  ... and {a['n_severe'] - 10} more (see --json)")
-    return "\n".join(lines)
-
-
-def render_table(result: dict) -> str:
-    """The summary as aligned text: a ranking when several runs, then one block per run."""
-    runs = result["runs"]
-    parts = []
-    if len(runs) > 1:
-        headers = ["rank", "run", "ARISE", "std", "slope", "best_acc", "compl_tok", "improved",
-                   "degraded", "severe"]
-        rows = [[str(r["rank"]), r["name"], f"{r['arise']['arise']:+.4f}",
-                 f"{r['arise']['arise_std']:.4f}", _fmt(r["arise"]["slope"], "slope"),
-                 _fmt(r["s1"]["performance"]),
-                 _fmt(r["summary"]["mean_completion_tokens"], "tok"),
-                 str(r["arise"]["improved"]), str(r["arise"]["degraded"]),
-                 str(r["arise"]["n_severe"])] for r in runs]
-        parts.append("runs ranked by ARISE (higher is better)\n"
-                     + _table(headers, rows, [True, False] + [True] * 8))
-    parts += [_run_block(r) for r in runs]
-    return "\n\n".join(parts)
