@@ -1,0 +1,66 @@
+"""How a reward model sees a solution: the input conventions of outcome and process reward models.
+
+Shared by tts-run's scorers (ttx.tts.reward) and verifier-train, so a verifier is trained on
+exactly the text it is later asked to score.
+
+- ORM (a *ForSequenceClassification head): the question and the whole response as a chat
+  (user, assistant) when the tokenizer has a chat template, else "question\\n\\nresponse".
+- PRM, `tag` format (Math-Shepherd, peiyi9979/math-shepherd-mistral-7b-prm's model card):
+  `question + " " + step_1 + " ки\\n" + step_2 + " ки"`: every step followed by " " and the step
+  tag, steps one per line; the score of step k is read at its tag, P(good) against P(bad) there.
+- PRM, `chat` format (RLHFlow/Llama3.1-8B-PRM-*, RLHF-Reward-Modeling math-rm/prm_evaluate.py):
+  user turns `question + " " + step_1`, `step_2`, ... each answered by an assistant turn holding
+  the good token; the score of step k is read where its good token is predicted.
+- PRM, `qwen` format (Qwen2.5-Math-PRM; a token-classification head): system, user question and
+  an assistant turn whose steps are joined by `<extra_0>` with one more at the end; the score of
+  step k is P(label 1) at its `<extra_0>`.
+A solution is split into steps at blank lines (search-and-learn's "\\n\\n"); empty steps are
+dropped.
+"""
+
+from __future__ import annotations
+
+STEP_SEPARATOR = "\n\n"
+MATH_SHEPHERD_TAG = "ки"
+QWEN_STEP_TAG = "<extra_0>"
+QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+# Written beside a reward model's weights (by verifier-train, or by hand): how to read it.
+READING_FILE = "ttx_reward.json"
+
+
+def split_steps(text: str) -> list[str]:
+    """A solution's steps: the text split at blank lines, empty steps dropped."""
+    return [s.strip() for s in text.split(STEP_SEPARATOR) if s.strip()]
+
+
+def orm_text(tokenizer, question: str, response: str) -> str:
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}, {"role": "assistant", "content": response}],
+            tokenize=False)
+    return f"{question}\n\n{response}"
+
+
+def tag_text(question: str, steps: list[str], tag: str = MATH_SHEPHERD_TAG) -> str:
+    """Math-Shepherd's input: the question, then each step followed by " " + tag, one per line."""
+    return question + " " + "\n".join(f"{step} {tag}" for step in steps)
+
+
+def tag_positions(ids: list[int], tag_id: int) -> list[int]:
+    """Where the tag token sits: the logits there predict the good/bad token of that step."""
+    return [i for i, t in enumerate(ids) if t == tag_id]
+
+
+def chat_turns(question: str, steps: list[str], good: str) -> list[dict]:
+    turns = []
+    for k, step in enumerate(steps):
+        turns.append({"role": "user", "content": f"{question} {step}" if k == 0 else step})
+        turns.append({"role": "assistant", "content": good})
+    return turns
+
+
+def qwen_text(tokenizer, question: str, steps: list[str]) -> str:
+    messages = [{"role": "system", "content": QWEN_SYSTEM},
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": QWEN_STEP_TAG.join(steps) + QWEN_STEP_TAG}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
