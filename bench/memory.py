@@ -34,7 +34,7 @@ def _run(engine, problems_path, out, *, strategy, n, temperature, max_new_tokens
          memory_k=1, update=None):
     from ttx.engines import SamplingParams
     from ttx.tts.run import RunConfig, run_tts
-    from ttx.tts.strategies import StrategyConfig
+    from ttx.tts.strategy import StrategyConfig
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=0)
     cfg = RunConfig(input=str(problems_path), output=str(out), progress=False,

@@ -38,7 +38,8 @@ from bench.common import machine  # noqa: E402
 def _prompted(engine, records, max_new_tokens):
     """(c): the whole context in the prompt, the same question wording otherwise."""
     from ttx.engines.base import SamplingParams
-    from ttx.tts.strategies import StrategyConfig, aggregate
+    from ttx.tts.sampling import Greedy
+    from ttx.tts.strategy import StrategyConfig
 
     cfg = StrategyConfig(strategy="greedy", n=1, params=SamplingParams(
         max_new_tokens=max_new_tokens, temperature=0.0))
@@ -47,7 +48,7 @@ def _prompted(engine, records, max_new_tokens):
         t0 = time.perf_counter()
         prompt = [{"role": "user", "content": f"{r['context']}\n\n{r['question']}"}]
         gen = engine.generate([prompt], 1, cfg.params)[0]
-        out = aggregate(cfg, gen)
+        out = Greedy(cfg).outcome(gen, cfg)
         rows.append({**r, "pred": out.pred, "traces": out.traces,
                      "prompt_tokens": out.prompt_tokens, "wall_s": time.perf_counter() - t0})
     return rows

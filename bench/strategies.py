@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     from ttx.tts.levels import parse_levels
     from ttx.tts.run import RunConfig, run_tts
     from ttx.tts.search import SearchConfig
-    from ttx.tts.strategies import StrategyConfig
+    from ttx.tts.strategy import StrategyConfig
 
     folder = OUT / "strategies"
     if args.fresh and folder.exists():

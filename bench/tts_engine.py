@@ -153,7 +153,8 @@ def ffs_vs_majority(problems: int) -> dict:
     from ttx.engines.hf import HFEngine
     from ttx.scoring.answers import answers_equal
     from ttx.tts.prompts import build_prompt
-    from ttx.tts.strategies import StrategyConfig, run_strategy
+    from ttx.tts.registry import strategy as strategy_class
+    from ttx.tts.strategy import StrategyConfig
 
     engine = HFEngine(device="cpu")
     items = generate(problems, 0)
@@ -165,8 +166,9 @@ def ffs_vs_majority(problems: int) -> dict:
             max_new_tokens=256, temperature=TEMPERATURE, seed=0))
         t0 = time.perf_counter()
         outcomes = []
+        runner = strategy_class(strategy)(cfg)
         for i in range(0, len(prompts), 8):
-            outcomes += run_strategy(engine, prompts[i:i + 8], cfg)
+            outcomes += runner.run(engine, prompts[i:i + 8], cfg)
         wall = time.perf_counter() - t0
         acc = sum(answers_equal(o.pred, p["answer"]) for o, p in zip(outcomes, items)) / len(items)
         out[name] = {"accuracy": round(acc, 4), "wall_s": round(wall, 2),

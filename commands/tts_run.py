@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ttx.commands.options import config_option, engine_options
-from ttx.tts.strategies import SCORERS, STRATEGIES  # light: no torch at import time
+from ttx.tts.registry import SCORERS, STRATEGIES  # light: no torch at import time
 
 
 @click.command(name="tts-run")
@@ -13,7 +13,8 @@ from ttx.tts.strategies import SCORERS, STRATEGIES  # light: no torch at import 
 @click.option("-i", "--input", "input_path", required=True, help="Problems JSONL (path or -).")
 @click.option("-o", "--output", "output_path", default="-", show_default=True,
               help="Records JSONL (path or -), one per problem, appended as each finishes.")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="majority", show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="majority", show_default=True,
+              help="How traces are sampled, searched and aggregated (docs/tts-run.md).")
 @click.option("--n", "n", type=click.IntRange(min=1), default=8, show_default=True,
               help="Traces per problem.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
@@ -26,27 +27,48 @@ from ttx.tts.strategies import SCORERS, STRATEGIES  # light: no torch at import 
 @click.option("--weighted/--no-weighted", default=False, help="best-of-n: sum scores per answer.")
 @click.option("--ffs-k", type=click.IntRange(min=1), default=1, show_default=True,
               help="ffs: wait for k finished traces and vote among them.")
+@click.option("--invalid-votes", type=click.Choice(["lm-eval", "skip"]), default="lm-eval",
+              show_default=True,
+              help="Votes: a trace with no answer votes '[invalid]' (lm-eval) or not at all.")
+@click.option("--budget-style", type=click.Choice(["s1", "ttx"]),
+              help="budget-forcing: s1's evaluation harness (default) or ttx's variant "
+                   "(remaining budget per round, a minimum, a short forced answer).")
 @click.option("--min-thinking-tokens", type=click.IntRange(min=0),
-              help="budget-forcing: continue a trace that stops before this many tokens.")
+              help="budget-forcing: continue a trace that stops before this many tokens (ttx "
+                   "style; s1 style: the minimum of one round, with --num-ignore 0).")
 @click.option("--max-thinking-tokens", type=click.IntRange(min=1),
-              help="budget-forcing: cut thinking here, append the end text and 'Final Answer:' "
-                   "(default --max-new-tokens).")
+              help="budget-forcing: the thinking budget (default: s1's auto rule, "
+                   "--max-new-tokens less 100 kept for the answer; ttx: --max-new-tokens).")
 @click.option("--num-ignore", type=click.IntRange(min=0),
               help="budget-forcing: stops ignored at most K times per trace (default 1).")
 @click.option("--ignore-str", help="budget-forcing: appended when a stop is ignored "
               "(default 'Wait').")
-@click.option("--think-end", help="budget-forcing: end-of-thinking text (default '</think>' "
-              "when the model has it, else none: thinking ends at EOS).")
+@click.option("--think-start", help="budget-forcing s1: text opening the thinking "
+              "(default '<|im_start|>think').")
+@click.option("--think-end", help="budget-forcing: end-of-thinking text (s1 default "
+              "'<|im_start|>answer'; ttx default '</think>' when the model has it, else none).")
 @click.option("--answer-tokens", type=click.IntRange(min=1),
-              help="budget-forcing: tokens for the answer after 'Final Answer:' (default 32).")
+              help="budget-forcing ttx: tokens for the answer after a forced end (default 32).")
+@click.option("--beam-style", type=click.Choice(["search-and-learn", "ttx"]),
+              help="beam: search-and-learn's algorithm (default with --reward-model) or ttx's "
+                   "expansion (default otherwise).")
 @click.option("--beam-width", type=click.IntRange(min=1),
-              help="beam/dora: M; keep n/M beams, expand each M ways (default 2).")
+              help="beam/dvts: M; n/M beams (subtrees) kept, each expanded M ways (default 2).")
 @click.option("--step-tokens", type=click.IntRange(min=1),
-              help="beam/dora: a step ends at a blank line or after this many tokens (default 64).")
+              help="beam/dvts/dora: a step ends at a blank line or after this many tokens "
+                   "(default: --max-new-tokens; ttx beam and dora: 64).")
 @click.option("--max-steps", type=click.IntRange(min=1),
-              help="beam/dora: iterations; the last runs to EOS (default 4).")
+              help="beam/dvts/dora: iterations; the last runs to EOS (default 4).")
 @click.option("--agg", type=click.Choice(["last", "min", "prod"]),
-              help="beam/dora (and PRM best-of-n): step scores -> path score (default last).")
+              help="beam/dvts/dora (and PRM best-of-n): step scores -> path score (default last).")
+@click.option("--lookahead", type=click.IntRange(min=0),
+              help="beam (search-and-learn)/dvts: greedy steps rolled out before a step is "
+                   "scored (needs --reward-model; default 0).")
+@click.option("--filter-duplicates", is_flag=True, default=None,
+              help="beam (search-and-learn): keep one beam of each text.")
+@click.option("--sort-completed", is_flag=True, default=None,
+              help="beam (search-and-learn)/dora: answer from the n best completed beams, not "
+                   "the first n.")
 @click.option("--dora-tau", type=click.FloatRange(min=0, min_open=True),
               help="dora: softmax temperature of the scores (default 0.1).")
 @click.option("--dora-alpha", type=click.FloatRange(min=0, min_open=True),
@@ -58,11 +80,14 @@ from ttx.tts.strategies import SCORERS, STRATEGIES  # light: no torch at import 
 @click.option("--turn-aggregate", type=click.Choice(["last", "majority"]),
               help="refine: the last turn's answer, or a vote over all turns (default last).")
 @click.option("--reward-model", type=click.Path(exists=True, file_okay=False),
-              help="best-of-n/beam/dora: a local outcome or process reward model (replaces "
-                   "--scorer).")
-@click.option("--prm-format", type=click.Choice(["tag", "chat"]),
-              help="causal-LM PRM: steps followed by a tag (Math-Shepherd) or chat turns "
-                   "(RLHFlow) (default tag).")
+              help="best-of-n/beam/dvts/dora: a local outcome or process reward model "
+                   "(replaces --scorer); loaded once per run.")
+@click.option("--reward-batch-size", type=click.IntRange(min=1),
+              help="Sequences per reward-model forward (default 8).")
+@click.option("--prm-format", type=click.Choice(["tag", "chat", "qwen"]),
+              help="PRM input: steps followed by a tag (Math-Shepherd), chat turns (RLHFlow) or "
+                   "<extra_0>-joined steps (Qwen2.5-Math-PRM) (default: ttx_reward.json, else "
+                   "by architecture).")
 @click.option("--prm-step-tag", help="PRM: text after each step, scored there (default 'ки').")
 @click.option("--prm-good-token", help="PRM: the token whose probability is the score "
               "(default '+').")

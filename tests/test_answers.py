@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from ttx.scoring import answers
 from ttx.scoring.answers import answers_equal, extract_answer, majority_vote, normalize_answer
 
 GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k" / "test.jsonl"

@@ -1,4 +1,5 @@
-"""Step-level beam search and DORA on tiny models: survivors, EOS, allocation; bad combinations."""
+"""Step-level beam search, DVTS and DORA on tiny models end to end: survivors, EOS, bookkeeping;
+bad combinations (the algorithms are pinned to their references in test_search_reference.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pytest
 
 from tests.conftest import run_cli
 from ttx.data.arith import generate
-from ttx.tts.beam import dora_allocation, largest_remainder
 
 
 def _problems(tmp_path, n=3):
@@ -23,26 +23,6 @@ def _run(model, tmp_path, strategy, *extra):
                       "--strategy", strategy, "--temperature", "1.0", "--no-progress", *extra])
     assert result.exit_code == 0, result.output
     return [json.loads(line) for line in out.read_text().splitlines()]
-
-
-def test_dora_allocation_sums_to_n_and_penalises_a_duplicate():
-    a, b = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
-    # candidates 0 and 1 are the same direction, 2 is distinct; all score the same
-    alloc = dora_allocation([0.5, 0.5, 0.5], [a, a, b], n=8)
-    assert sum(alloc) == 8
-    assert alloc[2] > alloc[0] and alloc[0] == alloc[1]
-    # a distinct candidate is worth about as much as the two copies together
-    assert alloc == [2, 2, 4]
-    # quality still counts: a better score gets more at equal diversity (tau = 0.1)
-    alloc = dora_allocation([0.9, 0.5, 0.5], [a, b, [0.0, 0.0, 1.0]], n=8)
-    assert sum(alloc) == 8 and alloc[0] > alloc[1] == alloc[2]
-    for n in (1, 3, 7, 16):
-        assert sum(dora_allocation([0.1, 0.4, 0.3, 0.2], [a, b, a, [0.5, 0.5, 0.0]], n)) == n
-
-
-def test_largest_remainder_rounds_to_the_total():
-    assert largest_remainder([1.5, 1.5, 1.0], 4) == [2, 1, 1]
-    assert sum(largest_remainder([0.3] * 10, 3)) == 3
 
 
 def test_beam_keeps_n_over_m_survivors_and_ends_beams_at_eos(tmp_path, eos_model_dir):
@@ -81,20 +61,38 @@ def test_dora_splits_n_rollouts_by_score_and_diversity(tmp_path, tiny_model_dir)
                    "--embedder", tiny_model_dir)
     for r in records:
         for it in r["dora"]["iterations"]:
-            assert sum(it["rollouts"]) == 4 and len(it["rollouts"]) == it["survivors"]
-        assert all(t["score"] is not None for t in r["traces"])
+            assert len(it["rollouts"]) == it["candidates"]
+            assert sum(k > 0 for k in it["rollouts"]) == it["survivors"]
+        assert len(r["traces"]) == 4 and all(t["score"] is not None for t in r["traces"])
+        assert r["prefill_tokens"] >= r["prompt_tokens"] > 0
+
+
+def test_dvts_gives_n_solutions_from_n_over_m_subtrees(tmp_path, eos_model_dir):
+    records = _run(eos_model_dir, tmp_path, "dvts", "--n", "4", "--beam-width", "2",
+                   "--step-tokens", "3", "--max-steps", "3", "--max-new-tokens", "12")
+    for r in records:
+        assert len(r["traces"]) == 4 and r["dvts"]["subtrees"] == 2
+        best = max(r["traces"], key=lambda t: t["score"])
+        assert r["pred"] == best["pred"]
+        assert r["completion_tokens"] >= sum(t["completion_tokens"] for t in r["traces"]) / 2
 
 
 @pytest.mark.parametrize("args, message", [
     (["--strategy", "beam", "--n", "6", "--beam-width", "4"], "multiple of --beam-width"),
-    (["--strategy", "majority", "--turns", "3"], "--turns applies to --strategy refine"),
-    (["--strategy", "majority", "--min-thinking-tokens", "9"], "--min-thinking-tokens applies"),
-    (["--strategy", "beam", "--dora-tau", "0.2"], "--dora-tau applies to --strategy dora"),
-    (["--strategy", "refine", "--agg", "min"], "--agg applies to --strategy beam or dora"),
+    (["--strategy", "majority", "--turns", "3"], "--turns does not apply to --strategy majority"
+                                                 " (it applies to refine)"),
+    (["--strategy", "majority", "--min-thinking-tokens", "9"],
+     "--min-thinking-tokens does not apply to --strategy majority"),
+    (["--strategy", "beam", "--dora-tau", "0.2"], "(it applies to dora)"),
+    (["--strategy", "refine", "--agg", "min"], "--agg does not apply to --strategy refine"),
     (["--strategy", "budget-forcing", "--min-thinking-tokens", "300", "--max-new-tokens", "64"],
      "exceeds the maximum"),
-    (["--strategy", "greedy", "--levels", "turns=1,2"], "needs --strategy refine"),
+    (["--strategy", "greedy", "--levels", "turns=1,2"], "--levels turns=... does not apply"),
     (["--strategy", "beam", "--n", "4", "--levels", "n=2,3"], "--n 3 must be a multiple"),
+    (["--strategy", "dvts", "--n", "6", "--beam-width", "4"], "multiple of --beam-width"),
+    (["--strategy", "beam", "--lookahead", "1"], "needs --reward-model"),
+    (["--strategy", "beam", "--filter-duplicates"], "applies to --beam-style search-and-learn"),
+    (["--strategy", "budget-forcing", "--min-thinking-tokens", "5"], "--num-ignore 0"),
 ])
 def test_invalid_combinations_fail_before_any_output(tmp_path, args, message):
     out = tmp_path / "o.jsonl"

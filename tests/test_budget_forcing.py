@@ -1,4 +1,5 @@
-"""Budget forcing (s1) on a tiny model that stops often: minimum, maximum, ignores, accounting."""
+"""Budget forcing's ttx style on a tiny model that stops often: minimum, maximum, ignores,
+accounting (the s1 style is pinned against s1's harness in test_search_reference.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _run(model, tmp_path, *extra):
     out = tmp_path / "o.jsonl"
     result = run_cli(["tts-run", "--model", model, "-i", _problems(tmp_path), "-o", out,
                       "--strategy", "budget-forcing", "--temperature", "1.0", "--no-progress",
-                      *extra])
+                      "--budget-style", "ttx", *extra])
     assert result.exit_code == 0, result.output
     return [json.loads(line) for line in out.read_text().splitlines()]
 
@@ -117,9 +118,9 @@ def test_openai_engine_continues_as_raw_templated_text(default_model_dir):
     import httpx
 
     from ttx.engines.openai import OpenAIEngine
-    from ttx.tts.budget import run_budget_forcing
+    from ttx.tts.budget import BudgetForcing
     from ttx.tts.search import SearchConfig, templated
-    from ttx.tts.strategies import StrategyConfig
+    from ttx.tts.strategy import StrategyConfig
 
     bodies = []
 
@@ -136,9 +137,10 @@ def test_openai_engine_continues_as_raw_templated_text(default_model_dir):
                           transport=httpx.MockTransport(answer))
     cfg = StrategyConfig(strategy="budget-forcing", n=2,
                          params=SamplingParams(max_new_tokens=30, temperature=0.5, seed=3),
-                         search=SearchConfig(min_thinking_tokens=5, tokenizer=str(default_model_dir)))
+                         search=SearchConfig(budget_style="ttx", min_thinking_tokens=5,
+                                             tokenizer=str(default_model_dir)))
     prompt = [{"role": "user", "content": "1 + 2?"}]
-    [outcome] = run_budget_forcing(engine, [prompt], cfg)
+    [outcome] = BudgetForcing(cfg).run(engine, [prompt], cfg)
     rendered = templated(engine, prompt, cfg.search)
     assert rendered.startswith("<|im_start|>") and rendered.endswith("assistant\n")
     assert bodies[0] == ("/v1/completions", {**bodies[0][1], "prompt": rendered, "n": 2})

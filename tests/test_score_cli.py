@@ -227,3 +227,123 @@ def test_help_is_light():
             "heavy = [m for m in ('torch', 'numpy', 'matplotlib', 'math_verify', 'sympy')"
             " if m in sys.modules]\nassert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+def test_intervals_and_paired_difference(tmp_path):
+    good = [_record(f"p{i}", "#### 5", ["5", "5"] if i % 4 else ["6", "6"]) for i in range(40)]
+    bad = [_record(f"p{i}", "#### 5", ["5", "5"] if i % 2 else ["6", "6"]) for i in range(40)]
+    a, b = _write(tmp_path / "a.jsonl", bad), _write(tmp_path / "b.jsonl", good)
+    result, out, err = _run(["score", "--compare", f"bad={a}", "--compare", f"good={b}", "--json"])
+    assert result.exit_code == 0, err
+    data = json.loads(out)
+    runs = {r["name"]: r for r in data["runs"]}
+    s = runs["good"]["summary"]
+    lo, hi = s["accuracy_ci"]
+    assert lo < s["accuracy"] == pytest.approx(0.75) < hi and hi - lo < 0.4
+    assert s["maj@2_ci"][0] <= s["maj@2"] <= s["maj@2_ci"][1]
+    diff = runs["good"]["vs_first"]["levels"]["1"]["accuracy"]
+    assert runs["good"]["vs_first"]["run"] == "bad"
+    assert diff["difference"] == pytest.approx(0.25) and diff["n_problems"] == 40
+    assert diff["ci"][0] <= 0.25 <= diff["ci"][1]
+    assert "paired over shared problems" in _run(["score", "--compare", f"bad={a}", "--compare",
+                                                  f"good={b}"])[1]
+    again = json.loads(_run(["score", "--compare", f"bad={a}", "--compare", f"good={b}",
+                             "--json"])[1])
+    assert again["runs"] == data["runs"]                                # seeded
+    _, out, _ = _run(["score", "-i", b, "--json", "--ci-samples", "0"])
+    assert json.loads(out)["runs"][0]["summary"]["accuracy_ci"] is None
+
+
+def test_invalid_votes_definitions(tmp_path):
+    recs = [_record("a", "#### 3", [None, None, "3"])]
+    path = _write(tmp_path / "r.jsonl", recs)
+    _, out, _ = _run(["score", "-i", path, "--json"])
+    data = json.loads(out)
+    assert data["runs"][0]["summary"]["maj@3"] == 0.0                   # "[invalid]" wins
+    assert data["definitions"]["invalid_votes"] == "lm-eval"
+    _, out, _ = _run(["score", "-i", path, "--json", "--invalid-votes", "skip"])
+    assert json.loads(out)["runs"][0]["summary"]["maj@3"] == 1.0
+
+
+def test_regrade_reextracts_and_revotes(tmp_path):
+    old = [{"text": "so $x = \\frac{1}{3}$", "pred": "3"}, {"text": "It is 1/3.", "pred": "3"},
+           {"text": "maybe 2", "pred": "2"}]
+    rec = {**_record("a", "\\frac{1}{3}", ["3", "3", "2"], pred="3"), "traces": [
+        {**t, "completion_tokens": 10, "finish_reason": "stop", "score": None} for t in old]}
+    path = _write(tmp_path / "r.jsonl", [rec, _record("b", "#### 4", ["4"])])
+    _, out, _ = _run(["score", "-i", path, "--json"])
+    assert json.loads(out)["runs"][0]["summary"]["accuracy"] == 0.5    # the stored answers
+    scored = tmp_path / "s.jsonl"
+    result, out, err = _run(["score", "-i", path, "--json", "--regrade", "--per-record",
+                             str(scored)])
+    assert result.exit_code == 0, err
+    assert json.loads(out)["runs"][0]["summary"]["accuracy"] == 1.0
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    assert rows[0]["old_pred"] == "3" and rows[0]["old_correct"] is False and rows[0]["correct"]
+    assert "old_pred" not in rows[1]                                    # unchanged: not shown
+    bare = {k: v for k, v in _record("c", "#### 1", ["1"]).items() if k != "traces"}
+    path = _write(tmp_path / "bare.jsonl", [bare])
+    result, _, err = _run(["score", "-i", path, "--regrade"])
+    assert result.exit_code == 2 and f"{path}:1: field 'traces'" in err
+
+
+def test_cost_flops_and_kinetics_by_hand(tmp_path, tiny_model_dir):
+    from ttx.models import model_shape
+
+    shape = model_shape(tiny_model_dir)
+    rec = _record("a", "#### 5", ["5", "6"], n_tokens=10)              # 2 traces x 10 tokens
+    path = _write(tmp_path / "r.jsonl", [rec])
+    p, layers = shape["params"], shape["layers"]
+    nq, nkv, d = shape["heads"], shape["kv_heads"], shape["head_dim"]
+    D, r, L_in = 2 * nkv * d * layers, nq / nkv, 30                    # prompt_tokens 30
+    flops = 2 * p * L_in + r * D * L_in ** 2 / 2 + 2 * (2 * p * 10 + 2 * r * D * (L_in * 10 + 45))
+    comp = 2 * (2 * p * 10 + 2 * r * L_in * D * 10 + r * D * 100)
+    mem = 2 * L_in * D * 10 + 2 * D * 100
+    for kind, want in (("flops", flops), ("kinetics", comp + 562.5 * mem)):
+        result, out, err = _run(["score", "-i", path, "--json", "--cost", kind, "--cost-model",
+                                 str(tiny_model_dir)])
+        assert result.exit_code == 0, err
+        run = json.loads(out)["runs"][0]
+        assert run["summary"]["mean_cost"] == pytest.approx(want * 1e-9, rel=1e-9)
+        assert run["cost"]["kind"] == kind
+    # the Kinetics code's dense_cost (Infini-AI-Lab/Kinetics cost_model/utils.py:45-56) for
+    # 2 trials of 10 tokens: compute and memory (x E_flops), in units of 1e12
+    kin_compute = (2 * p * 10 + 2 * (2 * L_in + 10) * 10 * nq * d * layers) * 2 * 1e-12
+    kin_memory = 2 * (2 * L_in + 10 * 2) * 10 * nkv * d * layers * 562.5 * 1e-12
+    assert (comp + 562.5 * mem) * 1e-12 == pytest.approx(kin_compute + kin_memory, rel=1e-9)
+    result, _, err = _run(["score", "-i", path, "--cost", "flops"])    # model "tiny": unknown
+    assert result.exit_code == 2 and "--cost-model" in err
+
+
+def test_gold_without_answer_is_set_aside_or_refused(tmp_path):
+    recs = [RECORDS[0], {**RECORDS[1], "answer": "no answer here at all"}]
+    path = _write(tmp_path / "r.jsonl", recs)
+    result, out, err = _run(["score", "-i", path, "--json"])
+    assert result.exit_code == 0
+    data = json.loads(out)["runs"][0]
+    assert data["summary"]["n_records"] == 1
+    assert data["set_aside"]["no_gold_answer"] == [{"path": path, "line": 2, "id": "b"}]
+    assert f"{path}:2 (id b)" in err and len(err.strip().splitlines()) == 1
+    result, _, err = _run(["score", "-i", path, "--strict-gold"])
+    assert result.exit_code == 2 and f"{path}:2: field 'answer'" in err
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda r: r.update(completion_tokens=float("nan")), "finite"),
+    (lambda r: r.update(prompt_tokens=-3), ">= 0"),
+])
+def test_bad_token_counts_are_refused(tmp_path, mutate, message):
+    rec = dict(RECORDS[0])
+    mutate(rec)
+    path = _write(tmp_path / "r.jsonl", [rec])
+    result, _, err = _run(["score", "-i", path])
+    assert result.exit_code == 2 and message in err and "Traceback" not in err
+
+
+def test_duplicates_and_repeated_files_are_refused(tmp_path):
+    path = _write(tmp_path / "r.jsonl", [RECORDS[0], RECORDS[0]])
+    result, _, err = _run(["score", "-i", path])
+    assert result.exit_code == 2 and "count twice" in err and f"{path}:2" in err
+    one = _write(tmp_path / "one.jsonl", [RECORDS[0]])
+    result, _, err = _run(["score", "--compare", f"a={one}", "--compare", f"b={one}"])
+    assert result.exit_code == 2 and "given twice" in err

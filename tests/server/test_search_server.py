@@ -4,6 +4,8 @@ min_tokens, the stop string that ended a trace, per-prompt budgets, and budget f
 
 from __future__ import annotations
 
+import pytest
+
 from ttx.engines import SamplingParams
 from ttx.engines.openai import OpenAIEngine
 
@@ -27,17 +29,18 @@ def test_min_tokens_stop_strings_and_per_prompt_budgets(base_url, tokenizer):
 
 def test_budget_forcing_through_the_server(base_url, tokenizer):
     from ttx.models import DEFAULT_MODEL, resolve_model
-    from ttx.tts.budget import run_budget_forcing
+    from ttx.tts.budget import BudgetForcing
     from ttx.tts.search import SearchConfig
-    from ttx.tts.strategies import StrategyConfig
+    from ttx.tts.strategy import StrategyConfig
 
     engine = OpenAIEngine(base_url=base_url)
     cfg = StrategyConfig(strategy="budget-forcing", n=3,
                          params=SamplingParams(max_new_tokens=40, temperature=0.8, seed=5),
-                         search=SearchConfig(min_thinking_tokens=30, max_thinking_tokens=40,
+                         search=SearchConfig(budget_style="ttx", min_thinking_tokens=30,
+                                             max_thinking_tokens=40,
                                              num_ignore=2, answer_tokens=6,
                                              tokenizer=str(resolve_model(DEFAULT_MODEL))))
-    [outcome] = run_budget_forcing(engine, [CHAT], cfg)
+    [outcome] = BudgetForcing(cfg).run(engine, [CHAT], cfg)
     engine.close()
     for t in outcome.traces:
         bf = t["budget_forcing"]
@@ -46,3 +49,54 @@ def test_budget_forcing_through_the_server(base_url, tokenizer):
         assert t["completion_tokens"] == bf["thinking_tokens"] + bf["answer_tokens"]
         assert bf["answer_tokens"] <= 6
     assert outcome.completion_tokens == sum(t["completion_tokens"] for t in outcome.traces)
+
+
+_STRATEGY_ARGS = {
+    "greedy": [],
+    "majority": ["--n", "3"],
+    "best-of-n": ["--n", "3"],
+    "ffs": ["--n", "3", "--ffs-k", "2"],
+    "budget-forcing": ["--n", "2", "--max-thinking-tokens", "16", "--num-ignore", "1"],
+    "beam": ["--n", "4", "--beam-width", "2", "--step-tokens", "8", "--max-steps", "2"],
+    "dvts": ["--n", "4", "--beam-width", "2", "--step-tokens", "8", "--max-steps", "2"],
+    "dora": ["--n", "4", "--step-tokens", "8", "--max-steps", "2", "--embedder", "{model}"],
+    "refine": ["--n", "2", "--turns", "2"],
+}
+
+
+def _cli_run(tmp_path, strategy, engine_args, name):
+    import json
+
+    from tests.conftest import run_cli
+    from ttx.models import DEFAULT_MODEL, resolve_model
+
+    folder = str(resolve_model(DEFAULT_MODEL))
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"id": "a", "question": "What is 3 + 4?", "answer": "7"}) + "\n")
+    out = tmp_path / f"{name}.jsonl"
+    args = [a.replace("{model}", folder) for a in _STRATEGY_ARGS[strategy]]
+    result = run_cli(["tts-run", "-i", problems, "-o", out, "--strategy", strategy,
+                      "--max-new-tokens", "24", "--temperature", "0.7", "--seed", "3",
+                      "--no-progress", *args, *engine_args])
+    assert result.exit_code == 0, result.output
+    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    return record
+
+
+@pytest.mark.parametrize("strategy", list(_STRATEGY_ARGS))
+def test_every_strategy_through_the_server(tmp_path, base_url, tokenizer, strategy):
+    """The path past one machine: each strategy end to end with --engine openai, with the
+    record fields of the hf engine and exact token counts (a trace cut by its budget counts
+    exactly that budget)."""
+    served = _cli_run(tmp_path, strategy, ["--engine", "openai", "--base-url", base_url],
+                      "openai")
+    local = _cli_run(tmp_path, strategy, ["--engine", "hf"], "hf")
+    assert set(served) == set(local)
+    assert {k for t in served["traces"] for k in t} == {k for t in local["traces"] for k in t}
+    assert served["completion_tokens"] >= sum(
+        t["completion_tokens"] for t in served["traces"] if strategy not in ("beam", "dora"))
+    if strategy in ("greedy", "majority", "best-of-n", "ffs", "refine"):
+        for t in served["traces"]:
+            assert (t["finish_reason"] != "length") or t["completion_tokens"] == 24
+        assert served["completion_tokens"] == sum(t["completion_tokens"]
+                                                  for t in served["traces"]) or strategy == "refine"

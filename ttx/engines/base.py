@@ -17,6 +17,9 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()        # stop strings; the text is cut before the first one
+    # stop tokens besides EOS (vLLM's `stop_token_ids`): s1 ends thinking at the special token
+    # <|im_start|>, which no stop string can see in text decoded without special tokens
+    stop_token_ids: tuple[int, ...] = ()
     logprobs: bool = False            # per-token log-probabilities (and self-certainty on hf)
     ignore_eos: bool = False          # generate exactly max_new_tokens (benchmarks)
     # No EOS and no stop string before this many new tokens (vLLM's `min_tokens`): budget forcing
@@ -36,6 +39,7 @@ class Trace:
     self_certainty: list[float] | None = None   # KL(uniform || p) per token (Kang et al. 2025)
     finish_order: int | None = None             # 0 for the first trace of its prompt to finish
     stop_string: str | None = None              # the stop string that ended it (None: EOS/length)
+    stop_token: int | None = None               # the stop_token_ids entry that ended it
 
 
 @dataclass
@@ -63,7 +67,7 @@ class Engine(Protocol):
 
 
 # Fields that may differ between the prompts of one call; the others are shared by the batch.
-PER_PROMPT_FIELDS = ("max_new_tokens", "min_new_tokens", "stop", "ignore_eos")
+PER_PROMPT_FIELDS = ("max_new_tokens", "min_new_tokens", "stop", "stop_token_ids", "ignore_eos")
 
 
 def per_prompt(count: int, n: int | Sequence[int],

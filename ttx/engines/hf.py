@@ -24,6 +24,7 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     certainty: list[float] = field(default_factory=list)
     stop: str | None = None          # the stop string that ended the row
+    stop_token: int | None = None    # the stop token (SamplingParams.stop_token_ids) that did
 
 
 class HFEngine:
@@ -210,16 +211,21 @@ class HFEngine:
         """Rows short of their min_new_tokens cannot sample EOS (log-probabilities stay raw)."""
         short = [b for b, r in enumerate(live)
                  if len(rows[r].ids) < per[rows[r].prompt].min_new_tokens]
-        if not short or not self.eos_ids:
+        if not short:
             return logits
         logits = logits.clone()
-        eos = torch.tensor(sorted(self.eos_ids), device=logits.device)
-        logits[torch.tensor(short, device=logits.device)[:, None], eos[None, :]] = -math.inf
+        for b in short:                 # vLLM's min_tokens: EOS and stop tokens are held back
+            banned = self.eos_ids | set(per[rows[live[b]].prompt].stop_token_ids)
+            if banned:
+                logits[b, sorted(banned)] = -math.inf
         return logits
 
     def _finish(self, row: _Row, tok: int, params: SamplingParams):
         """(finish_reason, text) when the row is done after `tok`, else (None, None)."""
         if tok in self.eos_ids and not params.ignore_eos:
+            return "stop", self.tokenizer.decode(row.ids[:-1], skip_special_tokens=True)
+        if tok in params.stop_token_ids:
+            row.stop_token = tok
             return "stop", self.tokenizer.decode(row.ids[:-1], skip_special_tokens=True)
         if params.stop and len(row.ids) >= params.min_new_tokens:
             # a stop string can only have appeared in the text that this token added
@@ -253,7 +259,7 @@ class HFEngine:
                      token_ids=list(row.ids),
                      logprobs=list(row.logprobs) if row.logprobs else None,
                      self_certainty=list(row.certainty) if row.certainty else None,
-                     finish_order=order, stop_string=row.stop)
+                     finish_order=order, stop_string=row.stop, stop_token=row.stop_token)
 
 
 def _layers(cache):

@@ -196,6 +196,8 @@ class OpenAIEngine:
             body["seed"] = seed
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.stop_token_ids:
+            body["stop_token_ids"] = list(params.stop_token_ids)   # vLLM / SGLang extension
         if params.ignore_eos:
             body["ignore_eos"] = True       # vLLM / SGLang extension; benchmarks force lengths
         if params.min_new_tokens:
@@ -240,7 +242,7 @@ class OpenAIEngine:
                         finish_reason=_finish_reason(c.get("finish_reason")),
                         token_ids=list(c.get("token_ids") or []),
                         logprobs=_choice_logprobs(c) if params.logprobs else None,
-                        stop_string=_stop_string(c))
+                        stop_string=_stop_string(c), stop_token=_stop_token(c))
                   for c, k in zip(choices, counts)]
         with state.lock:
             state.prompt_tokens = state.prompt_tokens or int(usage.get("prompt_tokens") or 0)
@@ -309,7 +311,8 @@ class OpenAIEngine:
                                 finish_reason=_finish_reason(p.finish_reason),
                                 token_ids=p.token_ids,
                                 logprobs=p.logprobs if params.logprobs else None,
-                                finish_order=p.order, stop_string=p.stop_string))
+                                finish_order=p.order, stop_string=p.stop_string,
+                                stop_token=p.stop_token))
         with state.lock:
             state.traces[first:first + len(traces)] = traces
         return len(traces)
@@ -404,6 +407,7 @@ class _Partial:
         self.order: int | None = None
         self.usage_tokens: int | None = None
         self.stop_string: str | None = None
+        self.stop_token: int | None = None
 
     def add(self, c: dict) -> None:
         self.seen = True
@@ -428,6 +432,7 @@ class _Partial:
         if c.get("finish_reason"):
             self.finish_reason = c["finish_reason"]
             self.stop_string = _stop_string(c)
+            self.stop_token = _stop_token(c)
 
 
 def _choice_text(c: dict) -> str:
@@ -452,6 +457,12 @@ def _stop_string(c: dict) -> str | None:
     """The stop string that ended a choice (vLLM's `stop_reason`; an int there is a token id)."""
     reason = c.get("stop_reason")
     return reason if isinstance(reason, str) else None
+
+
+def _stop_token(c: dict) -> int | None:
+    """The stop token id that ended a choice (vLLM reports it as an int `stop_reason`)."""
+    reason = c.get("stop_reason")
+    return reason if isinstance(reason, int) and not isinstance(reason, bool) else None
 
 
 def _choice_tokens(c: dict) -> int | None:

@@ -63,7 +63,8 @@ class PerkAnswerer:
         from ttx.engines.base import SamplingParams
         from ttx.perk.inner import adapt
         from ttx.perk.segments import context_segments, question_prompt
-        from ttx.tts.strategies import StrategyConfig, aggregate
+        from ttx.tts.sampling import Greedy
+        from ttx.tts.strategy import StrategyConfig
 
         m = self.module
         device = m.inner_lrs.device
@@ -82,7 +83,7 @@ class PerkAnswerer:
             gen = self.engine.generate([prompt], 1, strategy.params)[0]
         finally:
             m.load_lora(self.init)                  # discard the adapter: nothing leaks
-        outcome = aggregate(strategy, gen)
+        outcome = Greedy(strategy).outcome(gen, strategy)
         return {**record, "strategy": "perk", "n": 1, "level_key": "n", "level": 1, "repeat": 0,
                 "traces": outcome.traces, "pred": outcome.pred,
                 "completion_tokens": outcome.completion_tokens,

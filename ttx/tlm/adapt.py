@@ -227,7 +227,7 @@ def _answer(cfg: TLMConfig, model, tokenizer, problems: list[dict], resume: bool
     from ttx.engines.base import SamplingParams
     from ttx.engines.hf import HFEngine
     from ttx.tts.run import RunConfig, run_tts
-    from ttx.tts.strategies import StrategyConfig
+    from ttx.tts.strategy import StrategyConfig
 
     model.eval()
     engine = HFEngine(model=f"{cfg.model}+tlm:{cfg.output}", loaded=(model, tokenizer))

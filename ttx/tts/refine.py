@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ttx.engines.base import Engine
 from ttx.scoring.answers import majority_vote, normalize_answer
 from ttx.tts.search import Account, round_seed, trace_record
+from ttx.tts.strategy import Outcome, Strategy, register
 
 REFINE_REQUEST = ("Check your solution above step by step. If you find a mistake, correct it. "
                   "Then state the final answer.")
@@ -28,43 +28,64 @@ def next_prompt(prompt, solution: str):
                            {"role": "user", "content": REFINE_REQUEST}]
 
 
-def run_refine(engine: Engine, prompts: list, cfg) -> list:
-    """T turns of answer -> check-and-correct for a chunk of prompts."""
-    from ttx.tts.strategies import Outcome
+@register
+class Refine(Strategy):
+    name = "refine"
+    rank = 9
+    summary = "Self-refinement: T turns of answer, then check-and-correct (n traces vote per turn)."
+    knobs = ("turns", "turn_aggregate")
+    axes = ("n", "max_new_tokens", "turns")
 
-    s, params = cfg.search, cfg.params
-    accounts = [Account() for _ in prompts]
-    turns: list[list[dict]] = [[] for _ in prompts]
-    last_traces: list[list[dict]] = [[] for _ in prompts]
-    current = list(prompts)
-    for turn in range(s.turns):
-        gens = engine.generate(current, cfg.n, replace(params, seed=round_seed(params.seed, turn)))
-        for i, gen in enumerate(gens):
-            if turn == 0:
-                accounts[i].prompt_tokens = gen.prompt_tokens
-            tokens = [t.completion_tokens for t in gen.traces]
-            accounts[i].add(tokens, gen.prompt_tokens)
-            records = [trace_record(t.text, t.completion_tokens, t.finish_reason)
-                       for t in gen.traces]
-            preds = [r["pred"] for r in records]
-            pred = majority_vote(preds)
-            turns[i].append({"turn": turn + 1, "pred": pred, "preds": preds,
-                             "completion_tokens": sum(tokens), "sequential_tokens": max(tokens)})
-            last_traces[i] = records
-            # the solution shown next: the first trace that gave the turn's answer
-            key = normalize_answer(pred) if pred is not None else None
-            shown = next((r for r in records if r["pred"] is not None
-                          and normalize_answer(r["pred"]) == key), records[0])
-            current[i] = next_prompt(current[i], shown["text"])
-    outcomes = []
-    for i, account in enumerate(accounts):
-        preds = [t["pred"] for t in turns[i]]
-        pred = preds[-1] if s.turn_aggregate == "last" else majority_vote(preds)
-        outcomes.append(Outcome(traces=last_traces[i], pred=pred,
-                                completion_tokens=account.completion,
-                                sequential_tokens=account.sequential,
-                                prompt_tokens=account.prompt_tokens,
-                                extra={"refine": {"turns": turns[i],
-                                                  "turn_aggregate": s.turn_aggregate},
-                                       **account.extra()}))
-    return outcomes
+    def run(self, engine, prompts, cfg):
+        s, params = cfg.search, cfg.params
+        accounts = [Account() for _ in prompts]
+        turns: list[list[dict]] = [[] for _ in prompts]
+        last_traces: list[list[dict]] = [[] for _ in prompts]
+        current = list(prompts)
+        for turn in range(s.turns):
+            gens = engine.generate(current, cfg.n,
+                                   replace(params, seed=round_seed(params.seed, turn)))
+            for i, gen in enumerate(gens):
+                if turn == 0:
+                    accounts[i].prompt_tokens = gen.prompt_tokens
+                tokens = [t.completion_tokens for t in gen.traces]
+                accounts[i].add(tokens, gen.prompt_tokens)
+                records = [trace_record(t.text, t.completion_tokens, t.finish_reason)
+                           for t in gen.traces]
+                preds = [r["pred"] for r in records]
+                pred = majority_vote(preds, cfg.invalid_votes)
+                turns[i].append({"turn": turn + 1, "pred": pred, "preds": preds,
+                                 "completion_tokens": sum(tokens),
+                                 "sequential_tokens": max(tokens)})
+                last_traces[i] = records
+                # the solution shown next: the first trace that gave the turn's answer
+                key = normalize_answer(pred) if pred is not None else None
+                shown = next((r for r in records if r["pred"] is not None
+                              and normalize_answer(r["pred"]) == key), records[0])
+                current[i] = next_prompt(current[i], shown["text"])
+        outcomes = []
+        for i, account in enumerate(accounts):
+            preds = [t["pred"] for t in turns[i]]
+            outcomes.append(Outcome(traces=last_traces[i],
+                                    pred=self.pick(preds, s.turn_aggregate, cfg.invalid_votes),
+                                    completion_tokens=account.completion,
+                                    sequential_tokens=account.sequential,
+                                    prompt_tokens=account.prompt_tokens,
+                                    extra={"refine": {"turns": turns[i],
+                                                      "turn_aggregate": s.turn_aggregate},
+                                           **account.extra()}))
+        return outcomes
+
+    @staticmethod
+    def pick(turn_preds: list, how: str, invalid: str):
+        return turn_preds[-1] if how == "last" else majority_vote(turn_preds, invalid)
+
+    @classmethod
+    def aggregate(cls, record, preds, invalid):
+        """The last turn's vote is recomputed from its (stored) traces; earlier turns keep their
+        recorded answers (their traces are not stored)."""
+        info = record.get("refine") or {}
+        turns = [t.get("pred") for t in info.get("turns") or []]
+        last = majority_vote(preds, invalid)
+        turns = turns[:-1] + [last] if turns else [last]
+        return cls.pick(turns, info.get("turn_aggregate", "last"), invalid)

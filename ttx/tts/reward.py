@@ -1,21 +1,22 @@
-"""Scorers for best-of-n, beam and dora: the policy's own confidence, or a local reward model.
+"""Scorers for best-of-n, beam, dvts and dora: the policy's own confidence, or a reward model.
 
 Policy scorers (no extra model): `logprob`, the geometric-mean token probability exp(mean log p)
 of a step or trace, and `self-certainty`, the mean KL(U || p) (Kang et al. 2025).
 
-`--reward-model PATH`, a Hugging Face folder, read by its architecture:
-  *ForSequenceClassification  an outcome reward model (ORM): one score per trace, sigmoid(logit)
-                              for one label, else the probability of the last label.
-  *ForCausalLM                a process reward model (PRM) that predicts a good/bad token after
-                              each step: `--prm-format tag` writes each step followed by
-                              --prm-step-tag (Math-Shepherd: "ки") and reads, at the tag, the
-                              probability of --prm-good-token ("+") against --prm-bad-token ("-");
-                              `--prm-format chat` makes each step a user turn answered by the
-                              good token and reads it there (RLHFlow's PRMs).
-  *ForTokenClassification     a PRM with a 2-label head at each step tag (Qwen2.5-Math-PRM:
-                              --prm-step-tag "<extra_0>"): P(label 1) there.
-A trace scored by a PRM is split into steps at blank lines; its steps' scores are aggregated by
---agg (last, min, prod).
+`--reward-model PATH`, a local Hugging Face folder, loaded once per run and read by its
+`ttx_reward.json` (written by verifier-train) or else by its architecture; the input conventions
+are in ttx.tts.reward_inputs:
+  *ForSequenceClassification  an outcome reward model (ORM): one score per solution, sigmoid of
+                              a single logit, else the probability of the last label.
+  *ForCausalLM                a process reward model (PRM) predicting a good/bad token per step:
+                              `tag` (Math-Shepherd: read at each " ки", P(+) against P(-)) or
+                              `chat` (RLHFlow: each step a user turn answered by "+").
+  *ForTokenClassification     a PRM with a per-token head (Qwen2.5-Math-PRM style, `qwen`: steps
+                              joined by <extra_0>, P(label 1) there; one label: its sigmoid, a
+                              Skywork-style value head).
+A folder that needs its own Python code (trust_remote_code) is refused: ttx never runs it.
+Every scoring call is batched: sequences go through the model in right-padded batches of
+--reward-batch-size, one forward per batch.
 """
 
 from __future__ import annotations
@@ -25,27 +26,70 @@ import math
 from pathlib import Path
 
 from ttx.errors import TtxError
-from ttx.tts.search import STEP_SEPARATOR, question_of, step_score
+from ttx.tts import reward_inputs as ri
+from ttx.tts.search import step_score
 
 
 class PolicyScorer:
     """`logprob` or `self-certainty` from the engine's own per-token numbers."""
 
+    is_reward_model = False
     needs_logprobs = True
 
     def __init__(self, name: str):
         self.name = name
 
-    def score_steps(self, prompts, beams, traces) -> list[float | None]:
-        return [step_score(t, self.name) for t in traces]
+    def segment(self, trace) -> float | None:
+        """The score of one generated segment (a step): its own numbers."""
+        return step_score(trace, self.name)
+
+    def stats(self) -> dict:
+        return {}
+
+
+def _aggregate(scores: list[float], agg: str) -> float | None:
+    """search-and-learn's aggregate_scores (src/sal/utils/score.py:33-43)."""
+    if not scores:
+        return None
+    if agg == "last":
+        return scores[-1]
+    if agg == "min":
+        return min(scores)
+    return math.prod(scores)
+
+
+_HEADS = {"ForSequenceClassification": "orm", "ForCausalLM": "prm", "ForTokenClassification": "prm"}
+_DEFAULT_FORMAT = {"ForCausalLM": "tag", "ForTokenClassification": "qwen"}
 
 
 class RewardModel:
     """A local outcome or process reward model (see the module docstring)."""
 
+    is_reward_model = True
     needs_logprobs = False
+    name = "reward-model"
 
     def __init__(self, path: str, search, device: str = "cpu"):
+        folder = Path(path)
+        config = _read_config(folder)
+        reading = _read_reading(folder)
+        self.head = _head(config, folder)
+        self.kind = reading.get("kind") or _HEADS[self.head]
+        self.format = (search.prm_format or reading.get("format")
+                       or _DEFAULT_FORMAT.get(self.head))
+        self.step_tag = (search.prm_step_tag or reading.get("step_tag")
+                         or (ri.QWEN_STEP_TAG if self.format == "qwen" else ri.MATH_SHEPHERD_TAG))
+        self.good = search.prm_good_token or reading.get("good_token") or "+"
+        self.bad = (search.prm_bad_token if search.prm_bad_token is not None
+                    else reading.get("bad_token", "-"))
+        self.batch_size = search.reward_batch_size
+        self.agg = search.agg
+        self.device = device
+        self.forwards = 0
+        self.sequences = 0
+        self._load(folder)
+
+    def _load(self, folder: Path) -> None:
         import torch
         from transformers import (
             AutoModelForCausalLM,
@@ -54,141 +98,195 @@ class RewardModel:
             AutoTokenizer,
         )
 
-        folder = Path(path)
-        if not (folder / "config.json").is_file():
-            raise TtxError("not a Hugging Face model folder (no config.json)", path=str(path),
-                           field="--reward-model")
-        archs = json.loads((folder / "config.json").read_text()).get("architectures") or []
-        kinds = {"ForSequenceClassification": ("outcome", AutoModelForSequenceClassification),
-                 "ForCausalLM": ("process", AutoModelForCausalLM),
-                 "ForTokenClassification": ("process", AutoModelForTokenClassification)}
-        found = [(suffix, kind) for a in archs for suffix, kind in kinds.items()
-                 if a.endswith(suffix)]
-        if not found:
-            raise TtxError(f"architecture {', '.join(archs) or '(none)'} is not a reward model "
-                           "(expected *ForSequenceClassification, *ForCausalLM or "
-                           "*ForTokenClassification)", path=str(path), field="architectures")
-        self.head, (self.kind, auto) = found[0][0], found[0][1]
-        self.search = search
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = auto.from_pretrained(folder, dtype=torch.float32).to(device).eval()
-        self.device = device
+        auto = {"ForSequenceClassification": AutoModelForSequenceClassification,
+                "ForCausalLM": AutoModelForCausalLM,
+                "ForTokenClassification": AutoModelForTokenClassification}[self.head]
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+            self.model = auto.from_pretrained(folder, dtype=torch.float32,
+                                              trust_remote_code=False).to(self.device).eval()
+        except (OSError, ValueError, KeyError) as exc:
+            raise TtxError(f"cannot load the reward model ({str(exc).splitlines()[0]})",
+                           path=str(folder), field="--reward-model") from None
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id or 0
+        if self.kind == "orm" and getattr(self.model.config, "pad_token_id", None) is None:
+            self.model.config.pad_token_id = self.pad_id     # the head pools the last real token
         if self.head == "ForCausalLM":
-            self.good = self._one_token(search.prm_good_token, "--prm-good-token")
-            self.bad = (self._one_token(search.prm_bad_token, "--prm-bad-token")
-                        if search.prm_bad_token else None)
+            self.good_id = self._token(self.good, "--prm-good-token")
+            self.bad_id = self._token(self.bad, "--prm-bad-token") if self.bad else None
 
-    def _one_token(self, text: str, option: str) -> int:
+    def _token(self, text: str, option: str) -> int:
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        if len(ids) != 1:
-            raise TtxError(f"{option} {text!r} is {len(ids)} tokens for this reward model's "
-                           "tokenizer; it must be exactly one", field=option)
-        return ids[0]
+        if not ids:
+            raise TtxError(f"{option} {text!r} is no token for this reward model", field=option)
+        return ids[-1]       # the Math-Shepherd card reads tokenizer.encode("+")[-1] too
 
-    # ------------------------------------------------------------------ scoring
+    # ------------------------------------------------------------------ inputs
+    def _encode(self, text: str, special: bool):
+        enc = self.tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
+        return enc.input_ids, enc.offset_mapping
 
-    def _forward(self, ids: list[int]):
-        import torch
+    def _at_chars(self, offsets, chars: list[int]) -> list[int]:
+        """The token covering each character index."""
+        out = []
+        for c in chars:
+            pos = next((i for i, (a, b) in enumerate(offsets) if a <= c < b), None)
+            if pos is None:
+                pos = next(i for i, (a, b) in reversed(list(enumerate(offsets))) if a <= c)
+            out.append(pos)
+        return out
 
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids], device=self.device))
-        return out.logits[0].float()
-
-    def outcome(self, question: str, response: str) -> float:
-        import torch
-
-        if self.tokenizer.chat_template:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": question},
-                 {"role": "assistant", "content": response}], tokenize=False)
+    def _process_input(self, question: str, steps: list[str]) -> tuple[list[int], list[int]]:
+        """Token ids of a PRM input and the position whose logits score each step."""
+        steps = steps or [""]
+        if self.format == "chat":
+            mark = "\ue000"
+            text = self.tokenizer.apply_chat_template(ri.chat_turns(question, steps, mark),
+                                                      tokenize=False)
+            chars = [i for i, ch in enumerate(text) if ch == mark]
+            text = text.replace(mark, self.good)
+            shift = len(self.good) - 1
+            chars = [c + k * shift for k, c in enumerate(chars)]
+            ids, offsets = self._encode(text, special=False)
+            return ids, [p - 1 for p in self._at_chars(offsets, chars)]   # predicts the "+"
+        if self.format == "qwen":
+            text = ri.qwen_text(self.tokenizer, question, steps)
+            special = False
         else:
-            text = f"{question}\n\n{response}"
-        logits = self._forward(self.tokenizer(text).input_ids)
+            text = ri.tag_text(question, steps, self.step_tag)
+            special = True                      # the card encodes with BOS
+        ends, start = [], 0
+        for _ in steps:                         # each step's tag: its last character
+            at = text.index(self.step_tag, start)
+            ends.append(at + len(self.step_tag) - 1)
+            start = at + len(self.step_tag)
+        ids, offsets = self._encode(text, special)
+        return ids, self._at_chars(offsets, ends)
+
+    def _outcome_input(self, question: str, response: str) -> list[int]:
+        text = ri.orm_text(self.tokenizer, question, response)
+        return self.tokenizer(text, add_special_tokens=not self.tokenizer.chat_template).input_ids
+
+    # ------------------------------------------------------------------ forwards
+    def _forward(self, batch: list[list[int]]):
+        """Logits of right-padded sequences: [batch, T, ...] (token heads) or [batch, labels]."""
+        import torch
+
+        width = max(len(ids) for ids in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, row in enumerate(batch):
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+        with torch.inference_mode():
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        self.forwards += 1
+        self.sequences += len(batch)
+        return out.logits.float().cpu()
+
+    def _batched(self, inputs: list[tuple[list[int], list[int] | None]], read) -> list:
+        """read(logits of one sequence, its positions) for every (ids, positions) input."""
+        out = []
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start:start + self.batch_size]
+            logits = self._forward([ids for ids, _ in chunk])
+            out += [read(logits[i], positions) for i, (_, positions) in enumerate(chunk)]
+        return out
+
+    def _read_steps(self, logits, positions) -> list[float]:
+        import torch
+
+        at = logits[positions]
+        if self.head == "ForTokenClassification":
+            return (torch.sigmoid(at[:, 0]) if at.shape[-1] == 1 else torch.softmax(at, -1)[:, 1]
+                    ).tolist()
+        if self.bad_id is not None:
+            return torch.softmax(at[:, [self.good_id, self.bad_id]], -1)[:, 0].tolist()
+        return torch.softmax(at, -1)[:, self.good_id].tolist()
+
+    def _read_outcome(self, logits, positions) -> float:
+        import torch
+
         if logits.shape[-1] == 1:
             return float(torch.sigmoid(logits[0]))
         return float(torch.softmax(logits, -1)[-1])
 
-    def _positions(self, question: str, steps: list[str]) -> tuple[list[int], list[int]]:
-        """Token ids of the PRM input and the position read for each step."""
-        enc = lambda s: self.tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
-        if self.search.prm_format == "chat" and self.head == "ForCausalLM":
-            conversation, positions, ids = [], [], []
-            for k, step in enumerate(steps):
-                content = f"{question} {step.strip()}" if k == 0 else step.strip()
-                conversation += [{"role": "user", "content": content},
-                                 {"role": "assistant", "content": self.search.prm_good_token}]
-                ids = enc(self.tokenizer.apply_chat_template(conversation, tokenize=False))
-                where = [i for i, t in enumerate(ids) if t == self.good]
-                if not where:
-                    raise TtxError("the reward model's chat template does not keep "
-                                   "--prm-good-token as a token of its own; use --prm-format tag")
-                positions.append(where[-1] - 1)     # the logits that predict the good token
-            return ids, positions
-        ids = enc(question + "\n")
-        positions = []
-        for step in steps:
-            ids += enc(step.strip() + " ") + enc(self.search.prm_step_tag)
-            positions.append(len(ids) - 1)
-            ids += enc("\n")
-        return ids, positions
+    # ------------------------------------------------------------------ scoring
+    def score_paths(self, paths: list[tuple[str, list[str]]]) -> list[list[float]]:
+        """Step scores of whole paths (question, steps), all in batched forwards; an ORM gives
+        one score for the path's text."""
+        if self.kind == "orm":
+            texts = [(self._outcome_input(q, ri.STEP_SEPARATOR.join(steps)), None)
+                     for q, steps in paths]
+            return [[s] for s in self._batched(texts, self._read_outcome)]
+        inputs = [self._process_input(q, steps) for q, steps in paths]
+        return self._batched(inputs, self._read_steps)
 
-    def process(self, question: str, steps: list[str]) -> list[float]:
-        """One score per step, each from a single forward pass over the whole path."""
-        import torch
+    def score_texts(self, pairs: list[tuple[str, str]]) -> list[tuple[float, list[float]]]:
+        """(score, step scores) of whole solutions; PRM steps split at blank lines, their
+        scores aggregated by --agg."""
+        if self.kind == "orm":
+            texts = [(self._outcome_input(q, text), None) for q, text in pairs]
+            return [(s, [s]) for s in self._batched(texts, self._read_outcome)]
+        steps = self.score_paths([(q, ri.split_steps(text)) for q, text in pairs])
+        return [(_aggregate(s, self.agg), s) for s in steps]
 
-        steps = steps or [""]
-        ids, positions = self._positions(question, steps)
-        logits = self._forward(ids)[positions]
-        if self.head == "ForTokenClassification":
-            return torch.softmax(logits, -1)[:, 1].tolist()
-        if self.bad is not None:
-            pair = torch.softmax(logits[:, [self.good, self.bad]], -1)
-            return pair[:, 0].tolist()
-        return torch.softmax(logits, -1)[:, self.good].tolist()
+    def stats(self) -> dict:
+        return {"reward_forwards": self.forwards, "reward_sequences": self.sequences}
 
-    def score_steps(self, prompts, beams, traces) -> list[float]:
-        """The newest step of each beam (a PRM reads the whole path; an ORM the text so far)."""
-        out = []
-        for b in beams:
-            question = question_of(prompts[b.problem])
-            if self.kind == "outcome":
-                out.append(self.outcome(question, b.text))
-            else:
-                out.append(self.process(question, [st for st in b.steps if st.strip()])[-1])
-        return out
 
-    def score_text(self, question: str, text: str) -> tuple[float, list[float]]:
-        """(score, step scores) of a whole trace; PRM steps are split at blank lines."""
-        if self.kind == "outcome":
-            value = self.outcome(question, text)
-            return value, [value]
-        steps = [st for st in text.split(STEP_SEPARATOR) if st.strip()]
-        scores = self.process(question, steps)
-        agg = self.search.agg
-        value = scores[-1] if agg == "last" else min(scores) if agg == "min" else math.prod(scores)
-        return value, scores
+def _read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise TtxError("not a Hugging Face model folder (no config.json)", path=str(folder),
+                       field="--reward-model")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TtxError(f"not valid JSON ({exc.msg})", path=str(path), line=exc.lineno) from None
+
+
+def _read_reading(folder: Path) -> dict:
+    path = folder / ri.READING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TtxError(f"not valid JSON ({exc.msg})", path=str(path), line=exc.lineno) from None
+    if data.get("kind") not in (None, "orm", "prm") or data.get("format") not in (None, "tag",
+                                                                                  "chat", "qwen"):
+        raise TtxError("expected kind orm|prm and format tag|chat|qwen", path=str(path))
+    return data
+
+
+def _head(config: dict, folder: Path) -> str:
+    archs = config.get("architectures") or []
+    if config.get("auto_map"):
+        raise TtxError(f"this reward model ({', '.join(archs) or 'its config'}) needs its folder's "
+                       "own Python code (auto_map / trust_remote_code), which ttx never runs; "
+                       "use one that transformers loads itself (*ForSequenceClassification, "
+                       "*ForCausalLM or *ForTokenClassification) or convert its weights to one",
+                       path=str(folder), field="auto_map")
+    for a in archs:
+        for suffix in _HEADS:
+            if a.endswith(suffix):
+                return suffix
+    raise TtxError(f"architecture {', '.join(archs) or '(none)'} is not a reward model "
+                   "(expected *ForSequenceClassification, *ForCausalLM or "
+                   "*ForTokenClassification)", path=str(folder), field="architectures")
 
 
 def make_scorer(engine, cfg):
-    """The scorer a strategy config asks for: a reward model, or the policy's own numbers."""
+    """The scorer a strategy config asks for: a reward model (loaded here, once per run), or
+    the policy's own numbers."""
     if cfg.search.reward_model:
         device = str(getattr(engine, "device", "cpu"))
         return RewardModel(cfg.search.reward_model, cfg.search, device)
     return PolicyScorer(cfg.scorer)
 
 
-def run_best_of_n_reward(engine, prompts, cfg) -> list:
-    """best-of-n with --reward-model: n traces per prompt, each scored by the reward model."""
-    from ttx.tts.strategies import _best_of_n, aggregate
-
-    scorer = make_scorer(engine, cfg)
-    outcomes = []
-    for prompt, gen in zip(prompts, engine.generate(prompts, cfg.n, cfg.params)):
-        outcome = aggregate(cfg, gen)        # records, tokens; scores replaced below
-        for record in outcome.traces:
-            record["score"], record["step_scores"] = scorer.score_text(question_of(prompt),
-                                                                       record["text"])
-        outcome.pred = _best_of_n(outcome.traces, cfg.weighted, "reward-model")
-        outcome.extra = {"reward_model": cfg.search.reward_model, "reward_kind": scorer.kind}
-        outcomes.append(outcome)
-    return outcomes
+def path_score(step_scores: list[float], agg: str) -> float | None:
+    return _aggregate(step_scores, agg)

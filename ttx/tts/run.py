@@ -16,7 +16,8 @@ from ttx.errors import TtxError
 from ttx.io import JsonlAppender, iter_jsonl, now_iso, read_jsonl, repair_torn_tail, write_manifest
 from ttx.tts.levels import Levels, RepeatRule
 from ttx.tts.prompts import DEFAULT_INSTRUCTION, build_prompt
-from ttx.tts.strategies import Outcome, StrategyConfig, run_strategy
+from ttx.tts.seeds import call_seed
+from ttx.tts.strategy import Outcome, Strategy, StrategyConfig
 
 
 @dataclass
@@ -67,39 +68,19 @@ def read_problems(cfg: RunConfig) -> list[dict]:
     return problems
 
 
-def call_seed(seed: int | None, *parts: int) -> int | None:
-    if seed is None:
-        return None
-    for p in parts:
-        seed = (seed * 1_000_003 + p) % (1 << 63)
-    return seed
+def _strategy_class(cfg: RunConfig) -> type[Strategy]:
+    from ttx.tts.registry import strategy
+
+    return strategy(cfg.strategy.strategy)
 
 
 def _level_settings(cfg: RunConfig) -> list[tuple[str, int, StrategyConfig]]:
     """(level_key, value, strategy config) for each level, in level order."""
-    base = cfg.strategy
+    cls, base = _strategy_class(cfg), cfg.strategy
     if cfg.levels is None:
-        if base.strategy == "ffs" and base.ffs_k > base.n:
-            raise TtxError(f"--ffs-k {base.ffs_k} exceeds --n {base.n}")
-        return [("n", 1 if base.strategy == "greedy" else base.n, base)]
-    out = []
-    for value in cfg.levels.values:
-        if cfg.levels.key == "n":
-            if base.strategy == "greedy":
-                raise TtxError("--levels n=... needs a sampling strategy, not greedy")
-            if base.strategy == "ffs" and base.ffs_k > value:
-                raise TtxError(f"--levels n={value} is below --ffs-k {base.ffs_k}")
-            out.append(("n", value, replace(base, n=value)))
-        elif base.strategy == "ffs" and base.ffs_k > base.n:
-            raise TtxError(f"--ffs-k {base.ffs_k} exceeds --n {base.n}")
-        elif cfg.levels.key == "max_new_tokens":
-            out.append(("max_new_tokens", value,
-                        replace(base, params=replace(base.params, max_new_tokens=value))))
-        elif base.strategy == "refine":             # turns: the turn axis of refine
-            out.append(("turns", value, replace(base, search=replace(base.search, turns=value))))
-        else:
-            raise TtxError(f"--levels {cfg.levels.key}=... needs --strategy refine")
-    return out
+        return [("n", base.n if cls.samples else 1, base)]
+    return [(cfg.levels.key, value, cls.at_level(base, cfg.levels.key, value))
+            for value in cfg.levels.values]
 
 
 class _Done:
@@ -123,63 +104,81 @@ class _Done:
         return (str(pid), level, repeat) in self.keys
 
 
-def run_from_options(*, input_path: str, output_path: str, strategy: str, n: int,
-                     max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
-                     stop: tuple[str, ...], scorer: str, weighted: bool, ffs_k: int,
-                     min_thinking_tokens=None, max_thinking_tokens=None, num_ignore=None,
-                     ignore_str=None, think_end=None, answer_tokens=None, beam_width=None,
-                     step_tokens=None, max_steps=None, agg=None, dora_tau=None, dora_alpha=None,
-                     embedder=None, turns=None, turn_aggregate=None, reward_model=None,
-                     prm_format=None, prm_step_tag=None, prm_good_token=None, prm_bad_token=None,
-                     levels: str | None, repeats: int | None, repeats_min: int | None,
-                     repeats_max: int | None, cv_threshold: float, engine: str, model: str,
-                     device: str, dtype: str, adapter: str | None, base_url: str | None,
-                     concurrency: int, batch_rows: int, question_field: str, answer_field: str,
-                     id_field: str, instruction: str | None, system: str | None, chat: bool,
-                     limit: int | None, resume: bool, progress: bool,
-                     memory: str | None = None, memory_k: int = 1, **memory_options) -> dict:
-    """`ttx tts-run`: build the run from CLI options, validate the input, open the engine, run."""
-    locals_options = dict(locals())          # every resolved option, for the manifest
-    from ttx.engines import SamplingParams, open_engine
+def search_knobs() -> tuple[str, ...]:
+    """tts-run options that fill a SearchConfig (None on the command line: not given)."""
+    from dataclasses import fields
+
+    from ttx.tts.search import SearchConfig
+
+    return tuple(f.name for f in fields(SearchConfig) if f.name != "tokenizer")
+
+
+def build_run(o: dict) -> tuple[RunConfig, type[Strategy]]:
+    """A RunConfig from tts-run's resolved options, refusing what cannot run (one line, naming
+    the option) before any model loads."""
+    from ttx.engines import SamplingParams
     from ttx.tts.levels import parse_levels
+    from ttx.tts.registry import strategy as strategy_class
+    from ttx.tts.search import SearchConfig, local_tokenizer
 
     try:
-        parsed_levels = parse_levels(levels) if levels else None
+        parsed_levels = parse_levels(o["levels"]) if o.get("levels") else None
     except ValueError as exc:
         raise TtxError(str(exc), field="--levels") from None
-    if repeats is None and (repeats_min or repeats_max):
-        lo, hi = repeats_min or 3, repeats_max or 10          # ARISE's defaults
+    if o.get("repeats") is None and (o.get("repeats_min") or o.get("repeats_max")):
+        lo, hi = o.get("repeats_min") or 3, o.get("repeats_max") or 10     # ARISE's defaults
         if lo > hi:
             raise TtxError(f"--repeats-min {lo} exceeds --repeats-max {hi}")
-        rule = RepeatRule(lo, hi, cv_threshold)
+        rule = RepeatRule(lo, hi, o.get("cv_threshold", 0.5))
     else:
-        rule = RepeatRule.fixed(repeats or 1)
-    if engine == "openai" and strategy == "best-of-n" and scorer == "self-certainty":
+        rule = RepeatRule.fixed(o.get("repeats") or 1)
+    cls = strategy_class(o["strategy"])
+    given = {k: o[k] for k in search_knobs() if o.get(k) is not None}
+    search = SearchConfig(**given)
+    search.validate(o["max_new_tokens"])
+    params = SamplingParams(max_new_tokens=o["max_new_tokens"], temperature=o["temperature"],
+                            top_p=o["top_p"], seed=o["seed"], stop=tuple(o.get("stop") or ()))
+    strategy = StrategyConfig(strategy=o["strategy"], n=o["n"], params=params,
+                              scorer=o.get("scorer", "logprob"), weighted=bool(o.get("weighted")),
+                              ffs_k=o.get("ffs_k", 1),
+                              invalid_votes=o.get("invalid_votes") or "lm-eval", search=search)
+    engine = o.get("engine", "hf")
+    cls.check(strategy, engine=engine, given=set(given))
+    if engine == "openai" and cls.scored and strategy.scorer == "self-certainty" \
+            and not search.reward_model:
         raise TtxError("--scorer self-certainty needs the full token distribution, which a "
                        "server does not return: use --scorer logprob with --engine openai")
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            seed=seed, stop=tuple(stop))
-    from ttx.tts.search import SEARCH_KNOBS, build_search
-    search = build_search(strategy=strategy, n=n, engine=engine, model=model, chat=chat,
-                          scorer=scorer, max_new_tokens=max_new_tokens, levels=parsed_levels,
-                          **{k: locals_options[k] for k in SEARCH_KNOBS})
-    cfg = RunConfig(input=input_path, output=output_path,
-                    strategy=StrategyConfig(strategy=strategy, n=n, params=params, scorer=scorer,
-                                            weighted=weighted, ffs_k=ffs_k, search=search),
-                    levels=parsed_levels, repeats=rule, question_field=question_field,
-                    answer_field=answer_field, id_field=id_field,
+    if cls.continues and engine == "openai" and o.get("chat", True):
+        search.tokenizer = local_tokenizer(o["model"], o["strategy"])
+    instruction = o.get("instruction")
+    memory = {k: v for k, v in o.items() if k.startswith("memory_") and v is not None}
+    cfg = RunConfig(input=o["input_path"], output=o["output_path"], strategy=strategy,
+                    levels=parsed_levels, repeats=rule,
+                    question_field=o.get("question_field", "question"),
+                    answer_field=o.get("answer_field", "answer"), id_field=o.get("id_field", "id"),
                     instruction=DEFAULT_INSTRUCTION if instruction is None else (instruction or None),
-                    system=system, chat=chat, batch_rows=batch_rows, limit=limit, resume=resume,
-                    progress=progress, memory=memory, memory_k=memory_k,
-                    **{k: v for k, v in memory_options.items() if v is not None})
+                    system=o.get("system"), chat=o.get("chat", True),
+                    batch_rows=o.get("batch_rows", 64), limit=o.get("limit"),
+                    resume=bool(o.get("resume")), progress=o.get("progress", True),
+                    memory=o.get("memory"), **memory)
+    _level_settings(cfg)                 # impossible level settings fail here too
+    return cfg, cls
+
+
+def run_from_options(**o) -> dict:
+    """`ttx tts-run`: build the run from CLI options, validate the input, open the engine, run."""
+    from ttx.engines import open_engine
+
+    cfg, _ = build_run(o)
     problems = read_problems(cfg)        # bad input fails here, before a model is loaded
     from ttx.memory.online import check_memory_options
     check_memory_options(cfg)            # and so does a bad memory bank or memory option
-    _level_settings(cfg)                 # and so do impossible level settings
-    opened = open_engine(engine, model=model, device=device, dtype=dtype, adapter=adapter,
-                         base_url=base_url, concurrency=concurrency, max_batch_rows=batch_rows)
+    opened = open_engine(o.get("engine", "hf"), model=o["model"], device=o.get("device", "auto"),
+                         dtype=o.get("dtype", "auto"), adapter=o.get("adapter"),
+                         base_url=o.get("base_url"), concurrency=o.get("concurrency", 8),
+                         max_batch_rows=cfg.batch_rows)
     try:
-        return run_tts(opened, cfg, problems=problems, options=dict(locals_options))
+        return run_tts(opened, cfg, problems=problems, options=dict(o))
     finally:
         opened.close()
 
@@ -194,6 +193,8 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
     started = now_iso()
     problems = read_problems(cfg) if problems is None else problems
     settings = _level_settings(cfg)
+    runner = _strategy_class(cfg)(cfg.strategy)
+    runner.setup(engine)                 # reward models, embedders: once per run
     done = _Done(cfg)
     from ttx.memory.online import Recall
     recall = Recall(cfg, problems, engine)   # id -> (injected text or None, item ids)
@@ -210,49 +211,52 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
             return None
         return float(answers_equal(pred, extract_answer(str(gold))))
 
-    with JsonlAppender(cfg.output, resume=cfg.resume) as out:
-        for level, (key, value, strategy) in enumerate(settings, start=1):
-            # problems per engine call: fill --batch-rows with this level's traces
-            per_call = max(1, cfg.batch_rows // (1 if strategy.strategy == "greedy" else strategy.n))
-            per_call = 1 if cfg.memory_update else per_call    # online memory: one at a time
-            for c, start in enumerate(range(0, len(problems), per_call)):
-                chunk = problems[start:start + per_call]
-                history: dict[str, list[tuple[float, float]]] = {str(p["id"]): [] for p in chunk}
-                for repeat in range(cfg.repeats.maximum):
-                    active = [p for p in chunk
-                              if cfg.repeats.wants_more(*_split(history[str(p["id"])]))]
-                    if not active:
-                        break
-                    # A fixed count needs no outcomes, so a finished call is skipped on resume;
-                    # the dynamic rule needs them, so it regenerates (same seed, same records).
-                    if not dynamic and all(done.has(p["id"], level, repeat) for p in active):
-                        continue
-                    seed = call_seed(base_seed, level, c, repeat)
-                    call_cfg = replace(strategy, params=replace(strategy.params, seed=seed))
-                    tc = time.perf_counter()
-                    prompts = [build_prompt(p[cfg.question_field], instruction=cfg.instruction,
-                                            system=cfg.system, chat=cfg.chat,
-                                            memory=recall[str(p["id"])][0]) for p in active]
-                    outcomes = run_strategy(engine, prompts, call_cfg)
-                    stats["engine_calls"] += 1
-                    share = (time.perf_counter() - tc) / len(active)
-                    for problem, outcome in zip(active, outcomes):
-                        acc = correct_of(problem, outcome.pred)
-                        history[str(problem["id"])].append(
-                            (acc if acc is not None else 0.0, float(outcome.completion_tokens)))
-                        if done.has(problem["id"], level, repeat):
+    try:
+        with JsonlAppender(cfg.output, resume=cfg.resume) as out:
+            for level, (key, value, strategy) in enumerate(settings, start=1):
+                # problems per engine call: fill --batch-rows with this level's traces
+                per_call = max(1, cfg.batch_rows // type(runner).rows(strategy))
+                per_call = 1 if cfg.memory_update else per_call    # online memory: one at a time
+                for c, start in enumerate(range(0, len(problems), per_call)):
+                    chunk = problems[start:start + per_call]
+                    history: dict[str, list[tuple[float, float]]] = {str(p["id"]): [] for p in chunk}
+                    for repeat in range(cfg.repeats.maximum):
+                        active = [p for p in chunk
+                                  if cfg.repeats.wants_more(*_split(history[str(p["id"])]))]
+                        if not active:
+                            break
+                        # A fixed count needs no outcomes, so a finished call is skipped on resume;
+                        # the dynamic rule needs them, so it regenerates (same seed, same records).
+                        if not dynamic and all(done.has(p["id"], level, repeat) for p in active):
                             continue
-                        record = _record(problem, engine, strategy, key, value, level, repeat,
-                                         outcome, share)
-                        record["memory_ids"] = recall[str(problem["id"])][1]
-                        out.write(record)
-                        recall.learn(problem, record)    # --memory-update: before the next
-                        stats["written"] += 1
-                        if acc is not None:
-                            stats["graded"] += 1
-                            stats["correct"] += acc
-                bar.update(len(chunk))
-    bar.close()
+                        seed = call_seed(base_seed, level, c, repeat)
+                        call_cfg = replace(strategy, params=replace(strategy.params, seed=seed))
+                        tc = time.perf_counter()
+                        prompts = [build_prompt(p[cfg.question_field], instruction=cfg.instruction,
+                                                system=cfg.system, chat=cfg.chat,
+                                                memory=recall[str(p["id"])][0]) for p in active]
+                        outcomes = runner.run(engine, prompts, call_cfg)
+                        stats["engine_calls"] += 1
+                        share = (time.perf_counter() - tc) / len(active)
+                        for problem, outcome in zip(active, outcomes):
+                            acc = correct_of(problem, outcome.pred)
+                            history[str(problem["id"])].append(
+                                (acc if acc is not None else 0.0, float(outcome.completion_tokens)))
+                            if done.has(problem["id"], level, repeat):
+                                continue
+                            record = _record(problem, engine, strategy, key, value, level, repeat,
+                                             outcome, share)
+                            record["memory_ids"] = recall[str(problem["id"])][1]
+                            out.write(record)
+                            recall.learn(problem, record)    # --memory-update: before the next
+                            stats["written"] += 1
+                            if acc is not None:
+                                stats["graded"] += 1
+                                stats["correct"] += acc
+                    bar.update(len(chunk))
+    finally:
+        bar.close()
+        runner.close()
     summary = {"problems": len(problems), "levels": len(settings), **stats,
                "wall_s": round(time.perf_counter() - t0, 3),
                "accuracy_of_written": stats["correct"] / stats["graded"] if stats["graded"]
@@ -262,6 +266,7 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
     options = {"cli": options or {}, "run": asdict(cfg), "engine": engine.name,
                "model": engine.model_name}
     summary.update(recall.summary())
+    summary.update(runner.stats)
     write_manifest(cfg.output, stage="tts-run", options=options,
                    inputs=[cfg.input] + ([cfg.memory] if cfg.memory else []),
                    started=started, summary=summary)
