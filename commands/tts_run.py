@@ -136,11 +136,14 @@ from ttx.tts.registry import SCORERS, STRATEGIES  # light: no torch at import ti
               "(default smollm2-135m-instruct); never downloaded.")
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N problems.")
 @click.option("--resume/--no-resume", default=False,
-              help="Keep the output and skip (problem, level, repeat) records already in it.")
+              help="Keep the output and skip (problem, level, repeat) records already in it; "
+                   "refused when the options or the input differ from the first session's.")
+@click.option("--force-resume", is_flag=True,
+              help="Resume even when the options differ (mixes records of two settings).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def command(**options):
     """Test-time scaling: sample, vote, search and refine with a model."""
-    from ttx.tts.run import run_from_options
+    from ttx.tts.launch import run_from_options
 
     summary = run_from_options(**options)
     click.echo(f"tts-run: {summary['written']} records written to {options['output_path']} "

@@ -56,10 +56,66 @@ def test_interrupted_run_resumes_to_the_same_records(tmp_path, tiny_model_dir):
     part = tmp_path / "part.jsonl"
     lines = whole.read_text().splitlines(keepends=True)
     part.write_text("".join(lines[:3]) + lines[3][:40])
+    # the manifest a run writes when it starts (the interrupted run left it)
+    (tmp_path / "part.jsonl.manifest.json").write_text(
+        (tmp_path / "whole.jsonl.manifest.json").read_text())
     result = _tts(tiny_model_dir, problems, part, *args, "--resume")
     assert result.exit_code == 0, result.output
     strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_s"} for r in rs]  # noqa: E731
     assert strip(_records(part)) == strip(_records(whole))
+    manifest = json.loads((tmp_path / "part.jsonl.manifest.json").read_text())
+    assert manifest["status"] == "finished" and len(manifest["sessions"]) == 2
+
+
+@pytest.mark.parametrize("change,option", [(("--n", "2"), "--n"), (("--seed", "9"), "--seed"),
+                                            (("--temperature", "0.5"), "--temperature"),
+                                            (("--strategy", "majority"), "--strategy")])
+def test_resume_with_other_options_is_refused(tmp_path, tiny_model_dir, change, option):
+    problems = _problems(tmp_path, n=2)
+    args = {"--strategy": "sample", "--n": "3", "--temperature": "1.0", "--seed": "0"}
+    out = tmp_path / "o.jsonl"
+    flat = [x for kv in args.items() for x in kv]
+    assert _tts(tiny_model_dir, problems, out, *flat).exit_code == 0
+    before = out.read_text()
+    other = [x for kv in {**args, change[0]: change[1]}.items() for x in kv]
+    result = _tts(tiny_model_dir, problems, out, *other, "--resume")
+    assert result.exit_code == 2 and f"--resume with a different {option}" in result.output
+    assert out.read_text() == before                        # nothing written, nothing lost
+    forced = _tts(tiny_model_dir, problems, out, *other, "--resume", "--force-resume")
+    assert forced.exit_code == 0, forced.output
+
+
+def test_resume_after_the_input_changed_is_refused(tmp_path, tiny_model_dir):
+    problems = _problems(tmp_path, n=2)
+    out = tmp_path / "o.jsonl"
+    assert _tts(tiny_model_dir, problems, out, "--strategy", "greedy").exit_code == 0
+    rows = [json.loads(line) for line in problems.read_text().splitlines()]
+    rows[0]["question"] = "A different question?"
+    problems.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = _tts(tiny_model_dir, problems, out, "--strategy", "greedy", "--resume")
+    assert result.exit_code == 2 and "changed since" in result.output
+
+
+def test_output_equal_to_input_and_a_second_writer_are_refused(tmp_path, tiny_model_dir):
+    from ttx.records import Output
+
+    problems = _problems(tmp_path, n=2)
+    before = problems.read_text()
+    result = _tts(tiny_model_dir, problems, problems, "--strategy", "greedy", "--limit", "1")
+    assert result.exit_code == 2 and "also an input" in result.output
+    assert problems.read_text() == before
+    out = tmp_path / "o.jsonl"
+    holder = Output(out, stage="test", fingerprint={})
+    try:
+        result = _tts(tiny_model_dir, problems, out, "--strategy", "greedy")
+        assert result.exit_code == 2 and "another process" in result.output
+        assert str(__import__("os").getpid()) in result.output
+    finally:
+        holder.close()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = _tts(tiny_model_dir, empty, out, "--strategy", "greedy")
+    assert result.exit_code == 2 and "no records" in result.output
 
 
 def test_broken_jsonl_line_is_named(tmp_path, tiny_model_dir):

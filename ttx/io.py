@@ -30,14 +30,22 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterato
     """
     name = _display(path)
     if str(path) == STDIO:
-        handle = sys.stdin
+        handle = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin
     else:
         p = Path(path)
         if not p.is_file():
             raise TtxError("no such file" if not p.exists() else "not a file", path=name)
-        handle = open(p, encoding="utf-8")
+        try:
+            handle = open(p, "rb")
+        except OSError as exc:
+            raise TtxError(f"cannot read ({exc.strerror})", path=name) from None
     try:
-        for lineno, text in enumerate(handle, start=1):
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            except UnicodeDecodeError as exc:
+                raise TtxError(f"not UTF-8 text (byte {exc.start + 1} of the line)", path=name,
+                               line=lineno) from None
             if not text.strip():
                 continue
             try:
@@ -52,7 +60,7 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterato
                     raise TtxError("missing", path=name, line=lineno, field=field)
             yield lineno, record
     finally:
-        if handle is not sys.stdin:
+        if str(path) != STDIO:
             handle.close()
 
 
@@ -98,17 +106,56 @@ class JsonlAppender:
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
+
+    Only a regular file is replaced: a symlink is written through (its target is replaced), and
+    a device or FIFO is written directly (a temporary file is filled, then copied into it). The
+    new file gets the mode a plain open() would give (an existing file keeps its mode)."""
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_file():
+        with _direct(target) as tmp:
+            yield tmp
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise TtxError(f"cannot write ({exc.strerror})", path=str(path)) from None
     os.close(fd)
     try:
         yield Path(tmp)
+        mode = (target.stat().st_mode & 0o7777) if target.exists() else (0o666 & ~_umask())
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
+    except OSError as exc:
+        raise TtxError(f"cannot write ({exc.strerror})", path=str(path)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def _direct(target: Path) -> Iterator[Path]:
+    """A temporary file whose bytes go into a device or FIFO once the block succeeds."""
+    import shutil
+
+    fd, tmp = tempfile.mkstemp(prefix="ttx-", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        try:
+            with open(tmp, "rb") as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except OSError as exc:
+            raise TtxError(f"cannot write ({exc.strerror})", path=str(target)) from None
+    finally:
+        os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -164,7 +211,8 @@ def manifest_path(output: str | os.PathLike) -> Path | None:
 
 
 def write_manifest(output: str | os.PathLike, *, stage: str, options: dict, inputs: Sequence[str],
-                   started: str, summary: dict | None = None) -> Path | None:
+                   started: str, summary: dict | None = None,
+                   extra: dict | None = None) -> Path | None:
     """Record what produced an artifact: version, stage, resolved options, input hashes, metrics."""
     from ttx import __version__
 
@@ -186,5 +234,6 @@ def write_manifest(output: str | os.PathLike, *, stage: str, options: dict, inpu
         "host": {"python": platform.python_version(), "machine": platform.machine(),
                  "cpus": os.cpu_count()},
         "summary": summary or {},
+        **(extra or {}),
     })
     return target

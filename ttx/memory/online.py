@@ -65,7 +65,8 @@ def record_key(record: dict) -> str:
 
 
 class Recall:
-    """recall[problem_id] -> (memory block or None, item ids); learn(problem, record)."""
+    """tts-run's memory hook (ttx.tts.run.RunHook): before(problem) -> (memory block or None,
+    item ids); after(problem, record) learns online; resume(records) catches up."""
 
     def __init__(self, cfg, problems: list[dict], engine):
         self.cfg, self.engine = cfg, engine
@@ -89,22 +90,23 @@ class Recall:
             from ttx.memory.bank import load_meta
 
             self.extracted = set(load_meta(cfg.memory).get("extracted_from", []))
-            self._catch_up()
 
-    def _catch_up(self) -> None:
+    @property
+    def one_at_a_time(self) -> bool:
+        return bool(self.cfg.memory and self.cfg.memory_update)
+
+    def resume(self, records: list[dict]) -> None:
         """--resume: learn the records already written but not learned, in file order."""
-        from pathlib import Path
-
-        from ttx.io import read_jsonl, repair_torn_tail
-
-        out = Path(self.cfg.output)
-        if not self.cfg.resume or self.cfg.output == "-" or not out.exists():
-            return
-        repair_torn_tail(out)
-        for record in read_jsonl(out):
+        for record in records:
             problem = self.problems.get(str(record.get("id")))
             if problem is not None and "traces" in record:
                 self.learn(problem, record)
+
+    def before(self, problem: dict) -> tuple[str | None, list[str]]:
+        return self[str(problem["id"])]
+
+    def after(self, problem: dict, record: dict) -> None:
+        self.learn(problem, record)
 
     def retriever(self):
         if self._retriever is None:

@@ -1,0 +1,263 @@
+"""The record layer: every stage reads its JSONL input and writes its resumable output here.
+
+`read_records` validates a whole input before any model loads: each bad line, missing or
+mistyped field, duplicate id or undecodable byte is one TtxError naming file, line and field.
+
+`Output` is an appendable JSONL output that is safe to share a folder with other runs:
+  - it refuses to be one of the run's inputs (`-i f -o f` would destroy f);
+  - it holds an exclusive lock while open: a second writer is refused with the holder's pid;
+  - `resume=True` repairs a torn last line (a killed writer), collects the keys of the records
+    already written, and compares the run's fingerprint (the options that decide the records,
+    and the inputs' hashes) with the manifest the first session wrote when it started: any
+    difference is refused, naming the option (`force=True` continues anyway);
+  - the manifest (`<output>.manifest.json`) is written when the run starts and again when it
+    ends, with every session's start, end and summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ttx.errors import TtxError
+from ttx.io import STDIO, iter_jsonl, manifest_path, now_iso, repair_torn_tail, sha256_file
+
+
+@dataclass
+class Row:
+    line: int            # 1-based line of the input file
+    id: str              # the record's id field, else its line number
+    data: dict
+
+
+def read_records(path: str | os.PathLike, *, required: Sequence[str] = (),
+                 strings: Sequence[str] = (), id_field: str = "id", limit: int | None = None,
+                 unique: bool = True, numbers_as_text: bool = False,
+                 allow_empty: bool = False) -> list[Row]:
+    """The validated records of a JSONL input (path or "-"), in file order.
+
+    `required` fields must be present and not null; `strings` must be non-empty strings
+    (`numbers_as_text`: a number is taken as its text); ids must differ (`unique`)."""
+    rows: list[Row] = []
+    seen: dict[str, int] = {}
+    name = "<stdin>" if str(path) == STDIO else str(path)
+    for line, record in iter_jsonl(path, required=required):
+        for f in strings:
+            value = record.get(f)
+            if numbers_as_text and isinstance(value, (int, float)) and not isinstance(value, bool):
+                record[f] = value = str(value)
+            if value is None and f not in required:
+                continue
+            if not isinstance(value, str) or not value.strip():
+                raise TtxError("expected a non-empty string", path=name, line=line, field=f)
+        rid = record.get(id_field)
+        rid = str(line) if rid is None else str(rid)
+        if unique:
+            if rid in seen:
+                raise TtxError(f"duplicate id {rid!r} (first on line {seen[rid]})", path=name,
+                               line=line, field=id_field)
+            seen[rid] = line
+        rows.append(Row(line, rid, record))
+        if limit is not None and len(rows) >= limit:
+            break
+    if not rows and not allow_empty:
+        raise TtxError("no records (the input is empty)", path=name)
+    return rows
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (hard links and symlinks included)."""
+    if STDIO in (str(a), str(b)):
+        return False
+    pa, pb = Path(a), Path(b)
+    try:
+        if pa.exists() and pb.exists():
+            return os.path.samefile(pa, pb)
+    except OSError:
+        pass
+    return pa.resolve() == pb.resolve()
+
+
+def refuse_overlap(output: str | os.PathLike, inputs: Iterable[str | os.PathLike],
+                   option: str = "-o") -> None:
+    """An output that is also an input would destroy it: refused before anything is read."""
+    for item in inputs:
+        if item is not None and same_file(output, item):
+            raise TtxError(f"the output is also an input ({item}): writing it would destroy "
+                           "the input; choose another output", path=str(output), field=option)
+
+
+def fingerprint_inputs(inputs: Iterable[str | os.PathLike]) -> dict[str, str | None]:
+    return {str(p): (sha256_file(p) if p and Path(p).is_file() else None)
+            for p in inputs if p is not None and str(p) != STDIO}
+
+
+class Output:
+    """An appendable, locked, resumable JSONL output (module docstring)."""
+
+    def __init__(self, path: str | os.PathLike, *, stage: str, fingerprint: dict,
+                 inputs: Sequence[str | os.PathLike] = (), resume: bool = False,
+                 force: bool = False, key: Callable[[dict], object] | None = None):
+        self.path = str(path)
+        self.stage = stage
+        self.fingerprint = fingerprint
+        self.inputs = [str(i) for i in inputs if i is not None]
+        self.key = key
+        self.keys: set = set()
+        self.existing: list[dict] = []
+        self.started = now_iso()
+        self._handle = None
+        refuse_overlap(self.path, self.inputs)
+        if self.path == STDIO:
+            self._handle = sys.stdout
+            return
+        self._open(resume, force)
+
+    # ------------------------------------------------------------------ opening
+    def _open(self, resume: bool, force: bool) -> None:
+        import fcntl
+
+        p = Path(self.path)
+        if p.exists() and not p.is_file():
+            raise TtxError("the output exists and is not a regular file", path=self.path)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        except OSError as exc:
+            raise TtxError(f"cannot write the output ({exc.strerror})", path=self.path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            holder = _lock_holder(p)
+            raise TtxError(f"another process{f' (pid {holder})' if holder else ''} is writing "
+                           "this output; wait for it or choose another output",
+                           path=self.path) from None
+        self._handle = os.fdopen(fd, "a", encoding="utf-8")
+        _write_holder(p)
+        try:
+            previous = _read_manifest(p)
+            if resume and p.stat().st_size > 0:
+                if not force:
+                    self._check_resume(previous)
+                repair_torn_tail(p)
+                self.existing = _read_existing(p)
+                if self.key is not None:
+                    self.keys = {self.key(r) for r in self.existing}
+                self.sessions = (previous or {}).get("sessions", [])
+            else:
+                os.ftruncate(fd, 0)
+                self.sessions = []
+            self._manifest(status="running")
+        except BaseException:
+            self.close()                  # a refused resume leaves the output as it was
+            raise
+
+    def _check_resume(self, previous: dict | None) -> None:
+        if previous is None:
+            raise TtxError("--resume needs the manifest this output's first run wrote "
+                           f"({manifest_path(self.path).name}); it is missing, so the options "
+                           "of the records here are unknown (--force-resume continues anyway)",
+                           path=self.path)
+        before = previous.get("fingerprint") or {}
+        for name in sorted(set(before) | set(self.fingerprint)):
+            if before.get(name) != self.fingerprint.get(name):
+                raise TtxError(f"--resume with a different {_option(name)}: the records here "
+                               f"were made with {before.get(name)!r}, this run has "
+                               f"{self.fingerprint.get(name)!r} (--force-resume mixes them)",
+                               path=self.path)
+        hashes = previous.get("input_hashes") or {}
+        for path, digest in fingerprint_inputs(self.inputs).items():
+            if path in hashes and digest is not None and hashes[path] != digest:
+                raise TtxError(f"--resume: the input {path} changed since the records here were "
+                               "made (--force-resume keeps the stale records)", path=self.path)
+
+    # ------------------------------------------------------------------ writing
+    def has(self, key) -> bool:
+        return key in self.keys
+
+    def write(self, record: dict) -> None:
+        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.flush()
+        if self._handle is not sys.stdout:
+            os.fsync(self._handle.fileno())
+        if self.key is not None:
+            self.keys.add(self.key(record))
+
+    def close(self, summary: dict | None = None, options: dict | None = None) -> None:
+        """Release the lock; with a summary, the run finished: the manifest says so."""
+        if self._handle is None or self._handle is sys.stdout:
+            self._handle = None
+            return
+        if summary is not None:
+            self._manifest(status="finished", summary=summary, options=options)
+        _clear_holder(Path(self.path))
+        self._handle.close()              # closing the descriptor releases the flock
+        self._handle = None
+
+    def _manifest(self, status: str, summary: dict | None = None,
+                  options: dict | None = None) -> None:
+        from ttx.io import write_manifest
+
+        session = {"started": self.started, "status": status,
+                   **({"finished": now_iso(), "summary": summary} if summary is not None else {})}
+        sessions = [*self.sessions, session]
+        write_manifest(self.path, stage=self.stage, options=options or self.fingerprint,
+                       inputs=self.inputs, started=self.sessions[0]["started"]
+                       if self.sessions else self.started, summary=summary or {},
+                       extra={"fingerprint": self.fingerprint, "status": status,
+                              "input_hashes": fingerprint_inputs(self.inputs),
+                              "sessions": sessions})
+
+    def __enter__(self) -> "Output":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _option(name: str) -> str:
+    return name if name.startswith(("-", "input", "model")) else "--" + name.replace("_", "-")
+
+
+def _holder_path(p: Path) -> Path:
+    return p.with_name(f".{p.name}.writer")
+
+
+def _write_holder(p: Path) -> None:
+    try:
+        _holder_path(p).write_text(str(os.getpid()))
+    except OSError:
+        pass
+
+
+def _clear_holder(p: Path) -> None:
+    try:
+        _holder_path(p).unlink()
+    except OSError:
+        pass
+
+
+def _lock_holder(p: Path) -> str | None:
+    try:
+        return _holder_path(p).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _read_manifest(p: Path) -> dict | None:
+    target = manifest_path(p)
+    if target is None or not target.is_file():
+        return None
+    try:
+        return json.loads(target.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _read_existing(p: Path) -> list[dict]:
+    return [r for _, r in iter_jsonl(p)]
