@@ -11,6 +11,8 @@ from ttx.scoring.render import render_table
 from ttx.viewer.classes import CLASSES
 from ttx.viewer.svg import accuracy_cost_svg, color
 
+CLASS_SHORT = {"always_correct": "always ✓", "always_wrong": "always ✗", "improved": "improved",
+               "degraded": "degraded", "mixed": "mixed"}
 CLASS_LABELS = {"always_correct": "always correct", "always_wrong": "always wrong",
                 "improved": "improved", "degraded": "degraded", "mixed": "mixed"}
 
@@ -53,18 +55,25 @@ def summary_table(runs: Sequence[dict], names: Sequence[str]) -> str:
     """One row per run, ranked by ARISE as `ttx score` ranks them."""
     keys = _metric_keys([r["summary"] for r in runs])
     costly = any(r["cost"]["kind"] != "tokens" for r in runs)
-    head = ["rank", "run", "strategy", "model", "levels", "problems", "records",
-            "accuracy [95% CI]", "best level", "ARISE", "std", "slope", "severe",
-            *(CLASS_LABELS[c] for c in CLASSES), "compl. tokens", "seq. tokens",
-            *(["cost"] if costly else []), *keys]
-    out = ['<div class="scroll"><table class="summary" id="summary-table"><thead><tr>',
+    models = {tuple(r["model"]) for r in runs}
+    one_model = len(models) == 1                   # then it is said once, above the table
+    # the strategy column only where a run's name does not already say it
+    named = all(r["strategy"] == [r["name"]] for r in runs)
+    head = ["rank", "run", *([] if named else ["strategy"]), *([] if one_model else ["model"]),
+            "levels", "problems", "records", "accuracy [95% CI]", "best level", "ARISE", "std",
+            "slope", "severe", *(CLASS_SHORT[c] for c in CLASSES), "compl. tokens",
+            "seq. tokens", *(["cost"] if costly else []), *keys]
+    out = [f'<p class="model">model: <b>{escape(", ".join(next(iter(models))) or "–")}</b></p>'
+           if one_model else "",
+           '<div class="scroll"><table class="summary" id="summary-table"><thead><tr>',
            "".join(f"<th>{escape(h)}</th>" for h in head), "</tr></thead><tbody>"]
     for r in runs:
         s, a = r["summary"], r["arise"]
         i = list(names).index(r["name"])
         cells = [str(r["rank"]),
                  f'<span class="swatch" style="background:{color(i)}"></span>{escape(r["name"])}',
-                 escape(", ".join(r["strategy"]) or "–"), escape(", ".join(r["model"]) or "–"),
+                 *([] if named else [escape(", ".join(r["strategy"]) or "–")]),
+                 *([] if one_model else [escape(", ".join(r["model"]) or "–")]),
                  str(a["n_levels"]), str(a["n_problems"]), _num(s["n_records"]),
                  _ci(s["accuracy"], s.get("accuracy_ci")), _num(r["s1"]["performance"]),
                  _num(a["arise"], "signed") if a["n_levels"] > 1 else "–",
@@ -77,8 +86,10 @@ def summary_table(runs: Sequence[dict], names: Sequence[str]) -> str:
                  _num(s.get("mean_sequential_tokens"), "tok"),
                  *([f'{_num(s.get("mean_cost"), "tok")} {escape(r["cost"]["unit"])}'] if costly else []),
                  *(_ci(s.get(k), s.get(f"{k}_ci")) for k in keys)]
+        text = 2 + (not named) + (not one_model)   # the cells after these are numbers
         out.append(f'<tr class="run-row" data-run="{escape(r["name"])}">'
-                   + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+                   + "".join(f'<td{"" if k < text else " class=n"}>{c}</td>'
+                             for k, c in enumerate(cells)) + "</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
 
@@ -104,7 +115,8 @@ def _level_table(run: dict) -> str:
                  _num(row.get("mean_prompt_tokens"), "tok"), _num(row.get("accuracy_per_1k_tokens")),
                  _num(row.get("total_wall_s")),
                  *([_num(row.get("mean_cost"), "tok")] if costly else [])]
-        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        out.append("<tr>" + "".join(f'<td{" class=n" if k else ""}>{c}</td>'
+                                    for k, c in enumerate(cells)) + "</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
 
@@ -206,6 +218,9 @@ def _kv_rows(d: dict) -> str:
 
 
 def _value(v) -> str:
+    if isinstance(v, dict) and len(v) <= 8 and all(
+            x is None or isinstance(x, (str, int, float, bool)) for x in v.values()):
+        return " · ".join(f"{escape(str(k))} <b>{escape(json.dumps(x))}</b>" for k, x in v.items())
     if isinstance(v, (dict, list)):
         return f"<pre>{escape(json.dumps(v, indent=2, ensure_ascii=False))}</pre>"
     return escape("null" if v is None else str(v))
@@ -225,9 +240,12 @@ def manifest_section(entries: Sequence[dict]) -> str:
             out.append(f"<tr><th>manifest</th><td>{escape(e['note'])}</td></tr></table>")
         else:
             opts = m.get("options") if isinstance(m.get("options"), dict) else {}
+            run = opts.get("run") if isinstance(opts.get("run"), dict) else {}
+            strategy = run.get("strategy") if isinstance(run.get("strategy"), dict) else {}
             facts = {"manifest": e["manifest_path"], "stage": m.get("stage"),
                      "ttx version": m.get("ttx_version"), "model": opts.get("model"),
-                     "engine": opts.get("engine"), "started": m.get("started"),
+                     "engine": opts.get("engine"), "strategy": strategy.get("strategy"),
+                     "levels": run.get("levels"), "started": m.get("started"),
                      "finished": m.get("finished"), "host": m.get("host")}
             out.append(_kv_rows({k: v for k, v in facts.items() if v is not None}))
             hashes = m.get("inputs") if isinstance(m.get("inputs"), list) else []

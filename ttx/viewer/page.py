@@ -253,7 +253,7 @@ def render_page(result: dict, names: Sequence[str], index: dict, detail: dict,
         '<option value="right">right</option><option value="wrong">wrong</option>'
         '<option value="partly">partly right</option></select></label>'
         '<label id="f-dis-wrap"><input id="f-dis" type="checkbox"> runs disagree</label></div>'
-        '<div id="count" class="muted"></div></div>'
+        '<div id="count" class="muted"></div><div id="legend" class="muted"></div></div>'
         '<div id="list" tabindex="0"><div id="list-inner"></div></div>'
         '<div class="keys muted">j / k or ↓ / ↑: next / previous · /: search</div></aside>'
         '<article id="detail"><p class="muted">Select a problem.</p></article></div></section>',

@@ -151,7 +151,8 @@
     for (var j = 0; j < RUNS.length; j++) {
       var c = p.c[j], tip = esc(RUNS[j].name) + ": " + (c ? LABEL[c] + ", last level " + num(p.f[j], 2) : "absent");
       if (many) {
-        badges += '<span class="mini' + (c ? " cls-" + c : " absent") + '" title="' + tip + '">' +
+        badges += '<span class="mini' + (c ? " cls-" + c : " absent") + '" title="' + tip +
+          '" style="box-shadow: inset 0 -3px 0 ' + RUNS[j].color + '">' +
           (c ? SHORT[c] : "·") + "</span>";
       } else if (c) {
         badges += '<span class="badge cls-' + c + '" title="' + tip + '">' + SHORT[c] + " " + LABEL[c] + "</span>";
@@ -197,7 +198,8 @@
         (p.ar[j] !== null && p.ar[j] !== undefined && d.runs[j].levels.length > 1 ?
           " · ARISE " + (p.ar[j] >= 0 ? "+" : "") + p.ar[j].toFixed(3) : "") + "</span>";
     });
-    h += "</div></div>";
+    h += '</div><span class="tools"><button data-open="1">expand all</button>' +
+      '<button data-open="0">collapse all</button></span></div>';
     h += '<h3>Question</h3><pre class="question">' + esc(d.q) + "</pre>";
     h += '<div class="gold"><b>gold</b> <code>' + esc(d.goldx === null ? "– (none found)" : d.goldx) +
       "</code>";
@@ -225,7 +227,8 @@
     d.runs.forEach(function (rr, j) {
       if (!rr) return;
       var key = RUNS[j].level_key;
-      h += '<tr data-run="' + j + '"><th>' + swatch(j) + esc(RUNS[j].name) + "</th><td>" +
+      h += '<tr data-run="' + j + '"><th><a href="#" data-jump="' + j + '" title="go to its records">' +
+        swatch(j) + esc(RUNS[j].name) + "</a></th><td>" +
         '<span class="badge cls-' + p.c[j] + '">' + LABEL[p.c[j]] + "</span></td>";
       ls.forEach(function (l) {
         var recs = rr.recs.filter(function (r) { return r.level === l; });
@@ -264,7 +267,7 @@
       return facts[k] !== undefined && facts[k] !== null;
     }).map(function (k) { return "<span>" + k + " <b>" + num(facts[k], 0) + "</b></span>"; }).join("") +
       "</div>";
-    if (rec.votes.length) h += votesTable(rec);
+    if (rec.votes.length && rec.traces.length > 1) h += votesTable(rec);
     if (rec.bf) h += '<div class="block bf"><h4>budget forcing</h4>' + kv(rec.bf) + "</div>";
     (rec.search || []).forEach(function (s) { h += searchBlock(s, rec); });
     if (rec.refine) h += refineBlock(rec.refine);
@@ -422,7 +425,7 @@
           return "<code>" + esc(p[0] === null ? "none" : short(p[0])) + "</code>" + mark(p[1]);
         }).join(" ") + "</td><td>" + num(t.ct, 0) + "</td><td>" + num(t.st, 0) + "</td></tr>";
     });
-    h += "</tbody></table>";
+    h += '</tbody></table><p class="muted">The traces below are the last turn\'s.</p>';
     if (Object.keys(rf.x || {}).length) h += kv(rf.x);
     return h + "</div>";
   }
@@ -461,6 +464,21 @@
       var item = e.target.closest(".item");
       if (item) select(+item.dataset.k, false);
     });
+    $("#detail").addEventListener("click", function (e) {
+      var jump = e.target.closest("[data-jump]"), open = e.target.closest("[data-open]");
+      if (jump) {
+        e.preventDefault();
+        var panel = $('.run-panel[data-run="' + jump.dataset.jump + '"]');
+        if (panel) panel.scrollIntoView({ block: "start" });
+      } else if (open) {
+        $$("#detail details.record").forEach(function (d) { d.open = open.dataset.open === "1"; });
+      }
+    });
+    if (RUNS.length > 1) {
+      $("#legend").innerHTML = "badges: " + RUNS.map(function (r, j) {
+        return swatch(j) + esc(r.name);
+      }).join(" ");
+    }
     window.addEventListener("hashchange", route);
     window.addEventListener("resize", function () { if (tab === "problems") renderList(); });
     applyFilters(false);

@@ -135,8 +135,9 @@ def accuracy_cost_svg(runs: Sequence[dict], names: Sequence[str]) -> str:
         c = color(list(names).index(run["name"]))
         y = T + 24 + 20 * j
         name = run["name"] if len(run["name"]) <= 22 else run["name"][:21] + "…"
+        arise = (f'{run["arise"]["arise"]:+.3f}' if run["arise"]["n_levels"] > 1 else "1 level")
         out.append(f'<g class="legend"><line x1="{lx}" x2="{lx + 18}" y1="{y - 4}" y2="{y - 4}" '
                    f'stroke="{c}" stroke-width="3"/><text x="{lx + 24}" y="{y}">'
-                   f'{escape(name)} ({run["arise"]["arise"]:+.3f})</text></g>')
+                   f'{escape(name)} ({arise})</text></g>')
     out.append("</svg>")
     return "".join(out)
