@@ -237,6 +237,9 @@ def test_stdin(runs, tmp_path):
     assert r.exit_code == 0, r.output
     html = out.read_text(encoding="utf-8")
     assert _blob(html, "ttx-score")["runs"][0]["inputs"] == ["-"]
+    r = _run(["report", "-i", runs["classes"], "-o", "-", "--ci-samples", "0"])
+    assert r.exit_code == 0 and r.stdout.startswith("<!doctype html>")
+    assert r.stdout.rstrip().endswith("</html>") and _blob(r.stdout, "ttx-index")["problems"]
     first, *rest = text.splitlines(keepends=True)
     first = json.loads(first)
     del first["pred"]

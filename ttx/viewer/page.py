@@ -5,8 +5,8 @@ and write one self-contained HTML page (styles, script and data inlined; no netw
     ttx report --compare greedy=g.jsonl --compare majority=m.jsonl -o report.html
 
 The page embeds two JSON blocks: a small index (one entry per problem: id, classes, final
-accuracy) that the first view needs, and the details (question, gold, every record and trace),
-parsed only when a problem is opened or the text is searched.
+accuracy) that the first view needs, and after the script the details (question, gold, every
+record and trace), parsed only when a problem is opened or the text is searched.
 """
 
 from __future__ import annotations
@@ -260,6 +260,9 @@ def render_page(result: dict, names: Sequence[str], index: dict, detail: dict,
         f'<section id="tab-manifest" class="tab" hidden>{manifest_section(manifests)}</section>',
         "</main>",
         f'<script type="application/json" id="ttx-index">{_script_json(index)}</script>',
-        f'<script type="application/json" id="ttx-detail">{_script_json(detail)}</script>',
         f'<script type="application/json" id="ttx-score">{_script_json(result)}</script>',
-        f"<script>{_asset('report.js')}</script></body></html>"])
+        # the script runs before the parser reaches the (large) details: the first view does
+        # not wait for them
+        f"<script>{_asset('report.js')}</script>",
+        f'<script type="application/json" id="ttx-detail">{_script_json(detail)}</script>',
+        "</body></html>"])

@@ -11,6 +11,11 @@
   var INDEX = JSON.parse($("#ttx-index").textContent);
   var RUNS = INDEX.runs, PROBS = INDEX.problems, CLASSES = INDEX.classes;
   var DETAIL = null;
+  function loading() { return document.readyState === "loading"; }   // the details still arriving
+  function whenLoaded(fn) {
+    if (loading()) document.addEventListener("DOMContentLoaded", fn, { once: true });
+    else fn();
+  }
   function detail() {
     if (!DETAIL) DETAIL = JSON.parse($("#ttx-detail").textContent);
     return DETAIL;
@@ -100,6 +105,11 @@
     return true;
   }
   function applyFilters(keep) {
+    if (state.q && loading()) {                   // text search needs the details
+      $("#count").textContent = "reading the data…";
+      whenLoaded(function () { applyFilters(keep); });
+      return;
+    }
     var current = sel >= 0 ? view[sel] : -1;
     view = [];
     for (var i = 0; i < PROBS.length; i++) if (matches(i)) view.push(i);
@@ -189,6 +199,11 @@
 
   /* ---------- one problem ---------- */
   function renderDetail(i) {
+    if (loading()) {
+      $("#detail").innerHTML = '<p class="muted">reading the data…</p>';
+      whenLoaded(function () { if (view[sel] === i) renderDetail(i); });
+      return;
+    }
     var p = PROBS[i], d = detail().problems[i];
     var h = '<div class="p-head"><h2 id="p-id">' + esc(p.id) + '</h2><div class="p-classes">';
     RUNS.forEach(function (r, j) {
@@ -483,10 +498,10 @@
     window.addEventListener("resize", function () { if (tab === "problems") renderList(); });
     applyFilters(false);
     route();
-    requestAnimationFrame(function () {
+    requestAnimationFrame(function () {          // the overview painted, the list ready
       setTimeout(function () {
         window.ttxFirstView = performance.now();
-        document.body.setAttribute("data-ready", "1");
+        whenLoaded(function () { document.body.setAttribute("data-ready", "1"); });
       }, 0);
     });
   }
