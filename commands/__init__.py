@@ -12,6 +12,7 @@ import click
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tts-run": ("tts_run", "Test-time scaling: sample, vote, search and refine with a model."),
     "score": ("score", "Score tts-run records: accuracy, pass@k, maj@k, tokens, plots."),
+    "report": ("report", "One self-contained HTML page of runs: scores, traces, votes, trees."),
     "tlm-adapt": ("tlm_adapt", "Test-Time Learning: LoRA on unlabeled test inputs."),
     "perk-metatrain": ("perk_metatrain", "PERK: meta-learn a LoRA that encodes long context."),
     "perk-encode": ("perk_encode", "PERK at test time: encode each context into a LoRA, answer."),

@@ -1,0 +1,150 @@
+"""The search tree of one beam / DORA record, rebuilt from what the record keeps.
+
+A record keeps every complete beam as a trace with its `step_scores` (one per step, the path's
+scores copied from its parent, so two traces with a common ancestor share the same leading
+floats) and the iteration log `iterations: [{step, candidates, survivors, rollouts}]`
+(ttx.tts.beam.run_beam): iteration d expands `survivors` open beams of depth d-1, the k-th best
+by path score getting rollouts[k] children at depth d.
+
+The tree has one node per generated step: the root (the prompt) plus sum(rollouts) over the
+iterations. Nodes on the path of a recorded trace are known (their step score is the trace's);
+the others were pruned, or expanded without any descendant finishing, and the record keeps
+neither their text nor their score. Which of those unknown beams a survivor was is not recorded
+either: the rebuild hands the known survivors their rollout counts in rank order (the best path
+score first) and gives the remaining counts to unknown open beams in the order they were made.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def _path_score(scores: Sequence[float], agg: str) -> float:
+    """ttx.tts.beam.Beam.score: the path score the search ranked by."""
+    if not scores:
+        return -math.inf
+    if agg == "min":
+        return min(scores)
+    if agg == "prod":
+        return math.prod(scores)
+    return scores[-1]
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _valid_log(iterations) -> bool:
+    if not isinstance(iterations, list) or not iterations:
+        return False
+    for it in iterations:
+        if not isinstance(it, dict) or not isinstance(it.get("rollouts"), list):
+            return False
+        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in it["rollouts"]):
+            return False
+    return True
+
+
+def search_tree(iterations, traces, agg: str = "last") -> dict | None:
+    """{"nodes": [...], "consistent": bool, "note": str} or None when the record holds no
+    iteration log or no trace with step scores.
+
+    Each node: {"parent": index or None, "depth": d, "score": the step score or None (not
+    recorded), "path": the path score or None, "status": "root" | "complete" | "expanded" |
+    "pruned", "trace": the trace's index for a complete beam, else None}. "expanded": chosen
+    and given rollouts; "pruned": open but not chosen (or chosen with no rollouts). With
+    `consistent` False the log and the traces disagree (a record of another shape): the nodes
+    are then only the recorded paths.
+    """
+    if not _valid_log(iterations) or not isinstance(traces, list):
+        return None
+    paths = []
+    for ti, t in enumerate(traces):
+        s = t.get("step_scores") if isinstance(t, dict) else None
+        if isinstance(s, list) and s and all(_is_number(x) for x in s):
+            paths.append((ti, [float(x) for x in s]))
+    if not paths:
+        return None
+
+    nodes: list[dict] = [{"parent": None, "depth": 0, "score": None, "path": None,
+                          "status": "root", "trace": None}]
+    index: dict[tuple, int] = {(): 0}              # known internal nodes by their score prefix
+    children: dict[int, list[int]] = {0: []}
+
+    def add(parent: int, depth: int, score, path, status: str, trace=None) -> int:
+        nodes.append({"parent": parent, "depth": depth, "score": score, "path": path,
+                      "status": status, "trace": trace})
+        i = len(nodes) - 1
+        children.setdefault(parent, []).append(i)
+        children[i] = []
+        return i
+
+    for ti, s in paths:                            # the recorded paths, one leaf per trace
+        parent = 0
+        for d in range(1, len(s)):
+            key = tuple(s[:d])
+            if key not in index:
+                index[key] = add(parent, d, s[d - 1], _path_score(s[:d], agg), "expanded")
+            parent = index[key]
+        add(parent, len(s), s[-1], _path_score(s, agg), "complete", ti)
+
+    known = len(nodes)
+    depth_max = len(iterations)
+    consistent, note = True, ""
+    if max(len(s) for _, s in paths) > depth_max:
+        consistent, note = False, "a trace has more steps than the log has iterations"
+    unknown_open: dict[int, list[int]] = {0: []}   # unrecorded open nodes per depth, in order
+    if consistent:
+        for d, it in enumerate(iterations, start=1):
+            alloc = it["rollouts"]
+            parents = [i for i in range(known) if nodes[i]["depth"] == d - 1
+                       and nodes[i]["status"] in ("root", "expanded")]
+            parents.sort(key=lambda i: -(nodes[i]["path"] if nodes[i]["path"] is not None
+                                         else math.inf))
+            slots = _assign(parents, [len(children[i]) for i in parents], alloc)
+            if slots is None:
+                consistent, note = False, f"iteration {d}: rollouts do not cover the recorded beams"
+                break
+            spare = [p for p in range(len(alloc)) if p not in slots.values()]
+            pool = unknown_open.get(d - 1, [])
+            if len(spare) > len(pool):
+                consistent = False
+                note = f"iteration {d}: more survivors than open beams the log accounts for"
+                break
+            owner = dict(slots)
+            for p, node in zip(spare, pool):
+                owner[node] = p
+            unknown_open[d] = []
+            for node, p in sorted(owner.items(), key=lambda kv: kv[1]):
+                if alloc[p] > 0:
+                    nodes[node]["status"] = "expanded" if node else "root"
+                for _ in range(alloc[p] - len(children[node])):
+                    unknown_open[d].append(add(node, d, None, None, "pruned"))
+        if consistent:
+            for d in range(1, depth_max):
+                nxt = iterations[d]
+                open_d = sum(1 for n in nodes if n["depth"] == d and n["status"] != "complete")
+                if isinstance(nxt.get("candidates"), int) and nxt["candidates"] != open_d:
+                    consistent = False
+                    note = (f"iteration {d + 1} lists {nxt['candidates']} candidates; the tree has "
+                            f"{open_d} open beams at depth {d}")
+                    break
+    if not consistent:
+        nodes = nodes[:known]
+    return {"nodes": nodes, "consistent": consistent, "note": note}
+
+
+def _assign(parents: list[int], need: list[int], alloc: list[int]) -> dict[int, int] | None:
+    """Rank-ordered positions in `alloc` for the known parents (each needs alloc >= its known
+    children); earliest fit keeps the order the search ranked them in. None if impossible."""
+    out, p = {}, 0
+    for j, (node, k) in enumerate(zip(parents, need)):
+        left = len(parents) - j - 1
+        while p < len(alloc) and alloc[p] < k:
+            p += 1
+        if p >= len(alloc) or len(alloc) - p - 1 < left:
+            return None
+        out[node] = p
+        p += 1
+    return out
