@@ -18,8 +18,13 @@ def make_engine(name: str, **kwargs) -> Engine:
 
 def open_engine(name: str, *, model: str, device: str = "auto", dtype: str = "auto",
                 adapter: str | None = None, base_url: str | None = None,
-                concurrency: int = 8, max_batch_rows: int = 64) -> Engine:
-    """An engine from CLI options: every stage that generates text opens its engine here."""
+                concurrency: int = 8, max_batch_rows: int = 64, timeout_s: float | None = None,
+                max_retries: int | None = None) -> Engine:
+    """An engine from CLI options: every stage that generates text opens its engine here.
+
+    openai only: timeout_s is the longest the server may stay silent (a read) before the attempt
+    is retried, max_retries the retries after the first attempt (see "Faults" in
+    ttx/engines/openai.py). None takes $TTX_TIMEOUT_S / $TTX_MAX_RETRIES, else 600 s / 4."""
     from ttx.errors import TtxError
 
     if name == "hf":
@@ -32,4 +37,30 @@ def open_engine(name: str, *, model: str, device: str = "auto", dtype: str = "au
         raise TtxError("--adapter applies to --engine hf; load adapters into the server instead")
     from ttx.models import ALIASES
     served = None if model in ALIASES else model     # None: the server's first model
-    return make_engine("openai", base_url=base_url, model=served, concurrency=concurrency)
+    from ttx.engines.openai import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
+    if timeout_s is None:
+        timeout_s = _from_env("TTX_TIMEOUT_S", float, DEFAULT_TIMEOUT_S, "a number of seconds > 0")
+    if max_retries is None:
+        max_retries = _from_env("TTX_MAX_RETRIES", int, DEFAULT_MAX_RETRIES, "an integer >= 0")
+    return make_engine("openai", base_url=base_url, model=served, concurrency=concurrency,
+                       timeout_s=timeout_s, max_retries=max_retries)
+
+
+def _from_env(var: str, kind, default, what: str):
+    """$var read as kind (default when unset or empty); a bad value is one TtxError line."""
+    import math
+    import os
+
+    from ttx.errors import TtxError
+
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+        ok = math.isfinite(value) and (value > 0 if kind is float else value >= 0)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise TtxError(f"{var}={raw!r}: must be {what}")
+    return value

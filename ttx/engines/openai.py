@@ -31,14 +31,40 @@ counts (ties by index).
 At temperature 0 the n traces are identical (and vLLM refuses n > 1), so one is generated and
 copied n times; each copy counts its tokens, as n greedy sequences would.
 
-Retries: connection errors, 429 and 5xx are retried up to max_retries times with exponential
-backoff and full jitter (honouring Retry-After); other 4xx and read timeouts are not.
+Faults. One attempt is one HTTP request. These failures are retried, up to max_retries times
+after the first attempt, with exponential backoff and full jitter (uniform in [0, backoff_s *
+2**attempt]; a 429's or 5xx's Retry-After in seconds is honoured, up to 60 s): a connection that
+cannot be made or breaks (httpx ConnectError, ReadError, WriteError, RemoteProtocolError), any
+timeout (ConnectTimeout, ReadTimeout, WriteTimeout, PoolTimeout), HTTP 429 and 5xx, an `error`
+event inside a stream, and a stream that ends before `data: [DONE]` with a trace unfinished (cut
+off). Other 4xx are not retried: the server's message is the error. timeout_s bounds every read
+(httpx's read timeout: the longest silence between two pieces of the answer, not the whole
+request); a non-streamed request sends nothing until it is done, so there it bounds the request;
+connecting gets min(timeout_s, 30) s. An answer that is not what the API specifies (a body that is
+not JSON, no `choices`, a choice without text, a streamed `data:` line that is not JSON) is not
+retried: it gives one TtxError naming the URL and what was wrong. When the retries run out the
+error names the URL, the number of attempts and the last failure. open_engine (every stage)
+takes timeout_s and max_retries from its arguments, else $TTX_TIMEOUT_S and $TTX_MAX_RETRIES,
+else 600 s and 4.
+
+A retry repeats the whole request (same body, same seed: a seeded request comes back the same);
+nothing is resumed mid-trace, since the API cannot continue a stream. So the traces returned
+always come from one attempt, and their completion_tokens are the tokens that attempt generated,
+counted as above; nothing of a failed attempt is added to them. The finishes a failed stream had
+counted for First Finish Search are taken back, so finish_order is that of the attempt kept. A
+stream whose every trace has finished is kept even if the connection breaks afterwards (before
+the usage chunk or [DONE]). What failed attempts cost is in engine.stats(): "requests" (HTTP
+requests sent, every attempt), "retries" (attempts that failed and were retried) and
+"retried_tokens" (completion tokens received in streamed attempts that failed, the last one
+included: generated, then thrown away). The tokens of a failed non-streamed attempt never reach
+the engine, so they cannot be counted; each failed attempt also cost its prompt's prefill.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import threading
@@ -52,11 +78,11 @@ from ttx.engines.base import Generation, Prompt, SamplingParams, Trace, per_prom
 from ttx.errors import TtxError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_MAX_RETRIES = 4
 _RETRY_STATUS = {429, 500, 502, 503, 504}
-# Failures before or while talking to the server that a retry can fix. A ReadTimeout is not among
-# them: a server that took timeout_s once will likely take it again.
-_RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
-                 httpx.ReadError, httpx.WriteError, httpx.PoolTimeout)
+# Failures before or while talking to the server that a retry can fix (timeouts separately).
+_RETRY_ERRORS = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class _Retryable(Exception):
@@ -69,6 +95,16 @@ class _Retryable(Exception):
 
 class _Inexact(Exception):
     """The server gave no per-choice token count for a multi-choice request."""
+
+
+class _Malformed(Exception):
+    """A part of the server's answer that is not what the API specifies."""
+
+
+# What interpreting a JSON answer of the wrong shape raises (a str where a list belongs, ...).
+_MALFORMED = (_Malformed, KeyError, IndexError, TypeError, ValueError, AttributeError)
+# Server-sent event lines other than `data:` (and `:` comments), which the engine skips.
+_SSE_FIELDS = (":", "event:", "id:", "retry:")
 
 
 @dataclass
@@ -109,55 +145,91 @@ class OpenAIEngine:
     name = "openai"
 
     def __init__(self, base_url: str | None = None, model: str | None = None,
-                 api_key: str | None = None, concurrency: int = 8, timeout_s: float = 600.0,
-                 max_retries: int = 4, backoff_s: float = 0.5, extra_body: dict | None = None,
+                 api_key: str | None = None, concurrency: int = 8,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, max_retries: int = DEFAULT_MAX_RETRIES,
+                 backoff_s: float = 0.5, extra_body: dict | None = None,
                  transport: httpx.BaseTransport | None = None):
         """base_url: e.g. http://127.0.0.1:8000/v1 (default $TTX_BASE_URL, else that URL);
         model: the name the server serves (None: the first of GET /models);
         api_key: sent as a Bearer token (default $TTX_API_KEY; empty sends none);
-        concurrency: most requests in flight; timeout_s: per request;
+        concurrency: most requests in flight;
+        timeout_s: the longest wait for the server to send anything (a read; see "Faults");
         max_retries: retries after the first attempt; backoff_s: the first backoff's scale;
         extra_body: server-specific fields added to every request (e.g. vLLM's top_k);
         transport: an httpx transport (tests wrap the default one)."""
-        if concurrency < 1:
-            raise TtxError(f"concurrency must be >= 1, got {concurrency}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise TtxError(f"concurrency must be an integer >= 1, got {concurrency!r}")
+        if (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+                or not math.isfinite(timeout_s) or timeout_s <= 0):
+            raise TtxError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise TtxError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         self.base_url = (base_url or os.environ.get("TTX_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        if not self.base_url.lower().startswith(("http://", "https://")):
+            raise TtxError(f"base URL {self.base_url!r} must start with http:// or https:// "
+                           f"(e.g. {DEFAULT_BASE_URL})")
         api_key = os.environ.get("TTX_API_KEY", "") if api_key is None else api_key
         self.concurrency = concurrency
-        self.max_retries = max(0, int(max_retries))
+        self.timeout_s = float(timeout_s)
+        self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.extra_body = dict(extra_body or {})
         self._slots = threading.BoundedSemaphore(concurrency)
         self._one_per_request = False      # set once the server proved it cannot do n per request
+        self._stats = {"requests": 0, "retries": 0, "retried_tokens": 0}
+        self._stats_lock = threading.Lock()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
             base_url=self.base_url, headers=headers, transport=transport,
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)),
+            timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 30.0)),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
         self.model_name = model or self._first_model()
+
+    def stats(self) -> dict:
+        """Counters over the engine's lifetime: requests (HTTP requests sent, every attempt),
+        retries (attempts that failed and were retried), retried_tokens (completion tokens
+        streamed in attempts that failed; they are in no trace's completion_tokens)."""
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def _count(self, key: str, amount: int = 1) -> None:
+        with self._stats_lock:
+            self._stats[key] += amount
 
     # ---------------------------------------------------------------- HTTP with retries
 
     def _attempts(self, what: str, call):
-        """Run call() until it succeeds, retrying _Retryable failures with backoff."""
+        """Run call() until it succeeds, retrying _Retryable failures, dropped connections and
+        timeouts with backoff (see "Faults" in the module docstring)."""
         for attempt in range(self.max_retries + 1):
+            self._count("requests")
             try:
                 with self._slots:
                     return call()
+            except httpx.TimeoutException as exc:
+                err = _Retryable(self._timeout_text(exc))
             except _RETRY_ERRORS as exc:
                 err = _Retryable(f"{type(exc).__name__}: {exc}")
             except _Retryable as exc:
                 err = exc
-            except httpx.TimeoutException:
-                raise TtxError(f"{self.base_url}{what}: no answer within "
-                               f"{self._client.timeout.read}s (timeout_s)") from None
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:     # no retry mends these
+                raise TtxError(f"{self.base_url}{what}: {type(exc).__name__}: {exc}") from None
             if attempt == self.max_retries:
                 raise TtxError(f"cannot get an answer from the server at {self.base_url}{what} "
                                f"after {attempt + 1} attempt(s): {err}") from None
+            self._count("retries")
             delay = random.uniform(0, self.backoff_s * 2 ** attempt)     # full jitter
             if err.retry_after is not None:
                 delay = max(delay, min(err.retry_after, 60.0))
             time.sleep(delay)
+
+    def _timeout_text(self, exc: httpx.TimeoutException) -> str:
+        kind = type(exc).__name__
+        if isinstance(exc, httpx.ConnectTimeout):
+            return f"{kind}: no connection within {self._client.timeout.connect:g}s"
+        if isinstance(exc, httpx.ReadTimeout):
+            return f"{kind}: the server sent nothing for {self.timeout_s:g}s (timeout_s)"
+        return f"{kind}: {exc or 'timed out'} (timeout_s {self.timeout_s:g}s)"
 
     def _check(self, response: httpx.Response, what: str) -> None:
         """Raise _Retryable for 429/5xx and TtxError (with the server's message) for other 4xx."""
@@ -173,17 +245,36 @@ class OpenAIEngine:
             raise _Retryable(f"HTTP {response.status_code}: {message}", retry_after)
         raise TtxError(f"{self.base_url}{what}: HTTP {response.status_code}: {message}")
 
+    def _json(self, response: httpx.Response, what: str) -> dict:
+        """The answer's JSON object, or a TtxError saying what the server sent instead."""
+        try:
+            data = response.json()
+        except ValueError:              # not JSON, or not UTF-8
+            kind = response.headers.get("content-type") or "no content-type"
+            raise TtxError(f"{self.base_url}{what}: the server's answer is not JSON "
+                           f"(HTTP {response.status_code}, {kind}): {_excerpt(response.text)}") from None
+        if not isinstance(data, dict):
+            raise TtxError(f"{self.base_url}{what}: the server's answer is not a JSON object: "
+                           f"{_excerpt(response.text)}")
+        return data
+
     def _get_json(self, path: str) -> dict:
         def call():
             response = self._client.get(path)
             self._check(response, path)
-            return response.json()
+            return self._json(response, path)
         return self._attempts(path, call)
 
     def _first_model(self) -> str:
-        models = self._get_json("/models").get("data") or []
+        models = self._get_json("/models").get("data")
+        if not isinstance(models, list):
+            raise TtxError(f"{self.base_url}/models: the answer has no `data` list of models; "
+                           "is this an OpenAI-compatible server? (or pass model=)")
         if not models:
             raise TtxError(f"{self.base_url}/models: the server lists no model; pass model=")
+        if not isinstance(models[0], dict) or not isinstance(models[0].get("id"), str):
+            raise TtxError(f"{self.base_url}/models: the first model has no `id`: "
+                           f"{_excerpt(json.dumps(models[0]))}")
         return models[0]["id"]
 
     # ---------------------------------------------------------------- requests
@@ -227,25 +318,35 @@ class OpenAIEngine:
         def call():
             response = self._client.post(path, json=body)
             self._check(response, path)
-            return response.json()
+            return self._json(response, path)
         data = self._attempts(path, call)
-        usage = data.get("usage") or {}
-        choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))[:n]
-        if not choices:
-            raise TtxError(f"{self.base_url}{path}: the answer has no choices: {str(data)[:300]}")
-        counts = [_choice_tokens(c) for c in choices]
-        if len(choices) == 1 and counts[0] is None:
-            counts[0] = usage.get("completion_tokens")
-        if any(c is None for c in counts):
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise TtxError(f"{self.base_url}{path}: the answer has no `choices`: "
+                           f"{_excerpt(json.dumps(data))}")
+        try:
+            usage = data.get("usage") or {}
+            choices = sorted((_valid_choice(c, streamed=False) for c in choices),
+                             key=lambda c: c.get("index", 0))[:n]
+            counts = [_choice_tokens(c) for c in choices]
+            if len(choices) == 1 and counts[0] is None and usage.get("completion_tokens") is not None:
+                counts[0] = int(usage["completion_tokens"])
+            inexact = any(c is None for c in counts)
+            traces = [] if inexact else [
+                Trace(text=_choice_text(c), completion_tokens=k,
+                      finish_reason=_finish_reason(c.get("finish_reason")),
+                      token_ids=[int(t) for t in c.get("token_ids") or []],
+                      logprobs=_choice_logprobs(c) if params.logprobs else None,
+                      stop_string=_stop_string(c), stop_token=_stop_token(c))
+                for c, k in zip(choices, counts)]
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        except _MALFORMED as exc:
+            raise TtxError(f"{self.base_url}{path}: the answer is not the API's: {_what(exc)}: "
+                           f"{_excerpt(json.dumps(data))}") from None
+        if inexact:
             raise _Inexact()
-        traces = [Trace(text=_choice_text(c), completion_tokens=k,
-                        finish_reason=_finish_reason(c.get("finish_reason")),
-                        token_ids=list(c.get("token_ids") or []),
-                        logprobs=_choice_logprobs(c) if params.logprobs else None,
-                        stop_string=_stop_string(c), stop_token=_stop_token(c))
-                  for c, k in zip(choices, counts)]
         with state.lock:
-            state.prompt_tokens = state.prompt_tokens or int(usage.get("prompt_tokens") or 0)
+            state.prompt_tokens = state.prompt_tokens or prompt_tokens
             state.traces[first:first + len(traces)] = traces
         return len(traces)
 
@@ -257,43 +358,23 @@ class OpenAIEngine:
             return 0
         path, body = self._body(prompt, n, params, seed, stream=True)
 
-        counted = []      # finishes this request added to the prompt's count
-
         def call():
-            if counted:       # a retry would count those finishes twice
-                raise TtxError(f"{self.base_url}{path}: the stream broke after traces finished")
             parts = [_Partial() for _ in range(n)]
-            with self._client.stream("POST", path, json=body) as response:
-                self._check(response, path)
-                for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        break
-                    chunk = json.loads(payload)
-                    if chunk.get("error"):
-                        raise _Retryable(f"stream error: {_error_text(chunk['error'])}")
-                    usage = chunk.get("usage") or {}
-                    if usage.get("prompt_tokens"):
-                        with state.lock:
-                            state.prompt_tokens = state.prompt_tokens or int(usage["prompt_tokens"])
-                    if len(chunk.get("choices") or []) == 0 and n == 1 and usage:
-                        parts[0].usage_tokens = usage.get("completion_tokens")
-                    prompt_done = False
-                    for c in chunk.get("choices") or []:
-                        index = c.get("index", 0)
-                        if index >= n:
-                            continue
-                        part = parts[index]
-                        part.add(c)
-                        if part.finish_reason is not None and part.order is None:
-                            part.order, prompt_done = state.finish(k)
-                            counted.append(part.order)
-                            if part.order is None:          # finished after the k-th: too late
-                                part.finish_reason = None
-                    if prompt_done or state.done(k):
-                        break                              # closing the stream aborts the rest
+            counted = []      # the finish orders this attempt took from the prompt's count
+            try:
+                self._read_stream(path, body, parts, counted, state, k)
+            except Exception as exc:
+                retryable = isinstance(exc, (_Retryable, httpx.TimeoutException, *_RETRY_ERRORS))
+                if retryable and all(p.finish_reason is not None for p in parts):
+                    return parts        # every trace is complete: only the usage or [DONE] was lost
+                self._count("retried_tokens", sum(p.tokens for p in parts))
+                taken = sum(1 for order in counted if order is not None)
+                if taken:
+                    # With n > 1 this request is its prompt's only one (see _run), so no other
+                    # finish was counted since: give these back, the retry decodes them again.
+                    with state.lock:
+                        state.finished -= taken
+                raise
             return parts
 
         parts = self._attempts(path, call)
@@ -316,6 +397,80 @@ class OpenAIEngine:
         with state.lock:
             state.traces[first:first + len(traces)] = traces
         return len(traces)
+
+    def _read_stream(self, path: str, body: dict, parts: list[_Partial], counted: list,
+                     state: _PromptState, k: int | None) -> None:
+        """Read one stream into parts until [DONE] or the prompt's k-th finish; raise _Retryable
+        for a stream cut off, TtxError for one that is not the API's."""
+        where = f"{self.base_url}{path}"
+        with self._client.stream("POST", path, json=body) as response:
+            self._check(response, path)
+            bad = None          # a data line that is not JSON: an error unless the stream ends there
+            events, other = 0, None
+            for line in response.iter_lines():
+                if bad is not None:
+                    raise TtxError(f"{where}: a streamed `data:` line is not JSON: {_excerpt(bad)}")
+                if not line.startswith("data:"):
+                    if other is None and line.strip() and not line.startswith(_SSE_FIELDS):
+                        other = line
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    return
+                try:
+                    chunk = json.loads(payload)
+                except ValueError:
+                    bad = payload
+                    continue
+                events += 1
+                try:
+                    prompt_done = self._take_chunk(chunk, parts, counted, state, k)
+                except _MALFORMED as exc:
+                    raise TtxError(f"{where}: a streamed event is not the API's: {_what(exc)}: "
+                                   f"{_excerpt(payload)}") from None
+                if prompt_done:
+                    return                                 # closing the stream aborts the rest
+            if bad is not None:
+                raise _Retryable(f"the stream was cut off inside an event: {_excerpt(bad)}")
+            if not events and other is not None:
+                kind = response.headers.get("content-type") or "no content-type"
+                raise TtxError(f"{where}: the answer is not an event stream ({kind}): {_excerpt(other)}")
+            unfinished = sum(1 for p in parts if p.seen and p.finish_reason is None)
+            if unfinished or not any(p.seen for p in parts):
+                raise _Retryable(f"the stream ended before [DONE] with {unfinished} of "
+                                 f"{len(parts)} trace(s) unfinished")
+
+    def _take_chunk(self, chunk, parts: list[_Partial], counted: list, state: _PromptState,
+                    k: int | None) -> bool:
+        """Add one streamed event to parts; return whether the prompt has its k finished traces."""
+        if not isinstance(chunk, dict):
+            raise _Malformed("the event is not a JSON object")
+        if chunk.get("error"):
+            raise _Retryable(f"stream error: {_error_text(chunk['error'])}")
+        n = len(parts)
+        usage = chunk.get("usage") or {}
+        if usage.get("prompt_tokens"):
+            prompt_tokens = int(usage["prompt_tokens"])
+            with state.lock:
+                state.prompt_tokens = state.prompt_tokens or prompt_tokens
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise _Malformed("`choices` is not a list")
+        if not choices and n == 1 and usage.get("completion_tokens") is not None:
+            parts[0].usage_tokens = int(usage["completion_tokens"])
+        prompt_done = False
+        for c in choices:
+            index = _valid_choice(c, streamed=True).get("index", 0)
+            if index >= n:
+                continue
+            part = parts[index]
+            part.add(c)
+            if part.finish_reason is not None and part.order is None:
+                part.order, prompt_done = state.finish(k)
+                counted.append(part.order)
+                if part.order is None:          # finished after the k-th: too late
+                    part.finish_reason = None
+        return prompt_done or state.done(k)
 
     # ---------------------------------------------------------------- generate
 
@@ -368,8 +523,13 @@ class OpenAIEngine:
         with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(units)))) as pool:
             futures = [pool.submit(self._run, prompts[p], min(per, asked[p] - first), first,
                                    each[p], states[p]) for p, first, per in units]
-            for future in futures:
-                future.result()
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:      # a failed prompt fails the call: start no more
+                    future.cancel()
+                raise
         generations = []
         for state, k, a, params in zip(states, counts, asked, each):
             traces = [t or Trace(text="", completion_tokens=0, finish_reason="cancelled")
@@ -433,6 +593,29 @@ class _Partial:
             self.finish_reason = c["finish_reason"]
             self.stop_string = _stop_string(c)
             self.stop_token = _stop_token(c)
+
+
+def _valid_choice(c, streamed: bool) -> dict:
+    """c, if it is a choice as the API specifies (raise _Malformed otherwise). A non-streamed
+    choice carries its text as `text` (/completions) or `message.content` (/chat; null is empty);
+    a streamed one may carry none (`delta` without content)."""
+    if not isinstance(c, dict):
+        raise _Malformed("a choice is not a JSON object")
+    index = c.get("index", 0)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise _Malformed(f"a choice's `index` is {index!r}, not an integer >= 0")
+    if "text" in c:
+        text = c["text"]
+    else:
+        holder = c.get("delta" if streamed else "message")
+        if holder is None and not streamed:
+            raise _Malformed(f"choice {index} has no text (neither `text` nor `message`)")
+        if holder is not None and not isinstance(holder, dict):
+            raise _Malformed(f"choice {index}'s `{'delta' if streamed else 'message'}` is not an object")
+        text = (holder or {}).get("content")
+    if text is not None and not isinstance(text, str):
+        raise _Malformed(f"choice {index}'s text is not a string")
+    return c
 
 
 def _choice_text(c: dict) -> str:
@@ -499,6 +682,19 @@ def _copies(trace: Trace, n: int, stop_after: int | None) -> list[Trace]:
         else:
             t.finish_order = i
     return copies
+
+
+def _what(exc: Exception) -> str:
+    """What was wrong with an answer, from _Malformed or what a wrong shape raised."""
+    if isinstance(exc, _Malformed):
+        return str(exc)
+    return f"a field of the wrong shape ({type(exc).__name__}: {exc})"
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    """The start of what the server sent, quoted on one line."""
+    text = text.strip()
+    return repr(text[:limit] + ("..." if len(text) > limit else "")) if text else "(empty)"
 
 
 def _error_text(error) -> str:
