@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-AXES = ("n", "max_new_tokens", "turns")
+AXES = ("n", "max_new_tokens", "max_thinking_tokens", "turns")
 
 
 @dataclass(frozen=True)

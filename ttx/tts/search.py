@@ -19,8 +19,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import click
+
 from ttx.engines.base import Prompt, Trace
 from ttx.errors import TtxError
+from ttx.options import opt
 from ttx.scoring.answers import extract_answer
 
 STEP_SEPARATOR = "\n\n"              # a reasoning step ends at a blank line (search-and-learn)
@@ -33,41 +36,85 @@ BUDGET_STYLES = ("s1", "ttx")
 BEAM_STYLES = ("search-and-learn", "ttx")
 
 
+def _knob(default, help, **kw):
+    return opt(default, help, unset=True, **kw)
+
+
+_POS = click.IntRange(min=1)
+_NONNEG = click.IntRange(min=0)
+_POSF = click.FloatRange(min=0, min_open=True)
+_DIR = click.Path(exists=True, file_okay=False)
+
+
 @dataclass
 class SearchConfig:
+    """The search strategies' knobs (one tts-run option each); a strategy refuses knobs it does
+    not read (Strategy.knobs)."""
+
     # budget forcing (s1)
-    budget_style: str = "s1"                 # s1: its evaluation harness; ttx: see budget.py
-    min_thinking_tokens: int | None = None   # ttx style: continue a trace that stops earlier
-    max_thinking_tokens: int | None = None   # None: s1's "auto" rule / --max-new-tokens
-    num_ignore: int = 1                      # K: at most this many continuations per trace
-    ignore_str: str = "Wait"
-    think_start: str | None = None           # s1 style: "<|im_start|>think" (ChatML models)
-    think_end: str | None = None             # s1: "<|im_start|>answer"; ttx: "</think>" if known
-    answer_tokens: int = 32                  # ttx style: the short answer after a forced end
+    budget_style: str = _knob("s1", "budget-forcing: s1's evaluation harness, or ttx's variant "
+                              "(remaining budget per round, a minimum, a short forced answer).",
+                              type=click.Choice(BUDGET_STYLES))
+    min_thinking_tokens: int | None = _knob(None, "budget-forcing: continue a trace that stops "
+                                            "before this many tokens (ttx style; s1: the minimum "
+                                            "of one round, with --num-ignore 0).", type=_NONNEG)
+    max_thinking_tokens: int | None = _knob(None, "budget-forcing: the thinking budget (default: "
+                                            "s1's auto rule, --max-new-tokens less 100 kept for "
+                                            "the answer; ttx: --max-new-tokens).", type=_POS)
+    num_ignore: int = _knob(1, "budget-forcing: stops ignored at most K times per trace.",
+                            type=_NONNEG)
+    ignore_str: str = _knob("Wait", "budget-forcing: appended when a stop is ignored.")
+    think_start: str | None = _knob(None, "budget-forcing s1: the text opening the thinking "
+                                    "(default '<|im_start|>think').")
+    think_end: str | None = _knob(None, "budget-forcing: end-of-thinking text (s1 default "
+                                  "'<|im_start|>answer'; ttx: '</think>' when the model has it, "
+                                  "else none).")
+    answer_tokens: int = _knob(32, "budget-forcing ttx: tokens of the answer after a forced end.",
+                               type=_POS)
     # beam / dvts / dora
-    beam_style: str | None = None            # None: search-and-learn with a PRM, else ttx
-    beam_width: int = 2                      # M
-    step_tokens: int | None = None           # a step ends at a blank line or after this many
-    max_steps: int = 4                       # iterations; the last runs to EOS
-    agg: str = "last"                        # step scores -> a path score: last, min or prod
-    lookahead: int = 0                       # greedy steps rolled out before a step is scored
-    filter_duplicates: bool = False          # search-and-learn: drop beams with the same text
-    sort_completed: bool = False             # search-and-learn: the top n completed, not first n
-    dora_tau: float = 0.1                    # softmax temperature of the quality weight
-    dora_alpha: float = 0.01                 # temperature of the similarity row-softmax
-    embedder: str | None = None              # dora: an embedding model folder (default: policy)
+    beam_style: str | None = _knob(None, "beam: search-and-learn's algorithm (default with "
+                                   "--reward-model) or ttx's expansion (default otherwise).",
+                                   type=click.Choice(BEAM_STYLES))
+    beam_width: int = _knob(2, "beam/dvts: M; n/M beams (subtrees) kept, each expanded M ways.",
+                            type=_POS)
+    step_tokens: int | None = _knob(None, "beam/dvts/dora: a step ends at a blank line or after "
+                                    "this many tokens (default: --max-new-tokens; ttx beam and "
+                                    "dora: 64).", type=_POS)
+    max_steps: int = _knob(4, "beam/dvts/dora: iterations; the last runs to EOS.", type=_POS)
+    agg: str = _knob("last", "beam/dvts/dora (and PRM best-of-n): step scores -> path score.",
+                     type=click.Choice(AGGREGATIONS))
+    lookahead: int = _knob(0, "beam (search-and-learn)/dvts: greedy steps rolled out before a "
+                           "step is scored (needs --reward-model).", type=_NONNEG)
+    filter_duplicates: bool = _knob(False, "beam (search-and-learn): keep one beam of each text.",
+                                    is_flag=True)
+    sort_completed: bool = _knob(False, "beam (search-and-learn)/dora: answer from the n best "
+                                 "completed beams, not the first n.", is_flag=True)
+    dora_tau: float = _knob(0.1, "dora: softmax temperature of the quality weight.", type=_POSF)
+    dora_alpha: float = _knob(0.01, "dora: temperature of the similarity row-softmax.",
+                              type=_POSF)
+    embedder: str | None = _knob(None, "dora: a local embedding model folder (default: the "
+                                 "policy's hidden states).", type=_DIR)
     # refine
-    turns: int = 1
-    turn_aggregate: str = "last"
+    turns: int = _knob(1, "refine: rounds of check-and-correct.", type=_POS)
+    turn_aggregate: str = _knob("last", "refine: the last turn's answer, or a vote over all "
+                                "turns.", type=click.Choice(TURN_AGGREGATES))
     # reward model scorer (best-of-n, beam, dvts, dora)
-    reward_model: str | None = None
-    reward_batch_size: int = 8               # sequences per reward-model forward
-    prm_format: str | None = None            # None: ttx_reward.json, else by architecture / tag
-    prm_step_tag: str | None = None
-    prm_good_token: str | None = None
-    prm_bad_token: str | None = None
+    reward_model: str | None = _knob(None, "best-of-n/beam/dvts/dora: a local outcome or process "
+                                     "reward model (replaces --scorer); loaded once per run.",
+                                     type=_DIR)
+    reward_batch_size: int = _knob(8, "Sequences per reward-model forward.", type=_POS)
+    prm_format: str | None = _knob(None, "PRM input: steps followed by a tag (Math-Shepherd), "
+                                   "chat turns (RLHFlow) or <extra_0>-joined steps "
+                                   "(Qwen2.5-Math-PRM) (default: ttx_reward.json, else by "
+                                   "architecture).", type=click.Choice(PRM_FORMATS))
+    prm_step_tag: str | None = _knob(None, "PRM: text after each step, scored there (default "
+                                     "'ки').")
+    prm_good_token: str | None = _knob(None, "PRM: the token whose probability is the score "
+                                       "(default '+').")
+    prm_bad_token: str | None = _knob(None, "PRM: its opposite; '' scores against the whole "
+                                      "vocabulary (default '-').")
     # openai engine: the tokenizer that applies the chat template to continued traces
-    tokenizer: str | None = None
+    tokenizer: str | None = opt(None, cli=False)
 
     def validate(self, max_new_tokens: int) -> None:
         """Value checks common to every strategy; each error names the option."""
