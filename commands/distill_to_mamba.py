@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from ttx.commands.options import config_option, model_options
+from ttx.commands.options import config_option, model_options, overwrite_option
 
 
 @click.command(name="distill-to-mamba")
@@ -65,6 +65,7 @@ from ttx.commands.options import config_option, model_options
 @click.option("--resume/--no-resume", default=False,
               help="Continue from the newest checkpoint in OUTPUT/train.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@overwrite_option
 @click.option("--progress/--no-progress", default=True, help="Progress bars on stderr.")
 def command(**options):
     """Replace attention with Mamba-2 layers and distill from the original model."""

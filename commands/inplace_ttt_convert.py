@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from ttx.commands.options import config_option, model_options
+from ttx.commands.options import config_option, model_options, overwrite_option
 
 
 @click.command(name="inplace-ttt-convert")
@@ -46,6 +46,7 @@ from ttx.commands.options import config_option, model_options
               help="Checkpoint every N steps, for --resume (0: never).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted --train run in -o.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@overwrite_option
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def command(**options):
     """Make an In-Place TTT model from a checkpoint; optionally continue training it."""

@@ -70,3 +70,10 @@ def engine_options(f):
     f = model_options(f)
     return click.option("--engine", type=click.Choice(["hf", "openai"]), default="hf",
                         show_default=True, help="hf: local transformers; openai: a server.")(f)
+
+
+def overwrite_option(f):
+    """--overwrite, the same in every stage that writes an output folder (ttx.io.output_dir)."""
+    return click.option("--overwrite", is_flag=True,
+                        help="Replace the output folder if it already holds something "
+                             "(default: refused; --resume continues an interrupted run).")(f)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from ttx.commands.options import config_option, model_options
+from ttx.commands.options import config_option, model_options, overwrite_option
 
 
 @click.command(name="perk-metatrain")
@@ -58,6 +58,7 @@ from ttx.commands.options import config_option, model_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume/--no-resume", default=False,
               help="Continue from the newest checkpoint in the output folder.")
+@overwrite_option
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def command(**options):
     """PERK: meta-learn a LoRA that encodes long context in a few gradient steps."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from ttx.commands.options import config_option, model_options
+from ttx.commands.options import config_option, model_options, overwrite_option
 
 
 def _csv(ctx, param, value):
@@ -67,6 +67,7 @@ def _csv(ctx, param, value):
               help="Continue from the newest checkpoint in the output folder.")
 @click.option("--stop-after", type=click.IntRange(min=1),
               help="Stop after N steps (online: blocks), checkpointed; rerun with --resume.")
+@overwrite_option
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 def command(input_path, output_path, generate, eval_paths, **options):
     """Test-Time Learning: LoRA on unlabeled test inputs by perplexity minimisation."""

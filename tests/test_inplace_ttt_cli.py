@@ -59,6 +59,18 @@ def test_convert_then_train_then_generate(tmp_path, tiny_model_dir):
     assert r.exit_code == 0, r.output
     assert len(json.loads(out.read_text())["traces"]) == 2
 
+    # `import ttx` is enough for transformers to load the converted checkpoint (a fresh process)
+    import subprocess
+    import sys
+
+    code = ("import sys, ttx\nassert 'torch' not in sys.modules\n"
+            "from transformers import AutoModelForCausalLM\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(trained)!r})\n"
+            "print(type(m).__name__)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "InPlaceTTT" in done.stdout
+
 
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, tiny_model_dir, monkeypatch):
     from ttx.train import Trainer

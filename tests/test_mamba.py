@@ -50,7 +50,8 @@ def test_attention_layer_choices():
     assert choose_attn_layers(12, attn_every=4) == [3, 7, 11]
     assert choose_attn_layers(28, attn_fraction=6 / 28) == [4, 8, 13, 18, 22, 27]
     assert choose_attn_layers(8, attn_fraction=0.5) == [1, 3, 5, 7]
-    assert choose_attn_layers(8, attn_fraction=0.0) == []
+    with pytest.raises(TtxError, match="no attention layer would stay"):
+        choose_attn_layers(8, attn_fraction=0.0)
     with pytest.raises(TtxError, match="0..29"):
         choose_attn_layers(30, "3,30")
     with pytest.raises(TtxError, match="only one"):

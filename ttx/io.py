@@ -158,6 +158,26 @@ def _umask() -> int:
     return mask
 
 
+def output_dir(path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """The folder a stage writes its artefact into, by one rule for every stage: a file there is
+    refused; a folder that holds something is refused unless --resume continues its run or
+    --overwrite replaces it (emptied here, after the inputs were read)."""
+    import shutil
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise TtxError("exists and is not a folder", path=str(out))
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        if not overwrite:
+            raise TtxError("the output folder is not empty: --resume continues its run, "
+                           "--overwrite replaces it, or choose another folder", path=str(out))
+        try:
+            shutil.rmtree(out)
+        except OSError as exc:
+            raise TtxError(f"cannot empty the output folder ({exc.strerror})", path=str(out)) from None
+    return out
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     if str(path) == STDIO:
         sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

@@ -41,13 +41,102 @@ def resolve_model(spec: str | os.PathLike) -> Path:
     if path.is_file() and path.suffix == ".gguf":
         return convert_gguf(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise TtxError("not a Hugging Face model folder (no config.json)", path=str(path))
+        check_folder(path)
         return path
     if path.exists():
         raise TtxError("expected a model folder or a .gguf file", path=str(path))
     raise TtxError(f"no such model: not an alias ({', '.join(ALIASES)}), folder or .gguf file",
                    path=spec)
+
+
+def check_folder(folder: Path, what: str = "model") -> dict:
+    """Refuse, in one line, a folder ttx must not or cannot load: no (valid) config.json, a
+    config that names its own Python code (auto_map: ttx never runs a folder's code), or weights
+    that are not safetensors (a pickle can run code when loaded). Returns the config."""
+    import json
+
+    path = folder / "config.json"
+    if not path.is_file():
+        raise TtxError(f"not a Hugging Face {what} folder (no config.json)", path=str(folder))
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TtxError(f"not valid JSON ({getattr(exc, 'msg', exc)})", path=str(path)) from None
+    if not isinstance(config, dict):
+        raise TtxError("expected a JSON object", path=str(path))
+    if config.get("auto_map"):
+        raise TtxError(f"this {what} needs its folder's own Python code (auto_map, "
+                       "trust_remote_code), which ttx never runs: use a model transformers loads "
+                       "itself, or convert its weights into one", path=str(folder),
+                       field="auto_map")
+    weights = list(folder.glob("*.safetensors"))
+    if not weights:
+        pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+        if pickles:
+            raise TtxError(f"weights only as pickles ({', '.join(sorted(pickles)[:3])}), which ttx "
+                           "does not load (unpickling can run code): save them as safetensors "
+                           "(model.save_pretrained(folder, safe_serialization=True))",
+                           path=str(folder))
+        if (folder / "adapter_config.json").is_file():
+            raise TtxError(f"a PEFT adapter, not a {what}: pass it with --adapter beside its base "
+                           "model", path=str(folder))
+        raise TtxError("no weights (*.safetensors) beside config.json", path=str(folder))
+    return config
+
+
+def model_key(folder: Path) -> str:
+    """A fast content key of a model folder: config.json and, per weight file, its size and its
+    first and last MiB (adapters and PERK folders record their base's key)."""
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for path in sorted(folder.glob("*.safetensors")):
+        h.update(path.name.encode())
+        h.update(_file_key(path).encode())
+    return h.hexdigest()[:16]
+
+
+BASE_FILE = "ttx_base.json"
+
+
+def write_base(folder: Path, base_spec: str, base_folder: Path) -> None:
+    """Record, beside an adapter, the base model it was trained on."""
+    import json
+
+    (Path(folder) / BASE_FILE).write_text(json.dumps(
+        {"base_model": str(base_spec), "base_key": model_key(Path(base_folder))}, indent=2) + "\n")
+
+
+def check_base(folder: Path, base_folder: Path, what: str = "adapter") -> None:
+    """Refuse an adapter trained on another base model (its ttx_base.json names the base)."""
+    import json
+
+    record = Path(folder) / BASE_FILE
+    if not record.is_file():
+        return                                # not made by ttx: nothing to check against
+    try:
+        want = json.loads(record.read_text()).get("base_key")
+    except json.JSONDecodeError:
+        raise TtxError("not valid JSON", path=str(record)) from None
+    if want and want != model_key(Path(base_folder)):
+        raise TtxError(f"this {what} was trained on another base model "
+                       f"({json.loads(record.read_text()).get('base_model')}), not {base_folder}",
+                       path=str(folder))
+
+
+def load_adapter(model, folder: str, base_folder: Path | None, **kwargs):
+    """A PEFT adapter on `model`, refused in one line when it is not one or not for this base."""
+    from peft import PeftModel
+
+    path = Path(folder)
+    if not (path / "adapter_config.json").is_file():
+        raise TtxError("not a PEFT adapter folder (no adapter_config.json)", path=str(path),
+                       field="--adapter")
+    if base_folder is not None:
+        check_base(path, base_folder)
+    try:
+        return PeftModel.from_pretrained(model, str(path), **kwargs)
+    except (ValueError, KeyError, RuntimeError, OSError, TypeError) as exc:
+        raise TtxError(f"the adapter does not fit this model ({str(exc).splitlines()[0]})",
+                       path=str(path), field="--adapter") from None
 
 
 def model_shape(spec: str | os.PathLike) -> dict:
@@ -142,9 +231,15 @@ def convert_gguf(gguf: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                  dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    _quiet_transformers()
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                      dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as exc:  # noqa: BLE001 - gguf raises anything on a file it cannot read
+        raise TtxError(f"not a GGUF checkpoint transformers can read "
+                       f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                       path=str(gguf)) from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config   # a GGUF-loaded model refuses save_pretrained
@@ -190,11 +285,15 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", load_in_4bi
     `load_in_4bit` quantizes the linear layers to NF4 with bitsandbytes (QLoRA; CPU works too)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import ttx.inplace_ttt.modeling  # noqa: F401  registers the In-Place TTT model classes
+    import ttx
+
+    ttx.register()                       # the In-Place TTT model classes
+    _quiet_transformers()
     folder = resolve_model(spec)
     check_causal_lm(folder)
     device = pick_device(device)
-    kwargs = {"dtype": pick_dtype(dtype, device)}
+    kwargs = {"dtype": pick_dtype(dtype, device), "trust_remote_code": False,
+              "use_safetensors": True}
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -203,14 +302,28 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", load_in_4bi
         kwargs["device_map"] = device
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
         raise TtxError(f"cannot load as a causal language model ({exc})".splitlines()[0],
                        path=str(folder)) from None
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except (ValueError, KeyError, OSError) as exc:
+        raise TtxError(f"cannot load its tokenizer ({exc})".splitlines()[0],
+                       path=str(folder)) from None
     if not load_in_4bit:
         model.to(device)
     model.eval()
     return model, tokenizer, folder
+
+
+def _quiet_transformers() -> None:
+    """transformers' own progress bars and info logs stay off unless TTX_VERBOSE is set."""
+    if os.environ.get("TTX_VERBOSE"):
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def check_causal_lm(folder: Path) -> None:

@@ -91,6 +91,17 @@ def refuse_overlap(output: str | os.PathLike, inputs: Iterable[str | os.PathLike
                            "the input; choose another output", path=str(output), field=option)
 
 
+def stage_fingerprint(options: dict, inputs: Iterable[str | os.PathLike] = (),
+                      volatile: Iterable[str] = ()) -> dict:
+    """What decides a stage's artefact: its options (less the volatile ones, which a resume may
+    change) and its inputs' hashes (`input:<path>`), JSON-clean."""
+    skip = set(volatile)
+    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()
+           if k not in skip and isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+    out.update({f"input:{p}": h for p, h in fingerprint_inputs(inputs).items()})
+    return out
+
+
 def fingerprint_inputs(inputs: Iterable[str | os.PathLike]) -> dict[str, str | None]:
     return {str(p): (sha256_file(p) if p and Path(p).is_file() else None)
             for p in inputs if p is not None and str(p) != STDIO}

@@ -34,13 +34,15 @@ class HFEngine:
                  dtype: str = "auto", adapter: str | None = None, max_batch_rows: int = 64,
                  loaded=None):
         """`loaded` takes an already loaded (model, tokenizer) pair instead of a spec."""
+        folder = None
         if loaded is None:
-            self.model, self.tokenizer, _ = load_model(model, device, dtype)
+            self.model, self.tokenizer, folder = load_model(model, device, dtype)
         else:
             self.model, self.tokenizer = loaded
         if adapter:
-            from peft import PeftModel
-            self.model = PeftModel.from_pretrained(self.model, adapter).eval()
+            from ttx.models import load_adapter
+
+            self.model = load_adapter(self.model, adapter, folder).eval()
         self.model_name = str(model)
         self.device = next(self.model.parameters()).device
         self.max_batch_rows = max_batch_rows
@@ -52,6 +54,9 @@ class HFEngine:
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = next(iter(self.eos_ids), 0)
+        config = getattr(self.model, "config", None)
+        text = getattr(config, "text_config", None) or config
+        self.max_positions = getattr(text, "max_position_embeddings", None)
 
     def close(self) -> None:
         pass

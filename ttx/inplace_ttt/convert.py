@@ -116,16 +116,17 @@ def convert_from_options(**o) -> dict:
     from ttx.models import load_model
 
     started = now_iso()
+    from ttx.io import output_dir
+
     output = Path(o["output_path"])
-    if (output / "config.json").exists():
-        raise TtxError("output folder already holds a checkpoint; choose a new -o",
+    resuming = bool(o.get("resume") and o.get("train_path") and (output / "checkpoints").is_dir()
+                    and not (output / "config.json").exists())
+    if o.get("resume") and not resuming and output.is_dir() and any(output.iterdir()) \
+            and not o.get("overwrite"):
+        raise TtxError("--resume continues an interrupted training run (-i, and a checkpoints "
+                       "folder without a finished checkpoint); this folder holds none",
                        path=str(output))
-    if output.exists() and any(output.iterdir()):
-        if not (output / "checkpoints").is_dir():
-            raise TtxError("output folder exists and is not empty", path=str(output))
-        if not (o.get("resume") and o.get("train_path")):
-            raise TtxError("output folder holds an interrupted training run; add --resume to "
-                           "continue it, or choose a new -o", path=str(output))
+    output_dir(output, resume=resuming, overwrite=bool(o.get("overwrite")))
     model, tokenizer, folder = load_model(o["model"], o.get("device", "auto"),
                                           o.get("dtype", "auto"))
     layers = parse_layers(o.get("layers"))

@@ -17,7 +17,17 @@ CONV_INITS = ("identity", "default")
 
 def choose_attn_layers(num_layers: int, attn_layers=None, attn_every: int | None = None,
                        attn_fraction: float | None = None) -> list[int]:
-    """Indices of the layers that stay attention (exactly one way of choosing may be given)."""
+    """Indices of the layers that stay attention (exactly one way of choosing may be given);
+    at least one must stay (transformers' Bamba hybrid has no all-Mamba form)."""
+    layers = _choose(num_layers, attn_layers, attn_every, attn_fraction)
+    if not layers:
+        raise TtxError("no attention layer would stay: transformers' Bamba hybrid needs at least "
+                       "one (give --attn-layers, or a larger --attn-fraction)",
+                       field="--attn-fraction" if attn_layers is None else "--attn-layers")
+    return layers
+
+
+def _choose(num_layers: int, attn_layers, attn_every, attn_fraction) -> list[int]:
     given = [x is not None for x in (attn_layers, attn_every, attn_fraction)]
     if sum(given) > 1:
         raise TtxError("give only one of --attn-layers, --attn-every, --attn-fraction")

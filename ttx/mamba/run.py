@@ -50,9 +50,13 @@ def distill_from_options(**o) -> dict:
     from ttx.train import TrainConfig
 
     started = now_iso()
+    from ttx.io import output_dir
+
     output = Path(o["output_path"])
     if output.exists() and not output.is_dir():
         raise TtxError("expected a folder for the checkpoint, found a file", path=str(output))
+    if not o["resume"]:                      # a finished or foreign folder is never replaced
+        output_dir(output, overwrite=bool(o.get("overwrite")))
     train_steps = o["steps"]                 # None: --epochs over the data; 0: convert only
     training = (train_steps is None or train_steps > 0) or o["align_steps"] > 0
     if training and not o["input_path"]:

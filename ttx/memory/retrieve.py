@@ -84,9 +84,11 @@ class Embedder:
 
         folder = resolve_model(spec)
         try:
-            self.model = AutoModel.from_pretrained(folder, dtype=torch.float32,
-                                                   local_files_only=True).to(device).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            self.model = AutoModel.from_pretrained(folder, dtype=torch.float32, local_files_only=True,
+                                                   trust_remote_code=False,
+                                                   use_safetensors=True).to(device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True,
+                                                           trust_remote_code=False)
         except (OSError, ValueError, KeyError) as exc:
             raise TtxError(f"cannot load as an embedder ({exc})".splitlines()[0],
                            path=str(folder), field="--memory-embedder") from None

@@ -162,8 +162,8 @@ def load_perk(cfg: EncodeConfig):
     from ttx.perk import module as pm
 
     perk_cfg, _ = pm.read_config(Path(cfg.perk))
-    base, tokenizer, _ = load_model(cfg.model or perk_cfg.model, cfg.device, cfg.dtype)
-    module = pm.load(base, Path(cfg.perk))
+    base, tokenizer, folder = load_model(cfg.model or perk_cfg.model, cfg.device, cfg.dtype)
+    module = pm.load(base, Path(cfg.perk), folder)
     for p in module.parameters():
         p.requires_grad_(False)      # test time: only the inner loop's own copies need gradients
     return module, tokenizer

@@ -49,6 +49,7 @@ class MetaTrainConfig:
     question_field: str = "question"
     answer_field: str = "answer"
     progress: bool = True
+    overwrite: bool = False
 
 
 @dataclass
@@ -79,6 +80,16 @@ def read_records(path: str, fields: tuple[str, str, str], limit: int | None = No
     if not records:
         raise TtxError("no records", path=path)
     return records
+
+
+def _fingerprint(cfg) -> dict:
+    from dataclasses import asdict
+
+    from ttx.records import stage_fingerprint
+
+    flat = {**{k: v for k, v in asdict(cfg).items() if k != "perk"}, **asdict(cfg.perk)}
+    return stage_fingerprint(flat, [cfg.input], volatile=(
+        "input", "output", "resume", "stop_after", "progress", "device", "cli", "overwrite"))
 
 
 def tokenize(records: list[dict], tokenizer, cfg: MetaTrainConfig) -> list[Example]:
@@ -148,9 +159,9 @@ def metatrain(cfg: MetaTrainConfig, options: dict | None = None) -> dict:
     if finished is not None:
         print(f"{STAGE}: {out} is already meta-trained; nothing to resume", file=sys.stderr)
         return finished
-    if out.is_dir() and any(out.iterdir()) and not cfg.resume:
-        raise TtxError("the output folder is not empty: pass --resume to continue its run, or "
-                       "choose another folder", path=str(out))
+    from ttx.io import output_dir
+
+    output_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)
     torch.manual_seed(cfg.seed)
     base, tokenizer, folder = load_model(p.model, cfg.device, cfg.dtype)
     module = pm.build(base, p)
@@ -160,7 +171,8 @@ def metatrain(cfg: MetaTrainConfig, options: dict | None = None) -> dict:
                             max_steps=cfg.steps, epochs=cfg.epochs, grad_accum=1,
                             max_grad_norm=cfg.max_grad_norm, save_every=cfg.save_every,
                             keep_checkpoints=1, seed=cfg.seed, resume=cfg.resume,
-                            stop_after=cfg.stop_after, desc=STAGE, progress=cfg.progress)
+                            stop_after=cfg.stop_after, desc=STAGE, progress=cfg.progress,
+                            fingerprint=_fingerprint(cfg))
     trainer = Trainer(module, train_cfg)
     result = trainer.fit(examples, make_outer_loss(p.unroll, cfg.inner_grad_accum))
     summary = {"records": len(records), "outer_steps": result.steps, "updates": result.updates,
@@ -174,7 +186,7 @@ def metatrain(cfg: MetaTrainConfig, options: dict | None = None) -> dict:
                "inner_lrs_mean_by_step": [round(float(x), 8) for x in
                                           trainer.unwrapped.inner_lrs.detach().mean(1)]}
     if trainer.is_main:
-        pm.save(trainer.unwrapped, out)
+        pm.save(trainer.unwrapped, out, folder)
         write_manifest(out, stage=STAGE,
                        options={"cli": options or {}, "run": _jsonable(asdict(cfg)),
                                 "model_folder": str(folder)},
@@ -228,7 +240,7 @@ def metatrain_from_options(*, input_path: str, output_path: str, model: str, dev
                            warmup_ratio: float, schedule: str, max_grad_norm: float,
                            save_every: int, stop_after: int | None, context_field: str,
                            question_field: str, answer_field: str, limit: int | None, seed: int,
-                           resume: bool, progress: bool) -> dict:
+                           resume: bool, progress: bool, overwrite: bool = False) -> dict:
     """`ttx perk-metatrain`: build the run from CLI options and meta-train."""
     options = dict(locals())
     targets = tuple(t.strip() for t in target_modules.split(",") if t.strip())
@@ -244,5 +256,6 @@ def metatrain_from_options(*, input_path: str, output_path: str, model: str, dev
                           save_every=save_every, stop_after=stop_after, seed=seed, resume=resume,
                           limit=limit, device=device, dtype=dtype, context_field=context_field,
                           question_field=question_field, answer_field=answer_field,
+                          overwrite=overwrite,
                           progress=progress)
     return metatrain(cfg, options)

@@ -87,13 +87,17 @@ def build(base_model, cfg: PerkConfig) -> PerkModule:
     return PerkModule(get_peft_model(base_model, lora), cfg)
 
 
-def save(module: PerkModule, folder: Path) -> None:
+def save(module: PerkModule, folder: Path, base_folder: Path | None = None) -> None:
     """Write the PERK folder's weights and config (the caller writes the manifest)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     module.model.save_pretrained(folder / "adapter", safe_serialization=True)
+    if base_folder is not None:
+        from ttx.models import write_base
+
+        write_base(folder, module.cfg.model, base_folder)   # perk-encode checks its base
     state = {"inner_lrs": module.inner_lrs.detach().cpu().contiguous()}
     for n, t in module.weighting.state_dict().items():
         state[f"weighting.{n}"] = t.detach().cpu().contiguous()
@@ -121,12 +125,17 @@ def read_config(folder: Path) -> tuple[PerkConfig, list[str]]:
     return PerkConfig(**{k: v for k, v in data.items() if k in known}), names
 
 
-def load(base_model, folder: Path) -> PerkModule:
-    """Rebuild the meta-learned module on `base_model` from a PERK folder."""
+def load(base_model, folder: Path, base_folder: Path | None = None) -> PerkModule:
+    """Rebuild the meta-learned module on `base_model` from a PERK folder (refused when it was
+    meta-trained on another base than `base_folder`)."""
     from peft import PeftModel
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    if base_folder is not None:
+        from ttx.models import check_base
+
+        check_base(folder, base_folder, "PERK folder")
     cfg, names = read_config(folder)
     try:
         peft_model = PeftModel.from_pretrained(base_model, folder / "adapter", is_trainable=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -58,6 +57,7 @@ class TLMConfig:
     resume: bool = False
     stop_after: int | None = None          # stop after N steps, checkpointed (time-limited jobs)
     progress: bool = True
+    overwrite: bool = False                # replace an output folder that holds something
     cli: dict = field(default_factory=dict)
 
 
@@ -112,9 +112,12 @@ def run_tlm(cfg: TLMConfig) -> dict:
     evals = {path: load_inputs(cfg, path) for path in cfg.eval}
     if not problems:
         raise TtxError("no inputs", path=cfg.input)
-    out = Path(cfg.output)
-    if out.exists() and not out.is_dir():
-        raise TtxError("exists and is not a folder", path=cfg.output)
+    from ttx.io import output_dir
+    from ttx.records import refuse_overlap
+
+    if cfg.generate:
+        refuse_overlap(cfg.generate, [cfg.input, *cfg.eval], option="--generate")
+    out = output_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
     base, tokenizer, folder = load_model(cfg.model, cfg.device, cfg.dtype, cfg.load_in_4bit)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model = attach_lora(base, cfg)
@@ -124,7 +127,14 @@ def run_tlm(cfg: TLMConfig) -> dict:
     eval_before = {p: reference_ce(model, s, pad_id) for p, s in eval_seqs.items()}
 
     online = cfg.mode == "online"
-    trainer = Trainer(model, TrainConfig(
+    from dataclasses import asdict
+
+    from ttx.records import stage_fingerprint
+
+    fingerprint = stage_fingerprint(asdict(cfg), [cfg.input], volatile=(
+        "input", "output", "resume", "stop_after", "progress", "cli", "generate", "eval",
+        "device", "overwrite"))
+    trainer = Trainer(model, TrainConfig(fingerprint=fingerprint,
         output_dir=out, lr=cfg.lr, schedule="constant" if online else "cosine",
         warmup_ratio=0.0 if online else cfg.warmup_ratio, epochs=cfg.epochs,
         grad_accum=cfg.grad_accum, max_grad_norm=None, save_every=0 if online else cfg.save_every,
@@ -154,6 +164,9 @@ def run_tlm(cfg: TLMConfig) -> dict:
     eval_after = {p: measure_ce(model, s, pad_id) for p, s in eval_seqs.items()}
     trainer.unwrapped.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    from ttx.models import write_base
+
+    write_base(out, cfg.model, folder)                 # tts-run --adapter checks the base
     weights = sample_weight(torch.tensor(ce_ref), cfg.threshold, cfg.lam).tolist()
     samples = [{"id": p["id"], "ce_base": round(b, 5), "ce_ref": round(r, 5),
                 "selected": r > cfg.threshold, "weight": round(w, 6), "ce_after": round(a, 5),

@@ -49,6 +49,14 @@ class TrainConfig:
     stop_after: int | None = None        # stop after N steps in this invocation (checkpointed)
     desc: str = "train"
     progress: bool = True
+    # what else decides the training (the stage's input hashes, model, LoRA shape...): a resume
+    # with other values is refused, naming the option
+    fingerprint: dict = field(default_factory=dict)
+
+
+# TrainConfig fields a resume may change (they do not decide the weights)
+_RESUMABLE = {"output_dir", "resume", "stop_after", "desc", "progress", "save_every",
+              "keep_checkpoints"}
 
 
 @dataclass
@@ -128,11 +136,32 @@ class Trainer:
         found = checkpoint_dirs(self.output_dir)
         if not found:
             return None
+        self._check_resume(found[-1])
         state = load_checkpoint(found[-1], params=self._trainable(), optimizer=self.optimizer)
         self.step_count = state["step"]
         self.result = TrainResult(**{**state["result"], "resumed_from": state["step"]})
         self._truncate_log(self.step_count)
         return state.get("extras", {})
+
+    def _check_resume(self, folder: Path) -> None:
+        """Refuse a resume whose settings differ from the checkpoint's (one line, the option)."""
+        import json
+
+        from ttx.errors import TtxError
+
+        saved = json.loads((folder / "state.json").read_text()).get("config") or {}
+        now = json.loads(json.dumps(_jsonable(asdict(self.config)), default=str))
+        flat_saved = {**{k: v for k, v in saved.items() if k != "fingerprint"},
+                      **(saved.get("fingerprint") or {})}
+        flat_now = {**{k: v for k, v in now.items() if k != "fingerprint"},
+                    **(now.get("fingerprint") or {})}
+        for name in sorted(set(flat_saved) | set(flat_now)):
+            if name in _RESUMABLE:
+                continue
+            if flat_saved.get(name) != flat_now.get(name):
+                raise TtxError(f"--resume with a different {_flag(name)}: the checkpoint was "
+                               f"trained with {flat_saved.get(name)!r}, this run has "
+                               f"{flat_now.get(name)!r}", path=str(folder))
 
     def save(self, extras: dict | None = None) -> Path | None:
         """Checkpoint now (at a window boundary); the main process writes."""
@@ -297,6 +326,10 @@ def _split(out: LossOut) -> tuple[torch.Tensor | None, dict]:
     if isinstance(out, tuple):
         return out[0], dict(out[1] or {})
     return out, {}
+
+
+def _flag(name: str) -> str:
+    return name if name.startswith(("-", "input", "model")) else "--" + name.replace("_", "-")
 
 
 def _jsonable(d: dict) -> dict:

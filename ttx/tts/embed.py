@@ -17,11 +17,16 @@ def make_embedder(engine, path: str | None):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        if not (Path(path) / "config.json").is_file():
-            raise TtxError("not a Hugging Face model folder (no config.json)", path=str(path),
-                           field="--embedder")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+        from ttx.models import check_folder
+
+        check_folder(Path(path), "embedding model")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            model = AutoModel.from_pretrained(path, dtype=torch.float32, trust_remote_code=False,
+                                              use_safetensors=True).eval()
+        except (OSError, ValueError, KeyError) as exc:
+            raise TtxError(f"cannot load as an embedder ({exc})".splitlines()[0], path=str(path),
+                           field="--embedder") from None
         return lambda texts: _mean_pooled(model, tokenizer, texts, "cpu")
     model = getattr(engine, "model", None)
     if model is None:

@@ -238,14 +238,10 @@ class RewardModel:
 
 
 def _read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise TtxError("not a Hugging Face model folder (no config.json)", path=str(folder),
-                       field="--reward-model")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise TtxError(f"not valid JSON ({exc.msg})", path=str(path), line=exc.lineno) from None
+    """config.json, after ttx.models.check_folder's refusals (remote code, pickles)."""
+    from ttx.models import check_folder
+
+    return check_folder(folder, "reward model")
 
 
 def _read_reading(folder: Path) -> dict:
@@ -264,12 +260,6 @@ def _read_reading(folder: Path) -> dict:
 
 def _head(config: dict, folder: Path) -> str:
     archs = config.get("architectures") or []
-    if config.get("auto_map"):
-        raise TtxError(f"this reward model ({', '.join(archs) or 'its config'}) needs its folder's "
-                       "own Python code (auto_map / trust_remote_code), which ttx never runs; "
-                       "use one that transformers loads itself (*ForSequenceClassification, "
-                       "*ForCausalLM or *ForTokenClassification) or convert its weights to one",
-                       path=str(folder), field="auto_map")
     for a in archs:
         for suffix in _HEADS:
             if a.endswith(suffix):

@@ -102,6 +102,23 @@ def fingerprint(cfg: RunConfig, engine: Engine) -> dict:
     return flat
 
 
+def check_lengths(engine: Engine, cfg: RunConfig, problems: list[dict], new_tokens: int) -> None:
+    """Refuse, naming the problem, a prompt that with --max-new-tokens exceeds the model's
+    positions (engines that know their tokenizer and positions: hf)."""
+    limit = getattr(engine, "max_positions", None)
+    encode = getattr(engine, "encode", None)
+    if not limit or encode is None:
+        return
+    for p in problems:
+        n = len(encode(build_prompt(p[cfg.question_field], instruction=cfg.instruction,
+                                    system=cfg.system, chat=cfg.chat)))
+        if n + new_tokens > limit:
+            raise TtxError(f"problem {p['id']!r}: its prompt is {n} tokens, and with "
+                           f"--max-new-tokens {new_tokens} that exceeds the model's {limit} "
+                           "positions (shorten the question or lower --max-new-tokens)",
+                           path=cfg.input, field=cfg.question_field)
+
+
 def record_key(record: dict) -> tuple[str, int, int]:
     return (str(record.get("id")), int(record.get("level", 1)), int(record.get("repeat", 0)))
 
@@ -128,6 +145,7 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
 
     problems = read_problems(cfg) if problems is None else problems
     settings = _level_settings(cfg)
+    check_lengths(engine, cfg, problems, max(s.params.max_new_tokens for _, _, s in settings))
     inputs = [cfg.input] + ([cfg.memory] if cfg.memory else [])
     out = Output(cfg.output, stage="tts-run", fingerprint=fingerprint(cfg, engine),
                  inputs=inputs, resume=cfg.resume, force=cfg.force_resume, key=record_key)

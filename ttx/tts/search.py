@@ -165,7 +165,7 @@ def local_tokenizer(model: str, strategy: str) -> str:
 def _tokenizer(folder: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 
 
 def tokenizer_of(engine, search: SearchConfig):
