@@ -183,9 +183,10 @@ def test_bad_input_names_file_line_and_field(tmp_path, line, field):
 def test_bad_options_and_an_existing_folder(tmp_path, tiny_model_dir):
     data = _scored(tmp_path / "s.jsonl", n=3)
     base = ["verifier-train", "-i", data, "--model", tiny_model_dir, "--no-progress"]
-    for extra, message in [(["--label-type", "soft"], "--label-type applies to --kind prm --prm-labels rollout"),
-                           (["--kind", "orm", "--prm-labels", "rollout"], "--prm-labels applies to --kind prm"),
-                           (["--resume", "--overwrite"], "give one")]:
+    for extra, message in [
+            (["--label-type", "soft"], "--label-type applies to --kind prm --prm-labels rollout"),
+            (["--kind", "orm", "--prm-labels", "rollout"], "--prm-labels applies to --kind prm"),
+            (["--resume", "--overwrite"], "give one")]:
         result = run_cli(base + ["-o", tmp_path / "v"] + extra)
         assert result.exit_code == 2 and message in result.output, result.output
     result = run_cli(base + ["-i", tmp_path / "missing.jsonl", "-o", tmp_path / "v"])
@@ -196,11 +197,21 @@ def test_bad_options_and_an_existing_folder(tmp_path, tiny_model_dir):
     result = run_cli(base + ["-o", existing])
     assert result.exit_code == 2 and "exists and is not empty" in result.output
     assert (existing / "keep.txt").read_text() == "mine"
-    result = run_cli(base + ["-o", existing, "--overwrite", "--epochs", "1"])
-    assert result.exit_code == 0, result.output
-    assert not (existing / "keep.txt").exists() and (existing / READING_FILE).is_file()
-    result = run_cli(base + ["-o", existing, "--resume"])              # finished: nothing to do
+    result = run_cli(base + ["-o", existing, "--overwrite"])       # not a verifier folder
+    assert result.exit_code == 2 and "not deleting it" in result.output
+    assert (existing / "keep.txt").read_text() == "mine"
+    done = tmp_path / "done"
+    assert run_cli(base + ["-o", done, "--epochs", "1"]).exit_code == 0
+    manifest = (done / "ttx_manifest.json").read_text()
+    result = run_cli(base + ["-o", done, "--resume"])                  # finished: nothing to do
     assert result.exit_code == 0 and "already holds a finished verifier" in result.output
+    assert (done / "ttx_manifest.json").read_text() == manifest
+    result = run_cli(base + ["-o", done])
+    assert result.exit_code == 2 and "--overwrite replaces it" in result.output
+    (done / "stale.txt").write_text("old run")
+    result = run_cli(base + ["-o", done, "--overwrite", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert not (done / "stale.txt").exists() and (done / READING_FILE).is_file()
 
 
 # -------------------------------------------------------------------- training and folders

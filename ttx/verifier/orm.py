@@ -4,7 +4,8 @@ Cobbe et al. 2021 (arXiv 2110.14168) verifiers and Math-Shepherd's ORM (arXiv 23
 L_ORM = -[y_s log r_s + (1 - y_s) log(1 - r_s)], r_s = sigmoid(logit). The model is the base's
 *ForSequenceClassification with num_labels = 1 (its new `score` head reads the last token that is
 not padding), LoRA on the linear layers or every weight. The input is reward_inputs.orm_text, the
-text tts-run's RewardModel builds, encoded the way it encodes it.
+text tts-run's RewardModel builds, encoded as it encodes it (no special tokens added to a chat
+template's text, which already has them).
 """
 
 from __future__ import annotations
@@ -45,11 +46,16 @@ class OutcomeVerifier:
 
         return orm_text(self.tokenizer, question, response)
 
+    def input_ids(self, question: str, response: str) -> list[int]:
+        """A chat template writes its own special tokens; plain text gets the tokenizer's."""
+        return self.tokenizer(self.text(question, response),
+                              add_special_tokens=not self.tokenizer.chat_template).input_ids
+
     def encode(self, examples: list[Example]) -> tuple[list[Item], list[int]]:
         """Items, and the indices of the examples kept (longer than --max-length: left out)."""
         items, kept = [], []
         for i, e in enumerate(examples):
-            ids = self.tokenizer(self.text(e.question, e.text)).input_ids   # as RewardModel.outcome
+            ids = self.input_ids(e.question, e.text)
             if len(ids) <= self.cfg.max_length:
                 items.append(Item(ids, 1.0 if e.correct else 0.0))
                 kept.append(i)
@@ -80,6 +86,5 @@ class OutcomeVerifier:
 
     def reading(self) -> dict:
         """ttx_reward.json: how tts-run reads this folder."""
-        return {"kind": "orm", "format": "orm", "head": "sequence-classification",
-                "num_labels": 1, "score": "sigmoid",
-                "text": "chat" if self.tokenizer.chat_template else "plain"}
+        return {"kind": "orm", "head": "sequence-classification", "num_labels": 1,
+                "score": "sigmoid", "input": "chat" if self.tokenizer.chat_template else "plain"}

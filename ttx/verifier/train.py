@@ -21,6 +21,9 @@ from ttx.errors import TtxError
 from ttx.verifier.heads import LINEAR, HeadConfig
 
 KINDS = ("orm", "prm")
+# what marks a folder as verifier-train's own (--overwrite deletes only such a folder)
+OWN_FILES = ("ttx_manifest.json", "ttx_reward.json", "train_log.jsonl", "checkpoints",
+             "rollouts.jsonl")
 PRM_LABELS = ("outcome", "rollout")
 
 
@@ -102,6 +105,10 @@ def prepare_output(cfg: VerifierConfig) -> bool:
     if not out.exists() or not any(out.iterdir()):
         return False
     if cfg.overwrite:
+        if not any((out / name).exists() for name in OWN_FILES):
+            raise TtxError("holds nothing verifier-train writes (no ttx_manifest.json, "
+                           "train_log.jsonl, checkpoints/, rollouts.jsonl): not deleting it; "
+                           "remove it yourself or choose another -o", path=cfg.output)
         shutil.rmtree(out)
         return False
     if cfg.resume:
