@@ -1,0 +1,88 @@
+"""What the outcome and process verifiers share: LoRA, padded batches, the plain saved folder."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ttx.errors import TtxError
+
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class HeadConfig:
+    lora_r: int = 16                     # 0: train every weight (full fine-tuning)
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = LINEAR
+    max_length: int = 1024
+    seed: int = 0
+
+
+def attach_lora(model, cfg: HeadConfig, task_type: str):
+    """LoRA on the named linear layers; a sequence-classification head trains in full beside it
+    (peft's SEQ_CLS keeps `score` trainable as a module to save)."""
+    if cfg.lora_r == 0:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in cfg.lora_targets if t not in names]
+    if missing:
+        raise TtxError(f"the model has no module named {', '.join(missing)}", field="--lora-targets")
+    torch.manual_seed(cfg.seed)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets), task_type=task_type)
+    return get_peft_model(model, lora)
+
+
+def plain(model):
+    """The model to save: LoRA merged into the weights (in place), so the folder loads with no
+    peft: AutoModelFor*.from_pretrained reads it as it is."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+
+def length_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Micro-batches of similar length (less padding); ties in length broken by a seeded
+    shuffle. The trainer reshuffles the order of the batches every epoch."""
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded input ids and attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def device_of(module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def pad_id_of(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    return 0
+
+
+def quiet_transformers():
+    """Loading a causal LM into a classification head warns about the new head on stderr."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()

@@ -1,0 +1,317 @@
+"""`ttx verifier-train`: an outcome (ORM) or process (PRM) reward model from scored traces.
+
+    traces (ttx score --per-record) -> labels -> held-out split by problem -> shared Trainer
+    -> held-out AUC / accuracy / best-of-n, before and after -> a plain Hugging Face folder
+       (LoRA merged) + ttx_reward.json (how tts-run reads it) + ttx_manifest.json
+
+ORM: ttx.verifier.orm (a sequence-classification head, one sigmoid label). PRM: ttx.verifier.prm
+(Math-Shepherd's step tag and good/bad tokens), labels from ttx.verifier.labels (`outcome`, or
+`rollout`: Math-Shepherd's completions from each step prefix, hard or soft).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ttx.errors import TtxError
+from ttx.verifier.heads import LINEAR, HeadConfig
+
+KINDS = ("orm", "prm")
+# what marks a folder as verifier-train's own (--overwrite deletes only such a folder)
+OWN_FILES = ("ttx_manifest.json", "ttx_reward.json", "train_log.jsonl", "checkpoints",
+             "rollouts.jsonl")
+PRM_LABELS = ("outcome", "rollout")
+
+
+@dataclass
+class VerifierConfig:
+    input: str
+    output: str
+    kind: str = "orm"
+    prm_labels: str = "outcome"            # prm: outcome | rollout
+    label_type: str = "hard"               # rollout: hard (Math-Shepherd HE) | soft (SE)
+    rollouts: int = 8                      # rollout: completions per step prefix (N)
+    rollout_model: str | None = None       # rollout: the policy (default: the records' `model`)
+    temperature: float = 0.7               # rollout sampling
+    top_p: float = 1.0
+    max_new_tokens: int = 256              # rollout: tokens per completion
+    batch_rows: int = 64                   # rollout: traces decoded together
+    instruction: str | None = None         # rollout: the prompt tts-run built (same options)
+    system: str | None = None
+    chat: bool = True
+    model: str = "smollm2-135m-instruct"   # the verifier's base
+    device: str = "auto"                   # rollout engine
+    dtype: str = "auto"                    # rollout engine (the verifier trains in float32)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = LINEAR
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    epochs: int = 2
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    max_length: int = 1024
+    balance: bool = False                  # weight the classes equally in the loss
+    eval: str | None = None                # held-out scored records (default: a split)
+    eval_fraction: float = 0.2             # share of problems held out when --eval is not given
+    save_every: int = 50
+    mixed_precision: str = "no"
+    seed: int = 0
+    resume: bool = False
+    stop_after: int | None = None
+    overwrite: bool = False
+    progress: bool = True
+    question_field: str = "question"
+    answer_field: str = "answer"
+    id_field: str = "id"
+    cli: dict = field(default_factory=dict)
+
+
+def check(cfg: VerifierConfig) -> None:
+    if cfg.kind not in KINDS:
+        raise TtxError(f"must be orm or prm, got {cfg.kind!r}", field="--kind")
+    if cfg.prm_labels not in PRM_LABELS:
+        raise TtxError(f"must be outcome or rollout, got {cfg.prm_labels!r}", field="--prm-labels")
+    if cfg.label_type not in ("hard", "soft"):
+        raise TtxError(f"must be hard or soft, got {cfg.label_type!r}", field="--label-type")
+    if cfg.kind == "orm" and cfg.cli.get("prm_labels"):
+        raise TtxError("--prm-labels applies to --kind prm", field="--prm-labels")
+    rollout_only = [k for k in ("label_type", "rollouts", "rollout_model") if cfg.cli.get(k)]
+    if rollout_only and not (cfg.kind == "prm" and cfg.prm_labels == "rollout"):
+        raise TtxError(f"--{rollout_only[0].replace('_', '-')} applies to --kind prm "
+                       "--prm-labels rollout")
+    if cfg.resume and cfg.overwrite:
+        raise TtxError("--resume continues the run in the output folder, --overwrite replaces "
+                       "it: give one", field="--overwrite")
+    if not 0 <= cfg.eval_fraction < 1:
+        raise TtxError(f"must be in [0, 1), got {cfg.eval_fraction}", field="--eval-fraction")
+
+
+def prepare_output(cfg: VerifierConfig) -> bool:
+    """Refuse to replace a folder without --overwrite; True when it already holds a finished
+    verifier and --resume asked to continue (nothing left to do)."""
+    from ttx.tts.reward_inputs import READING_FILE
+
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise TtxError("exists and is not a folder", path=cfg.output)
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    if cfg.overwrite:
+        if not any((out / name).exists() for name in OWN_FILES):
+            raise TtxError("holds nothing verifier-train writes (no ttx_manifest.json, "
+                           "train_log.jsonl, checkpoints/, rollouts.jsonl): not deleting it; "
+                           "remove it yourself or choose another -o", path=cfg.output)
+        shutil.rmtree(out)
+        return False
+    if cfg.resume:
+        return (out / READING_FILE).is_file() and (out / "ttx_manifest.json").is_file()
+    raise TtxError("exists and is not empty: --resume continues the run in it, --overwrite "
+                   "replaces it", path=cfg.output)
+
+
+def run_verifier_train(cfg: VerifierConfig) -> dict:
+    from ttx.io import now_iso, write_json, write_jsonl, write_manifest
+    from ttx.models import resolve_model
+    from ttx.train import TrainConfig, Trainer
+    from ttx.tts.reward_inputs import READING_FILE
+    from ttx.verifier.data import ReadConfig, balance, read_examples, split_problems
+    from ttx.verifier.heads import length_batches, plain
+
+    check(cfg)
+    started = now_iso()
+    read = ReadConfig(cfg.question_field, cfg.answer_field, cfg.id_field)
+    examples = read_examples(cfg.input, read)            # bad input fails before any model loads
+    held = read_examples(cfg.eval, read) if cfg.eval else None
+    if not examples:
+        raise TtxError("no traces to learn from", path=cfg.input)
+    base = resolve_model(cfg.model)
+    if prepare_output(cfg):
+        import json
+
+        manifest = json.loads((Path(cfg.output) / "ttx_manifest.json").read_text())
+        return {**manifest.get("summary", {}), "already_trained": True}
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if held is None:
+        train, held = split_problems(examples, cfg.eval_fraction, cfg.seed)
+    else:
+        train = examples
+    for name, group in (("training", train), ("held-out", held)):
+        classes = {e.correct for e in group}
+        if group and len(classes) == 1:
+            print(f"verifier-train: every {name} trace is {'correct' if True in classes else 'wrong'}"
+                  f" ({len(group)}): the verifier cannot learn to tell them apart", file=sys.stderr)
+
+    rollout_cost = None
+    if cfg.kind == "prm":
+        rollout_cost = _step_labels(cfg, train + held, out)
+
+    head = HeadConfig(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      lora_targets=tuple(cfg.lora_targets), max_length=cfg.max_length, seed=cfg.seed)
+    verifier = _build(cfg, base, head, train)
+    items, kept = verifier.encode(train)
+    eval_items, eval_kept = verifier.encode(held)
+    if not items:
+        raise TtxError("no trace fits: every one is longer than --max-length or has no step",
+                       path=cfg.input)
+    trainer = Trainer(verifier.model, TrainConfig(
+        output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",
+        warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs, grad_accum=cfg.grad_accum,
+        max_grad_norm=cfg.max_grad_norm, save_every=cfg.save_every, seed=cfg.seed, shuffle=True,
+        mixed_precision=cfg.mixed_precision, resume=cfg.resume, stop_after=cfg.stop_after,
+        desc=f"verifier-train {cfg.kind}", progress=cfg.progress))
+    before = evaluate(verifier, trainer.unwrapped, eval_items, [held[i] for i in eval_kept])
+    batches = length_batches([len(it.ids) for it in items], cfg.batch_size, cfg.seed)
+    t0 = time.perf_counter()
+    result = trainer.fit(batches, lambda module, batch: verifier.loss(module, [items[i] for i in batch]))
+    if not result.finished:
+        return {"stopped_at_step": trainer.step_count, "output": str(out)}
+    train_s = time.perf_counter() - t0
+    if not trainer.is_main:
+        trainer.accelerator.wait_for_everyone()
+        return {}
+    model = trainer.unwrapped
+    after = evaluate(verifier, model, eval_items, [held[i] for i in eval_kept], rows=True)
+    write_jsonl(out / "eval_scores.jsonl", after.pop("rows"))
+
+    saved = plain(model)
+    saved.save_pretrained(str(out), safe_serialization=True)
+    verifier.tokenizer.save_pretrained(str(out))
+    reading = {**verifier.reading(), "labels": _label_name(cfg), "base_model": str(cfg.model)}
+    summary = {
+        "kind": cfg.kind, "labels": _label_name(cfg),
+        "train": {**balance([train[i] for i in kept]), "left_out": len(train) - len(kept)},
+        "held_out": {**balance([held[i] for i in eval_kept]), "left_out": len(held) - len(eval_kept)},
+        "before": before, "after": after,
+        "steps": result.steps, "updates": result.updates,
+        "train_loss_first": _r(result.losses[0]) if result.losses else None,
+        "train_loss_last": _r(result.losses[-1]) if result.losses else None,
+        "train_tokens": sum(len(it.ids) for it in items) * cfg.epochs,
+        "train_s": round(train_s, 2), "rollouts": rollout_cost, "reading": reading,
+    }
+    options = {**asdict(cfg), "base_model_folder": str(base)}
+    write_manifest(out, stage="verifier-train", options=options,
+                   inputs=[cfg.input] + ([cfg.eval] if cfg.eval else []), started=started,
+                   summary=summary)
+    write_json(out / READING_FILE, reading)               # last: the folder is now complete
+    trainer.remove_checkpoints()
+    trainer.accelerator.wait_for_everyone()
+    return summary
+
+
+def _label_name(cfg: VerifierConfig) -> str:
+    if cfg.kind == "orm":
+        return "outcome"
+    return cfg.prm_labels if cfg.prm_labels == "outcome" else f"rollout-{cfg.label_type}"
+
+
+def _build(cfg: VerifierConfig, base: Path, head: HeadConfig, train: list):
+    """The verifier to train; --balance weights the rarer class up to the other's total."""
+    if cfg.kind == "orm":
+        from ttx.verifier.orm import OutcomeVerifier
+
+        pos = sum(e.correct for e in train)
+        weight = (len(train) - pos) / pos if cfg.balance and pos else None
+        return OutcomeVerifier(base, head, pos_weight=weight)
+    from ttx.verifier.prm import ProcessVerifier
+
+    ys = [y for e in train for y in (e.step_labels or [])]
+    pos = sum(ys)
+    weight = (len(ys) - pos) / pos if cfg.balance and pos else None
+    return ProcessVerifier(base, head, pos_weight=weight)
+
+
+def _step_labels(cfg: VerifierConfig, examples: list, out: Path) -> dict | None:
+    """PRM step labels in place: from outcomes, or from rollouts with the policy."""
+    from ttx.verifier.labels import RolloutConfig, label_by_rollouts, outcome_labels
+
+    if cfg.prm_labels == "outcome":
+        for e in examples:
+            e.step_labels = outcome_labels(e.steps, e.correct)
+        return None
+    from ttx.engines import open_engine
+
+    policy = cfg.rollout_model
+    if policy is None:
+        models = sorted({e.model for e in examples if e.model})
+        if len(models) != 1:
+            raise TtxError(f"the records name {len(models)} policy models "
+                           f"({', '.join(models) or 'none'}): give --rollout-model",
+                           field="--rollout-model")
+        policy = models[0]
+    try:
+        engine = open_engine("hf", model=policy, device=cfg.device, dtype=cfg.dtype,
+                             max_batch_rows=cfg.batch_rows)
+    except TtxError as exc:
+        if cfg.rollout_model:
+            raise
+        raise TtxError(f"the records' policy model {policy!r} cannot be opened here ({exc}): "
+                       "give --rollout-model", field="--rollout-model") from None
+    rc = RolloutConfig(k=cfg.rollouts, label_type=cfg.label_type, temperature=cfg.temperature,
+                       top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                       chunk=max(1, cfg.batch_rows // cfg.rollouts), instruction=cfg.instruction,
+                       system=cfg.system, chat=cfg.chat, progress=cfg.progress)
+    try:
+        cost = label_by_rollouts(engine, examples, rc, out / "rollouts.jsonl", resume=cfg.resume)
+    finally:
+        engine.close()
+    return {**asdict(cost), "policy": policy, "wall_s": round(cost.wall_s, 2)}
+
+
+def evaluate(verifier, module, items: list, examples: list, rows: bool = False) -> dict:
+    """Held-out AUC, accuracy at 0.5, best-of-n selection and loss (a PRM: also per step)."""
+    import torch
+
+    from ttx.verifier.metrics import accuracy, auc, rounded, selection
+
+    if not items:
+        return {"traces": 0}
+    if verifier.kind == "orm":
+        scores = verifier.scores(module, items)
+        steps = None
+    else:
+        steps = verifier.step_scores(module, items)
+        scores = [s[-1] for s in steps]                   # tts-run's default --agg last
+    labels = [e.correct for e in examples]
+    pools: dict[str, list] = {}
+    for s, e in zip(scores, examples):
+        pools.setdefault(e.problem, []).append((s, e.correct))
+    with torch.inference_mode():
+        losses = [float(verifier.loss(module, items[b:b + 8])) * len(items[b:b + 8])
+                  for b in range(0, len(items), 8)]
+    out = {"traces": len(items), "auc": auc(scores, labels), "accuracy": accuracy(scores, labels),
+           "loss": sum(losses) / len(items), "mean_score_correct": _mean(scores, labels, True),
+           "mean_score_wrong": _mean(scores, labels, False)}
+    sel = selection(pools)
+    out.update({"best_of_n": sel["best_of_n"], "random_trace": sel["random"],
+                "oracle": sel["oracle"], "problems": sel["problems"]})
+    if steps is not None:
+        flat = [p for s in steps for p in s]
+        ys = [y >= 0.5 for it in items for y in it.labels]
+        out.update({"step_auc": auc(flat, ys), "step_accuracy": accuracy(flat, ys),
+                    "steps": len(flat)})
+    out = rounded(out)
+    if rows:
+        out["rows"] = [{"problem": e.problem, "trace": e.index, "correct": e.correct,
+                        "score": round(s, 6),
+                        **({"step_scores": [round(v, 6) for v in st], "step_labels": it.labels}
+                           if steps is not None else {})}
+                       for e, s, it, st in zip(examples, scores, items, steps or [None] * len(items))]
+    return out
+
+
+def _mean(scores, labels, which: bool):
+    chosen = [s for s, y in zip(scores, labels) if y == which]
+    return sum(chosen) / len(chosen) if chosen else None
+
+
+def _r(x):
+    return None if x is None else round(x, 5)
