@@ -127,7 +127,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, tiny_model_dir):
     done = tmp_path / "done"
     assert run_cli(["inplace-ttt-convert", "--model", tiny_model_dir, "-o", done]).exit_code == 0
     r = run_cli(["inplace-ttt-convert", "--model", tiny_model_dir, "-o", done])
-    assert r.exit_code == 2 and "already holds a checkpoint" in r.output
+    assert r.exit_code == 2 and "--overwrite replaces it" in r.output
     r = run_cli(["inplace-ttt-convert", "--model", done, "-o", tmp_path / "v", "--chunk", "7"])
     assert r.exit_code == 2 and "already converted" in r.output
 

@@ -159,7 +159,7 @@ def test_a_perk_folder_on_the_wrong_model_is_refused(trained, tmp_path, default_
     tok.save_pretrained(other)
     r = run_cli(["perk-encode", "--perk", root / "perk", "--model", other, "-i", test,
                  "-o", tmp_path / "a.jsonl"])
-    assert r.exit_code == 2 and "does not fit this model" in r.output
+    assert r.exit_code == 2 and "trained on another base model" in r.output
     assert not (tmp_path / "a.jsonl").exists()
 
 

@@ -49,6 +49,7 @@ class Generation:
     traces: list[Trace]
     prompt_tokens: int
     wall_s: float = 0.0
+    cached_prompt_tokens: int = 0     # of prompt_tokens, those whose K/V an earlier call kept
 
 
 class Engine(Protocol):

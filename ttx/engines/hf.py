@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ttx.engines.base import Generation, Prompt, SamplingParams, Trace, per_prompt
+from ttx.engines.kv import growing
 from ttx.models import load_model, render_prompt
 
 
@@ -32,8 +33,9 @@ class HFEngine:
 
     def __init__(self, model: str = "smollm2-135m-instruct", device: str = "auto",
                  dtype: str = "auto", adapter: str | None = None, max_batch_rows: int = 64,
-                 loaded=None):
-        """`loaded` takes an already loaded (model, tokenizer) pair instead of a spec."""
+                 loaded=None, prefix_cache_mb: int = 1024):
+        """`loaded` takes an already loaded (model, tokenizer) pair instead of a spec;
+        `prefix_cache_mb` bounds the K/V kept for prefix reuse across calls (0: none)."""
         folder = None
         if loaded is None:
             self.model, self.tokenizer, folder = load_model(model, device, dtype)
@@ -57,6 +59,10 @@ class HFEngine:
         config = getattr(self.model, "config", None)
         text = getattr(config, "text_config", None) or config
         self.max_positions = getattr(text, "max_position_embeddings", None)
+        from ttx.engines.prefix import PrefixStore
+
+        self.prefix = PrefixStore(prefix_cache_mb << 20) if prefix_cache_mb > 0 else None
+        self._plain_cache: bool | None = None
 
     def close(self) -> None:
         pass
@@ -79,30 +85,89 @@ class HFEngine:
         return self._decode([self.encode(p) for p in prompts], counts, per, generator)
 
     def _prefill(self, encoded: list[list[int]], n: int):
-        """Encode prompts once (left-padded), then repeat each prompt's cache n times.
+        """Encode prompts once, then repeat each prompt's cache n times; with prefix reuse only
+        what no earlier call encoded is computed (the cached part joins the batch left-padded,
+        the new part left-padded after it: masked columns in between).
 
-        Returns (cache, logits, mask, next_pos) for len(encoded) * n rows (sum(n) for a list).
-        """
+        Returns (cache, logits, mask, next_pos, reused) for len(encoded) * n rows (sum(n) for a
+        list), `reused` the tokens of each prompt taken from the prefix store."""
         from transformers import DynamicCache
 
         if not isinstance(n, int):                  # per-prompt counts (DORA's allocation)
             n = torch.tensor(n, device=self.device)
-
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for i, ids in enumerate(encoded):           # left padding: every row ends at `width`
+        hits = [self.prefix.match(ids, limit=len(ids) - 1) if self.prefix is not None else (0, None)
+                for ids in encoded]
+        reused = [m for m, _ in hits]
+        past = max(reused)
+        suffix = [ids[m:] for ids, m in zip(encoded, reused)]
+        width = max(len(ids) for ids in suffix)
+        rows = len(encoded)
+        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, past + width), dtype=torch.long)
+        positions = torch.zeros((rows, width), dtype=torch.long)
+        for i, (ids, m) in enumerate(zip(suffix, reused)):   # left padding in both parts
             input_ids[i, width - len(ids):] = torch.tensor(ids)
-            mask[i, width - len(ids):] = 1
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            mask[i, past - m:past] = 1
+            mask[i, past + width - len(ids):] = 1
+            positions[i, width - len(ids):] = torch.arange(m, m + len(ids))
+        input_ids, mask, positions = (t.to(self.device) for t in (input_ids, mask, positions))
         cache = DynamicCache(config=self.model.config)
+        growing(cache)                              # appends write in place (ttx.engines.kv)
+        if past:
+            self._load_past(cache, hits, past)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          cache=cache, use_cache=True, logits_to_keep=1)
+        if self.prefix is not None:
+            self._store_prompts(cache, encoded, reused, suffix, past, width)
         # Share the prefill: repeat each prompt's cache n times instead of encoding it n times.
         _batch_rows(cache, lambda t: t.repeat_interleave(n, dim=0))
         return (cache, out.logits[:, -1].float().repeat_interleave(n, dim=0),
-                mask.repeat_interleave(n, dim=0), positions[:, -1].repeat_interleave(n, dim=0) + 1)
+                mask.repeat_interleave(n, dim=0), positions[:, -1].repeat_interleave(n, dim=0) + 1,
+                reused)
+
+    def _load_past(self, cache, hits, past: int) -> None:
+        """Put the stored prefixes into a fresh cache, each row left-padded to `past`."""
+        for j, layer in enumerate(_layers(cache)):
+            keys, values = [], []
+            for m, kv in hits:
+                ref = next(kv for m2, kv in hits if m2)[j][0]
+                k = kv[j][0] if m else ref[:, :0]
+                v = kv[j][1] if m else ref[:, :0]
+                pad = (0, 0, past - m, 0)
+                keys.append(torch.nn.functional.pad(k, pad))
+                values.append(torch.nn.functional.pad(v, pad))
+            layer.update(torch.stack(keys).to(self.device), torch.stack(values).to(self.device))
+
+    def _store_prompts(self, cache, encoded, reused, suffix, past: int, width: int) -> None:
+        """Keep each prompt's newly computed K/V for later calls."""
+        if not self._reusable(cache):
+            return
+        for i, (ids, m, new) in enumerate(zip(encoded, reused, suffix)):
+            cols = slice(past + width - len(new), past + width)
+            self.prefix.insert(ids, [(layer.keys[i, :, cols].detach().cpu(),
+                                      layer.values[i, :, cols].detach().cpu())
+                                     for layer in _layers(cache)], start=m)
+
+    def _store_row(self, cache, mask, b: int, ids: list[int]) -> None:
+        """Keep a finished row's K/V (its prompt and the tokens it fed) for later calls."""
+        if self.prefix is None or not self._reusable(cache):
+            return
+        cols = mask[b].nonzero().squeeze(1)
+        if len(cols) != len(ids):
+            return
+        self.prefix.insert(ids, [(layer.keys[b][:, cols].detach().cpu(),
+                                  layer.values[b][:, cols].detach().cpu())
+                                 for layer in _layers(cache)], start=0)
+
+    def _reusable(self, cache) -> bool:
+        """Whether every cache layer is plain attention K/V (cut-able at any prefix)."""
+        if self._plain_cache is None:
+            self._plain_cache = all(type(layer).__name__ in ("DynamicLayer", "GrowingLayer")
+                                    and not _recurrent(layer) and not hasattr(layer, "batch_rows")
+                                    for layer in _layers(cache))
+            if not self._plain_cache:
+                self.prefix = None                 # recurrent or sliding state: no reuse
+        return self._plain_cache
 
     def _decode(self, encoded: list[list[int]], n: list[int], per: list[SamplingParams],
                 generator) -> list[Generation]:
@@ -119,6 +184,7 @@ class HFEngine:
         live: list[int] = []                        # rows in the batch, in batch order
         cache = logits = mask = next_pos = None
         stop_after = params.stop_after_finished
+        cached = [0] * len(encoded)                 # prompt tokens taken from the prefix store
 
         def done(row_index: int, trace: Trace) -> None:
             prompt = rows[row_index].prompt
@@ -138,7 +204,9 @@ class HFEngine:
                 now = time.perf_counter()
                 for p in admit:
                     started[p] = now
-                new = self._prefill([encoded[p] for p in admit], [n[p] for p in admit])
+                *new, reused = self._prefill([encoded[p] for p in admit], [n[p] for p in admit])
+                for p, m in zip(admit, reused):
+                    cached[p] = m
                 first = len(rows)
                 rows += [_Row(prompt=p) for p in admit for _ in range(n[p])]
                 new_live = list(range(first, len(rows)))
@@ -167,6 +235,7 @@ class HFEngine:
                 if reason is None:
                     keep.append(b)
                     continue
+                self._store_row(cache, mask, b, encoded[row.prompt] + row.ids[:-1])
                 done(r, self._trace(row, text, reason, finished_count))
             # First Finish Search: cancel the other traces of prompts that have k finished ones.
             if stop_after is not None:
@@ -191,7 +260,8 @@ class HFEngine:
             next_pos = next_pos + 1
         # traces in row order (sampling order), whatever order they finished in
         return [Generation(traces=[trace for _, trace in sorted(t, key=lambda rt: rt[0])],
-                           prompt_tokens=len(ids), wall_s=ended[i] - started[i])
+                           prompt_tokens=len(ids), wall_s=ended[i] - started[i],
+                           cached_prompt_tokens=cached[i])
                 for i, (t, ids) in enumerate(zip(traces, encoded))]
 
     @staticmethod
@@ -232,7 +302,7 @@ class HFEngine:
         if tok in params.stop_token_ids:
             row.stop_token = tok
             return "stop", self.tokenizer.decode(row.ids[:-1], skip_special_tokens=True)
-        if params.stop and len(row.ids) >= params.min_new_tokens:
+        if params.stop and len(row.ids) >= params.min_new_tokens and self._stop_in_tail(row, params):
             # a stop string can only have appeared in the text that this token added
             window = max(len(s) for s in params.stop) + 16
             text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
@@ -252,6 +322,14 @@ class HFEngine:
         if len(row.ids) >= params.max_new_tokens:
             return "length", self.tokenizer.decode(row.ids, skip_special_tokens=True)
         return None, None
+
+    def _stop_in_tail(self, row: _Row, params: SamplingParams) -> bool:
+        """Whether a stop string shows in the decoded last tokens: the whole text is decoded
+        only then (decoding it every step is quadratic in the trace's length). The tail spans
+        enough tokens for the longest stop string even as single bytes."""
+        k = 4 * max(len(s) for s in params.stop) + 8
+        tail = self.tokenizer.decode(row.ids[-k:], skip_special_tokens=True)
+        return any(s in tail for s in params.stop)
 
     def _trace(self, row: _Row, text: str | None, reason: str, finished_count) -> Trace:
         order = None

@@ -53,6 +53,8 @@ def _choose(num_layers: int, attn_layers, attn_every, attn_fraction) -> list[int
     if not 0.0 <= fraction <= 1.0:
         raise TtxError(f"--attn-fraction {fraction}: expected a value in [0, 1]")
     count = round(fraction * num_layers)
+    if attn_fraction is None:
+        count = max(1, count)            # the default keeps at least one attention layer
     if count == 0:
         return []
     # evenly spaced, the last layer included: i_j = round((j + 1) * L / count) - 1

@@ -241,14 +241,16 @@ def continue_rounds(engine, rules, prefixes: list[str], thoughts: list[Thought],
         gens = engine.generate([prefix_of(t) + (t.text or _opening(rules)) for t in pending],
                                1, params)
         segments: dict[int, list[int]] = {}
-        prefill: dict[int, int] = {}
+        prefill: dict[int, list[int]] = {}
         for t, gen in zip(pending, gens):
             trace = gen.traces[0]
             rules.advance(t, trace)
             segments.setdefault(t.problem, []).append(trace.completion_tokens)
-            prefill[t.problem] = prefill.get(t.problem, 0) + gen.prompt_tokens
+            counts = prefill.setdefault(t.problem, [0, 0])
+            counts[0] += gen.prompt_tokens
+            counts[1] += gen.cached_prompt_tokens
         for problem, tokens in segments.items():
-            accounts[problem].add(tokens, prefill[problem])
+            accounts[problem].add(tokens, *prefill[problem])
         round_index += 1
 
 
@@ -295,7 +297,8 @@ class BudgetForcing(Strategy):
             mine = thoughts[i * cfg.n:(i + 1) * cfg.n]
             for t, trace in zip(mine, gen.traces):
                 rules.after_thinking(t, trace)
-            accounts[i].add([tr.completion_tokens for tr in gen.traces], gen.prompt_tokens)
+            accounts[i].add([tr.completion_tokens for tr in gen.traces], gen.prompt_tokens,
+                            gen.cached_prompt_tokens)
         continue_rounds(engine, rules, prefixes, thoughts, accounts, seed, first_round=1)
         outcomes = []
         for i, account in enumerate(accounts):

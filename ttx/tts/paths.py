@@ -72,13 +72,15 @@ def grow(engine, prefixes: list[str], parents: list[Path], counts: list[int], pa
     gens = engine.generate(prompts, [k for _, k, _ in todo], call)
     out, it = [], iter(zip(todo, gens))
     segments: dict[int, list[int]] = {}
-    prefill: dict[int, int] = {}
+    prefill: dict[int, list[int]] = {}
     for parent, k in zip(parents, counts):
         if k <= 0:
             out.append([])
             continue
         _, gen = next(it)
-        prefill[parent.problem] = prefill.get(parent.problem, 0) + gen.prompt_tokens
+        tally = prefill.setdefault(parent.problem, [0, 0])
+        tally[0] += gen.prompt_tokens
+        tally[1] += gen.cached_prompt_tokens
         children = []
         for trace in gen.traces:
             step = trace.text + (STEP_SEPARATOR if trace.stop_string == STEP_SEPARATOR else "")
@@ -93,7 +95,7 @@ def grow(engine, prefixes: list[str], parents: list[Path], counts: list[int], pa
             children.append(child)
         out.append(children)
     for problem, tokens in segments.items():
-        accounts[problem].add(tokens, prefill[problem])
+        accounts[problem].add(tokens, *prefill[problem])
     return out
 
 
@@ -109,16 +111,20 @@ def look_ahead(engine, prefixes: list[str], paths: list[Path], steps: int, param
         gens = engine.generate([prefixes[p.problem] + p.text + p.lookahead for p in live], 1,
                                replace(greedy, seed=round_seed(seed, round_index + r)))
         segments: dict[int, list[int]] = {}
+        prefill: dict[int, list[int]] = {}
         still = []
         for p, gen in zip(live, gens):
             trace = gen.traces[0]
             stopped = trace.stop_string == STEP_SEPARATOR
             p.lookahead += trace.text + (STEP_SEPARATOR if stopped else "")
             segments.setdefault(p.problem, []).append(trace.completion_tokens)
+            tally = prefill.setdefault(p.problem, [0, 0])
+            tally[0] += gen.prompt_tokens
+            tally[1] += gen.cached_prompt_tokens
             if stopped:
                 still.append(p)
         for problem, tokens in segments.items():
-            accounts[problem].add(tokens)
+            accounts[problem].add(tokens, *prefill[problem])
         live = still
 
 

@@ -49,7 +49,7 @@ class Refine(Strategy):
                 if turn == 0:
                     accounts[i].prompt_tokens = gen.prompt_tokens
                 tokens = [t.completion_tokens for t in gen.traces]
-                accounts[i].add(tokens, gen.prompt_tokens)
+                accounts[i].add(tokens, gen.prompt_tokens, gen.cached_prompt_tokens)
                 records = [trace_record(t.text, t.completion_tokens, t.finish_reason)
                            for t in gen.traces]
                 preds = [r["pred"] for r in records]

@@ -229,8 +229,7 @@ class _Loop:
                     continue
                 record = _record(problem, self.engine, strategy, key, value, level, repeat,
                                  outcome, share)
-                if cfg.memory:
-                    record["memory_ids"] = ids
+                record["memory_ids"] = ids
                 out.write(record)
                 for hook in self.hooks:
                     hook.after(problem, record)     # --memory-update: before the next problem

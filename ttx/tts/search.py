@@ -251,16 +251,20 @@ class Account:
     prompt_tokens: int = 0          # the problem's own prompt, once
     completion: int = 0             # every generated token
     sequential: int = 0             # sum over rounds of the round's longest segment
-    prefill: int = 0                # every prompt token encoded (continuations re-encode)
+    prefill: int = 0                # every prompt token of every call (continuations included)
+    cached: int = 0                 # of those, the ones whose K/V the engine kept (not computed)
     rounds: int = 0
 
-    def add(self, segments: list[int], prefill: int = 0) -> None:
-        """One round: the tokens of this problem's segments generated in it, its prompt tokens."""
+    def add(self, segments: list[int], prefill: int = 0, cached: int = 0) -> None:
+        """One round: the tokens of this problem's segments generated in it, its prompt tokens
+        (and how many of them the engine's prefix reuse did not compute again)."""
         self.prefill += prefill
+        self.cached += cached
         if segments:
             self.completion += sum(segments)
             self.sequential += max(segments)
             self.rounds += 1
 
     def extra(self) -> dict:
-        return {"prefill_tokens": self.prefill, "rounds": self.rounds}
+        return {"prefill_tokens": self.prefill, "cached_prefill_tokens": self.cached,
+                "rounds": self.rounds}
