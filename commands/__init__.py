@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "inplace-ttt-convert": ("inplace_ttt_convert", "Make an In-Place TTT model from a checkpoint; train it."),
     "distill-to-mamba": ("distill_to_mamba", "Replace attention with Mamba-2 layers and distill."),
     "memory-extract": ("memory_extract", "Distil strategies and pitfalls from traces into a memory bank."),
+    "ttrl": ("ttrl", "Test-time RL: majority-vote rewards on unlabeled questions, GRPO (TTRL, ETTRL)."),
 }
 
 
