@@ -13,8 +13,15 @@ from safetensors.torch import load_file
 from tests.conftest import REPO, run_cli
 from ttx.rl.ear import adv_clip, adv_reshape, reshape_factors
 from ttx.rl.etmr import fork_positions, token_ratio, tree_rollouts
-from ttx.rl.grpo import (GRPOConfig, Rollout, group_advantages, low_var_kl, policy_loss, sequence_logprobs,
-                         update_batches)
+from ttx.rl.grpo import (
+    GRPOConfig,
+    Rollout,
+    group_advantages,
+    low_var_kl,
+    policy_loss,
+    sequence_logprobs,
+    update_batches,
+)
 from ttx.rl.ttrl import gold_metrics, majority_rewards
 from ttx.scoring.answers import vote_key, winner
 
@@ -104,10 +111,11 @@ def test_grpo_steps_raise_the_rewarded_response(tiny_model_dir, tmp_path):
     before = (logp(good), logp(bad))
     trainer = Trainer(model, TrainConfig(output_dir=tmp_path, lr=1e-2, schedule="constant", grad_accum=2,
                                          max_grad_norm=None, progress=False), total_steps=3)
-    ran = run_loop(trainer, model, GRPOConfig(micro_batch_size=2), LoopConfig(steps=3, save_every=0,
-                                                                              progress=False),
-                   pad_id=0, collect=lambda step: ([Rollout(0, prompt, r, w) for r, w in zip(responses, rewards)],
-                                                   {"scripted": 1.0}))
+    def collect(step):
+        return [Rollout(0, prompt, r, w) for r, w in zip(responses, rewards)], {"scripted": 1.0}
+
+    ran = run_loop(trainer, model, GRPOConfig(micro_batch_size=2),
+                   LoopConfig(steps=3, save_every=0, progress=False), pad_id=0, collect=collect)
     assert ran == {"start": 0, "done": 3, "stopped": False}
     assert logp(good) > before[0] + 1.0 and logp(good) - logp(bad) > before[0] - before[1] + 1.0
     rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
@@ -215,7 +223,8 @@ def digits_model_dir(tmp_path_factory, default_model_dir):
     tok = AutoTokenizer.from_pretrained(default_model_dir)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         tie_word_embeddings=False, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+                         tie_word_embeddings=False, eos_token_id=tok.eos_token_id,
+                         bos_token_id=tok.bos_token_id)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     with torch.no_grad():                 # hidden unit 0 is constant; only digits and EOS read it
@@ -272,13 +281,14 @@ def test_end_to_end_rewards_follow_the_majority_and_the_adapter_loads(digits_mod
         assert r["label_accuracy"] == float(r["label"] == r["gold"])            # gold: logged, never used
     log = _lines(out / "train_log.jsonl")
     assert len(log) == 6 and [row["rollout_step"] for row in log] == [1, 1, 2, 2, 3, 3]
-    assert {"label_accuracy", "reward_accuracy", "majority_ratio", "entropy", "rollout_tokens", "kl"} <= set(log[0])
+    assert {"label_accuracy", "reward_accuracy", "majority_ratio", "entropy", "rollout_tokens", "kl",
+            "clipfrac"} <= set(log[0])
     assert not (out / "checkpoints").exists()
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(digits_model_dir), str(out))
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
     ran = run_cli(["tts-run", "--model", digits_model_dir, "--adapter", out, "-i", questions,
-                   "-o", tmp_path / "after.jsonl", "--strategy", "majority", "--n", "4", "--max-new-tokens", "1",
-                   "--no-progress"])
+                   "-o", tmp_path / "after.jsonl", "--strategy", "majority", "--n", "4",
+                   "--max-new-tokens", "1", "--no-progress"])
     assert ran.exit_code == 0, ran.output
 
 
@@ -292,7 +302,8 @@ def test_etmr_and_ear_end_to_end(digits_model_dir, questions, tmp_path):
     assert all(r["votes"] == 2 * (1 + 2 * 1) for r in recs)
     # a branch regenerates only what follows its fork: fewer tokens than 6 independent samples
     assert all(r["generated_tokens"] <= 6 * r["mean_response_tokens"] for r in recs)
-    assert all(len(r["trained_leaves"]) == 4 and r["trained_leaves"] == sorted(r["trained_leaves"]) for r in recs)
+    assert all(len(r["trained_leaves"]) == 4 and r["trained_leaves"] == sorted(r["trained_leaves"])
+               for r in recs)
 
 
 def test_full_finetuning_writes_a_model(digits_model_dir, questions, tmp_path):
@@ -307,7 +318,8 @@ def test_full_finetuning_writes_a_model(digits_model_dir, questions, tmp_path):
 
 
 def test_resume_gives_the_same_adapter_bit_for_bit(digits_model_dir, questions, tmp_path):
-    common = _common(digits_model_dir, questions) + ["--steps", "4", "--lora-dropout", "0.1", "--save-every", "1"]
+    common = _common(digits_model_dir, questions) + ["--steps", "4", "--lora-dropout", "0.1",
+                                                     "--save-every", "1"]
     whole = run_cli(common + ["-o", tmp_path / "whole"])
     assert whole.exit_code == 0, whole.output
     first = run_cli(common + ["-o", tmp_path / "cut", "--stop-after", "2"])
@@ -320,7 +332,8 @@ def test_resume_gives_the_same_adapter_bit_for_bit(digits_model_dir, questions, 
     a = load_file(str(tmp_path / "whole" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "whole" / "rollouts.jsonl").read_text() == (tmp_path / "cut" / "rollouts.jsonl").read_text()
+    assert (tmp_path / "whole" / "rollouts.jsonl").read_text() == \
+        (tmp_path / "cut" / "rollouts.jsonl").read_text()
     assert _lines(tmp_path / "whole" / "train_log.jsonl") == _lines(tmp_path / "cut" / "train_log.jsonl")
 
 

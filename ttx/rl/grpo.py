@@ -143,12 +143,13 @@ def sequence_logprobs(model, prompts: Sequence[Sequence[int]], responses: Sequen
     logits = out.logits[:, :-1].float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
     targets = ids[:, ids.shape[1] - k:]
-    logp = logp_all.gather(-1, targets[..., None]).squeeze(-1)
+    # log p = z_target − logsumexp z (one formula on every path, so a first update sees ratio 1)
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets[..., None]).squeeze(-1) - lse
     ent = None
-    if entropy:
-        ent = -(logp_all.exp() * logp_all).sum(-1)
+    if entropy:            # H = logsumexp z − Σ_v p_v z_v
+        ent = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     return logp, resp, ent
 
 

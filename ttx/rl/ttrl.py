@@ -262,7 +262,7 @@ def run_ttrl(cfg: TTRLConfig) -> dict:
 
     base, tokenizer, folder = load_model(cfg.model, cfg.device, cfg.dtype)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    reference_model = copy.deepcopy(base).eval() if cfg.full and cfg.kl_coef else None
+    reference_model = copy.deepcopy(base).eval().requires_grad_(False) if cfg.full and cfg.kl_coef else None
     model = attach_policy(base, cfg)
     if cfg.overwrite and out.exists():
         shutil.rmtree(out)
@@ -286,6 +286,8 @@ def run_ttrl(cfg: TTRLConfig) -> dict:
     log = out / "rollouts.jsonl"
 
     def on_resume(start: int) -> None:
+        if start == 0:                              # nothing to continue: no rows may stay behind
+            (out / "train_log.jsonl").unlink(missing_ok=True)
         if log.exists():
             repair_torn_tail(log)
             write_jsonl(log, [r for r in read_jsonl(log) if r["step"] <= start])
