@@ -51,8 +51,9 @@ def run_loop(trainer, model, grpo: GRPOConfig, loop: LoopConfig, *, pad_id: int,
     reference(): a context in which the yielded model is the reference policy (needed when
     grpo.kl_coef > 0). shape(rollouts): reshape the advantages in place after normalisation.
     on_step(step, rollouts, metrics): called once a step's updates are made, before its checkpoint.
-    on_resume(start): called with the first step to run when resuming. state: saved in every
-    checkpoint; a resume whose saved state differs is refused."""
+    on_resume(start): called before the first step with its index (0 for a fresh start), so the
+    stage can cut its own logs back. state: saved in every checkpoint; a resume whose saved state
+    differs is refused."""
     from tqdm import tqdm
 
     if grpo.kl_coef and reference is None:
