@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "distill-to-mamba": ("distill_to_mamba", "Replace attention with Mamba-2 layers and distill."),
     "memory-extract": ("memory_extract", "Distil strategies and pitfalls from traces into a memory bank."),
     "verifier-train": ("verifier_train", "Train an outcome or process reward model on scored traces."),
+    "ttrl": ("ttrl", "Test-time RL: majority-vote rewards on unlabeled questions, GRPO (TTRL, ETTRL)."),
 }
 
 

@@ -98,10 +98,10 @@ def test_a_continuation_equals_its_recomputation(engines):
 def test_recurrent_caches_turn_reuse_off(tmp_path, tiny_model_dir):
     """A Bamba hybrid's Mamba state cannot be cut at a prefix: the engine stops keeping K/V
     and gives the same tokens as without reuse."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from ttx.engines.hf import HFEngine
     from ttx.mamba.convert import convert
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     student, _ = convert(teacher, [1])

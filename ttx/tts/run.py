@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 from ttx.engines.base import Engine
+from ttx.errors import TtxError
 from ttx.records import Output, read_records
 from ttx.tts.levels import Levels, RepeatRule
 from ttx.tts.prompts import DEFAULT_INSTRUCTION, build_prompt

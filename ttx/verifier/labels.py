@@ -112,8 +112,8 @@ def label_by_rollouts(engine, examples: list[Example], cfg: RolloutConfig, log: 
     from ttx.engines.base import SamplingParams
     from ttx.io import JsonlAppender, read_jsonl, repair_torn_tail
     from ttx.tts.prompts import build_prompt
-    from ttx.tts.run import call_seed
     from ttx.tts.search import SearchConfig, templated
+    from ttx.tts.seeds import call_seed
 
     if cfg.label_type not in LABEL_TYPES:
         raise TtxError(f"must be hard or soft, got {cfg.label_type!r}", field="--label-type")

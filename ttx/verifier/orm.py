@@ -11,6 +11,7 @@ template's text, which already has them).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -32,11 +33,15 @@ class OutcomeVerifier:
 
         quiet_transformers()
         self.cfg = cfg
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        from ttx.models import check_folder
+
+        check_folder(Path(folder))                   # no remote code, safetensors only
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         self.pad_id = pad_id_of(self.tokenizer)
         torch.manual_seed(cfg.seed)                  # the new head's initial weights
-        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1,
-                                                                   dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, num_labels=1, dtype=torch.float32, trust_remote_code=False,
+            use_safetensors=True)
         model.config.pad_token_id = self.pad_id      # where the head reads: the last non-pad token
         self.model = attach_lora(model, cfg, "SEQ_CLS")
         self.pos_weight = pos_weight

@@ -15,6 +15,7 @@ them as added tokens, the embeddings resized, the new rows set to the mean embed
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -42,9 +43,13 @@ class ProcessVerifier:
 
         quiet_transformers()
         self.cfg, self.tag, self.good_text, self.bad_text = cfg, tag, good, bad
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        from ttx.models import check_folder
+
+        check_folder(Path(folder))                   # no remote code, safetensors only
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         self.pad_id = pad_id_of(self.tokenizer)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                     trust_remote_code=False, use_safetensors=True)
         self.added = self._single_tokens(model, [tag, good, bad])
         self.tag_id, self.good, self.bad = (self._one(t) for t in (tag, good, bad))
         probe = self.tokenizer(tag_text("q", ["a", "b"], tag)).input_ids
