@@ -13,18 +13,8 @@ from __future__ import annotations
 import click
 
 from ttx.commands.options import config_option
-from ttx.commands.score import command as _score
-
-# score's own options, shared as they are so the definitions cannot drift apart
-SCORE_OPTIONS = ("answer_field", "k", "bootstrap", "invalid_votes", "arise_tokens", "cost",
-                 "cost_model", "kinetics_intensity", "ci_samples", "seed", "regrade",
-                 "strict_gold", "eps")
-
-
-def _with_score_options(f):
-    f.__click_params__ = getattr(f, "__click_params__", [])
-    f.__click_params__ += [p for p in reversed(_score.params) if p.name in SCORE_OPTIONS]
-    return f
+from ttx.options import cli_options
+from ttx.scoring.report import ScoreConfig  # score's own schema: the definitions cannot drift
 
 
 @click.command(name="report")
@@ -42,19 +32,14 @@ def _with_score_options(f):
 @click.option("--memory", "memory", type=click.Path(dir_okay=False),
               help="A memory bank whose items' texts to show beside their retrieved ids "
                    "(default: the bank named in the run's manifest, when it exists).")
-@_with_score_options
+@cli_options(ScoreConfig)
 @click.pass_context
 def command(ctx, input, compare, output, title, question_field, memory, **score_options):
     """Write one self-contained HTML page to look at runs: scores, traces, votes, trees."""
-    from ttx.scoring.report import ScoreConfig
+    from ttx.options import build
     from ttx.viewer.page import build_report
 
-    o = score_options
-    cfg = ScoreConfig(answer_field=o["answer_field"], ks=tuple(o["k"]), bootstrap=o["bootstrap"],
-                      seed=o["seed"], eps=o["eps"], invalid=o["invalid_votes"],
-                      arise_tokens=o["arise_tokens"], cost=o["cost"], cost_model=o["cost_model"],
-                      kinetics_intensity=o["kinetics_intensity"], ci_samples=o["ci_samples"],
-                      regrade=o["regrade"], strict_gold=o["strict_gold"])
+    cfg = build(ScoreConfig, score_options)
     result = build_report(input, compare, cfg, output=output, title=title,
                           question_field=question_field, memory=memory, options=dict(ctx.params))
     if output != "-":

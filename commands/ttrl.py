@@ -69,7 +69,7 @@ FRAC = click.FloatRange(min=0)
 @click.option("--ear", is_flag=True, help="ETTRL's Adv-Res: advantages scaled by relative response entropy.")
 @click.option("--adv-clip", type=click.FloatRange(min=0, min_open=True),
               help="ETTRL's Adv-Clip: clip advantages to [-β, β] (the paper: 2).")
-@click.option("--invalid-vote", type=click.Choice(["lm-eval", "skip"]), default="lm-eval", show_default=True,
+@click.option("--invalid-votes", type=click.Choice(["lm-eval", "skip"]), default="lm-eval", show_default=True,
               help="lm-eval: responses without an answer vote as one class; skip: they do not vote.")
 @click.option("--question-field", default="question", show_default=True)
 @click.option("--answer-field", default="answer", show_default=True, help="Gold answers (logged only).")

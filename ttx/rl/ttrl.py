@@ -80,7 +80,7 @@ class TTRLConfig:
     etmr_branches: int = 2                 # B
     ear: bool = False                      # Adv-Res
     adv_clip: float | None = None          # Adv-Clip β
-    invalid_vote: str = "lm-eval"
+    invalid_votes: str = "lm-eval"
     question_field: str = "question"
     answer_field: str = "answer"
     id_field: str = "id"
@@ -162,8 +162,8 @@ def read_questions(cfg: TTRLConfig) -> list[dict]:
 
 
 def check_options(cfg: TTRLConfig) -> None:
-    if cfg.invalid_vote not in INVALID_VOTES:
-        raise TtxError(f"expected one of {', '.join(INVALID_VOTES)}", field="--invalid-vote")
+    if cfg.invalid_votes not in INVALID_VOTES:
+        raise TtxError(f"expected one of {', '.join(INVALID_VOTES)}", field="--invalid-votes")
     votes = cfg.etmr_trees * (1 + cfg.etmr_branches * cfg.etmr_forks) if cfg.etmr else cfg.n_votes
     if n_train(cfg) > votes:
         raise TtxError(f"{n_train(cfg)} exceeds the {votes} responses voted on per question",
@@ -378,7 +378,7 @@ def _collector(cfg, engine, tokenizer, model, problems, order, pad_id):
         sums: dict[str, float] = {}
         for g, (q, prompt, leaves) in enumerate(zip(qs, prompts, groups)):
             texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in leaves]
-            vote = majority_rewards(texts, cfg.invalid_vote)
+            vote = majority_rewards(texts, cfg.invalid_votes)
             if cfg.etmr:   # tree leaves are not exchangeable like i.i.d. samples: a seeded subset
                 picked = sorted(random.Random(call_seed(cfg.seed, step, 2, g)).sample(range(len(leaves)),
                                                                                   min(keep, len(leaves))))

@@ -16,12 +16,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import click
+
 from ttx.errors import TtxError
 from ttx.io import iter_jsonl, now_iso, write_jsonl, write_manifest
 from ttx.scoring import arise as ar
 from ttx.scoring import intervals
-from ttx.scoring.answers import DEFAULT_INVALID_VOTE
-from ttx.scoring.cost import KINETICS_INTENSITY, UNITS, record_costs
+from ttx.options import opt
+from ttx.scoring.answers import DEFAULT_INVALID_VOTE, INVALID_VOTES
+from ttx.scoring.cost import COSTS, KINETICS_INTENSITY, UNITS, record_costs
 from ttx.scoring.metrics import gold_answer, record_correct, summarize
 
 _NUMERIC = ("completion_tokens", "sequential_tokens", "prompt_tokens", "prefill_tokens", "wall_s")
@@ -30,19 +33,40 @@ ARISE_TOKENS = ("total", "completion")
 
 @dataclass
 class ScoreConfig:
-    answer_field: str = "answer"
-    ks: tuple[int, ...] = ()
-    bootstrap: int = 0                 # maj@k over B random k-subsets (0: the first k)
-    seed: int = 0
-    eps: float = 1e-3                  # TTSPM saturation
-    invalid: str = DEFAULT_INVALID_VOTE      # "lm-eval" or "skip" (answers.INVALID_VOTES)
-    arise_tokens: str = "total"        # ARISE's evaluate.py: prompt + completion tokens
-    cost: str = "tokens"               # tokens, flops or kinetics (ttx.scoring.cost)
-    cost_model: str | None = None      # the model whose shape gives flops (default: records')
-    kinetics_intensity: float = KINETICS_INTENSITY
-    ci_samples: int = intervals.DEFAULT_SAMPLES
-    regrade: bool = False              # re-extract every trace's answer, recompute votes
-    strict_gold: bool = False          # a gold answer with no extractable answer is an error
+    """score's (and report's) options: one schema for the command line and the library."""
+
+    answer_field: str = opt("answer", "Record field holding the gold answer.")
+    ks: tuple[int, ...] = opt((), "Extra k for pass@k and maj@k (powers of two are always "
+                              "reported).", flag="--k", multiple=True, type=click.IntRange(min=1))
+    bootstrap: int = opt(0, "maj@k as the mean over B random k-subsets (0: the first k traces).",
+                         type=click.IntRange(min=0), show_default=True)
+    invalid: str = opt(DEFAULT_INVALID_VOTE, "maj@k and majority votes: a trace with no "
+                       "extractable answer votes '[invalid]' (lm-eval's filters; it can win and is "
+                       "never right) or casts no vote (skip).", flag="--invalid-votes",
+                       type=click.Choice(INVALID_VOTES))
+    arise_tokens: str = opt("total", "ARISE's token count per record: prompt + completion, as "
+                            "ARISE's evaluate.py (total), or generated tokens only (completion).",
+                            type=click.Choice(ARISE_TOKENS))
+    cost: str = opt("tokens", "The cost on ARISE's, the tables' and --plot's x axis: tokens "
+                    "(--arise-tokens), FLOPs from the model's shape, or Kinetics' eFLOPs (compute "
+                    "+ KV-cache traffic x arithmetic intensity).", type=click.Choice(COSTS))
+    cost_model: str | None = opt(None, "--cost flops/kinetics: the model (alias, folder, .gguf) "
+                                 "whose shape gives the cost (default: each record's `model`).",
+                                 metavar="MODEL")
+    kinetics_intensity: float = opt(KINETICS_INTENSITY, "--cost kinetics: FLOPs per byte of "
+                                    "memory traffic (Kinetics' B200 value).",
+                                    type=click.FloatRange(min=0, min_open=True))
+    ci_samples: int = opt(intervals.DEFAULT_SAMPLES, "Bootstrap samples of the 95% intervals "
+                          "(over problems); 0: none.", type=click.IntRange(min=0))
+    seed: int = opt(0, "Seed for --bootstrap and the intervals.", type=int, show_default=True)
+    regrade: bool = opt(False, "Re-extract every trace's answer from its text with today's "
+                        "grader and recompute votes (runs made before a grader fix).",
+                        is_flag=True)
+    strict_gold: bool = opt(False, "A gold answer with no extractable final answer is an error "
+                            "(default: the record is set aside and named).",
+                            secondary="--no-strict-gold")
+    eps: float = opt(1e-3, "TTSPM: saturation when the gain per extra sample drops below this.",
+                     type=float)
 
 
 def _check(record: dict, path: str, line: int, cfg: ScoreConfig) -> None:
