@@ -7,8 +7,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO, run_cli
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -22,9 +20,9 @@ def _commands() -> list[list[str]]:
 
 
 def test_every_readme_command_names_a_stage_and_its_options():
-    from ttx.commands import cli
-
     import click
+
+    from ttx.commands import cli
 
     ctx = click.Context(cli)
     for argv in _commands():

@@ -20,9 +20,9 @@ import click
 
 from ttx.errors import TtxError
 from ttx.io import iter_jsonl, now_iso, write_jsonl, write_manifest
+from ttx.options import opt
 from ttx.scoring import arise as ar
 from ttx.scoring import intervals
-from ttx.options import opt
 from ttx.scoring.answers import DEFAULT_INVALID_VOTE, INVALID_VOTES
 from ttx.scoring.cost import COSTS, KINETICS_INTENSITY, UNITS, record_costs
 from ttx.scoring.metrics import gold_answer, record_correct, summarize
