@@ -244,13 +244,13 @@ def test_orm_learns_and_its_folder_scores_through_tts_run_reward_model(tmp_path,
     model = AutoModelForSequenceClassification.from_pretrained(out)        # plain: LoRA merged
     assert model.config.num_labels == 1 and type(model).__name__ == "LlamaForSequenceClassification"
     rm = RewardModel(str(out), SearchConfig())
-    assert rm.kind == "outcome"
+    assert rm.kind == "orm"
     records = {r["id"]: r for r in map(json.loads, (tmp_path / "s.jsonl").read_text().splitlines())}
     rows = [json.loads(line) for line in (out / "eval_scores.jsonl").read_text().splitlines()]
     assert len(rows) == 12
     for row in rows:
         record = records[row["problem"]]
-        score, _ = rm.score_text(record["question"], record["traces"][row["trace"]]["text"])
+        [(score, _)] = rm.score_texts([(record["question"], record["traces"][row["trace"]]["text"])])
         assert score == pytest.approx(row["score"], abs=1e-4)
 
 
@@ -369,4 +369,5 @@ def test_recipe_loads_and_the_pipeline_runs_on_a_tiny_model(tmp_path, tiny_model
     score = json.loads((out / "score.json").read_text())
     assert {r["name"] for r in score["runs"]} == {"greedy", "orm-best-of-n", "prm-beam"}
     bon = [json.loads(line) for line in (out / "orm-best-of-n.jsonl").read_text().splitlines()]
-    assert len(bon) == 2 and all(r["reward_kind"] == "outcome" and len(r["traces"]) == 4 for r in bon)
+    assert len(bon) == 2 and all(r["best_of_n"]["scorer"] == "reward-model" and len(r["traces"]) == 4
+                                 for r in bon)

@@ -33,9 +33,11 @@ class HFEngine:
 
     def __init__(self, model: str = "smollm2-135m-instruct", device: str = "auto",
                  dtype: str = "auto", adapter: str | None = None, max_batch_rows: int = 64,
-                 loaded=None, prefix_cache_mb: int = 1024):
+                 loaded=None, prefix_cache_mb: int | None = None):
         """`loaded` takes an already loaded (model, tokenizer) pair instead of a spec;
-        `prefix_cache_mb` bounds the K/V kept for prefix reuse across calls (0: none)."""
+        `prefix_cache_mb` bounds the K/V kept for prefix reuse across calls (0: none). Kept K/V
+        are only right while the weights stay as they were, so an engine over a `loaded` model
+        (a stage that trains it between calls: ttrl, perk, tlm) keeps none unless asked."""
         folder = None
         if loaded is None:
             self.model, self.tokenizer, folder = load_model(model, device, dtype)
@@ -61,6 +63,8 @@ class HFEngine:
         self.max_positions = getattr(text, "max_position_embeddings", None)
         from ttx.engines.prefix import PrefixStore
 
+        if prefix_cache_mb is None:
+            prefix_cache_mb = 1024 if loaded is None else 0
         self.prefix = PrefixStore(prefix_cache_mb << 20) if prefix_cache_mb > 0 else None
         self._plain_cache: bool | None = None
 
