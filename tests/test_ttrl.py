@@ -349,7 +349,7 @@ def _bad(tmp_path, text):
     ('{"id": "a", "question": "1+1?", "answer": ["2"]}\n', ":1: field 'answer'"),
     ('{"id": "a", "question": "x"}\n{"id": "a", "question": "y"}\n', ":2: field 'id': duplicate id"),
     ('{"prompt": "1+1?"}\n', ":1: field 'question': missing"),
-    ("\n", ": no questions"),
+    ("\n", ": no records"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(digits_model_dir, tmp_path, text, where):
     out = tmp_path / "out"

@@ -64,12 +64,10 @@ def parse_record(record: dict, path: str, line: int, *, need_target: bool = True
 
 
 def read_examples(path: str, *, need_target: bool = True) -> list[Example]:
-    from ttx.io import iter_jsonl
+    from ttx.records import read_records
 
-    examples = [parse_record(r, str(path), n, need_target=need_target) for n, r in iter_jsonl(path)]
-    if not examples:
-        raise TtxError("no records", path=str(path))
-    return examples
+    return [parse_record(row.data, str(path), row.line, need_target=need_target)
+            for row in read_records(path, unique=False)]
 
 
 def tokenize(example: Example, tokenizer, max_length: int) -> tuple[list[int], list[int]] | None:

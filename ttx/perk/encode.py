@@ -14,8 +14,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ttx.errors import TtxError
-from ttx.io import JsonlAppender, now_iso, read_jsonl, repair_torn_tail, write_manifest
+from ttx.records import Output, refuse_overlap, stage_fingerprint
 
 STAGE = "perk-encode"
 
@@ -96,26 +95,11 @@ class PerkAnswerer:
 
 
 def read_inputs(cfg: EncodeConfig) -> list[dict]:
+    """The records, validated (string context and question, unique ids) before a model loads."""
     from ttx.perk.metatrain import read_records
 
-    fields = (cfg.context_field, cfg.question_field)
-    records = read_records(cfg.input, fields, cfg.limit, cfg.id_field)
-    seen: dict[str, int] = {}
-    for i, r in enumerate(records):
-        key = str(r[cfg.id_field])
-        if key in seen:
-            raise TtxError(f"duplicate id {key!r} (also record {seen[key] + 1})", path=cfg.input,
-                           field=cfg.id_field)
-        seen[key] = i
-    return records
-
-
-def _done_ids(cfg: EncodeConfig) -> set[str]:
-    path = Path(cfg.output)
-    if not cfg.resume or cfg.output == "-" or not path.exists():
-        return set()
-    repair_torn_tail(path)
-    return {str(r.get(cfg.id_field)) for r in read_jsonl(path)}
+    return read_records(cfg.input, (cfg.context_field, cfg.question_field), cfg.limit,
+                        cfg.id_field, unique=True)
 
 
 def encode(cfg: EncodeConfig, options: dict | None = None, module=None, tokenizer=None) -> dict:
@@ -126,17 +110,20 @@ def encode(cfg: EncodeConfig, options: dict | None = None, module=None, tokenize
 
     from ttx.scoring.answers import answers_equal, extract_answer
 
-    started = now_iso()
+    refuse_overlap(cfg.output, [cfg.input])
     records = read_inputs(cfg)                  # bad input fails before a model is loaded
     if module is None:
         module, tokenizer = load_perk(cfg)
-    done = _done_ids(cfg)
-    todo = [r for r in records if str(r[cfg.id_field]) not in done]
+    fingerprint = stage_fingerprint(asdict(cfg), [str(Path(cfg.perk) / "perk_state.safetensors")],
+                                    volatile=("input", "output", "limit", "resume", "progress"))
+    out = Output(cfg.output, stage=STAGE, fingerprint=fingerprint, inputs=[cfg.input],
+                 resume=cfg.resume, key=lambda r: str(r.get(cfg.id_field)))
+    todo = [r for r in records if not out.has(str(r[cfg.id_field]))]
     answerer = PerkAnswerer(module, tokenizer, cfg.model or module.cfg.model, cfg.max_new_tokens,
                             cfg.inner_grad_accum, cfg.seed)
     stats = {"written": 0, "correct": 0, "graded": 0}
     t0 = time.perf_counter()
-    with JsonlAppender(cfg.output, resume=cfg.resume) as out:
+    try:
         for record in tqdm(todo, desc=STAGE, unit="record", file=sys.stderr,
                            disable=not cfg.progress):
             row = answerer.answer(record, cfg)
@@ -146,13 +133,14 @@ def encode(cfg: EncodeConfig, options: dict | None = None, module=None, tokenize
             if gold is not None:
                 stats["graded"] += 1
                 stats["correct"] += answers_equal(row["pred"], extract_answer(str(gold)))
+    except BaseException:
+        out.close()
+        raise
     summary = {"records": len(records), "written": stats["written"],
                "skipped_done": len(records) - len(todo),
                "accuracy_of_written": stats["correct"] / stats["graded"] if stats["graded"]
                else None, "wall_s": round(time.perf_counter() - t0, 3)}
-    write_manifest(cfg.output, stage=STAGE, options={"cli": options or {}, "run": asdict(cfg)},
-                   inputs=[cfg.input, str(Path(cfg.perk) / "perk_state.safetensors")],
-                   started=started, summary=summary)
+    out.close(summary, options={"cli": options or {}, "run": asdict(cfg)})
     return summary
 
 

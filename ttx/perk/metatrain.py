@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ttx.errors import TtxError
-from ttx.io import iter_jsonl, now_iso, write_manifest
+from ttx.io import now_iso, write_manifest
 from ttx.perk.module import PerkConfig
 
 STAGE = "perk-metatrain"
@@ -62,24 +62,17 @@ class Example:
     labels: object
 
 
-def read_records(path: str, fields: tuple[str, str, str], limit: int | None = None,
-                 id_field: str = "id") -> list[dict]:
-    """Records with string context, question and answer (a number is taken as its text)."""
-    records = []
-    for lineno, record in iter_jsonl(path, required=fields):
-        for name in fields:
-            value = record[name]
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                record[name] = str(value)
-            elif not isinstance(value, str) or not value.strip():
-                raise TtxError("expected a non-empty string", path=path, line=lineno, field=name)
-        record.setdefault(id_field, lineno)
-        records.append(record)
-        if limit is not None and len(records) >= limit:
-            break
-    if not records:
-        raise TtxError("no records", path=path)
-    return records
+def read_records(path: str, fields: tuple[str, ...], limit: int | None = None,
+                 id_field: str = "id", unique: bool = False) -> list[dict]:
+    """Records with string context, question and answer (a number is taken as its text), each
+    with its id (the line number when it has none); through the record layer's checks."""
+    from ttx.records import read_records as read
+
+    rows = read(path, required=fields, strings=fields, id_field=id_field, limit=limit,
+                unique=unique, numbers_as_text=True)
+    for row in rows:
+        row.data.setdefault(id_field, row.line)
+    return [row.data for row in rows]
 
 
 def _fingerprint(cfg) -> dict:

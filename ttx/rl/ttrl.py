@@ -30,7 +30,6 @@ from pathlib import Path
 from ttx.errors import TtxError
 from ttx.io import (
     JsonlAppender,
-    iter_jsonl,
     now_iso,
     read_jsonl,
     repair_torn_tail,
@@ -138,24 +137,20 @@ def gold_metrics(vote: Vote, gold: str) -> dict[str, float]:
 
 
 def read_questions(cfg: TTRLConfig) -> list[dict]:
-    """Questions as tts-run reads them; a gold answer, if present, must be a string or a number."""
-    problems, seen = [], {}
-    for lineno, record in iter_jsonl(cfg.input, required=[cfg.question_field]):
-        if not isinstance(record[cfg.question_field], str):
-            raise TtxError("expected a string", path=cfg.input, line=lineno, field=cfg.question_field)
-        gold = record.get(cfg.answer_field)
+    """Questions as tts-run reads them (the record layer's checks); a gold answer, if present,
+    must be a string or a number."""
+    from ttx.records import read_records
+
+    problems = []
+    for row in read_records(cfg.input, required=[cfg.question_field],
+                            strings=[cfg.question_field], id_field=cfg.id_field, limit=cfg.limit):
+        gold = row.data.get(cfg.answer_field)
         if gold is not None and (isinstance(gold, bool) or not isinstance(gold, (str, int, float))):
             raise TtxError("expected a string or a number (gold answers are only logged)",
-                           path=cfg.input, line=lineno, field=cfg.answer_field)
-        pid = str(record.get(cfg.id_field, lineno))
-        if pid in seen:
-            raise TtxError(f"duplicate id {pid!r} (first on line {seen[pid]})", path=cfg.input,
-                           line=lineno, field=cfg.id_field)
-        seen[pid] = lineno
-        problems.append({"id": record.get(cfg.id_field, lineno), "question": record[cfg.question_field],
+                           path=cfg.input, line=row.line, field=cfg.answer_field)
+        problems.append({"id": row.data.get(cfg.id_field, row.line),
+                         "question": row.data[cfg.question_field],
                          "gold": None if gold is None else str(gold)})
-        if cfg.limit is not None and len(problems) >= cfg.limit:
-            break
     if not problems:
         raise TtxError("no questions", path=cfg.input)
     return problems

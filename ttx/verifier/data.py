@@ -42,7 +42,7 @@ class ReadConfig:
 
 def read_examples(path: str, cfg: ReadConfig | None = None) -> list[Example]:
     """Every usable trace of the file, validated: bad input names file, line and field."""
-    from ttx.io import iter_jsonl
+    from ttx.records import read_records
     from ttx.scoring.answers import answers_equal, normalize_answer
     from ttx.scoring.metrics import gold_answer
     from ttx.tts.reward_inputs import split_steps
@@ -51,7 +51,9 @@ def read_examples(path: str, cfg: ReadConfig | None = None) -> list[Example]:
     examples: list[Example] = []
     counts: dict[str, int] = {}
     verdicts: dict[tuple, bool] = {}
-    for line, r in iter_jsonl(path, required=[cfg.question_field, "traces", cfg.answer_field]):
+    for row in read_records(path, required=[cfg.question_field, "traces", cfg.answer_field],
+                            id_field=cfg.id_field, unique=False):
+        line, r = row.line, row.data
         question = r[cfg.question_field]
         if not isinstance(question, str):
             raise TtxError("expected a string", path=path, line=line, field=cfg.question_field)
