@@ -31,6 +31,13 @@ counts (ties by index).
 At temperature 0 the n traces are identical (and vLLM refuses n > 1), so one is generated and
 copied n times; each copy counts its tokens, as n greedy sequences would.
 
+An output constraint (params.constraint) goes the way vLLM takes it: a JSON schema on
+/chat/completions as `response_format` {"type": "json_schema", ...} (OpenAI's field, which SGLang
+and llama.cpp server read too), everything else in vLLM's `structured_outputs` {"json" | "regex" |
+"choice": ...}. vLLM >= 0.12 ignores its old `guided_json` / `guided_regex` / `guided_choice`
+fields (0.32 logs a warning and decodes unconstrained), so they are not sent. A server that
+refuses a constraint with a 4xx naming it raises one TtxError line saying so.
+
 Retries: connection errors, 429 and 5xx are retried up to max_retries times with exponential
 backoff and full jitter (honouring Retry-After); other 4xx and read timeouts are not.
 """
@@ -41,6 +48,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +61,9 @@ from ttx.errors import TtxError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+# words of a 4xx message that refuses an output constraint
+_CONSTRAINT_WORDS = re.compile(r"structured|response_format|json_schema|schema|guided|regex|choice|"
+                               r"grammar|xgrammar|guidance|outlines", re.I)
 # Failures before or while talking to the server that a retry can fix. A ReadTimeout is not among
 # them: a server that took timeout_s once will likely take it again.
 _RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
@@ -107,6 +118,7 @@ class OpenAIEngine:
     """Generate through an OpenAI-compatible HTTP server (see the module docstring)."""
 
     name = "openai"
+    supports_constraints = True
 
     def __init__(self, base_url: str | None = None, model: str | None = None,
                  api_key: str | None = None, concurrency: int = 8, timeout_s: float = 600.0,
@@ -159,8 +171,9 @@ class OpenAIEngine:
                 delay = max(delay, min(err.retry_after, 60.0))
             time.sleep(delay)
 
-    def _check(self, response: httpx.Response, what: str) -> None:
-        """Raise _Retryable for 429/5xx and TtxError (with the server's message) for other 4xx."""
+    def _check(self, response: httpx.Response, what: str, constraint=None) -> None:
+        """Raise _Retryable for 429/5xx and TtxError (with the server's message) for other 4xx;
+        one naming the output constraint of the request says that the server refused it."""
         if response.status_code < 400:
             return
         response.read()
@@ -171,6 +184,10 @@ class OpenAIEngine:
             except ValueError:
                 retry_after = None
             raise _Retryable(f"HTTP {response.status_code}: {message}", retry_after)
+        if constraint is not None and _CONSTRAINT_WORDS.search(message):
+            raise TtxError(f"{self.base_url}{what} refused the {constraint.kind} output constraint "
+                           f"(sent as {_constraint_fields(what, constraint)}; vLLM >= 0.12 takes "
+                           f"these): HTTP {response.status_code}: {message}")
         raise TtxError(f"{self.base_url}{what}: HTTP {response.status_code}: {message}")
 
     def _get_json(self, path: str) -> dict:
@@ -202,6 +219,8 @@ class OpenAIEngine:
             body["ignore_eos"] = True       # vLLM / SGLang extension; benchmarks force lengths
         if params.min_new_tokens:
             body["min_tokens"] = params.min_new_tokens     # vLLM / SGLang extension
+        body.update(_constraint_body("/completions" if isinstance(prompt, str)
+                                     else "/chat/completions", params.constraint))
         if isinstance(prompt, str):
             path = "/completions"
             body["prompt"] = prompt
@@ -226,7 +245,7 @@ class OpenAIEngine:
 
         def call():
             response = self._client.post(path, json=body)
-            self._check(response, path)
+            self._check(response, path, params.constraint)
             return response.json()
         data = self._attempts(path, call)
         usage = data.get("usage") or {}
@@ -264,7 +283,7 @@ class OpenAIEngine:
                 raise TtxError(f"{self.base_url}{path}: the stream broke after traces finished")
             parts = [_Partial() for _ in range(n)]
             with self._client.stream("POST", path, json=body) as response:
-                self._check(response, path)
+                self._check(response, path, params.constraint)
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -433,6 +452,22 @@ class _Partial:
             self.finish_reason = c["finish_reason"]
             self.stop_string = _stop_string(c)
             self.stop_token = _stop_token(c)
+
+
+def _constraint_body(path: str, constraint) -> dict:
+    """The request fields of an output constraint (see the module docstring)."""
+    if constraint is None:
+        return {}
+    if constraint.kind == "json" and path == "/chat/completions":
+        return {"response_format": {"type": "json_schema", "json_schema": {
+            "name": "ttx_output", "schema": constraint.spec, "strict": True}}}
+    spec = list(constraint.spec) if constraint.kind == "choice" else constraint.spec
+    return {"structured_outputs": {constraint.kind: spec}}
+
+
+def _constraint_fields(path: str, constraint) -> str:
+    return ("response_format json_schema" if "response_format" in _constraint_body(path, constraint)
+            else f"structured_outputs.{constraint.kind}")
 
 
 def _choice_text(c: dict) -> str:
