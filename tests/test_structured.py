@@ -262,3 +262,22 @@ def test_a_server_refusing_the_constraint_gets_one_clear_line():
     with pytest.raises(TtxError) as err:
         engine.generate(["Hi"], 1, SamplingParams(max_new_tokens=4))
     assert "constraint" not in str(err.value)
+
+
+def test_tts_run_memory_update_learns_parsed_items_under_constraints(tmp_path, tiny_model_dir):
+    """Online learning (tts-run --memory-update) on a random model: every extraction parses."""
+    from tests.conftest import run_cli
+    from ttx.data.arith import generate
+    from ttx.memory import bank as mb
+
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in generate(3, seed=8)))
+    bank, out = tmp_path / "bank.jsonl", tmp_path / "out.jsonl"
+    r = run_cli(["tts-run", "--model", tiny_model_dir, "-i", problems, "-o", out, "--strategy",
+                 "greedy", "--max-new-tokens", "8", "--no-progress", "--memory", bank,
+                 "--memory-update", "--memory-item-format", "tips", "--memory-extract-tokens",
+                 "400"])
+    assert r.exit_code == 0, r.output
+    update = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())["summary"]["memory_update"]
+    assert update["learned"] == 3 and update["structured"] == 3 and update["malformed"] == 0
+    assert update["items_parsed"] >= 3 and len(mb.load_bank(bank)) >= 1

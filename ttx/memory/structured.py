@@ -22,6 +22,9 @@ from ttx.memory.parse import Parsed
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _TITLE = {"type": "string", "minLength": 3, "maxLength": 60}
 _TEXT = {"type": "string", "minLength": 10, "maxLength": 240}
+# a tip: 3 to 40 words, the first a word (parse_tips drops fragments); a pattern, since llguidance cannot join a
+# pattern with minLength / maxLength
+_TIP = {"type": "string", "pattern": r"^[A-Za-z]\S{0,23}( \S{1,24}){2,39}$"}
 # field -> what the prompt says it holds (a copy of the description is a copied example)
 HINTS = {"title": "a short name", "description": "when to use it, and when not",
          "content": "1-3 sentences", "kind": "strategy or pitfall",
@@ -49,7 +52,7 @@ def _obj(props: dict) -> dict:
 def item_schema(style: str, item_format: str, limit: int) -> dict:
     """The JSON schema of an extractor's answer: one list of at most `limit` items."""
     if item_format == "tips":
-        item = _TEXT
+        item = _TIP
     elif style == "concepts":
         phrases = lambda most: {"type": "array", "minItems": 1, "maxItems": 4,  # noqa: E731
                                 "items": {"type": "string", "minLength": 3, "maxLength": most}}
@@ -149,7 +152,8 @@ def parse_json(text: str, style: str, item_format: str, limit: int,
             if tip.lower() in seen:
                 continue
             seen.add(tip.lower())
-            block = {"title": " ".join(re.split(r"[,;:.]", tip)[0].split()[:8]), "content": tip}
+            clauses = [c for c in re.split(r"[,;:.]", tip) if c.strip()] or [tip]
+            block = {"title": " ".join(clauses[0].split()[:8]), "content": tip}
         if "content" in block:                    # 1-3 sentences (ReasoningBank)
             block["content"] = " ".join(_SENTENCE_END.split(block["content"])[:3])
         if len(out.blocks) >= limit:
