@@ -8,7 +8,10 @@ llguidance, xgrammar), rounds interleaved so that the machine's load hits every 
 - speed: n=2 traces of 4 memory-extraction prompts at temperature 0.7, completion tokens per
   second of the whole generate call;
 - overhead: the library's own time per token (fill the next-token mask + accept the token),
-  replayed over the traces it produced, and the time to set it up for the tokenizer (first use);
+  replayed over the traces it produced, ttx's masking of a batch of rows (mask_logits, per step),
+  and the time to set the library up for the tokenizer (first use);
+- tokens per second compare arms only roughly: constrained traces end when their JSON closes, so
+  their batches shrink sooner (fewer rows per forward pass) than free text that runs to the limit;
 - correctness: every trace under the reasoningbank item schema parses and validates
   (jsonschema); a regex and a choice constraint are checked the same way.
 Writes bench/results/structured.json.
@@ -61,7 +64,7 @@ def main(argv=None) -> None:
     import torch
 
     from ttx.engines import Constraint, SamplingParams
-    from ttx.engines.constrain import Constrainer
+    from ttx.engines.constrain import Constrainer, mask_logits
     from ttx.engines.hf import HFEngine
     from ttx.memory.structured import item_schema
 
@@ -116,6 +119,12 @@ def main(argv=None) -> None:
                 steps += 1
         res[backend]["overhead_ms_per_token"] = round(1000 * (time.perf_counter() - t0)
                                                       / max(steps, 1), 3)
+        guides = [builders[backend].guide(Constraint.json_schema(schema)) for _ in range(8)]
+        logits = torch.randn(8, vocab)
+        t0 = time.perf_counter()
+        for _ in range(50):
+            mask_logits(logits, logits, guides)
+        res[backend]["mask_8_rows_ms_per_step"] = round(1000 * (time.perf_counter() - t0) / 50, 3)
     # regex and choice, both libraries, a few seeds
     other = {}
     for backend in arms[1:]:
@@ -139,6 +148,7 @@ def main(argv=None) -> None:
                         "traces": r["traces"], "valid_json_for_schema": r["valid"],
                         "cut_by_max_new_tokens": r["cut"], "invalid_samples": r["invalid"][:3],
                         **({"overhead_ms_per_token": r["overhead_ms_per_token"],
+                            "mask_8_rows_ms_per_step": r["mask_8_rows_ms_per_step"],
                             "setup_s": setup_s[a]} if a != "free" else {})}
                     for a, r in res.items()},
            "regex_and_choice": other, "machine": machine()}
