@@ -71,7 +71,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     engine = HFEngine("smollm2-135m-instruct", device="cpu")
     vocab = max(len(engine.tokenizer), engine.model.config.vocab_size)
-    schema = item_schema("reasoningbank", "blocks", 3)
+    schema = item_schema("reasoningbank", "blocks", 3, args.max_new_tokens)
     prompts = _prompts(args.prompts)
     arms = ["free", "llguidance", "xgrammar"]
     setup_s, builders = {}, {}

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.server
 
 ASK = [{"role": "user", "content": "Give one tip for word problems as JSON with a title, a "
         "description, a content and a kind."}]
-SCHEMA = item_schema("reasoningbank", "blocks", 2)
+SCHEMA = item_schema("reasoningbank", "blocks", 2, 400)
 
 
 @pytest.fixture(scope="module")

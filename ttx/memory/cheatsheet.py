@@ -143,8 +143,8 @@ def update_cheatsheet(engine: Engine, bank_path: str, p, attempts: str, params: 
     old = current_entries(bank_path)
     prompt = cheatsheet_prompt(old, p, attempts, item_format, structured)
     if structured:
-        params = dataclasses.replace(params, constraint=st.constraint("cheatsheet", item_format,
-                                                                      MAX_ENTRIES))
+        params = dataclasses.replace(params, constraint=st.constraint(
+            "cheatsheet", item_format, MAX_ENTRIES, params.max_new_tokens))
     gen = engine.generate([prompt], 1, params)[0].traces[0]
     counts["completion_tokens"] += gen.completion_tokens
     counts["structured"] += structured

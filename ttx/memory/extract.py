@@ -288,9 +288,9 @@ def extract_items(engine: Engine, chunk: list[Problem], cfg: ExtractConfig,
     (with a JSON schema per prompt where the engine enforces one)."""
     structured = st.use_constraints(engine, cfg.structured)
     prompts, modes = zip(*(extraction_prompt(p, cfg, structured) for p in chunk))
-    per = [dataclasses.replace(params, constraint=st.constraint(cfg.style, cfg.item_format,
-                                                                _LIMIT[mode]) if structured else None)
-           for mode in modes]
+    per = [dataclasses.replace(params, constraint=st.constraint(
+        cfg.style, cfg.item_format, _LIMIT[mode], params.max_new_tokens) if structured else None)
+        for mode in modes]
     gens = engine.generate(list(prompts), 1, per)
     items = []
     for p, mode, g in zip(chunk, modes, gens):

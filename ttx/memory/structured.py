@@ -8,7 +8,8 @@ names) are the same for both ways.
 Formats (per style and item format): reasoningbank blocks {"items": [{title, description, content,
 kind}]}; concepts {"concepts": [{concept, description, cues: [..], hints: [..]}]}; cheatsheet
 blocks {"entries": [{title, content, count}]}; tips (reasoningbank or cheatsheet) {"tips": [..]}.
-String lengths are bounded, so an item always ends and a small model cannot ramble in one field.
+String lengths are bounded by the token budget, so the first item always ends within it and a small
+model cannot ramble in one field.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from ttx.engines.base import Constraint
 from ttx.memory.parse import Parsed
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_TITLE = {"type": "string", "minLength": 3, "maxLength": 60}
-_TEXT = {"type": "string", "minLength": 10, "maxLength": 240}
-# a tip: 3 to 40 words, the first a word (parse_tips drops fragments); a pattern, since llguidance cannot join a
-# pattern with minLength / maxLength
-_TIP = {"type": "string", "pattern": r"^[A-Za-z]\S{0,23}( \S{1,24}){2,39}$"}
+# Field lengths (characters): (fewest, most, share of the room the token budget leaves). With a
+# token budget, the first item's fields together fit in it even at one character per token (the
+# 135M model falls into loops like "1.1.1.1", one token per character), so every answer holds at
+# least one whole item; with more budget they grow to `most`.
+_BOUNDS = {"title": (3, 60, 0.15), "concept": (3, 60, 0.15), "description": (10, 160, 0.25),
+           "content": (10, 240, 0.55), "cheatsheet.content": (10, 240, 0.8),
+           "cue": (3, 80, 0.1), "hint": (3, 120, 0.1)}
+_OVERHEAD = 80            # the keys and punctuation of the first item, one character per token
 # field -> what the prompt says it holds (a copy of the description is a copied example)
 HINTS = {"title": "a short name", "description": "when to use it, and when not",
          "content": "1-3 sentences", "kind": "strategy or pitfall",
@@ -49,27 +53,45 @@ def _obj(props: dict) -> dict:
             "additionalProperties": False}
 
 
-def item_schema(style: str, item_format: str, limit: int) -> dict:
-    """The JSON schema of an extractor's answer: one list of at most `limit` items."""
+def _string(field: str, room: int | None) -> dict:
+    fewest, most, share = _BOUNDS[field]
+    if room is not None:
+        most = max(fewest, min(most, int(room * share)))
+    return {"type": "string", "minLength": fewest, "maxLength": most}
+
+
+def _tip(room: int | None) -> dict:
+    """A tip of 3 or more words, the first a word (parse_tips drops fragments), words of at most
+    16 characters: a pattern, since llguidance cannot join a pattern with min/maxLength, so the
+    word count bounds the length."""
+    words = 24 if room is None else max(3, min(24, room // 17))
+    return {"type": "string", "pattern": rf"^[A-Za-z]\S{{0,15}}( \S{{1,16}}){{2,{words - 1}}}$"}
+
+
+def item_schema(style: str, item_format: str, limit: int, budget: int | None = None) -> dict:
+    """The JSON schema of an extractor's answer: one list of 1 to `limit` items; `budget`: the
+    answer's max_new_tokens (the fields are sized so the first item fits in it)."""
+    room = None if budget is None else max(0, budget - _OVERHEAD)
+    text = lambda field: _string(field, room)  # noqa: E731
     if item_format == "tips":
-        item = _TIP
+        item = _tip(room)
     elif style == "concepts":
-        phrases = lambda most: {"type": "array", "minItems": 1, "maxItems": 4,  # noqa: E731
-                                "items": {"type": "string", "minLength": 3, "maxLength": most}}
-        item = _obj({"concept": _TITLE, "description": _TEXT, "cues": phrases(80),
-                     "hints": phrases(120)})
+        phrases = lambda field: {"type": "array", "minItems": 1, "maxItems": 3,  # noqa: E731
+                                 "items": text(field)}
+        item = _obj({"concept": text("concept"), "description": text("description"),
+                     "cues": phrases("cue"), "hints": phrases("hint")})
     elif style == "cheatsheet":
-        item = _obj({"title": _TITLE, "content": _TEXT,
+        item = _obj({"title": text("title"), "content": text("cheatsheet.content"),
                      "count": {"type": "integer", "minimum": 1, "maximum": 999}})
     else:
-        item = _obj({"title": _TITLE, "description": {**_TEXT, "maxLength": 160},
-                     "content": _TEXT, "kind": {"enum": ["strategy", "pitfall"]}})
+        item = _obj({"title": text("title"), "description": text("description"),
+                     "content": text("content"), "kind": {"enum": ["strategy", "pitfall"]}})
     return _obj({list_key(style, item_format): {"type": "array", "minItems": 1,
                                                 "maxItems": limit, "items": item}})
 
 
-def constraint(style: str, item_format: str, limit: int) -> Constraint:
-    return Constraint.json_schema(item_schema(style, item_format, limit))
+def constraint(style: str, item_format: str, limit: int, budget: int | None = None) -> Constraint:
+    return Constraint.json_schema(item_schema(style, item_format, limit, budget))
 
 
 def format_text(style: str, item_format: str) -> str:
