@@ -34,8 +34,8 @@ copied n times; each copy counts its tokens, as n greedy sequences would.
 An output constraint (params.constraint) goes the way vLLM takes it: a JSON schema on
 /chat/completions as `response_format` {"type": "json_schema", ...} (OpenAI's field, which SGLang
 and llama.cpp server read too), everything else in vLLM's `structured_outputs` {"json" | "regex" |
-"choice": ...}. vLLM >= 0.12 ignores its old `guided_json` / `guided_regex` / `guided_choice`
-fields (0.32 logs a warning and decodes unconstrained), so they are not sent. A server that
+"choice": ...}. vLLM 0.32 ignores its old `guided_json` / `guided_regex` / `guided_choice`
+fields (it logs a warning and decodes unconstrained), so they are not sent. A server that
 refuses a constraint with a 4xx naming it raises one TtxError line saying so.
 
 Retries: connection errors, 429 and 5xx are retried up to max_retries times with exponential
@@ -186,8 +186,8 @@ class OpenAIEngine:
             raise _Retryable(f"HTTP {response.status_code}: {message}", retry_after)
         if constraint is not None and _CONSTRAINT_WORDS.search(message):
             raise TtxError(f"{self.base_url}{what} refused the {constraint.kind} output constraint "
-                           f"(sent as {_constraint_fields(what, constraint)}; vLLM >= 0.12 takes "
-                           f"these): HTTP {response.status_code}: {message}")
+                           f"(sent as {_constraint_fields(what, constraint)}, as vLLM takes it): "
+                           f"HTTP {response.status_code}: {message}")
         raise TtxError(f"{self.base_url}{what}: HTTP {response.status_code}: {message}")
 
     def _get_json(self, path: str) -> dict:
