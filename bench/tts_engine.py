@@ -195,7 +195,7 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
             oa = OpenAIEngine(base_url=url)
             try:
                 run_openai(oa, prompts[:1])         # warm-up
-                _alternate({f"d_vllm_cpu_{count}_threads": lambda: run_openai(oa, prompts),
+                _alternate({f"d_vllm_cpu_{count}_threads": lambda oa=oa: run_openai(oa, prompts),
                             "a_hf_engine_batched": lambda: run_hf_engine(engine, prompts,
                                                                          len(prompts))},
                            rounds, results)

@@ -28,6 +28,9 @@ from ttx.memory.extract import ITEM_FORMATS, STYLES  # light: no torch at import
               "'Tip:' line per item after a worked example (small models keep to it).")
 @click.option("--judge", type=click.Choice(["gold", "self"]), default="gold", show_default=True,
               help="gold: the records' `correct`; self: the model judges each answer.")
+@click.option("--structured/--no-structured", default=True, show_default=True,
+              help="Ask for items with a JSON schema, and the self judge for yes/no, where the "
+              "engine enforces output constraints (hf, openai); --no-structured: the text formats.")
 @engine_options
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)

@@ -18,6 +18,15 @@ from ttx.memory.retrieve import BM25Retriever
 TIP = "Divide the total equally among all groups."
 
 
+@pytest.fixture(autouse=True)
+def text_formats(monkeypatch):
+    """The tip model writes the text item formats, so these tests pin the path of engines without
+    output constraints (the hf engine's schema-constrained one: tests/test_structured.py)."""
+    from ttx.engines.hf import HFEngine
+
+    monkeypatch.setattr(HFEngine, "supports_constraints", False)
+
+
 @pytest.fixture(scope="session")
 def tip_model_dir(tmp_path_factory, default_model_dir):
     """A 2-layer Llama whose weights make it answer every chat prompt with `Tip: <TIP>` and stop:

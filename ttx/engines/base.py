@@ -2,12 +2,65 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, Union
+from typing import Any, Protocol, Sequence, Union
 
 # A prompt is either chat messages ([{"role": ..., "content": ...}], templated by the engine)
 # or raw text that is sent as it is (already templated, or a base model's plain prompt).
 Prompt = Union[str, list]
+
+
+CONSTRAINT_KINDS = ("json", "regex", "choice")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a completion's whole text must be (structured outputs, as vLLM and SGLang serve them).
+
+    kind "json": spec is a JSON schema (a dict); the text is one JSON value valid for it, written
+    compactly (no whitespace between tokens). "regex": spec is a pattern the whole text matches.
+    "choice": spec is a tuple of strings and the text is exactly one of them. A row whose
+    constraint is complete (nothing but EOS may follow) ends with finish_reason "stop" at once,
+    also before min_new_tokens or with ignore_eos; one cut by max_new_tokens is a valid prefix."""
+
+    kind: str
+    spec: Any
+
+    def __post_init__(self):
+        if self.kind not in CONSTRAINT_KINDS:
+            raise ValueError(f"Constraint.kind must be one of {', '.join(CONSTRAINT_KINDS)}, "
+                             f"got {self.kind!r}")
+        if self.kind == "json":
+            spec = json.loads(self.spec) if isinstance(self.spec, str) else self.spec
+            if not isinstance(spec, dict):
+                raise ValueError("a json constraint's spec is a JSON schema (an object)")
+            object.__setattr__(self, "spec", spec)
+        elif self.kind == "regex":
+            if not isinstance(self.spec, str) or not self.spec:
+                raise ValueError("a regex constraint's spec is a non-empty pattern string")
+        else:
+            if isinstance(self.spec, str) or not all(isinstance(c, str) and c for c in self.spec):
+                raise ValueError("a choice constraint's spec is a list of non-empty strings")
+            object.__setattr__(self, "spec", tuple(self.spec))
+            if not self.spec:
+                raise ValueError("a choice constraint needs at least one choice")
+
+    @classmethod
+    def json_schema(cls, schema: dict | str) -> "Constraint":
+        return cls("json", schema)
+
+    @classmethod
+    def regex(cls, pattern: str) -> "Constraint":
+        return cls("regex", pattern)
+
+    @classmethod
+    def choice(cls, choices: Sequence[str]) -> "Constraint":
+        return cls("choice", tuple(choices))
+
+    def key(self) -> str:
+        """A canonical text of the constraint (a cache key)."""
+        return json.dumps([self.kind, self.spec], sort_keys=True)
 
 
 @dataclass
@@ -27,6 +80,8 @@ class SamplingParams:
     min_new_tokens: int = 0
     # First Finish Search: once this many traces of a prompt have finished, cancel the rest.
     stop_after_finished: int | None = None
+    # The completion must match this (a JSON schema, a regex or a choice list); None: free text.
+    constraint: Constraint | None = None
 
 
 @dataclass
@@ -55,6 +110,8 @@ class Generation:
 class Engine(Protocol):
     name: str            # "hf" or "openai"
     model_name: str      # what records name as `model`
+    # whether generate() honours SamplingParams.constraint (an engine without it has no attribute)
+    supports_constraints: bool
 
     def generate(self, prompts: list[Prompt], n: int | Sequence[int],
                  params: SamplingParams | Sequence[SamplingParams]) -> list[Generation]:
@@ -68,7 +125,8 @@ class Engine(Protocol):
 
 
 # Fields that may differ between the prompts of one call; the others are shared by the batch.
-PER_PROMPT_FIELDS = ("max_new_tokens", "min_new_tokens", "stop", "stop_token_ids", "ignore_eos")
+PER_PROMPT_FIELDS = ("max_new_tokens", "min_new_tokens", "stop", "stop_token_ids", "ignore_eos",
+                     "constraint")
 
 
 def per_prompt(count: int, n: int | Sequence[int],

@@ -26,10 +26,12 @@ class _Row:
     certainty: list[float] = field(default_factory=list)
     stop: str | None = None          # the stop string that ended the row
     stop_token: int | None = None    # the stop token (SamplingParams.stop_token_ids) that did
+    guide: object = None             # the row's constraint matcher (ttx.engines.constrain.Guide)
 
 
 class HFEngine:
     name = "hf"
+    supports_constraints = True
 
     def __init__(self, model: str = "smollm2-135m-instruct", device: str = "auto",
                  dtype: str = "auto", adapter: str | None = None, max_batch_rows: int = 64,
@@ -67,6 +69,7 @@ class HFEngine:
             prefix_cache_mb = 1024 if loaded is None else 0
         self.prefix = PrefixStore(prefix_cache_mb << 20) if prefix_cache_mb > 0 else None
         self._plain_cache: bool | None = None
+        self._constrainer = None             # built on the first constraint (constrain.py)
 
     def close(self) -> None:
         pass
@@ -212,7 +215,7 @@ class HFEngine:
                 for p, m in zip(admit, reused):
                     cached[p] = m
                 first = len(rows)
-                rows += [_Row(prompt=p) for p in admit for _ in range(n[p])]
+                rows += [_Row(prompt=p, guide=self._guide(per[p])) for p in admit for _ in range(n[p])]
                 new_live = list(range(first, len(rows)))
                 if live:
                     cache, logits, mask, next_pos = _merge((cache, logits, mask, next_pos), new)
@@ -220,7 +223,11 @@ class HFEngine:
                     cache, logits, mask, next_pos = new
                 live += new_live
 
-            tokens = self._sample(self._suppress_eos(logits, live, rows, per), params, generator)
+            scores = self._suppress_eos(logits, live, rows, per)
+            if any(rows[r].guide is not None for r in live):      # constrained rows: mask
+                from ttx.engines.constrain import mask_logits
+                scores = mask_logits(scores, logits, [rows[r].guide for r in live])
+            tokens = self._sample(scores, params, generator)
             if params.logprobs:
                 logp = torch.log_softmax(logits, dim=-1)
                 chosen = logp.gather(1, tokens[:, None]).squeeze(1).tolist()
@@ -299,8 +306,19 @@ class HFEngine:
                 logits[b, sorted(banned)] = -math.inf
         return logits
 
+    def _guide(self, params: SamplingParams):
+        """A new row's constraint matcher (None without a constraint)."""
+        if params.constraint is None:
+            return None
+        if self._constrainer is None:
+            from ttx.engines.constrain import Constrainer
+            vocab = max(len(self.tokenizer), getattr(self.model.config, "vocab_size", 0) or 0)
+            self._constrainer = Constrainer(self.tokenizer, vocab, self.eos_ids)
+        return self._constrainer.guide(params.constraint)
+
     def _finish(self, row: _Row, tok: int, params: SamplingParams):
         """(finish_reason, text) when the row is done after `tok`, else (None, None)."""
+        complete = row.guide is not None and row.guide.advance(tok)   # the constraint is met
         if tok in self.eos_ids and not params.ignore_eos:
             return "stop", self.tokenizer.decode(row.ids[:-1], skip_special_tokens=True)
         if tok in params.stop_token_ids:
@@ -323,6 +341,9 @@ class HFEngine:
                 if hits:
                     row.stop = min(hits)[1]
                     return "stop", text[:min(hits)[0]]
+        if complete:                    # nothing but EOS may follow: done now
+            ids = row.ids[:-1] if tok in self.eos_ids else row.ids
+            return "stop", self.tokenizer.decode(ids, skip_special_tokens=True)
         if len(row.ids) >= params.max_new_tokens:
             return "length", self.tokenizer.decode(row.ids, skip_special_tokens=True)
         return None, None

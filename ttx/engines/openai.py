@@ -58,6 +58,13 @@ requests sent, every attempt), "retries" (attempts that failed and were retried)
 "retried_tokens" (completion tokens received in streamed attempts that failed, the last one
 included: generated, then thrown away). The tokens of a failed non-streamed attempt never reach
 the engine, so they cannot be counted; each failed attempt also cost its prompt's prefill.
+
+An output constraint (params.constraint) goes the way vLLM takes it: a JSON schema on
+/chat/completions as `response_format` {"type": "json_schema", ...} (OpenAI's field, which SGLang
+and llama.cpp server read too), everything else in vLLM's `structured_outputs` {"json" | "regex" |
+"choice": ...}. vLLM 0.32 ignores its old `guided_json` / `guided_regex` / `guided_choice`
+fields (it logs a warning and decodes unconstrained), so they are not sent. A server that
+refuses a constraint with a 4xx naming it raises one TtxError line saying so.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ import json
 import math
 import os
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -81,6 +89,9 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 4
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+# words of a 4xx message that refuses an output constraint
+_CONSTRAINT_WORDS = re.compile(r"structured|response_format|json_schema|schema|guided|regex|choice|"
+                               r"grammar|xgrammar|guidance|outlines", re.I)
 # Failures before or while talking to the server that a retry can fix (timeouts separately).
 _RETRY_ERRORS = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
@@ -143,6 +154,7 @@ class OpenAIEngine:
     """Generate through an OpenAI-compatible HTTP server (see the module docstring)."""
 
     name = "openai"
+    supports_constraints = True
 
     def __init__(self, base_url: str | None = None, model: str | None = None,
                  api_key: str | None = None, concurrency: int = 8,
@@ -231,8 +243,10 @@ class OpenAIEngine:
             return f"{kind}: the server sent nothing for {self.timeout_s:g}s (timeout_s)"
         return f"{kind}: {exc or 'timed out'} (timeout_s {self.timeout_s:g}s)"
 
-    def _check(self, response: httpx.Response, what: str) -> None:
-        """Raise _Retryable for 429/5xx and TtxError (with the server's message) for other 4xx."""
+    def _check(self, response: httpx.Response, what: str, constraint=None) -> None:
+        """Raise _Retryable for 429/5xx and TtxError (with the server's message) for other 4xx;
+        one naming the output constraint of the request says that the server refused it."""
+
         if response.status_code < 400:
             return
         response.read()
@@ -243,6 +257,10 @@ class OpenAIEngine:
             except ValueError:
                 retry_after = None
             raise _Retryable(f"HTTP {response.status_code}: {message}", retry_after)
+        if constraint is not None and _CONSTRAINT_WORDS.search(message):
+            raise TtxError(f"{self.base_url}{what} refused the {constraint.kind} output constraint "
+                           f"(sent as {_constraint_fields(what, constraint)}, as vLLM takes it): "
+                           f"HTTP {response.status_code}: {message}")
         raise TtxError(f"{self.base_url}{what}: HTTP {response.status_code}: {message}")
 
     def _json(self, response: httpx.Response, what: str) -> dict:
@@ -293,6 +311,8 @@ class OpenAIEngine:
             body["ignore_eos"] = True       # vLLM / SGLang extension; benchmarks force lengths
         if params.min_new_tokens:
             body["min_tokens"] = params.min_new_tokens     # vLLM / SGLang extension
+        body.update(_constraint_body("/completions" if isinstance(prompt, str)
+                                     else "/chat/completions", params.constraint))
         if isinstance(prompt, str):
             path = "/completions"
             body["prompt"] = prompt
@@ -317,7 +337,7 @@ class OpenAIEngine:
 
         def call():
             response = self._client.post(path, json=body)
-            self._check(response, path)
+            self._check(response, path, params.constraint)
             return self._json(response, path)
         data = self._attempts(path, call)
         choices = data.get("choices")
@@ -362,7 +382,7 @@ class OpenAIEngine:
             parts = [_Partial() for _ in range(n)]
             counted = []      # the finish orders this attempt took from the prompt's count
             try:
-                self._read_stream(path, body, parts, counted, state, k)
+                self._read_stream(path, body, parts, counted, state, k, params.constraint)
             except Exception as exc:
                 retryable = isinstance(exc, (_Retryable, httpx.TimeoutException, *_RETRY_ERRORS))
                 if retryable and all(p.finish_reason is not None for p in parts):
@@ -399,12 +419,12 @@ class OpenAIEngine:
         return len(traces)
 
     def _read_stream(self, path: str, body: dict, parts: list[_Partial], counted: list,
-                     state: _PromptState, k: int | None) -> None:
+                     state: _PromptState, k: int | None, constraint=None) -> None:
         """Read one stream into parts until [DONE] or the prompt's k-th finish; raise _Retryable
         for a stream cut off, TtxError for one that is not the API's."""
         where = f"{self.base_url}{path}"
         with self._client.stream("POST", path, json=body) as response:
-            self._check(response, path)
+            self._check(response, path, constraint)
             bad = None          # a data line that is not JSON: an error unless the stream ends there
             events, other = 0, None
             for line in response.iter_lines():
@@ -616,6 +636,22 @@ def _valid_choice(c, streamed: bool) -> dict:
     if text is not None and not isinstance(text, str):
         raise _Malformed(f"choice {index}'s text is not a string")
     return c
+
+
+def _constraint_body(path: str, constraint) -> dict:
+    """The request fields of an output constraint (see the module docstring)."""
+    if constraint is None:
+        return {}
+    if constraint.kind == "json" and path == "/chat/completions":
+        return {"response_format": {"type": "json_schema", "json_schema": {
+            "name": "ttx_output", "schema": constraint.spec, "strict": True}}}
+    spec = list(constraint.spec) if constraint.kind == "choice" else constraint.spec
+    return {"structured_outputs": {constraint.kind: spec}}
+
+
+def _constraint_fields(path: str, constraint) -> str:
+    return ("response_format json_schema" if "response_format" in _constraint_body(path, constraint)
+            else f"structured_outputs.{constraint.kind}")
 
 
 def _choice_text(c: dict) -> str:

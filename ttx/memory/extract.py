@@ -9,21 +9,34 @@ Styles (shared/specs/memory.md):
   problems in order (ttx.memory.cheatsheet).
 Outcomes come from `correct` (ttx score --per-record) or, with --judge self, from the model.
 Records that carry `memory_ids` (a run with --memory) credit those items' `uses`.
+With an engine that enforces output constraints (hf, openai), items are asked for with a JSON
+schema and the judge answers from a choice list (ttx.memory.structured); the text parsing of
+ttx.memory.parse serves engines without them, or `structured=False`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ttx.engines.base import Engine, SamplingParams
+from ttx.engines.base import Constraint, Engine, SamplingParams
 from ttx.errors import TtxError
 from ttx.io import iter_jsonl
 from ttx.memory import bank as bank_mod
-from ttx.memory.parse import parse_blocks, parse_tips, problem_specifics, split_list, strip_specifics
+from ttx.memory import structured as st
+from ttx.memory.parse import (
+    TIP_EXAMPLE,
+    TIP_EXAMPLE_PROBLEM,
+    parse_blocks,
+    parse_tips,
+    problem_specifics,
+    split_list,
+    strip_specifics,
+)
 
 STYLES = ("reasoningbank", "concepts", "cheatsheet")
 SYSTEM = "You distil short, reusable lessons from attempts at problems."
@@ -43,12 +56,14 @@ ITEM_FORMATS = ("blocks", "tips")
 # example turn). The 135M default model never wrote the field blocks; with this it writes tips.
 TIP_TASK = ("Write general tips for solving problems like this one, one per line, each starting "
             "with 'Tip:'. No numbers or names from the problem.")
-TIP_EXAMPLE_PROBLEM = ("Problem: Ann has 5 pens and buys 3 more. How many pens does she have?\n\n"
-                       "Attempt (judged CORRECT):\nAnn has 5 + 3 = 8 pens. The answer is 8.")
-TIP_EXAMPLE = "When something is added to what a person has, add the two amounts."
+TIP_TASK_JSON = ("Write general tips for solving problems like this one. No numbers or names from "
+                 "the problem. " + st.format_text("reasoningbank", "tips"))
 
 
-def tip_example_turns() -> list[dict]:
+def tip_example_turns(structured: bool = False) -> list[dict]:
+    if structured:
+        return [{"role": "user", "content": f"{TIP_EXAMPLE_PROBLEM}\n\n{TIP_TASK_JSON}"},
+                {"role": "assistant", "content": st.tips_json([TIP_EXAMPLE])}]
     return [{"role": "user", "content": f"{TIP_EXAMPLE_PROBLEM}\n\n{TIP_TASK}"},
             {"role": "assistant", "content": f"Tip: {TIP_EXAMPLE}"}]
 
@@ -78,6 +93,7 @@ class ExtractConfig:
     resume: bool = True               # skip problems the bank's sidecar lists as extracted
     limit: int | None = None
     progress: bool = True
+    structured: bool = True           # JSON schema / choice constraints where the engine has them
     params: SamplingParams = field(default_factory=lambda: SamplingParams(max_new_tokens=256))
 
 
@@ -157,8 +173,10 @@ def attempts_text(p: Problem, cfg: ExtractConfig) -> tuple[str, str, list[dict]]
                         for i, t in enumerate(traces, start=1)), "contrast", traces)
 
 
-def extraction_prompt(p: Problem, cfg: ExtractConfig) -> tuple[list[dict], str]:
-    """The chat prompt for one problem, and its mode: single trace or contrast (MaTTS)."""
+def extraction_prompt(p: Problem, cfg: ExtractConfig,
+                      structured: bool = False) -> tuple[list[dict], str]:
+    """The chat prompt for one problem, and its mode: single trace or contrast (MaTTS).
+    structured: the answer is JSON under item_schema (the prompt describes that format)."""
     shown, mode, traces = attempts_text(p, cfg)
     limit = _LIMIT[mode]
     head = f"Problem: {p.question}\n\n{shown}\n\n"
@@ -184,16 +202,23 @@ def extraction_prompt(p: Problem, cfg: ExtractConfig) -> tuple[list[dict], str]:
             task = "What made this attempt work?"
         else:
             task = "What went wrong in this attempt, and how can it be avoided?"
-        return ([{"role": "system", "content": SYSTEM}, *tip_example_turns(),
-                 {"role": "user", "content": f"{head}{task} {TIP_TASK} At most {limit}."}], mode)
-    body = f"{head}{task} {_GENERAL}\n\n{_FORMAT[cfg.style]}"
+        tip_task = TIP_TASK_JSON if structured else TIP_TASK
+        return ([{"role": "system", "content": SYSTEM}, *tip_example_turns(structured),
+                 {"role": "user", "content": f"{head}{task} {tip_task} At most {limit}."}], mode)
+    fmt = st.format_text(cfg.style, "blocks") if structured else _FORMAT[cfg.style]
+    body = f"{head}{task} {_GENERAL}\n\n{fmt}"
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": body}], mode
 
 
 def items_from_output(text: str, p: Problem, cfg: ExtractConfig, mode: str,
-                      counts: Counter) -> list[dict]:
-    """Parse the model's output into bank items; malformed blocks and stripped ones counted."""
-    if cfg.item_format == "tips":
+                      counts: Counter, structured: bool = False) -> list[dict]:
+    """Parse the model's output into bank items; malformed blocks and stripped ones counted.
+    structured: the output is JSON under item_schema (else the text formats of parse.py)."""
+    if structured:
+        parsed, copied = st.parse_json(text, cfg.style, cfg.item_format, _LIMIT[mode],
+                                       TIP_EXAMPLE if cfg.item_format == "tips" else "")
+        counts["copied_example"] += copied
+    elif cfg.item_format == "tips":
         parsed, copied = parse_tips(text, _LIMIT[mode], TIP_EXAMPLE)
         counts["copied_example"] += copied
     else:
@@ -243,9 +268,11 @@ def check_style(style: str, item_format: str) -> None:
 
 
 def judge_problems(engine: Engine, chunk: list[Problem], seed: int | None,
-                   counts: Counter) -> None:
-    """--judge self: the model says whether each problem's answer is right (no gold needed)."""
-    params = SamplingParams(max_new_tokens=8, temperature=0.0, seed=seed)
+                   counts: Counter, structured: bool = True) -> None:
+    """--judge self: the model says whether each problem's answer is right (no gold needed); an
+    engine with constraints answers from the choice list yes / no."""
+    choice = Constraint.choice(["yes", "no"]) if st.use_constraints(engine, structured) else None
+    params = SamplingParams(max_new_tokens=8, temperature=0.0, seed=seed, constraint=choice)
     gens = engine.generate([judge_prompt(p) for p in chunk], 1, params)
     for p, g in zip(chunk, gens):
         verdict = parse_verdict(g.traces[0].text)
@@ -257,13 +284,19 @@ def judge_problems(engine: Engine, chunk: list[Problem], seed: int | None,
 
 def extract_items(engine: Engine, chunk: list[Problem], cfg: ExtractConfig,
                   params: SamplingParams, counts: Counter) -> list[dict]:
-    """reasoningbank / concepts: one engine call for the chunk, parsed into candidate items."""
-    prompts, modes = zip(*(extraction_prompt(p, cfg) for p in chunk))
-    gens = engine.generate(list(prompts), 1, params)
+    """reasoningbank / concepts: one engine call for the chunk, parsed into candidate items
+    (with a JSON schema per prompt where the engine enforces one)."""
+    structured = st.use_constraints(engine, cfg.structured)
+    prompts, modes = zip(*(extraction_prompt(p, cfg, structured) for p in chunk))
+    per = [dataclasses.replace(params, constraint=st.constraint(
+        cfg.style, cfg.item_format, _LIMIT[mode], params.max_new_tokens) if structured else None)
+        for mode in modes]
+    gens = engine.generate(list(prompts), 1, per)
     items = []
     for p, mode, g in zip(chunk, modes, gens):
         counts[f"mode_{mode}"] += 1
-        items += items_from_output(g.traces[0].text, p, cfg, mode, counts)
+        counts["structured"] += structured
+        items += items_from_output(g.traces[0].text, p, cfg, mode, counts, structured)
         counts["completion_tokens"] += g.traces[0].completion_tokens
     return items
 
@@ -272,7 +305,7 @@ def new_counts() -> Counter:
     return Counter(dict.fromkeys(("items_parsed", "malformed", "specifics_stripped",
                                   "judge_unparsed", "completion_tokens", "mode_single",
                                   "mode_contrast", "rewrite_kept_old", "uses_recorded",
-                                  "copied_example"), 0))
+                                  "copied_example", "structured"), 0))
 
 
 def extract_to_bank(engine: Engine, input_path: str, bank_path: str,
@@ -302,12 +335,12 @@ def extract_to_bank(engine: Engine, input_path: str, bank_path: str,
                                 temperature=cfg.params.temperature, top_p=cfg.params.top_p,
                                 seed=seed)
         if cfg.judge == "self":
-            judge_problems(engine, chunk, seed, counts)
+            judge_problems(engine, chunk, seed, counts, cfg.structured)
         if cfg.style == "cheatsheet":
             [p] = chunk
             counts[f"mode_{attempts_text(p, cfg)[1]}"] += 1
             new = update_cheatsheet(engine, bank_path, p, attempts_text(p, cfg)[0], params,
-                                    counts, item_format=cfg.item_format)
+                                    counts, item_format=cfg.item_format, structured=cfg.structured)
         else:
             new = bank_mod.add_items(bank_path, extract_items(engine, chunk, cfg, params, counts),
                                      meta_updates={"extracted_from": [p.id for p in chunk],
@@ -325,7 +358,7 @@ def extract_to_bank(engine: Engine, input_path: str, bank_path: str,
 
 
 def extract_from_options(*, input_path: str, output_path: str, style: str, item_format: str,
-                         judge: str,
+                         judge: str, structured: bool = True,
                          engine: str, model: str, device: str, dtype: str, base_url: str | None,
                          concurrency: int, max_new_tokens: int, temperature: float, top_p: float,
                          seed: int | None, max_traces: int, batch: int, question_field: str,
@@ -340,7 +373,7 @@ def extract_from_options(*, input_path: str, output_path: str, style: str, item_
     if output_path == "-":
         raise TtxError("a memory bank must be a file, not stdout", field="--output")
     check_style(style, item_format)
-    cfg = ExtractConfig(style=style, item_format=item_format, judge=judge,
+    cfg = ExtractConfig(style=style, item_format=item_format, judge=judge, structured=structured,
                         question_field=question_field,
                         answer_field=answer_field, id_field=id_field, max_traces=max_traces,
                         batch=batch, resume=resume, limit=limit, progress=progress,

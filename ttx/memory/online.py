@@ -9,6 +9,8 @@ the model itself when there is none or with --memory-judge self), distilled in t
 and merged into the bank, and the items the record was given are credited (`uses`, solved /
 failed). Each record is learned once, keyed in the bank's `extracted_from`; on --resume the
 records already written but not yet learned (an interruption between the two) are learned first.
+As in memory-extract, an engine that enforces output constraints is asked for the items with a
+JSON schema and for the self judge's verdict from the choice list yes / no (ttx.memory.structured).
 """
 
 from __future__ import annotations

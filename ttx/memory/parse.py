@@ -95,6 +95,11 @@ def strip_specifics(text: str, numbers: set[str], names: set[str]) -> tuple[str,
     return new, new != text
 
 
+# The tips format's worked example turn (ttx.memory.extract and .cheatsheet show it first); an
+# item that repeats TIP_EXAMPLE is the example copied, not a lesson.
+TIP_EXAMPLE_PROBLEM = ("Problem: Ann has 5 pens and buys 3 more. How many pens does she have?\n\n"
+                       "Attempt (judged CORRECT):\nAnn has 5 + 3 = 8 pens. The answer is 8.")
+TIP_EXAMPLE = "When something is added to what a person has, add the two amounts."
 _TIP = re.compile(r"^[\s\-*#>]*(?:\d+[.)]\s*)?\**\s*tip\s*\d*\s*\**\s*[:：.]\s*\**\s*(?:\d+[.)]\s*)?(.*?)\s*$",
                   re.I)
 
