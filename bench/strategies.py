@@ -2,12 +2,18 @@
 
     .venv/bin/python bench/strategies.py [--problems 16] [--max-new-tokens 192] [--fresh]
 
+Besides accuracy and tokens: the search strategies run twice, with the hf engine's prefix reuse
+and without it (prefill tokens actually computed and wall time, side by side), one beam search
+scores with a process reward model (the default model read as a Math-Shepherd PRM: its scores
+mean nothing, its forward count is what is measured: one per batch now, one per candidate
+before), and bench/results/strategies_previous.json holds the previous session's table.
+
 One run, the same problems (ttx.data.arith, seed 0) and the same engine for every strategy:
 greedy, majority, best-of-n (logprob), ffs, budget-forcing, beam, dora and refine. Each sampling
 strategy runs at temperature 0.4 over its natural scaling axis (n, the thinking budget, or turns)
 up to a comparable budget (n = 4, or 192 thinking tokens, or 3 turns), so the table compares
 accuracy against mean completion and sequential tokens, and ARISE measures how each one scales.
-Records go to bench/results/strategies/<name>.jsonl (resumed when present, unless --fresh);
+Records go to bench/results/strategies/<name>.jsonl (rewritten on every run);
 writes bench/results/strategies.json and bench/results/strategies.png (accuracy vs tokens).
 Sized for 2 shared CPU cores: 16 problems, at most 192 new tokens per trace.
 """
@@ -35,10 +41,16 @@ RUNS = {
     "best-of-n": ("best-of-n", 4, "n=2,4", {}),
     "ffs": ("ffs", 4, "n=2,4", {}),
     "budget-forcing": ("budget-forcing", 1, "max_new_tokens=96,192", {"num_ignore": 1}),
+    "budget-forcing-ttx": ("budget-forcing", 1, "max_new_tokens=96,192",
+                           {"num_ignore": 1, "budget_style": "ttx"}),
     "beam": ("beam", 4, "n=2,4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4}),
-    "dora": ("dora", 4, "n=2,4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4}),
+    "dvts": ("dvts", 4, "n=2,4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4}),
+    "dora": ("dora", 4, "n=2,4", {"step_tokens": 64, "max_steps": 4}),
     "refine": ("refine", 1, "turns=1,2,3", {}),
+    "beam-prm": ("beam", 4, "n=4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4,
+                                    "reward_model": "DEFAULT", "prm_format": "tag"}),
 }
+SEARCH = ("budget-forcing", "budget-forcing-ttx", "beam", "dvts", "dora", "refine")
 
 
 def main(argv=None) -> None:
@@ -70,26 +82,45 @@ def main(argv=None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     problems = folder / "problems.jsonl"
     problems.write_text("".join(json.dumps(p) + "\n" for p in generate(args.problems, 0)))
-    engine = HFEngine(model="smollm2-135m-instruct", device="cpu")
+    from ttx.models import resolve_model
+
+    engines = {"reuse": HFEngine(model="smollm2-135m-instruct", device="cpu"),
+               "no_reuse": HFEngine(model="smollm2-135m-instruct", device="cpu",
+                                    prefix_cache_mb=0)}
     before = machine()
-    walls, files = {}, {}
+    walls, files, reuse, summaries = {}, {}, {}, {}
     for name in args.only:
         strategy, n, levels, knobs = RUNS[name]
+        knobs = {k: (str(resolve_model("smollm2-135m-instruct")) if v == "DEFAULT" else v)
+                 for k, v in knobs.items()}
         params = SamplingParams(max_new_tokens=args.max_new_tokens, seed=0,
                                 temperature=0.0 if strategy == "greedy" else TEMPERATURE)
-        cfg = RunConfig(input=str(problems), output=str(folder / f"{name}.jsonl"),
-                        strategy=StrategyConfig(strategy=strategy, n=n, params=params,
-                                                search=SearchConfig(**knobs)),
-                        levels=parse_levels(levels) if levels else None, resume=True,
-                        progress=True)
-        t0 = time.perf_counter()
-        run_tts(engine, cfg)
-        walls[name] = round(time.perf_counter() - t0, 1)
-        files[name] = cfg.output
-        print(f"{name}: {walls[name]} s", file=sys.stderr, flush=True)
+        for mode in (("reuse", "no_reuse") if name in SEARCH else ("reuse",)):
+            suffix = "" if mode == "reuse" else ".no_reuse"
+            cfg = RunConfig(input=str(problems), output=str(folder / f"{name}{suffix}.jsonl"),
+                            strategy=StrategyConfig(strategy=strategy, n=n, params=params,
+                                                    search=SearchConfig(**knobs)),
+                            levels=parse_levels(levels) if levels else None, progress=True)
+            t0 = time.perf_counter()
+            summary = run_tts(engines[mode], cfg)
+            wall = round(time.perf_counter() - t0, 1)
+            records = [json.loads(line) for line in Path(cfg.output).read_text().splitlines()]
+            prefill = sum(r.get("prefill_tokens", r["prompt_tokens"]) for r in records)
+            cached = sum(r.get("cached_prefill_tokens", 0) for r in records)
+            problems_n = len({r["id"] for r in records})
+            reuse.setdefault(name, {})[mode] = {
+                "wall_s": wall, "prefill_tokens_per_problem": round(prefill / problems_n, 1),
+                "computed_prefill_tokens_per_problem": round((prefill - cached) / problems_n, 1)}
+            if mode == "reuse":
+                walls[name], files[name], summaries[name] = wall, cfg.output, summary
+            print(f"{name} ({mode}): {wall} s", file=sys.stderr, flush=True)
     result = score(compare=[f"{name}={path}" for name, path in files.items()],
                    plot=str(OUT / "strategies.png"))
     rows = []
+    forwards = {name: {"reward_forwards_per_problem": round(s["reward_forwards"] / s["problems"], 1),
+                       "reward_sequences_per_problem (forwards before batching)":
+                           round(s["reward_sequences"] / s["problems"], 1)}
+                for name, s in summaries.items() if s.get("reward_forwards")}
     for run in sorted(result["runs"], key=lambda r: list(RUNS).index(r["name"])):
         top = run["levels"][-1]
         rows.append({"strategy": run["name"], "level_key": run["level_key"],
@@ -107,7 +138,8 @@ def main(argv=None) -> None:
               "max_new_tokens": args.max_new_tokens, "temperature": TEMPERATURE,
               "runs": {name: {"strategy": RUNS[name][0], "n": RUNS[name][1],
                               "levels": RUNS[name][2], "knobs": RUNS[name][3]} for name in files},
-              "table": rows, "machine": before, "load_average_1m_after": machine()["load_average_1m"]}
+              "table": rows, "prefix_reuse": reuse, "reward_model_forwards": forwards,
+              "machine": before, "load_average_1m_after": machine()["load_average_1m"]}
     (OUT / "strategies.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'strategy':<15} {'level':>8} {'acc':>6} {'compl':>7} {'seq':>6} {'ARISE':>7} {'wall':>6}")
     for r in rows:
@@ -115,6 +147,7 @@ def main(argv=None) -> None:
         print(f"{r['strategy']:<15} {str(r['compared_level']):>8} {r['accuracy']:>6.3f} "
               f"{r['mean_completion_tokens']:>7.1f} {r['mean_sequential_tokens']:>6.1f} "
               f"{arise:>7} {r['wall_s_all_levels']!s:>6}")
+    print(json.dumps({"prefix_reuse": reuse, "reward_model_forwards": forwards}, indent=1))
 
 
 if __name__ == "__main__":

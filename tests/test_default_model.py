@@ -98,3 +98,31 @@ def test_dynamic_repeats_on_the_default_model(tmp_path):
         assert len(rs) == 3 or not rule.wants_more(accs, tokens)
     scored = json.loads(run_cli(["score", "-i", out, "--json"]).stdout)["runs"][0]
     assert scored["level_key"] == "max_new_tokens" and scored["arise"]["n_levels"] == 2
+
+
+@pytest.mark.parametrize("strategy,args,field", [
+    ("budget-forcing", ["--n", "2", "--max-thinking-tokens", "24", "--num-ignore", "1"],
+     "budget_forcing"),
+    ("beam", ["--n", "4", "--beam-width", "2", "--step-tokens", "16", "--max-steps", "2"], "beam"),
+    ("dvts", ["--n", "4", "--beam-width", "2", "--step-tokens", "16", "--max-steps", "2"], "dvts"),
+    ("dora", ["--n", "4", "--step-tokens", "16", "--max-steps", "2"], "dora"),
+    ("refine", ["--n", "2", "--turns", "2"], "refine"),
+])
+def test_search_strategies_answer_unseen_problems(tmp_path, strategy, args, field):
+    """Each search strategy on the default model: two unseen problems, their bookkeeping."""
+    problems = tmp_path / "unseen.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in generate(2, seed=4242)))
+    out = tmp_path / f"{strategy}.jsonl"
+    result = run_cli(["tts-run", "-i", problems, "-o", out, "--strategy", strategy,
+                      "--max-new-tokens", "48", "--temperature", "0.4", "--no-progress", *args])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        assert r["strategy"] == strategy and field in r and r["traces"]
+        assert r["completion_tokens"] >= r["sequential_tokens"] > 0
+        assert r["prefill_tokens"] >= r["prompt_tokens"] > 0 and r["rounds"] >= 1
+        assert 0 <= r["cached_prefill_tokens"] <= r["prefill_tokens"]
+        assert all("pred" in t and t["completion_tokens"] >= 0 for t in r["traces"])
+    if strategy in ("beam", "dvts", "dora", "refine", "budget-forcing"):
+        assert any(r["cached_prefill_tokens"] > 0 for r in records)   # continuations reuse K/V
