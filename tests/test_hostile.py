@@ -178,3 +178,18 @@ def test_tlm_resume_with_other_options_is_refused(tmp_path, tiny_model_dir):
     for change, option in ((["--lora-r", "4"], "--lora-r"), (["--lr", "0.01"], "--lr")):
         result = run_cli([*args, "--resume", *change])
         assert f"--resume with a different {option}" in _one_line(result)
+
+
+def test_memory_extract_reads_stdin_once_and_refuses_an_empty_input(tmp_path, tiny_model_dir):
+    records = [{"id": i, "question": f"What is {i} + 1?", "answer": str(i + 1), "pred": str(i),
+                "correct": False, "traces": [{"text": f"It is {i}.", "pred": str(i)}]}
+               for i in range(2)]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    bank = tmp_path / "bank.jsonl"
+    result = run_cli(["memory-extract", "--model", tiny_model_dir, "-i", "-", "-o", bank,
+                      "--max-new-tokens", "16", "--no-progress"], input=text)
+    assert result.exit_code == 0, result.output
+    assert "2 problems" in result.output                  # not 0: stdin was read once
+    result = run_cli(["memory-extract", "--model", tiny_model_dir, "-i", "-", "-o",
+                      tmp_path / "b2.jsonl"], input="")
+    assert "no records" in _one_line(result)

@@ -31,11 +31,12 @@ def opt(default: Any = None, help: str = "", *, flag: str | None = None, short: 
         type: Any = None, multiple: bool = False, is_flag: bool = False,
         secondary: str | None = None, envvar: str | None = None, metavar: str | None = None,
         show_default: bool | None = None, required: bool = False, cli: bool = True,
-        unset: bool = False):
+        unset: bool = False, aliases: tuple[str, ...] = ()):
     """A dataclass field with its command-line form (module docstring)."""
     meta = {"help": help, "flag": flag, "short": short, "type": type, "multiple": multiple,
             "is_flag": is_flag, "secondary": secondary, "envvar": envvar, "metavar": metavar,
-            "show_default": show_default, "required": required, "cli": cli, "unset": unset}
+            "show_default": show_default, "required": required, "cli": cli, "unset": unset,
+            "aliases": tuple(aliases)}
     if multiple:
         return dataclasses.field(default=tuple(default or ()), metadata={"cli": meta})
     return dataclasses.field(default=default, metadata={"cli": meta})
@@ -69,6 +70,7 @@ def _option(f: dataclasses.Field, defaults: dict):
     names = [meta["flag"] or "--" + f.name.replace("_", "-")]
     if meta["secondary"]:
         names = [f"{names[0]}/{meta['secondary']}"]
+    names += list(meta.get("aliases", ()))
     if meta["short"]:
         names.insert(0, meta["short"])
     kwargs: dict = {"help": meta["help"], "required": meta["required"]}
@@ -90,6 +92,20 @@ def _option(f: dataclasses.Field, defaults: dict):
     if meta["unset"] and f.default not in (None, (), False):
         kwargs["help"] = f"{meta['help']} (default {f.default})".replace(". (default", " (default")
     return click.option(*names, f.name, **kwargs)
+
+
+class _Csv(click.ParamType):
+    """A comma-separated list: "q_proj,v_proj" -> ("q_proj", "v_proj") (a YAML list too)."""
+
+    name = "names"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (list, tuple)):
+            return tuple(str(v).strip() for v in value if str(v).strip())
+        return tuple(v.strip() for v in str(value).split(",") if v.strip())
+
+
+CSV = _Csv()
 
 
 def fields_of(*classes) -> list[dataclasses.Field]:

@@ -309,9 +309,10 @@ def new_counts() -> Counter:
 
 
 def extract_to_bank(engine: Engine, input_path: str, bank_path: str,
-                    cfg: ExtractConfig) -> dict:
-    """Extract items from every problem in `input_path` and merge them into the bank; records
-    that were given memory items credit those items' `uses` (and solved / failed)."""
+                    cfg: ExtractConfig, problems: list | None = None) -> dict:
+    """Extract items from every problem in `input_path` (or the `problems` already read from
+    it: standard input can be read only once) and merge them into the bank; records that were
+    given memory items credit those items' `uses` (and solved / failed)."""
     from tqdm import tqdm
 
     from ttx.memory.cheatsheet import update_cheatsheet
@@ -319,7 +320,10 @@ def extract_to_bank(engine: Engine, input_path: str, bank_path: str,
 
     check_style(cfg.style, cfg.item_format)
     t0 = time.perf_counter()
-    problems = read_problems(input_path, cfg)
+    problems = read_problems(input_path, cfg) if problems is None else problems
+    if not problems:
+        raise TtxError("no records (the input is empty)",
+                       path="<stdin>" if input_path == "-" else input_path)
     done = set(bank_mod.load_meta(bank_path).get("extracted_from", [])) if cfg.resume else set()
     bank_mod.load_bank(bank_path)                   # a bad existing bank fails before the model
     todo = [p for p in problems if p.id not in done]
@@ -379,12 +383,18 @@ def extract_from_options(*, input_path: str, output_path: str, style: str, item_
                         batch=batch, resume=resume, limit=limit, progress=progress,
                         params=SamplingParams(max_new_tokens=max_new_tokens,
                                               temperature=temperature, top_p=top_p, seed=seed))
-    read_problems(input_path, cfg)              # bad input fails before the model loads
+    from ttx.records import refuse_overlap
+
+    refuse_overlap(output_path, [input_path])
+    problems = read_problems(input_path, cfg)   # bad input fails before the model loads (once:
+    if not problems:                            # standard input cannot be read again)
+        raise TtxError("no records (the input is empty)",
+                       path="<stdin>" if input_path == "-" else input_path)
     bank_mod.load_bank(output_path)             # and so does a bad existing bank
     opened = open_engine(engine, model=model, device=device, dtype=dtype, base_url=base_url,
                          concurrency=concurrency, max_batch_rows=batch)
     try:
-        summary = extract_to_bank(opened, input_path, output_path, cfg)
+        summary = extract_to_bank(opened, input_path, output_path, cfg, problems)
     finally:
         opened.close()
     write_manifest(output_path, stage="memory-extract",

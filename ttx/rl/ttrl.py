@@ -37,63 +37,9 @@ from ttx.io import (
     write_jsonl,
     write_manifest,
 )
+from ttx.rl.config import TTRLConfig
 from ttx.rl.grpo import GRPOConfig, Rollout
 from ttx.scoring.answers import INVALID_VOTES, answers_equal, extract_answer, vote_key, winner
-
-
-@dataclass
-class TTRLConfig:
-    input: str
-    output: str
-    model: str = "smollm2-135m-instruct"
-    device: str = "auto"
-    dtype: str = "auto"
-    full: bool = False                     # full fine-tuning instead of LoRA
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                     "down_proj")
-    n_votes: int = 64                      # responses sampled per question for the vote
-    n_train: int | None = None             # of those, trained on (None: half the votes, TTRL's 32/64)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 3072
-    batch_size: int = 8                    # questions per rollout step
-    mini_batch_size: int = 1               # questions per optimizer update
-    micro_batch_size: int = 2              # sequences per forward pass
-    ppo_epochs: int = 1
-    episodes: int = 10                     # passes over the questions (the paper: 10 MATH-500, 80 AIME)
-    steps: int | None = None               # rollout steps (None: from episodes)
-    lr: float = 5e-7
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    clip_c: float | None = 3.0
-    kl_coef: float = 0.001
-    etmr: bool = False
-    etmr_trees: int = 12                   # M
-    etmr_forks: int = 2                    # N
-    etmr_branches: int = 2                 # B
-    ear: bool = False                      # Adv-Res
-    adv_clip: float | None = None          # Adv-Clip β
-    invalid_votes: str = "lm-eval"
-    question_field: str = "question"
-    answer_field: str = "answer"
-    id_field: str = "id"
-    instruction: str | None = None
-    system: str | None = None
-    chat: bool = True
-    limit: int | None = None
-    seed: int = 0
-    save_every: int = 5                    # checkpoint every N rollout steps
-    resume: bool = False
-    overwrite: bool = False
-    stop_after: int | None = None
-    progress: bool = True
-
 
 # Options that do not change what is learned: a resume may differ in them.
 _NOT_STATE = ("input", "output", "resume", "overwrite", "stop_after", "progress", "save_every")

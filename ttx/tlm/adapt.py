@@ -11,54 +11,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 
 from ttx.errors import TtxError
 from ttx.io import now_iso, write_jsonl, write_manifest
 from ttx.models import render_prompt
+from ttx.tlm.config import TLMConfig
 from ttx.tlm.loss import measure_ce, sample_weight, sequence_ce, tlm_loss
-
-
-@dataclass
-class TLMConfig:
-    input: str
-    output: str
-    model: str = "smollm2-135m-instruct"
-    mode: str = "offline"                  # offline | online
-    generate: str | None = None            # answers JSONL (tts-run records)
-    eval: tuple[str, ...] = ()             # held-out / control inputs: log-PPL before and after
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    lr: float = 5e-5
-    epochs: int = 1
-    threshold: float = 3.0                 # τ = ln P0
-    lam: float = 0.1                       # λ
-    stream_block: int = 100
-    max_length: int = 4096
-    batch_size: int = 1
-    grad_accum: int = 1
-    warmup_ratio: float = 0.1              # offline (cosine); online is constant
-    save_every: int = 50
-    load_in_4bit: bool = False
-    max_new_tokens: int = 512
-    question_field: str = "question"
-    id_field: str = "id"
-    instruction: str | None = None
-    system: str | None = None
-    chat: bool = True
-    limit: int | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    stop_after: int | None = None          # stop after N steps, checkpointed (time-limited jobs)
-    progress: bool = True
-    overwrite: bool = False                # replace an output folder that holds something
-    cli: dict = field(default_factory=dict)
 
 
 def load_inputs(cfg: TLMConfig, path: str) -> list[dict]:

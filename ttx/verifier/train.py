@@ -14,11 +14,12 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from ttx.errors import TtxError
-from ttx.verifier.heads import LINEAR, HeadConfig
+from ttx.verifier.config import VerifierConfig
+from ttx.verifier.heads import HeadConfig
 
 KINDS = ("orm", "prm")
 # what marks a folder as verifier-train's own (--overwrite deletes only such a folder)
@@ -26,52 +27,6 @@ OWN_FILES = ("ttx_manifest.json", "ttx_reward.json", "train_log.jsonl", "checkpo
              "rollouts.jsonl")
 PRM_LABELS = ("outcome", "rollout")
 
-
-@dataclass
-class VerifierConfig:
-    input: str
-    output: str
-    kind: str = "orm"
-    prm_labels: str = "outcome"            # prm: outcome | rollout
-    label_type: str = "hard"               # rollout: hard (Math-Shepherd HE) | soft (SE)
-    rollouts: int = 8                      # rollout: completions per step prefix (N)
-    rollout_model: str | None = None       # rollout: the policy (default: the records' `model`)
-    temperature: float = 0.7               # rollout sampling
-    top_p: float = 1.0
-    max_new_tokens: int = 256              # rollout: tokens per completion
-    batch_rows: int = 64                   # rollout: traces decoded together
-    instruction: str | None = None         # rollout: the prompt tts-run built (same options)
-    system: str | None = None
-    chat: bool = True
-    model: str = "smollm2-135m-instruct"   # the verifier's base
-    device: str = "auto"                   # rollout engine
-    dtype: str = "auto"                    # rollout engine (the verifier trains in float32)
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = LINEAR
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    epochs: int = 2
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    max_length: int = 1024
-    balance: bool = False                  # weight the classes equally in the loss
-    eval: str | None = None                # held-out scored records (default: a split)
-    eval_fraction: float = 0.2             # share of problems held out when --eval is not given
-    save_every: int = 50
-    mixed_precision: str = "no"
-    seed: int = 0
-    resume: bool = False
-    stop_after: int | None = None
-    overwrite: bool = False
-    progress: bool = True
-    question_field: str = "question"
-    answer_field: str = "answer"
-    id_field: str = "id"
-    cli: dict = field(default_factory=dict)
 
 
 def check(cfg: VerifierConfig) -> None:
@@ -81,9 +36,9 @@ def check(cfg: VerifierConfig) -> None:
         raise TtxError(f"must be outcome or rollout, got {cfg.prm_labels!r}", field="--prm-labels")
     if cfg.label_type not in ("hard", "soft"):
         raise TtxError(f"must be hard or soft, got {cfg.label_type!r}", field="--label-type")
-    if cfg.kind == "orm" and cfg.cli.get("prm_labels"):
+    if cfg.kind == "orm" and (cfg.cli or {}).get("prm_labels"):
         raise TtxError("--prm-labels applies to --kind prm", field="--prm-labels")
-    rollout_only = [k for k in ("label_type", "rollouts", "rollout_model") if cfg.cli.get(k)]
+    rollout_only = [k for k in ("label_type", "rollouts", "rollout_model") if (cfg.cli or {}).get(k)]
     if rollout_only and not (cfg.kind == "prm" and cfg.prm_labels == "rollout"):
         raise TtxError(f"--{rollout_only[0].replace('_', '-')} applies to --kind prm "
                        "--prm-labels rollout")
