@@ -7,6 +7,7 @@ set -euo pipefail
 out=${1:-out/main}
 mkdir -p "$out"
 python -m ttx.data.arith --n 30 --seed 0 -o "$out/problems.jsonl"
-# Sampling settings chosen by measurement on these problems (see README, "The main job").
+# Temperature 0.4: measured on these problems with ttx 0.1, voting over 8 traces reached 33% at
+# 0.4 and 17% at 0.7; an instruction to work step by step cut greedy from 23% to 10%.
 exec "$(dirname "$0")/tts-and-score.sh" "$out/problems.jsonl" "$out" \
     --temperature 0.4 --max-new-tokens 256 --seed 0
