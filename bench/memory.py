@@ -53,8 +53,15 @@ def _run(engine, problems_path, out, *, strategy, n, temperature, max_new_tokens
     if update:
         cfg.memory_update = True
         cfg.memory_style, cfg.memory_item_format, cfg.memory_extract_tokens = update
+    hooks = ()
+    if memory:
+        from ttx.memory.online import Recall, check_memory_options
+        from ttx.tts.run import read_problems
+
+        check_memory_options(cfg)
+        hooks = (Recall(cfg, read_problems(cfg), engine),)
     t0 = time.perf_counter()
-    run_tts(engine, cfg)
+    run_tts(engine, cfg, hooks=hooks)
     records = [json.loads(line) for line in Path(out).read_text().splitlines()]
     return records, time.perf_counter() - t0
 

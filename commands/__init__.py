@@ -57,3 +57,16 @@ def cli(ctx, debug):
     """ttx: test-time compute for language models. Each subcommand is one stage; stages talk
     through files (JSONL records, safetensors checkpoints, PEFT adapters)."""
     ctx.obj = {"debug": debug}
+    if not os.environ.get("TTX_VERBOSE"):
+        _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """Other libraries' notices that say nothing about the user's run stay off (TTX_VERBOSE=1
+    shows them): bitsandbytes' missing optional CPU kernel, transformers' deprecations that
+    peft triggers."""
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")

@@ -95,6 +95,9 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, tiny_model_d
     assert not (tmp_path / "resumed" / "config.json").exists()        # no half checkpoint
     r = run_cli(["inplace-ttt-convert", *common, "-o", tmp_path / "resumed"])
     assert r.exit_code == 2 and "--resume" in r.output
+    r = run_cli(["inplace-ttt-convert", *common, "-o", tmp_path / "resumed", "--resume",
+                 "--lr", "2e-3"])                                    # other options: refused
+    assert r.exit_code == 2 and "--resume with a different --lr" in r.output, r.output
     r = run_cli(["inplace-ttt-convert", *common, "-o", tmp_path / "resumed", "--resume"])
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "resumed" / "ttx_manifest.json").read_text())["summary"]

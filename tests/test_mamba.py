@@ -227,6 +227,8 @@ def test_cli_distills_saves_a_plain_bamba_checkpoint_and_resumes(tmp_path, tiny_
         run_cli(args + ["-o", part])
     monkeypatch.setattr(distill, "distill_loss", real)
     assert (part / "train" / "distill" / "checkpoints").exists()
+    r = run_cli(args + ["-o", part, "--resume", "--kl", "forward"])    # other options: refused
+    assert r.exit_code == 2 and "--resume with a different --kl" in r.output, r.output
     r = run_cli(args + ["-o", part, "--resume"])
     assert r.exit_code == 0, r.output
     a, b = _weights(full), _weights(part)

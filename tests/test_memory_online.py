@@ -296,3 +296,14 @@ def test_memory_update_recipe_runs_on_a_tiny_model(tmp_path, tip_model_dir):
     assert r.exit_code == 0, r.output
     [item] = mb.load_bank(bank)
     assert [rec["memory_ids"] for rec in _records(out)] == [[], [item["id"]]]
+
+
+def test_library_run_with_a_bank_but_no_memory_hook_is_refused(tmp_path):
+    """run_tts leaves memory to its hook (ttx.memory.online.Recall): a RunConfig naming a bank
+    without the hook would silently run without memory, so it is refused."""
+    from ttx.tts.run import RunConfig, run_tts
+
+    cfg = RunConfig(input=str(tmp_path / "p.jsonl"), output=str(tmp_path / "o.jsonl"),
+                    memory=str(tmp_path / "bank.jsonl"))
+    with pytest.raises(TtxError, match="memory hook"):
+        run_tts(None, cfg, problems=[{"id": "1", "question": "q", "answer": "1"}])

@@ -209,6 +209,16 @@ def test_other_4xx_is_not_retried(server):
     assert len(server.posts()) == 1
 
 
+def test_a_multi_line_server_error_is_one_line(server):
+    # vLLM's grammar errors print the offending source with a caret under it, over several lines
+    message = "Parse error:\n    ([a-z\n     ^\nerror: unclosed character class"
+    server.steps = [answer(400, {"error": {"message": message}})]
+    with pytest.raises(TtxError) as info:
+        engine_for(server).generate(["q"], 1, PLAIN)
+    assert "\n" not in str(info.value)
+    assert str(info.value).endswith("HTTP 400: Parse error: ([a-z ^ error: unclosed character class")
+
+
 def test_hang_up_without_an_answer_is_retried(server):
     server.steps = [hang_up(), completion(2)]
     [gen] = engine_for(server).generate(["q"], 1, PLAIN)

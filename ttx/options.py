@@ -122,15 +122,15 @@ def cli_options(*classes, defaults: dict | None = None):
     return decorate
 
 
-def build(cls, params: dict, **overrides):
-    """An instance of schema `cls` from click's params (fields not in params keep defaults);
+def build(cls, options: dict, /, **overrides):
+    """An instance of schema `cls` from click's options (fields not in them keep defaults);
     a multiple option given `none` keeps only what follows its last `none`."""
     values = {}
     for f in dataclasses.fields(cls):
         if f.name in overrides:
             values[f.name] = overrides[f.name]
-        elif f.name in params:
-            value = params[f.name]
+        elif f.name in options:
+            value = options[f.name]
             if value is None and f.metadata.get("cli", {}).get("unset"):
                 continue                                  # not given: the library's default
             if f.metadata.get("cli", {}).get("multiple"):

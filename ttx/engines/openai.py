@@ -740,12 +740,15 @@ def _error_text(error) -> str:
 
 
 def _error_message(response: httpx.Response) -> str:
+    """The server's error message on one line (vLLM's grammar errors span several)."""
     try:
         data = response.json()
     except ValueError:
-        return response.text.strip()[:500] or response.reason_phrase
-    if isinstance(data, dict):
-        for key in ("error", "message", "detail"):
-            if data.get(key):
-                return _error_text(data[key])[:500]
-    return str(data)[:500]
+        text = response.text
+    else:
+        text = str(data)
+        if isinstance(data, dict):
+            key = next((k for k in ("error", "message", "detail") if data.get(k)), None)
+            if key:
+                text = _error_text(data[key])
+    return " ".join(text.split())[:500] or response.reason_phrase

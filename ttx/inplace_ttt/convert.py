@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from ttx.errors import TtxError
+from ttx.inplace_ttt.config import InplaceTTTConfig
 
 MLP_PARTS = ("gate_proj", "up_proj", "down_proj", "act_fn")
 
@@ -110,28 +112,25 @@ def save_checkpoint_folder(model, tokenizer, output: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def convert_from_options(**o) -> dict:
+def run_convert(cfg: InplaceTTTConfig) -> dict:
     """The stage: load, convert (unless already converted), optionally train, save, manifest."""
-    from ttx.io import now_iso, write_manifest
+    from ttx.io import now_iso, output_dir, write_manifest
     from ttx.models import load_model
 
     started = now_iso()
-    from ttx.io import output_dir
-
-    output = Path(o["output_path"])
-    resuming = bool(o.get("resume") and o.get("train_path") and (output / "checkpoints").is_dir()
+    output = Path(cfg.output)
+    resuming = bool(cfg.resume and cfg.train and (output / "checkpoints").is_dir()
                     and not (output / "config.json").exists())
-    if o.get("resume") and not resuming and output.is_dir() and any(output.iterdir()) \
-            and not o.get("overwrite"):
+    if cfg.resume and not resuming and output.is_dir() and any(output.iterdir()) \
+            and not cfg.overwrite:
         raise TtxError("--resume continues an interrupted training run (-i, and a checkpoints "
                        "folder without a finished checkpoint); this folder holds none",
                        path=str(output))
-    output_dir(output, resume=resuming, overwrite=bool(o.get("overwrite")))
-    model, tokenizer, folder = load_model(o["model"], o.get("device", "auto"),
-                                          o.get("dtype", "auto"))
-    layers = parse_layers(o.get("layers"))
-    settings = {"ttt_layers": layers, "ttt_chunk": o.get("chunk"), "ttt_lr": o.get("ttt_lr"),
-                "ttt_input": o.get("ttt_input")}
+    output_dir(output, resume=resuming, overwrite=cfg.overwrite)
+    model, tokenizer, folder = load_model(cfg.model, cfg.device, cfg.dtype)
+    layers = parse_layers(cfg.layers)
+    settings = {"ttt_layers": layers, "ttt_chunk": cfg.chunk, "ttt_lr": cfg.ttt_lr,
+                "ttt_input": cfg.ttt_input}
     summary: dict = {"source": str(folder)}
     if is_converted(model):
         for key, value in settings.items():
@@ -142,34 +141,32 @@ def convert_from_options(**o) -> dict:
         summary["converted"] = False
     else:
         original = model
-        model = convert(original, layers=layers, chunk=o.get("chunk") or 4096,
-                        lr=o.get("ttt_lr") if o.get("ttt_lr") is not None else 3.0,
-                        ttt_input=o.get("ttt_input") or "hidden", seed=o.get("seed", 0),
-                        folder=folder)
+        model = convert(original, layers=layers, chunk=cfg.chunk or 4096,
+                        lr=cfg.ttt_lr if cfg.ttt_lr is not None else 3.0,
+                        ttt_input=cfg.ttt_input or "hidden", seed=cfg.seed, folder=folder)
         summary["converted"] = True
         summary["max_abs_logit_diff_after_conversion"] = max_logit_difference(
             original, model, model.config.vocab_size)
         del original
-    cfg = model.config
-    summary.update(ttt_layers=cfg.resolved_ttt_layers(), ttt_chunk=cfg.ttt_chunk,
-                   ttt_lr=cfg.ttt_lr, ttt_input=cfg.ttt_input,
+    mc = model.config
+    summary.update(ttt_layers=mc.resolved_ttt_layers(), ttt_chunk=mc.ttt_chunk,
+                   ttt_lr=mc.ttt_lr, ttt_input=mc.ttt_input,
                    parameters=sum(p.numel() for p in model.parameters()),
                    ttt_parameters=sum(p.numel() for n, p in model.named_parameters()
                                       if ".mlp.ttt_" in n))
     inputs = []
     trainer = None
-    if o.get("train_path"):
-        from ttx.inplace_ttt.train import train_from_options
+    if cfg.train:
+        from ttx.inplace_ttt.train import train_converted
 
-        inputs.append(o["train_path"])
-        trainer, stats = train_from_options(model, tokenizer, output, **o)
+        inputs.append(cfg.train)
+        trainer, stats = train_converted(model, tokenizer, output, cfg, source=folder)
         summary["train"] = stats
         if not stats["finished"]:
             return summary               # stopped early: the checkpoint under output/ resumes
     save_checkpoint_folder(model, tokenizer, output)
     if trainer is not None:
         trainer.remove_checkpoints()
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in o.items()}
-    write_manifest(output, stage="inplace-ttt-convert", options=options,
+    write_manifest(output, stage="inplace-ttt-convert", options=asdict(cfg),
                    inputs=[str(folder / "config.json"), *inputs], started=started, summary=summary)
     return summary

@@ -109,7 +109,7 @@ def lm_loss(module, batch):
 def train_model(model, batches: list[dict], output_dir: Path, *, lr=5e-6, warmup_ratio=0.02,
                 weight_decay=0.1, max_grad_norm=1.0, epochs=1, max_steps=None, grad_accum=1,
                 save_every=0, resume=False, seed=0, trainable="all", progress=True,
-                desc="inplace-ttt"):
+                desc="inplace-ttt", fingerprint=None):
     """Train `model` (converted or plain: the bench trains both the same way) in place."""
     from ttx.train import TrainConfig, Trainer
 
@@ -121,29 +121,35 @@ def train_model(model, batches: list[dict], output_dir: Path, *, lr=5e-6, warmup
                       schedule="cosine", warmup_ratio=warmup_ratio, max_steps=max_steps,
                       epochs=epochs, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
                       save_every=save_every, seed=seed, resume=resume, desc=desc,
-                      progress=progress)
+                      progress=progress, fingerprint=fingerprint or {})
     trainer = Trainer(model, cfg)
     result = trainer.fit(batches, lm_loss)
     model.eval().requires_grad_(False)
     return trainer, result
 
 
-def train_from_options(ttt_model, tokenizer, output: Path, **o):
-    """--train: documents -> sequences -> batches -> the shared loop. Returns (trainer, stats)."""
-    items = load_documents(o["train_path"], o.get("text_field") or "text",
-                           o.get("join_records") or 1, o.get("limit"))
-    sequences = make_sequences(tokenizer, items, o.get("max_length") or 2048)
+def train_converted(ttt_model, tokenizer, output: Path, cfg, source=None):
+    """--train: documents -> sequences -> batches -> the shared loop. Returns (trainer, stats).
+    A resume with options (or documents, or a source model) that differ is refused."""
+    from dataclasses import asdict
+
+    from ttx.records import stage_fingerprint
+
+    items = load_documents(cfg.train, cfg.text_field, cfg.join_records, cfg.limit)
+    sequences = make_sequences(tokenizer, items, cfg.max_length)
     if not sequences:
-        raise TtxError("no training sequence has 2 tokens or more", path=str(o["train_path"]))
+        raise TtxError("no training sequence has 2 tokens or more", path=str(cfg.train))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batches = make_batches(sequences, o.get("batch_size") or 1, pad or 0)
+    batches = make_batches(sequences, cfg.batch_size, pad or 0)
+    sources = [cfg.train] + ([str(Path(source) / "config.json")] if source else [])
+    fingerprint = stage_fingerprint(asdict(cfg), sources, volatile=(
+        "output", "resume", "overwrite", "progress", "save_every", "device"))
     trainer, result = train_model(
-        ttt_model, batches, output, lr=o.get("lr", 5e-6), warmup_ratio=o.get("warmup_ratio", 0.02),
-        weight_decay=o.get("weight_decay", 0.1), max_grad_norm=o.get("max_grad_norm", 1.0),
-        epochs=o.get("epochs") or 1, max_steps=o.get("max_steps"),
-        grad_accum=o.get("grad_accum") or 1, save_every=o.get("save_every") or 0,
-        resume=bool(o.get("resume")), seed=o.get("seed", 0),
-        trainable=o.get("trainable") or "all", progress=o.get("progress", True))
+        ttt_model, batches, output, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, epochs=cfg.epochs,
+        max_steps=cfg.max_steps, grad_accum=cfg.grad_accum, save_every=cfg.save_every,
+        resume=cfg.resume, seed=cfg.seed, trainable=cfg.trainable, progress=cfg.progress,
+        fingerprint=fingerprint)
     tokens = sum(len(ids) for ids, _ in sequences)
     stats = {"documents": len(items), "sequences": len(sequences), "tokens": tokens,
              "steps": result.steps, "finished": result.finished,

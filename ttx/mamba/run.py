@@ -11,10 +11,13 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from ttx.errors import TtxError
 from ttx.io import now_iso, read_jsonl, write_manifest
+from ttx.mamba.config import DistillConfig
+from ttx.records import stage_fingerprint
 
 
 def _log(msg: str) -> None:
@@ -40,7 +43,9 @@ def _save_checkpoint(model, tokenizer, output: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def distill_from_options(**o) -> dict:
+def run_distill_to_mamba(cfg: DistillConfig) -> dict:
+    """The stage: read the data, convert, stage 1 (align), stage 2 (distill), save, manifest.
+    A resume with options or inputs that differ from the interrupted run's is refused."""
     from accelerate import PartialState
 
     from ttx.mamba import data as D
@@ -52,53 +57,53 @@ def distill_from_options(**o) -> dict:
     started = now_iso()
     from ttx.io import output_dir
 
-    output = Path(o["output_path"])
+    output = Path(cfg.output)
     if output.exists() and not output.is_dir():
         raise TtxError("expected a folder for the checkpoint, found a file", path=str(output))
-    if not o["resume"]:                      # a finished or foreign folder is never replaced
-        output_dir(output, overwrite=bool(o.get("overwrite")))
-    train_steps = o["steps"]                 # None: --epochs over the data; 0: convert only
-    training = (train_steps is None or train_steps > 0) or o["align_steps"] > 0
-    if training and not o["input_path"]:
+    if not cfg.resume:                      # a finished or foreign folder is never replaced
+        output_dir(output, overwrite=cfg.overwrite)
+    train_steps = cfg.steps                 # None: --epochs over the data; 0: convert only
+    training = (train_steps is None or train_steps > 0) or cfg.align_steps > 0
+    if training and not cfg.input:
         raise TtxError("training needs -i/--input (or --steps 0 --align-steps 0 to only convert)")
-    if o["teacher_generate"] and not o["input_path"]:
+    if cfg.teacher_generate and not cfg.input:
         raise TtxError("--teacher-generate needs -i/--input prompts")
     state = PartialState()
-    device = state.device if o["device"] == "auto" else o["device"]
+    device = state.device if cfg.device == "auto" else cfg.device
     # training keeps float32 master weights; use --mixed-precision bf16 on GPUs
-    dtype = "float32" if o["dtype"] == "auto" else o["dtype"]
+    dtype = "float32" if cfg.dtype == "auto" else cfg.dtype
 
     # read every input before the slow work, so a bad line fails in seconds
     examples = eval_examples = []
-    if o["input_path"]:
-        examples = D.read_examples(o["input_path"], need_target=not o["teacher_generate"])
-    if o["eval_input"]:
-        eval_examples = D.read_examples(o["eval_input"], need_target=not o["teacher_generate"])
+    if cfg.input:
+        examples = D.read_examples(cfg.input, need_target=not cfg.teacher_generate)
+    if cfg.eval_input:
+        eval_examples = D.read_examples(cfg.eval_input, need_target=not cfg.teacher_generate)
     else:
-        examples, eval_examples = _split_eval(examples, o["eval_records"])
+        examples, eval_examples = _split_eval(examples, cfg.eval_records)
 
-    teacher, tokenizer, folder = load_model(o["model"], str(device), dtype)
+    teacher, tokenizer, folder = load_model(cfg.model, str(device), dtype)
     for p in teacher.parameters():
         p.requires_grad_(False)
     layers = teacher.config.num_hidden_layers
-    attn_layers = choose_attn_layers(layers, o["attn_layers"], o["attn_every"], o["attn_fraction"])
-    student, report = convert(teacher, attn_layers, o["conv_init"], o["seed"])
+    attn_layers = choose_attn_layers(layers, cfg.attn_layers, cfg.attn_every, cfg.attn_fraction)
+    student, report = convert(teacher, attn_layers, cfg.conv_init, cfg.seed)
     student.to(teacher.device)
     _log(f"{len(attn_layers)}/{layers} layers stay attention {attn_layers}; "
-         f"{len(report['mamba_layers'])} Mamba-2 layers, conv init {o['conv_init']}")
+         f"{len(report['mamba_layers'])} Mamba-2 layers, conv init {cfg.conv_init}")
 
     work = output / "train"
-    if not o["resume"] and work.exists() and state.is_main_process:
+    if not cfg.resume and work.exists() and state.is_main_process:
         shutil.rmtree(work)
     state.wait_for_everyone()
-    if o["teacher_generate"]:
+    if cfg.teacher_generate:
         data_path = work / "teacher_data.jsonl"
         if state.is_main_process:
             work.mkdir(parents=True, exist_ok=True)
             generated = D.teacher_completions(
                 examples + eval_examples, teacher, tokenizer, data_path,
-                max_new_tokens=o["gen_max_new_tokens"], temperature=o["gen_temperature"],
-                seed=o["seed"], batch=o["batch_size"] * 4, progress=o["progress"])
+                max_new_tokens=cfg.gen_max_new_tokens, temperature=cfg.gen_temperature,
+                seed=cfg.seed, batch=cfg.batch_size * 4, progress=cfg.progress)
         state.wait_for_everyone()
         if not state.is_main_process:      # the other ranks read what rank 0 wrote
             done = {r["index"]: r["completion"] for r in read_jsonl(data_path)}
@@ -108,36 +113,40 @@ def distill_from_options(**o) -> dict:
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     def batches_of(items):
-        seqs = [s for s in (D.tokenize(e, tokenizer, o["max_length"]) for e in items) if s]
-        return D.make_batches(seqs, o["batch_size"], pad)
+        seqs = [s for s in (D.tokenize(e, tokenizer, cfg.max_length) for e in items) if s]
+        return D.make_batches(seqs, cfg.batch_size, pad)
     train_batches, eval_batches = batches_of(examples), batches_of(eval_examples)
     if training and not train_batches:
         raise TtxError("no training tokens: every record is empty after tokenization",
-                       path=o["input_path"])
+                       path=cfg.input)
 
     cached: list = []                     # the teacher's held-out logits, computed once
     metrics = {"converted": evaluate(student, teacher, eval_batches, teacher.device, cached)}
     if metrics["converted"]:
         _log(f"after conversion: {_fmt(metrics['converted'])}")
-    common = dict(schedule=o["schedule"], warmup_ratio=o["warmup_ratio"], seed=o["seed"],
-                  resume=o["resume"], mixed_precision=o["mixed_precision"],
-                  save_every=o["save_every"], grad_accum=o["grad_accum"],
-                  max_grad_norm=o["max_grad_norm"], progress=o["progress"])
+    common = dict(schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed,
+                  resume=cfg.resume, mixed_precision=cfg.mixed_precision,
+                  save_every=cfg.save_every, grad_accum=cfg.grad_accum,
+                  max_grad_norm=cfg.max_grad_norm, progress=cfg.progress,
+                  fingerprint=stage_fingerprint(
+                      asdict(cfg), [p for p in (cfg.input, cfg.eval_input) if p],
+                      volatile=("output", "resume", "overwrite", "progress", "save_every",
+                                "device")))
     align_result = distill_result = None
     trainer = None
-    if o["align_steps"] > 0 and report["mamba_layers"]:
-        cfg = TrainConfig(output_dir=work / "align", lr=o["align_lr"], weight_decay=0.0,
-                          max_steps=o["align_steps"], desc="align", **common)
-        align_result, _ = run_align(student, teacher, train_batches, cfg,
+    if cfg.align_steps > 0 and report["mamba_layers"]:
+        tc = TrainConfig(output_dir=work / "align", lr=cfg.align_lr, weight_decay=0.0,
+                         max_steps=cfg.align_steps, desc="align", **common)
+        align_result, _ = run_align(student, teacher, train_batches, tc,
                                                 report["mamba_layers"])
         metrics["aligned"] = evaluate(student, teacher, eval_batches, teacher.device, cached)
         _log(f"after stage 1 ({align_result.steps} steps): {_fmt(metrics['aligned'])}")
     if train_steps is None or train_steps > 0:
-        cfg = TrainConfig(output_dir=work / "distill", lr=o["lr"], weight_decay=o["weight_decay"],
-                          max_steps=train_steps, epochs=o["epochs"], desc="distill", **common)
+        tc = TrainConfig(output_dir=work / "distill", lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         max_steps=train_steps, epochs=cfg.epochs, desc="distill", **common)
         distill_result, trainer = run_distill(
-            student, teacher, train_batches, cfg, kind=o["kl"], kl_weight=o["kl_weight"],
-            temperature=o["temperature"], freeze_mlp=o["freeze_mlp"])
+            student, teacher, train_batches, tc, kind=cfg.kl, kl_weight=cfg.kl_weight,
+            temperature=cfg.temperature, freeze_mlp=cfg.freeze_mlp)
         student = trainer.unwrapped
         metrics["distilled"] = evaluate(student, teacher, eval_batches, teacher.device, cached)
         _log(f"after stage 2 ({distill_result.steps} steps): {_fmt(metrics['distilled'])}")
@@ -147,12 +156,12 @@ def distill_from_options(**o) -> dict:
                "init": {"x_B_C_out": "V, K, Q (expanded per query head), o_proj",
                         "A_log": "log U(1,16)", "D": 1.0,
                         "dt_bias": "softplus^-1(exp U(log 1e-3, log 1e-1)), dt >= 1e-4",
-                        "conv": o["conv_init"], "z_and_norm": "default"},
+                        "conv": cfg.conv_init, "z_and_norm": "default"},
                "align_steps": align_result.steps if align_result else 0,
                "align_loss_last": _last(align_result),
                "distill_steps": distill_result.steps if distill_result else 0,
                "distill_loss_last": _last(distill_result),
-               "kl": o["kl"], "train_sequences": sum(len(b["input_ids"]) for b in train_batches),
+               "kl": cfg.kl, "train_sequences": sum(len(b["input_ids"]) for b in train_batches),
                "eval_sequences": sum(len(b["input_ids"]) for b in eval_batches),
                "metrics": metrics, "final": final}
     if state.is_main_process:
@@ -161,8 +170,8 @@ def distill_from_options(**o) -> dict:
         if trainer is not None:
             trainer.remove_checkpoints()
         shutil.rmtree(work / "align" / "checkpoints", ignore_errors=True)
-        inputs = [p for p in (o["input_path"], o["eval_input"]) if p]
-        write_manifest(output, stage="distill-to-mamba", options=_jsonable(o),
+        inputs = [p for p in (cfg.input, cfg.eval_input) if p]
+        write_manifest(output, stage="distill-to-mamba", options=asdict(cfg),
                        inputs=inputs + [str(Path(folder) / "config.json")], started=started,
                        summary=summary)
     state.wait_for_everyone()
@@ -177,7 +186,3 @@ def _fmt(m: dict) -> str:
     return (f"KL(s||t) {m['kl_reverse']:.4f}, KL(t||s) {m['kl_forward']:.4f}, "
             f"ppl student {m['ppl_student']:.3f} vs teacher {m['ppl_teacher']:.3f} "
             f"({m['tokens']} tokens)")
-
-
-def _jsonable(o: dict) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in o.items()}

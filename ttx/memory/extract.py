@@ -23,7 +23,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import click
+
 from ttx.engines.base import Constraint, Engine, SamplingParams
+from ttx.engines.options import EngineOptions
 from ttx.errors import TtxError
 from ttx.io import iter_jsonl
 from ttx.memory import bank as bank_mod
@@ -37,6 +40,7 @@ from ttx.memory.parse import (
     split_list,
     strip_specifics,
 )
+from ttx.options import opt
 
 STYLES = ("reasoningbank", "concepts", "cheatsheet")
 SYSTEM = "You distil short, reusable lessons from attempts at problems."
@@ -80,21 +84,56 @@ class Problem:
 
 
 @dataclass
+class ExtractIO:
+    """memory-extract's input and bank (the command line's -i / -o)."""
+
+    input: str = opt(None, "Scored records (ttx score --per-record), or tts-run records with "
+                     "--judge self.", short="-i", required=True)
+    output: str = opt(None, "Bank JSONL; an existing bank is merged into (duplicates logged as "
+                      "events).", short="-o", required=True)
+
+
+@dataclass
 class ExtractConfig:
-    style: str = "reasoningbank"
-    item_format: str = "blocks"       # blocks: Title/Description/Content fields; tips: one line
-    judge: str = "gold"               # gold: `correct` from ttx score; self: ask the model
-    question_field: str = "question"
-    answer_field: str = "answer"
-    id_field: str = "id"
-    max_traces: int = 4               # traces shown per problem (MaTTS contrast)
-    trace_chars: int = 1200
-    batch: int = 8                    # problems per engine call; the bank is saved after each
-    resume: bool = True               # skip problems the bank's sidecar lists as extracted
-    limit: int | None = None
-    progress: bool = True
-    structured: bool = True           # JSON schema / choice constraints where the engine has them
-    params: SamplingParams = field(default_factory=lambda: SamplingParams(max_new_tokens=256))
+    style: str = opt("reasoningbank", "reasoningbank: strategies and pitfalls; concepts: ArcMemo "
+                     "concepts by name; cheatsheet: one document rewritten after each problem "
+                     "(Dynamic Cheatsheet).", type=click.Choice(STYLES))
+    item_format: str = opt("blocks", "blocks: Title/Description/Content fields; tips: one 'Tip:' "
+                           "line per item after a worked example (small models keep to it).",
+                           type=click.Choice(ITEM_FORMATS))
+    judge: str = opt("gold", "gold: the records' `correct`; self: the model judges each answer.",
+                     type=click.Choice(["gold", "self"]))
+    structured: bool = opt(True, "Ask for items with a JSON schema, and the self judge for "
+                           "yes/no, where the engine enforces output constraints (hf, openai); "
+                           "--no-structured: the text formats.", secondary="--no-structured")
+    max_traces: int = opt(4, "Traces shown per problem; 2+ distinct ones are contrasted (MaTTS).",
+                          type=click.IntRange(min=1))
+    batch: int = opt(8, "Problems per engine call; the bank is saved after each.",
+                     type=click.IntRange(min=1))
+    question_field: str = opt("question", "Record field holding the question.")
+    answer_field: str = opt("answer", "Record field holding the gold answer.")
+    id_field: str = opt("id", "Record field holding the problem id.")
+    limit: int | None = opt(None, "Only the first N problems.", type=click.IntRange(min=1))
+    resume: bool = opt(True, "Skip problems the bank already lists as extracted from.",
+                       secondary="--no-resume")
+    progress: bool = opt(True, "Progress bar on stderr.", secondary="--no-progress")
+    trace_chars: int = opt(1200, cli=False)   # characters of each trace shown in the prompt
+    params: SamplingParams = field(default_factory=lambda: SamplingParams(max_new_tokens=256),
+                                   metadata={"cli": {"cli": False}})
+
+
+@dataclass
+class ExtractSampling:
+    """How the extractor (and the self judge) samples."""
+
+    max_new_tokens: int = opt(256, "Tokens per extraction answer.", type=click.IntRange(min=1))
+    temperature: float = opt(0.0, "Sampling temperature (0: greedy).", type=click.FloatRange(min=0))
+    top_p: float = opt(1.0, "Nucleus sampling mass.", type=click.FloatRange(0, 1, min_open=True))
+    seed: int = opt(0, "Random seed (one per engine call, derived from it).", type=int)
+
+    def params(self) -> SamplingParams:
+        return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                              top_p=self.top_p, seed=self.seed)
 
 
 def read_problems(path: str, cfg: ExtractConfig) -> list[Problem]:
@@ -361,43 +400,29 @@ def extract_to_bank(engine: Engine, input_path: str, bank_path: str,
             "wall_s": round(time.perf_counter() - t0, 3)}
 
 
-def extract_from_options(*, input_path: str, output_path: str, style: str, item_format: str,
-                         judge: str, structured: bool = True,
-                         engine: str, model: str, device: str, dtype: str, base_url: str | None,
-                         concurrency: int, max_new_tokens: int, temperature: float, top_p: float,
-                         seed: int | None, max_traces: int, batch: int, question_field: str,
-                         answer_field: str, id_field: str, limit: int | None, resume: bool,
-                         progress: bool) -> dict:
-    """`ttx memory-extract`: validate inputs, open the engine, extract, write the manifest."""
-    options = dict(locals())                    # every resolved option, for the manifest
-    from ttx.engines import open_engine
+def run_extract(io: ExtractIO, cfg: ExtractConfig, engine: EngineOptions,
+                options: dict | None = None) -> dict:
+    """`ttx memory-extract`: validate inputs, open the engine, extract, write the manifest
+    (`options`: what the command line gave, recorded in it)."""
     from ttx.io import now_iso, write_manifest
-
-    started = now_iso()
-    if output_path == "-":
-        raise TtxError("a memory bank must be a file, not stdout", field="--output")
-    check_style(style, item_format)
-    cfg = ExtractConfig(style=style, item_format=item_format, judge=judge, structured=structured,
-                        question_field=question_field,
-                        answer_field=answer_field, id_field=id_field, max_traces=max_traces,
-                        batch=batch, resume=resume, limit=limit, progress=progress,
-                        params=SamplingParams(max_new_tokens=max_new_tokens,
-                                              temperature=temperature, top_p=top_p, seed=seed))
     from ttx.records import refuse_overlap
 
-    refuse_overlap(output_path, [input_path])
-    problems = read_problems(input_path, cfg)   # bad input fails before the model loads (once:
+    started = now_iso()
+    if io.output == "-":
+        raise TtxError("a memory bank must be a file, not stdout", field="--output")
+    check_style(cfg.style, cfg.item_format)
+    refuse_overlap(io.output, [io.input])
+    problems = read_problems(io.input, cfg)     # bad input fails before the model loads (once:
     if not problems:                            # standard input cannot be read again)
         raise TtxError("no records (the input is empty)",
-                       path="<stdin>" if input_path == "-" else input_path)
-    bank_mod.load_bank(output_path)             # and so does a bad existing bank
-    opened = open_engine(engine, model=model, device=device, dtype=dtype, base_url=base_url,
-                         concurrency=concurrency, max_batch_rows=batch)
+                       path="<stdin>" if io.input == "-" else io.input)
+    bank_mod.load_bank(io.output)               # and so does a bad existing bank
+    opened = engine.open()
     try:
-        summary = extract_to_bank(opened, input_path, output_path, cfg, problems)
+        summary = extract_to_bank(opened, io.input, io.output, cfg, problems)
     finally:
         opened.close()
-    write_manifest(output_path, stage="memory-extract",
-                   options={"cli": options, "engine": opened.name, "model": opened.model_name},
-                   inputs=[input_path], started=started, summary=summary)
+    write_manifest(io.output, stage="memory-extract",
+                   options={"cli": options or {}, "engine": opened.name, "model": opened.model_name},
+                   inputs=[io.input], started=started, summary=summary)
     return summary

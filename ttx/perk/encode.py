@@ -11,32 +11,13 @@ from __future__ import annotations
 import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
+from ttx.perk.config import EncodeConfig
 from ttx.records import Output, refuse_overlap, stage_fingerprint
 
 STAGE = "perk-encode"
-
-
-@dataclass
-class EncodeConfig:
-    input: str
-    output: str
-    perk: str
-    model: str | None = None            # None: the model the PERK folder was meta-trained on
-    device: str = "auto"
-    dtype: str = "auto"
-    inner_grad_accum: int = 1
-    max_new_tokens: int = 16
-    seed: int = 0
-    resume: bool = False
-    limit: int | None = None
-    context_field: str = "context"
-    question_field: str = "question"
-    answer_field: str = "answer"
-    id_field: str = "id"
-    progress: bool = True
 
 
 def record_seed(seed: int, rid) -> int:
@@ -155,18 +136,3 @@ def load_perk(cfg: EncodeConfig):
     for p in module.parameters():
         p.requires_grad_(False)      # test time: only the inner loop's own copies need gradients
     return module, tokenizer
-
-
-def encode_from_options(*, input_path: str, output_path: str, perk_dir: str, model: str | None,
-                        device: str, dtype: str, inner_grad_accum: int, max_new_tokens: int,
-                        context_field: str, question_field: str, answer_field: str,
-                        id_field: str, limit: int | None, seed: int, resume: bool,
-                        progress: bool) -> dict:
-    """`ttx perk-encode`: build the run from CLI options and answer every record."""
-    options = dict(locals())
-    cfg = EncodeConfig(input=input_path, output=output_path, perk=perk_dir, model=model,
-                       device=device, dtype=dtype, inner_grad_accum=inner_grad_accum,
-                       max_new_tokens=max_new_tokens, seed=seed, resume=resume, limit=limit,
-                       context_field=context_field, question_field=question_field,
-                       answer_field=answer_field, id_field=id_field, progress=progress)
-    return encode(cfg, options)

@@ -15,41 +15,14 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ttx.errors import TtxError
 from ttx.io import now_iso, write_manifest
-from ttx.perk.module import PerkConfig
+from ttx.perk.config import MetaTrainConfig
 
 STAGE = "perk-metatrain"
-
-
-@dataclass
-class MetaTrainConfig:
-    input: str
-    output: str
-    perk: PerkConfig = field(default_factory=PerkConfig)
-    steps: int | None = None           # outer steps; None: `epochs` passes over the records
-    epochs: int = 1
-    lr: float = 1e-5                   # the paper's outer AdamW settings
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.03
-    schedule: str = "cosine"
-    max_grad_norm: float = 1.0
-    inner_grad_accum: int = 1
-    save_every: int = 50
-    stop_after: int | None = None
-    seed: int = 0
-    resume: bool = False
-    limit: int | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    context_field: str = "context"
-    question_field: str = "question"
-    answer_field: str = "answer"
-    progress: bool = True
-    overwrite: bool = False
 
 
 @dataclass
@@ -132,7 +105,8 @@ def make_outer_loss(unroll: int, grad_accum: int):
 
 
 def metatrain(cfg: MetaTrainConfig, options: dict | None = None) -> dict:
-    """Meta-train a PERK folder at cfg.output; returns the manifest summary."""
+    """Meta-train a PERK folder at cfg.output (`options`: what the user gave, for the manifest);
+    returns the manifest summary."""
     import torch
 
     from ttx.models import load_model
@@ -223,32 +197,3 @@ def _step_costs(log: Path) -> dict:
 def _jsonable(d: dict) -> dict:
     return {k: (_jsonable(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v)
             for k, v in d.items()}
-
-
-def metatrain_from_options(*, input_path: str, output_path: str, model: str, device: str,
-                           dtype: str, inner_steps: int, unroll: int, segment_tokens: int,
-                           lora_r: int, lora_alpha: float, lora_dropout: float,
-                           target_modules: str, inner_lr: float, inner_grad_accum: int,
-                           steps: int | None, epochs: int, lr: float, weight_decay: float,
-                           warmup_ratio: float, schedule: str, max_grad_norm: float,
-                           save_every: int, stop_after: int | None, context_field: str,
-                           question_field: str, answer_field: str, limit: int | None, seed: int,
-                           resume: bool, progress: bool, overwrite: bool = False) -> dict:
-    """`ttx perk-metatrain`: build the run from CLI options and meta-train."""
-    options = dict(locals())
-    targets = tuple(t.strip() for t in target_modules.split(",") if t.strip())
-    if not targets:
-        raise TtxError("names no module", field="--target-modules")
-    perk = PerkConfig(model=model, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                      target_modules=targets, inner_steps=inner_steps, unroll=unroll,
-                      inner_lr=inner_lr, segment_tokens=segment_tokens)
-    cfg = MetaTrainConfig(input=input_path, output=output_path, perk=perk, steps=steps,
-                          epochs=epochs, lr=lr, weight_decay=weight_decay,
-                          warmup_ratio=warmup_ratio, schedule=schedule,
-                          max_grad_norm=max_grad_norm, inner_grad_accum=inner_grad_accum,
-                          save_every=save_every, stop_after=stop_after, seed=seed, resume=resume,
-                          limit=limit, device=device, dtype=dtype, context_field=context_field,
-                          question_field=question_field, answer_field=answer_field,
-                          overwrite=overwrite,
-                          progress=progress)
-    return metatrain(cfg, options)

@@ -11,33 +11,18 @@ A PERK folder holds
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ttx.errors import TtxError
+from ttx.perk.config import DEFAULT_TARGETS, PerkConfig
 from ttx.perk.weighting import TokenWeighting
 
-# every attention and MLP projection of Llama-like models (the paper: all of them)
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STATE_FILE = "perk_state.safetensors"
 CONFIG_FILE = "perk_config.json"
-
-
-@dataclass
-class PerkConfig:
-    model: str = "smollm2-135m-instruct"
-    lora_r: int = 256                   # the paper's default; rsLoRA scaling alpha / sqrt(r)
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    inner_steps: int = 4
-    unroll: int = 2
-    inner_lr: float = 5e-5
-    segment_tokens: int = 128
-    head_width: int = 128
 
 
 class PerkModule(nn.Module):

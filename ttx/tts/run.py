@@ -144,6 +144,9 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
     """Run the strategy over every problem, level and repeat; returns the manifest summary."""
     from tqdm import tqdm
 
+    if cfg.memory and not hooks:         # memory lives in its hook, not in this loop
+        raise TtxError("cfg.memory is read by the memory hook: pass "
+                       "hooks=(ttx.memory.online.Recall(cfg, problems, engine),)", field="memory")
     problems = read_problems(cfg) if problems is None else problems
     settings = _level_settings(cfg)
     check_lengths(engine, cfg, problems, max(s.params.max_new_tokens for _, _, s in settings))
