@@ -14,7 +14,8 @@ rollout tokens generated, wall time, and the pseudo-label accuracy and majority 
 rollout step. The paper's claim to test
 is "accuracy after TTRL exceeds maj@k before". Writes bench/results/ttrl.json (--smoke: the same
 code on 2 problems, one rollout step, TTRL and TTRL+ETMR+EAR only, written to a temporary folder
-unless --out is given).
+unless --out is given). A run with --only keeps the other configurations' rows of an earlier file
+of the same size and temperature; each row records its own machine and commit.
 """
 
 from __future__ import annotations
@@ -41,6 +42,18 @@ FULL = dict(problems=16, steps=10, n_votes=8, n_train=4, batch_size=4, mini_batc
 SMOKE = dict(problems=2, steps=1, n_votes=2, n_train=2, batch_size=2, mini_batch_size=1, micro_batch_size=2,
              max_new_tokens=12, etmr_trees=1, etmr_forks=1, etmr_branches=1, eval_n=2, lr=1e-4)
 SMOKE_CONFIGS = ("TTRL", "TTRL+ETMR+EAR")   # every code path, half the runs
+
+
+def _earlier_rows(out: Path, size: dict, temperature: float, ran: set[str]) -> list[dict]:
+    """Rows of configurations not run now from an earlier result at the same size and rollout
+    temperature (so `--only` runs add up to one table); a different setting starts afresh."""
+    try:
+        earlier = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return []
+    if earlier.get("size") != size or earlier.get("rollout_temperature") != temperature:
+        return []
+    return [r for r in earlier.get("rows", []) if r.get("config") not in ran]
 
 
 def evaluate(adapter: str | None, problems: list[dict], max_new_tokens: int, k: int, seed: int) -> dict:
@@ -124,8 +137,10 @@ def main(argv=None) -> None:
                "pseudo_label_accuracy_per_step": [p["label_accuracy"] for p in s["per_step"]],
                "majority_ratio_per_step": [p["majority_ratio"] for p in s["per_step"]],
                "reward_accuracy_per_step": [p["reward_accuracy"] for p in s["per_step"]]}
+        row["machine"] = machine()          # per row: --only runs add rows to an earlier file
         rows.append(row)
         print(json.dumps(row), flush=True)
+    rows = _earlier_rows(out, size, args.temperature, {r["config"] for r in rows}) + rows
     result = {"bench": "ttrl", "smoke": args.smoke, "model": MODEL, "problem_set": "ttx.data.arith seed 0",
               "size": size, "rollout_temperature": args.temperature,
               "eval": f"greedy and maj@{size['eval_n']} (temperature 0.6, top-p 0.95), "
