@@ -83,7 +83,7 @@ def main() -> None:
     for suite, graders in result["suites"].items():
         for name, m in graders.items():
             print(f"{suite:<14} {name:<12} {m['agree']:>4}/{m['cases']:<4} "
-                  f"{m['agreement']:>10.1%} {m['cases_per_s']:>9}")
+                  f"{m['agree'] / m['cases']:>10.1%} {m['cases_per_s']:>9}")   # not the rounded field
 
 
 if __name__ == "__main__":
