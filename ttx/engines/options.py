@@ -8,14 +8,28 @@ import click
 
 from ttx.options import opt
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def model_field(default: str = "smollm2-135m-instruct"):
+    """The --model option every stage that loads a model declares."""
+    return opt(default, "Model alias, Hugging Face folder, or .gguf file.", short="-m")
+
+
+def device_field():
+    return opt("auto", "cpu, cuda, cuda:N or auto (cuda when present).")
+
+
+def dtype_field():
+    return opt("auto", "Weights dtype (auto: float32 on CPU, bfloat16 on GPU).",
+               type=click.Choice(DTYPES))
+
 
 @dataclass
 class ModelOptions:
-    model: str = opt("smollm2-135m-instruct", "Model alias, Hugging Face folder, or .gguf file.",
-                     short="-m")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when present).")
-    dtype: str = opt("auto", "Weights dtype (auto: float32 on CPU, bfloat16 on GPU).",
-                     type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
+    model: str = model_field()
+    device: str = device_field()
+    dtype: str = dtype_field()
 
 
 @dataclass

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import click
 
+from ttx.engines.options import device_field, dtype_field, model_field
 from ttx.options import opt
 
 
@@ -16,13 +17,9 @@ class InplaceTTTConfig:
     The conversion fields (layers, chunk, ttt_lr, ttt_input) are None when not given: a model
     that is already converted keeps its own values, and a given one that differs is refused."""
 
-    model: str = opt("smollm2-135m-instruct", "Model alias, Hugging Face folder, or .gguf file.", short="-m")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when present).")
-    dtype: str = opt(
-        "auto",
-        "Weights dtype (auto: float32 on CPU, bfloat16 on GPU).",
-        type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    )
+    model: str = model_field()
+    device: str = device_field()
+    dtype: str = dtype_field()
     output: str = opt(
         None, "New checkpoint folder (config.json + safetensors + tokenizer).", short="-o", required=True
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import click
 
+from ttx.engines.options import device_field, dtype_field, model_field
 from ttx.options import opt
 
 
@@ -14,13 +15,9 @@ from ttx.options import opt
 class DistillConfig:
     """Which layers become Mamba-2, the two distillation stages (M1 / MambaInLlama), and data."""
 
-    model: str = opt("smollm2-135m-instruct", "Model alias, Hugging Face folder, or .gguf file.", short="-m")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when present).")
-    dtype: str = opt(
-        "auto",
-        "Weights dtype (auto: float32 on CPU, bfloat16 on GPU).",
-        type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    )
+    model: str = model_field()
+    device: str = device_field()
+    dtype: str = dtype_field()
     output: str = opt(
         None, "Folder for the Bamba checkpoint (loads with AutoModelForCausalLM).", short="-o", required=True
     )

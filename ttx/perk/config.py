@@ -8,18 +8,18 @@ from dataclasses import dataclass, field
 
 import click
 
+from ttx.engines.options import device_field, dtype_field, model_field
 from ttx.options import CSV, opt
 
 # every attention and MLP projection of Llama-like models (the paper: all of them)
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_DTYPES = click.Choice(["auto", "float32", "bfloat16", "float16"])
 
 
 @dataclass
 class PerkConfig:
     """What is meta-learned and how the inner loop runs (saved with the PERK folder)."""
 
-    model: str = opt("smollm2-135m-instruct", "Model alias, Hugging Face folder, or .gguf file.", short="-m")
+    model: str = model_field()
     lora_r: int = opt(
         256,
         "LoRA rank (rsLoRA scaling alpha / sqrt(r)); the paper's 256 is slow on a CPU.",
@@ -61,8 +61,8 @@ class MetaTrainConfig:
         required=True,
     )
     perk: PerkConfig = field(default_factory=PerkConfig, metadata={"cli": {"cli": False}})
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when present).")
-    dtype: str = opt("auto", "Weights dtype (auto: float32 on CPU, bfloat16 on GPU).", type=_DTYPES)
+    device: str = device_field()
+    dtype: str = dtype_field()
     inner_grad_accum: int = opt(
         1, "Split a context's segments into this many gradient-accumulation parts.", type=click.IntRange(min=1)
     )
@@ -125,8 +125,8 @@ class EncodeConfig:
     model: str | None = opt(
         None, "Base model (default: the one the PERK folder was meta-trained on).", short="-m"
     )
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when present).")
-    dtype: str = opt("auto", "Weights dtype (auto: float32 on CPU, bfloat16 on GPU).", type=_DTYPES)
+    device: str = device_field()
+    dtype: str = dtype_field()
     inner_grad_accum: int = opt(
         1,
         "Split a long context's segments into this many accumulation parts (memory).",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import click
 
+from ttx.engines.options import device_field, dtype_field, model_field
 from ttx.options import CSV, opt
 
 
@@ -25,13 +26,9 @@ class TTRLConfig:
         short="-o",
         required=True,
     )
-    model: str = opt("smollm2-135m-instruct", "Model alias, Hugging Face folder, or .gguf file.", short="-m")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when present).")
-    dtype: str = opt(
-        "auto",
-        "Weights dtype (auto: float32 on CPU, bfloat16 on GPU).",
-        type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    )
+    model: str = model_field()
+    device: str = device_field()
+    dtype: str = dtype_field()
     full: bool = opt(False, "Full fine-tuning instead of LoRA.", is_flag=True)
     lora_r: int = opt(16, "LoRA rank.", type=click.IntRange(min=1))
     lora_alpha: int = opt(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import click
 
+from ttx.engines.options import device_field, dtype_field, model_field
 from ttx.options import CSV, opt
 
 _POS = click.IntRange(min=1)
@@ -36,13 +37,9 @@ class TLMConfig:
         multiple=True,
         type=click.Path(dir_okay=False),
     )
-    model: str = opt("smollm2-135m-instruct", "Model alias, Hugging Face folder, or .gguf file.", short="-m")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when present).")
-    dtype: str = opt(
-        "auto",
-        "Weights dtype (auto: float32 on CPU, bfloat16 on GPU).",
-        type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    )
+    model: str = model_field()
+    device: str = device_field()
+    dtype: str = dtype_field()
     load_in_4bit: bool = opt(False, "QLoRA: the base model in 4-bit NF4 (bitsandbytes).", is_flag=True)
     lora_r: int = opt(8, "LoRA rank.", type=_POS)
     lora_alpha: int = opt(16, "LoRA alpha.", type=_POS)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import click
 
+from ttx.engines.options import device_field, dtype_field, model_field
 from ttx.options import CSV, opt
 
 
@@ -56,13 +57,9 @@ class VerifierConfig:
     instruction: str | None = opt(None, "rollout: the --instruction tts-run built the prompts with.")
     system: str | None = opt(None, "rollout: the --system message tts-run used.")
     chat: bool = opt(True, "rollout: whether tts-run used the chat template.", secondary="--no-chat")
-    model: str = opt("smollm2-135m-instruct", "Model alias, Hugging Face folder, or .gguf file.", short="-m")
-    device: str = opt("auto", "cpu, cuda, cuda:N or auto (cuda when present).")
-    dtype: str = opt(
-        "auto",
-        "Weights dtype (auto: float32 on CPU, bfloat16 on GPU).",
-        type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    )
+    model: str = model_field()
+    device: str = device_field()
+    dtype: str = dtype_field()
     lora_r: int = opt(
         16, "LoRA rank (merged into the saved weights); 0 trains every weight.", type=click.IntRange(min=0)
     )
