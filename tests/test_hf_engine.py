@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -187,3 +189,22 @@ def test_prompts_joining_a_running_batch_decode_as_if_alone(tiny_model_dir):
     for prompt, gen in zip(PROMPTS, small.generate(PROMPTS, 2, params)):
         for trace in gen.traces:
             _assert_logprobs_of_a_full_forward(small, small.encode(prompt), trace)
+
+
+def test_two_level_inverse_cdf_draws_what_a_full_cumsum_draws():
+    """The block-wise sampler picks, for the same uniform, the token a float64 cumsum over the
+    whole vocabulary picks; masked tokens (probability zero) are never drawn, even at u -> 1."""
+    from ttx.engines.hf import _inverse_cdf
+
+    g = torch.Generator().manual_seed(0)
+    for vocab in (49152, 1000, 7):                       # a multiple of the block, and not
+        logits = torch.randn(16, vocab, generator=g) * 4
+        logits[:, vocab // 2:] = -math.inf               # half the vocabulary masked
+        probs = torch.softmax(logits, dim=-1)
+        u = torch.rand((16, 1), generator=g, dtype=torch.float64)
+        u[0] = 1 - 1e-16
+        full = probs.cumsum(-1, dtype=torch.float64)
+        want = torch.searchsorted(full, u * full[:, -1:], right=True).squeeze(1)
+        got = _inverse_cdf(probs, u)
+        assert torch.equal(got, want.clamp(max=vocab // 2 - 1))
+        assert bool((probs.gather(1, got[:, None]) > 0).all())

