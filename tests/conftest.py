@@ -98,3 +98,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def nan_for_uninitialized():
+    """torch.empty and friends come back filled with NaN, so a read of memory nothing wrote
+    (a cache buffer's spare room, a stale row) shows in the result instead of passing by luck."""
+    import torch
+
+    was = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(was[0])
+    torch.utils.deterministic.fill_uninitialized_memory = was[1]

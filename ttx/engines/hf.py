@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ttx.engines.base import Generation, Prompt, SamplingParams, Trace, per_prompt
-from ttx.engines.kv import growing
+from ttx.engines.kv import GrowingLayer, growing
 from ttx.models import load_model, render_prompt
 
 
@@ -256,12 +256,13 @@ class HFEngine:
                         done(live[b], self._trace(row, None, "cancelled", None))
                 keep = [b for b in keep if finished_count[rows[live[b]].prompt] < stop_after]
             if len(keep) < len(live):             # finished traces leave the batch
+                keep = _fill_holes(keep)
                 live = [live[b] for b in keep]
                 if not live:
                     cache = logits = mask = next_pos = None
                     continue
                 index = torch.tensor(keep, device=self.device)
-                _batch_rows(cache, lambda t, rows=index: t[rows])
+                _select_rows(cache, keep, index)
                 tokens, mask, next_pos = tokens[index], mask[index], next_pos[index]
                 cache, mask = _trim_left(cache, mask)
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
@@ -402,9 +403,12 @@ def _recurrent(layer) -> list[dict]:
             if d is not None]
 
 
-def _batch_rows(cache, pick) -> None:
-    """Apply a batch-axis operation (repeat, select) to every layer's state: K/V or Mamba state."""
+def _batch_rows(cache, pick, skip: type | None = None) -> None:
+    """Apply a batch-axis operation (repeat, select) to every layer's state: K/V or Mamba state
+    (layers of type `skip` are left alone)."""
     for layer in _layers(cache):
+        if skip is not None and isinstance(layer, skip):
+            continue
         for states in _recurrent(layer):
             for i, t in states.items():
                 if t is not None:
@@ -413,6 +417,23 @@ def _batch_rows(cache, pick) -> None:
             layer.keys, layer.values = pick(layer.keys), pick(layer.values)
         if hasattr(layer, "batch_rows"):   # per-row state besides keys/values (In-Place TTT)
             layer.batch_rows(pick)
+
+
+def _fill_holes(keep: list[int]) -> list[int]:
+    """The kept batch rows (ascending) in their new order: rows past the new batch size move into
+    the holes that finished rows left, the others stay where they are, so a step where one trace
+    finishes moves at most one row's K/V (GrowingLayer.select_rows)."""
+    size, kept = len(keep), set(keep)
+    tail = [b for b in keep if b >= size]
+    return [b if b in kept else tail.pop() for b in range(size)]
+
+
+def _select_rows(cache, keep: list[int], index: torch.Tensor) -> None:
+    """Keep these batch rows: in place in a GrowingLayer's buffer, by indexing elsewhere."""
+    for layer in _layers(cache):
+        if isinstance(layer, GrowingLayer) and layer.get_seq_length() > 0:
+            layer.select_rows(keep)
+    _batch_rows(cache, lambda t: t[index], skip=GrowingLayer)
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -450,6 +471,9 @@ def _trim_left(cache, mask):
     if first == 0:
         return cache, mask
     for layer in _layers(cache):
+        if isinstance(layer, GrowingLayer):
+            layer.trim_left(first)
+            continue
         if getattr(layer, "keys", None) is None:
             continue                                          # Mamba state has no columns
         layer.keys = layer.keys[:, :, first:]

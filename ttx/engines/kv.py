@@ -2,9 +2,14 @@
 buffer instead of concatenating the whole cache (transformers' DynamicLayer does torch.cat every
 step, which copies every layer's K/V once per token: quadratic in the trace's length).
 
-`keys`/`values` read as views of the filled part, so transformers' attention and ttx's row
-surgery (repeat, select, merge, trim: ttx.engines.hf) see plain tensors; assigning them (the
-surgery) makes the given tensor the buffer, and the next append regrows it with room to spare.
+`keys`/`values` read as views of the live window of the buffer (rows [0, rows), columns
+[start, end)), so transformers' attention and ttx's row surgery (repeat, merge: ttx.engines.hf)
+see plain tensors; assigning them makes the given tensor the buffer, and the next append regrows
+it with room to spare. The two operations of every decode step that a batch change needs work
+inside the buffer: `select_rows` (finished traces leave) moves kept rows into the freed ones,
+and `trim_left` (leading padding no row attends to any more) moves the window's start, so
+neither is followed by a regrow (before, each copied the whole cache twice: the selection, then
+the regrow of the next append).
 """
 
 from __future__ import annotations
@@ -15,48 +20,84 @@ from transformers.cache_utils import DynamicLayer
 _ROOM = 64          # tokens of room a regrown buffer keeps beyond twice its length
 
 
-def _length(t) -> int:
-    return 0 if t is None or t.dim() < 3 else t.shape[-2]
+class _Buffer:
+    """One tensor [rows, heads, room, dim] and its live window: rows [0, rows), columns
+    [start, end)."""
+
+    def __init__(self, tensor=None):
+        self.tensor = tensor
+        live = tensor is not None and tensor.dim() >= 3
+        self.rows = tensor.shape[0] if live else 0
+        self.start, self.end = 0, (tensor.shape[-2] if live else 0)
+
+    def view(self):
+        if self.tensor is None or self.tensor.dim() < 3:
+            return self.tensor
+        return self.tensor[:self.rows, :, self.start:self.end]
+
+    def append(self, states: torch.Tensor) -> None:
+        new = states.shape[-2]
+        if self.end == 0 or self.end + new > self.tensor.shape[-2] or states.shape[0] != self.rows:
+            # a fresh buffer: the live window at column 0 and room for twice as much
+            n = self.end - self.start
+            grown = states.new_empty((states.shape[0], states.shape[1], 2 * (n + new) + _ROOM,
+                                      states.shape[-1]))
+            if n:
+                grown[:, :, :n] = self.view()
+            self.tensor, self.rows, self.start, self.end = grown, states.shape[0], 0, n
+        self.tensor[:self.rows, :, self.end:self.end + new] = states
+        self.end += new
+
+    def select(self, keep: list[int]) -> None:
+        live = slice(self.start, self.end)
+        for j, i in enumerate(keep):
+            if i != j:
+                self.tensor[j, :, live] = self.tensor[i, :, live]
+        self.rows = len(keep)
+
+    def trim(self, columns: int) -> None:
+        self.start = min(self.start + columns, self.end)
 
 
 class GrowingLayer(DynamicLayer):
     def __init__(self, **kwargs):
-        self._k = self._v = None
-        self._nk = self._nv = 0
+        self._kb, self._vb = _Buffer(), _Buffer()
         super().__init__(**kwargs)
 
     @property
     def keys(self):
-        return None if self._k is None else self._k[:, :, :self._nk]
+        return self._kb.view()
 
     @keys.setter
     def keys(self, value):
-        self._k, self._nk = value, _length(value)
+        self._kb = _Buffer(value)
 
     @property
     def values(self):
-        return None if self._v is None else self._v[:, :, :self._nv]
+        return self._vb.view()
 
     @values.setter
     def values(self, value):
-        self._v, self._nv = value, _length(value)
+        self._vb = _Buffer(value)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        new, n = key_states.shape[-2], self._nk
-        if n == 0 or n + new > _length(self._k) or n + new > _length(self._v):
-            room = 2 * (n + new) + _ROOM
-            k = key_states.new_empty((*key_states.shape[:2], room, key_states.shape[-1]))
-            v = value_states.new_empty((*value_states.shape[:2], room, value_states.shape[-1]))
-            if n:
-                k[:, :, :n] = self._k[:, :, :n]
-                v[:, :, :n] = self._v[:, :, :n]
-            self._k, self._v = k, v
-        self._k[:, :, n:n + new] = key_states
-        self._v[:, :, n:n + new] = value_states
-        self._nk = self._nv = n + new
+        self._kb.append(key_states)
+        self._vb.append(value_states)
         return self.keys, self.values
+
+    def select_rows(self, keep: list[int]) -> None:
+        """Row j becomes row keep[j], moved in place one row at a time: right when no row is
+        overwritten before it is read, as for ascending rows (keep[j] >= j) or rows that move
+        only into rows nobody keeps (ttx.engines.hf._fill_holes)."""
+        self._kb.select(keep)
+        self._vb.select(keep)
+
+    def trim_left(self, columns: int) -> None:
+        """Forget the window's first `columns` columns."""
+        self._kb.trim(columns)
+        self._vb.trim(columns)
 
 
 def growing(cache) -> None:

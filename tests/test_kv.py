@@ -1,0 +1,56 @@
+"""ttx.engines.kv.GrowingLayer against plain tensor surgery on the same K/V."""
+
+from __future__ import annotations
+
+import torch
+
+from ttx.engines.kv import GrowingLayer
+
+
+def test_row_selection_and_trimming_in_place_equal_plain_indexing(nan_for_uninitialized):
+    """Appends, rows leaving (select_rows), stale left padding dropped (trim_left) and more
+    appends give the K/V that torch.cat and indexing give, with no regrow in between."""
+    g = torch.Generator().manual_seed(0)
+    layer, keys, values = GrowingLayer(), None, None
+
+    def append(rows: int, tokens: int):
+        nonlocal keys, values
+        k = torch.randn(rows, 3, tokens, 8, generator=g)
+        v = torch.randn(rows, 3, tokens, 8, generator=g)
+        layer.update(k, v)
+        keys = k if keys is None else torch.cat([keys, k], dim=2)
+        values = v if values is None else torch.cat([values, v], dim=2)
+
+    append(6, 5)
+    append(6, 1)
+    buffer = layer._kb.tensor
+    keep = [0, 2, 3, 5]
+    layer.select_rows(keep)
+    keys, values = keys[keep], values[keep]
+    layer.trim_left(2)
+    keys, values = keys[:, :, 2:], values[:, :, 2:]
+    for _ in range(3):
+        append(len(keep), 1)
+    assert layer._kb.tensor is buffer                      # moved in place, not regrown
+    assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+    assert layer.get_seq_length() == keys.shape[2]
+    layer.select_rows([1])                                 # and after a regrow, still right
+    keys, values = keys[[1]], values[[1]]
+    append(1, 200)
+    assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)
+
+
+def test_filling_holes_moves_only_rows_past_the_new_size():
+    from ttx.engines.hf import _fill_holes
+
+    assert _fill_holes([0, 1, 2, 4, 5]) == [0, 1, 2, 5, 4]   # rows 5, 4 fill hole 3
+    assert _fill_holes([1, 2, 3]) == [3, 1, 2]
+    assert _fill_holes([0, 1]) == [0, 1]
+    assert _fill_holes([]) == []
+    g = torch.Generator().manual_seed(1)
+    layer = GrowingLayer()
+    k, v = torch.randn(6, 2, 4, 8, generator=g), torch.randn(6, 2, 4, 8, generator=g)
+    layer.update(k, v)
+    order = _fill_holes([1, 3, 4, 5])
+    layer.select_rows(order)
+    assert torch.equal(layer.keys, k[order]) and torch.equal(layer.values, v[order])
