@@ -205,6 +205,7 @@ def test_two_level_inverse_cdf_draws_what_a_full_cumsum_draws():
         probs = torch.softmax(logits, dim=-1)
         u = torch.rand((16, 1), generator=g, dtype=torch.float64)
         u[0] = 1 - 1e-16
+        u[1] = 1.0                       # as if u * total rounded up to the total
         full = probs.cumsum(-1, dtype=torch.float64)
         want = torch.searchsorted(full, u * full[:, -1:], right=True).squeeze(1)
         got = _inverse_cdf(probs, u)

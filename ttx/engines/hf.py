@@ -382,14 +382,20 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     if blocks * _BLOCK != vocab:
         probs = torch.nn.functional.pad(probs, (0, blocks * _BLOCK - vocab))
     grid = probs.view(rows, blocks, _BLOCK)
-    cdf = grid.sum(-1, dtype=torch.float64).cumsum_(-1)
+    mass = grid.sum(-1, dtype=torch.float64)
+    cdf = mass.cumsum(-1)
     u = u * cdf[:, -1:]
-    block = torch.searchsorted(cdf, u, right=True).clamp_(max=blocks - 1)
+    # u * total can round up to total: the last block with any mass, not a masked one after it
+    block = torch.minimum(torch.searchsorted(cdf, u, right=True), _last_positive(mass))
     below = torch.where(block > 0, cdf.gather(1, (block - 1).clamp(min=0)), 0.0)
     inner = grid[torch.arange(rows, device=probs.device), block.squeeze(1)]
     index = torch.searchsorted(inner.cumsum(-1, dtype=torch.float64), u - below, right=True)
-    last = torch.where(inner > 0, torch.arange(_BLOCK, device=probs.device), -1).amax(-1, keepdim=True)
-    return (block * _BLOCK + torch.minimum(index, last)).squeeze(1)
+    return (block * _BLOCK + torch.minimum(index, _last_positive(inner))).squeeze(1)
+
+
+def _last_positive(x: torch.Tensor) -> torch.Tensor:
+    """Per row, the index of the last positive entry, [rows, 1]."""
+    return torch.where(x > 0, torch.arange(x.shape[-1], device=x.device), -1).amax(-1, keepdim=True)
 
 
 def _layers(cache):
