@@ -375,7 +375,6 @@ def plot(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     names = list(tp)
     colours = {"a": "C0", "b": "C7", "c": "C7", "d": "C1", "e": "C2"}
-    names = [n for n in names if n[0] in colours]
     ax.barh(names, [tp[n] for n in names], color=[colours[n[0]] for n in names])
     for i, n in enumerate(names):
         ax.text(tp[n], i, f" {tp[n]:.0f}", va="center")

@@ -262,7 +262,7 @@ class HFEngine:
                     cache = logits = mask = next_pos = None
                     continue
                 index = torch.tensor(keep, device=self.device)
-                _select_rows(cache, keep, index)
+                _batch_rows(cache, lambda t, rows=index: t[rows], keep)
                 tokens, mask, next_pos = tokens[index], mask[index], next_pos[index]
                 cache, mask = _trim_left(cache, mask)
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
@@ -409,18 +409,19 @@ def _recurrent(layer) -> list[dict]:
             if d is not None]
 
 
-def _batch_rows(cache, pick, skip: type | None = None) -> None:
-    """Apply a batch-axis operation (repeat, select) to every layer's state: K/V or Mamba state
-    (layers of type `skip` are left alone)."""
+def _batch_rows(cache, pick, keep: list[int] | None = None) -> None:
+    """Apply a batch-axis operation (repeat, select) to every layer's state: K/V or Mamba state.
+    A selection also gives `keep`, the kept rows, which a GrowingLayer moves inside its buffer."""
     for layer in _layers(cache):
-        if skip is not None and isinstance(layer, skip):
-            continue
         for states in _recurrent(layer):
             for i, t in states.items():
                 if t is not None:
                     states[i] = pick(t)
         if getattr(layer, "keys", None) is not None and layer.get_seq_length() > 0:
-            layer.keys, layer.values = pick(layer.keys), pick(layer.values)
+            if keep is not None and isinstance(layer, GrowingLayer):
+                layer.select_rows(keep)
+            else:
+                layer.keys, layer.values = pick(layer.keys), pick(layer.values)
         if hasattr(layer, "batch_rows"):   # per-row state besides keys/values (In-Place TTT)
             layer.batch_rows(pick)
 
@@ -432,14 +433,6 @@ def _fill_holes(keep: list[int]) -> list[int]:
     size, kept = len(keep), set(keep)
     tail = [b for b in keep if b >= size]
     return [b if b in kept else tail.pop() for b in range(size)]
-
-
-def _select_rows(cache, keep: list[int], index: torch.Tensor) -> None:
-    """Keep these batch rows: in place in a GrowingLayer's buffer, by indexing elsewhere."""
-    for layer in _layers(cache):
-        if isinstance(layer, GrowingLayer) and layer.get_seq_length() > 0:
-            layer.select_rows(keep)
-    _batch_rows(cache, lambda t: t[index], skip=GrowingLayer)
 
 
 def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
