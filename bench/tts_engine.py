@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine  # noqa: E402
 
 N, TOKENS, TEMPERATURE, PORT = 8, 128, 0.7, 8765
+MATMUL_OPS = ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise")   # F.linear, packed
 
 
 def _prompts():
@@ -277,10 +278,10 @@ def step_profile() -> dict:
     total = {e.key: e.cpu_time_total / 1e6 for e in events}
     self_s = {e.key: e.self_cpu_time_total / 1e6 for e in events}
     inside = total.get("ttx.forward", 0.0)
-    linear = sum(v for k, v in self_s.items() if k in ("aten::mm", "aten::addmm"))
+    linear = sum(v for k, v in self_s.items() if k in MATMUL_OPS)
     attention = sum(v for k, v in self_s.items() if "scaled_dot_product" in k)
     sampling = total.get("ttx.sample", 0.0)
-    ops = sum(v for k, v in self_s.items() if k.startswith("aten::"))
+    ops = sum(v for k, v in self_s.items() if k.startswith(("aten::", "mkldnn::")))
     other = ops - linear - attention
     parts = {"weight_matmuls": linear, "attention": attention,
              "other_tensor_ops (norms, rope, SiLU, residuals, K/V writes, sampling math)": other,

@@ -20,17 +20,18 @@ def make_engine(name: str, **kwargs) -> Engine:
 def open_engine(name: str, *, model: str, device: str = "auto", dtype: str = "auto",
                 adapter: str | None = None, base_url: str | None = None,
                 concurrency: int = 8, max_batch_rows: int = 64, timeout_s: float | None = None,
-                max_retries: int | None = None) -> Engine:
+                max_retries: int | None = None, packed_weights: bool = True) -> Engine:
     """An engine from CLI options: every stage that generates text opens its engine here.
 
     openai only: timeout_s is the longest the server may stay silent (a read) before the attempt
     is retried, max_retries the retries after the first attempt (see "Faults" in
-    ttx/engines/openai.py). None takes $TTX_TIMEOUT_S / $TTX_MAX_RETRIES, else 600 s / 4."""
+    ttx/engines/openai.py). None takes $TTX_TIMEOUT_S / $TTX_MAX_RETRIES, else 600 s / 4.
+    hf only: packed_weights (ttx.engines.packed) on CPU."""
     from ttx.errors import TtxError
 
     if name == "hf":
         return make_engine("hf", model=model, device=device, dtype=dtype, adapter=adapter,
-                           max_batch_rows=max_batch_rows)
+                           max_batch_rows=max_batch_rows, packed_weights=packed_weights)
     if not base_url:
         raise TtxError("--engine openai needs --base-url or TTX_BASE_URL "
                        "(e.g. http://127.0.0.1:8000/v1)")

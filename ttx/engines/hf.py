@@ -35,11 +35,15 @@ class HFEngine:
 
     def __init__(self, model: str = "smollm2-135m-instruct", device: str = "auto",
                  dtype: str = "auto", adapter: str | None = None, max_batch_rows: int = 64,
-                 loaded=None, prefix_cache_mb: int | None = None):
+                 loaded=None, prefix_cache_mb: int | None = None,
+                 packed_weights: bool | None = None):
         """`loaded` takes an already loaded (model, tokenizer) pair instead of a spec;
         `prefix_cache_mb` bounds the K/V kept for prefix reuse across calls (0: none). Kept K/V
         are only right while the weights stay as they were, so an engine over a `loaded` model
-        (a stage that trains it between calls: ttrl, perk, tlm) keeps none unless asked."""
+        (a stage that trains it between calls: ttrl, perk, tlm) keeps none unless asked.
+        `packed_weights` runs the linear layers on oneDNN-packed copies of their weights on CPU
+        (ttx.engines.packed: 1.5x float32 decode, one more copy of those weights in memory); by
+        default on for a model the engine loads, off for a `loaded` one."""
         folder = None
         if loaded is None:
             self.model, self.tokenizer, folder = load_model(model, device, dtype)
@@ -51,6 +55,11 @@ class HFEngine:
             self.model = load_adapter(self.model, adapter, folder).eval()
         self.model_name = str(model)
         self.device = next(self.model.parameters()).device
+        if packed_weights is None:
+            packed_weights = loaded is None
+        from ttx.engines.packed import pack_linears
+
+        self.packed_linears = pack_linears(self.model) if packed_weights else 0
         self.max_batch_rows = max_batch_rows
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -382,7 +391,9 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     if blocks * _BLOCK != vocab:
         probs = torch.nn.functional.pad(probs, (0, blocks * _BLOCK - vocab))
     grid = probs.view(rows, blocks, _BLOCK)
-    mass = grid.sum(-1, dtype=torch.float64)
+    # block sums in the probabilities' dtype (a float64 copy of the whole vocabulary cost more
+    # than the rest of the draw), their CDF in float64
+    mass = grid.sum(-1).double()
     cdf = mass.cumsum(-1)
     u = u * cdf[:, -1:]
     # u * total can round up to total: the last block with any mass, not a masked one after it

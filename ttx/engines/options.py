@@ -51,6 +51,9 @@ class EngineOptions(ModelOptions):
                               type=click.Path(exists=True, file_okay=False))
     batch_rows: int = opt(64, "hf: traces decoded together (problems per call = rows / n).",
                           type=click.IntRange(min=1))
+    packed_weights: bool = opt(True, "hf on CPU: linear layers on oneDNN-packed weights (about "
+                               "1.5x float32 decode; one more copy of those weights in memory).",
+                               secondary="--no-packed-weights")
 
     def open(self, batch_rows: int | None = None):
         from ttx.engines import open_engine
@@ -58,4 +61,5 @@ class EngineOptions(ModelOptions):
         return open_engine(self.engine, model=self.model, device=self.device, dtype=self.dtype,
                            adapter=self.adapter, base_url=self.base_url,
                            concurrency=self.concurrency, max_batch_rows=batch_rows or self.batch_rows,
-                           timeout_s=self.timeout_s, max_retries=self.max_retries)
+                           timeout_s=self.timeout_s, max_retries=self.max_retries,
+                           packed_weights=self.packed_weights)
