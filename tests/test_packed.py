@@ -63,15 +63,19 @@ def test_only_plain_linears_are_swapped_and_unpack_restores_them():
     class Quantized(nn.Linear):                   # stands for bitsandbytes' Linear4bit
         pass
 
-    model = nn.Sequential(nn.Linear(8, 8), Quantized(8, 8), nn.Linear(8, 8).to(torch.float16))
+    with torch.inference_mode():
+        made_in_inference = nn.Linear(8, 8)          # its tensors keep no version counter
+    model = nn.Sequential(nn.Linear(8, 8), Quantized(8, 8), nn.Linear(8, 8).to(torch.float16),
+                          made_in_inference)
     assert pack_linears(model) == 1
+    assert type(model[3]) is nn.Linear
     assert type(model[0]) is PackedLinear and type(model[1]) is Quantized
     assert type(model[2]) is nn.Linear                 # float16 has no packed kernel here
     with torch.no_grad():
         model[0](torch.randn(2, 8))
     assert unpack_linears(model) == 1
     assert type(model[0]) is nn.Linear and "_packed" not in model[0].__dict__
-    assert set(model.state_dict()) == {f"{i}.{p}" for i in range(3) for p in ("weight", "bias")}
+    assert set(model.state_dict()) == {f"{i}.{p}" for i in range(4) for p in ("weight", "bias")}
 
 
 def test_engine_packs_the_model_it_loads_and_its_logits_match_the_plain_model(tiny_model_dir):

@@ -5,10 +5,14 @@
 in bfloat16) than oneDNN's matmul on a weight packed once into its blocked layout
 (bench/tts_engine.py measures both). The packed copy is rebuilt when the weight changes (another
 tensor, or an in-place update: its version counter moves), so a model trained between engine
-calls stays right; with autograd recording, the plain `F.linear` runs.
+calls stays right; with autograd recording, the plain `F.linear` runs. The cost is memory: the
+packed copy sits beside the weight (0.5 GB more for the default 135M model in float32), which
+`--no-packed-weights` (HFEngine(packed_weights=False)) spares.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +23,21 @@ DTYPES = (torch.float32, torch.bfloat16)
 
 def available(device: torch.device | str, dtype: torch.dtype) -> bool:
     """Whether this build and device can run packed linears of this dtype."""
-    return (torch.device(device).type == "cpu" and dtype in DTYPES
-            and torch.backends.mkldnn.is_available())
+    return torch.device(device).type == "cpu" and dtype in DTYPES and _works(dtype)
+
+
+@functools.cache
+def _works(dtype: torch.dtype) -> bool:
+    """The packing ops are torch's private ones (inductor's CPU path): probe them once, so a
+    torch without them (or without oneDNN) keeps the plain F.linear."""
+    try:
+        with torch.inference_mode():
+            w, x = torch.eye(4, dtype=dtype), torch.arange(8, dtype=dtype).view(2, 4)
+            y = torch.ops.mkldnn._linear_pointwise(
+                x, torch.ops.mkldnn._reorder_linear_weight(w, 2), None, "none", [], "")
+        return torch.equal(y, x)
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
 
 
 class PackedLinear(nn.Linear):
@@ -34,7 +51,7 @@ class PackedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if (x.dtype != w.dtype or x.device.type != "cpu"
+        if (x.dtype != w.dtype or x.device.type != "cpu" or w.is_inference()
                 or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))):
             return F.linear(x, w, self.bias)
         key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
@@ -50,7 +67,8 @@ def pack_linears(model: nn.Module) -> int:
     whose weight is float32 or bfloat16 on CPU to PackedLinear; returns how many."""
     count = 0
     for module in model.modules():
-        if type(module) is nn.Linear and available(module.weight.device, module.weight.dtype):
+        w = module.weight if type(module) is nn.Linear else None
+        if w is not None and not w.is_inference() and available(w.device, w.dtype):
             module.__class__ = PackedLinear
             count += 1
     return count
