@@ -129,6 +129,8 @@ def matmul_rate(rows: int, shapes: list[tuple[int, int, int]], dtype: str = "flo
     oneDNN (what the engine runs, ttx.engines.packed)."""
     import torch
 
+    from ttx.engines.packed import pack, packed_linear
+
     dt = getattr(torch, dtype)
     weights, run = [], torch.matmul
     for k, n, count in shapes:
@@ -139,13 +141,12 @@ def matmul_rate(rows: int, shapes: list[tuple[int, int, int]], dtype: str = "flo
             else:
                 w = torch.randn(n, k, dtype=dt)
                 if layout == "oneDNN packed":
-                    w = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+                    w = pack(w, rows)
             weights.append((x, w))
     if layout == "F.linear":
         run = torch.nn.functional.linear
     elif layout == "oneDNN packed":
-        def run(x, w):
-            return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+        run = packed_linear
     with torch.inference_mode():
         for x, w in weights:
             run(x, w)

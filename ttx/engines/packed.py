@@ -26,6 +26,18 @@ def available(device: torch.device | str, dtype: torch.dtype) -> bool:
     return torch.device(device).type == "cpu" and dtype in DTYPES and _works(dtype)
 
 
+def pack(weight: torch.Tensor, rows: int = 32) -> torch.Tensor:
+    """oneDNN's blocked copy of an [out, in] weight; `rows` only picks the layout (any row count
+    is right with it)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+
+def packed_linear(x: torch.Tensor, packed: torch.Tensor,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W^T (+ bias) on a weight from `pack`."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
 @functools.cache
 def _works(dtype: torch.dtype) -> bool:
     """The packing ops are torch's private ones (inductor's CPU path): probe them once, so a
@@ -33,8 +45,7 @@ def _works(dtype: torch.dtype) -> bool:
     try:
         with torch.inference_mode():
             w, x = torch.eye(4, dtype=dtype), torch.arange(8, dtype=dtype).view(2, 4)
-            y = torch.ops.mkldnn._linear_pointwise(
-                x, torch.ops.mkldnn._reorder_linear_weight(w, 2), None, "none", [], "")
+            y = packed_linear(x, pack(w, 2))
         return torch.equal(y, x)
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
@@ -56,10 +67,8 @@ class PackedLinear(nn.Linear):
             return F.linear(x, w, self.bias)
         key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
         if key != self._packed_key:
-            # the batch-size hint picks the blocked layout; any row count is right with it
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 32)
-            self._packed_key = key
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+            self._packed, self._packed_key = pack(w.detach()), key
+        return packed_linear(x, self._packed, self.bias)
 
 
 def pack_linears(model: nn.Module) -> int:
