@@ -193,6 +193,21 @@ def test_prompts_joining_a_running_batch_decode_as_if_alone(tiny_model_dir, nan_
             _assert_logprobs_of_a_full_forward(small, small.encode(prompt), trace)
 
 
+def test_sampling_at_a_temperature_draws_what_softmax_and_a_full_cumsum_draw():
+    """The sampler's unnormalised weights exp((l - max) / T) give, for the same uniforms, the tokens
+    a float64 cumsum over softmax(l / T) gives (EOS-suppressed -inf entries stay undrawable)."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(64, 49152, generator=g) * 3
+    logits[:, :100] = -math.inf
+    params = SamplingParams(temperature=0.7)
+    got = HFEngine._sample(logits, params, torch.Generator().manual_seed(5))
+    u = torch.rand((64, 1), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    full = torch.softmax(logits / 0.7, dim=-1).cumsum(-1, dtype=torch.float64)
+    want = torch.searchsorted(full, u * full[:, -1:], right=True).squeeze(1)
+    assert torch.equal(got, want)
+    assert bool((got >= 100).all())
+
+
 def test_two_level_inverse_cdf_draws_what_a_full_cumsum_draws():
     """The block-wise sampler picks, for the same uniform, the token a float64 cumsum over the
     whole vocabulary picks; masked tokens (probability zero) are never drawn, even at u -> 1."""
