@@ -289,12 +289,11 @@ class HFEngine:
     def _sample(logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
         if params.temperature <= 0:
             return logits.argmax(dim=-1)
-        # softmax's numerator exp((l - max l) / T) in one full-vocabulary buffer: the inverse CDF
-        # takes the row's total, so the draw needs no normalising pass (nor softmax's and the
-        # division's two fresh 6 MB tensors per step, which page-faulted in the engine)
+        # softmax's numerator exp((l - max l) / T), unnormalised (the inverse CDF takes each row's
+        # total), in one full-vocabulary buffer: no fresh tensors to page-fault in every step
         probs = (logits - logits.amax(-1, keepdim=True)).div_(params.temperature).exp_()
-        if params.top_p < 1.0:
-            probs = probs.div_(probs.sum(-1, keepdim=True))                      # nucleus: keep the smallest set with mass >= p
+        if params.top_p < 1.0:                      # nucleus: keep the smallest set with mass >= p
+            probs = probs.div_(probs.sum(-1, keepdim=True))
             sorted_p, order = probs.sort(dim=-1, descending=True)
             drop = sorted_p.cumsum(-1) - sorted_p >= params.top_p
             sorted_p = sorted_p.masked_fill(drop, 0.0)
