@@ -60,6 +60,10 @@ class HFEngine:
         from ttx.engines.packed import pack_linears
 
         self.packed_linears = pack_linears(self.model) if packed_weights else 0
+        from ttx.engines.fused import FusedDecoder
+
+        # Llama-family models run on fused packed weights, outside transformers' modules
+        self.fused = FusedDecoder.build(self.model) if self.packed_linears else None
         self.max_batch_rows = max_batch_rows
         eos = self.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -95,6 +99,8 @@ class HFEngine:
     def generate(self, prompts: list[Prompt], n, params) -> list[Generation]:
         """n traces per prompt; `n` and `params` may be per prompt (base.per_prompt)."""
         counts, per = per_prompt(len(prompts), n, params)
+        if self.fused is not None:
+            self.fused.refresh()                    # weights changed since the last call
         generator = None
         if per and per[0].seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(per[0].seed)
@@ -131,13 +137,12 @@ class HFEngine:
         growing(cache)                              # appends write in place (ttx.engines.kv)
         if past:
             self._load_past(cache, hits, past)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         cache=cache, use_cache=True, logits_to_keep=1)
+        logits = self._forward(input_ids, mask, positions, cache)
         if self.prefix is not None:
             self._store_prompts(cache, encoded, reused, suffix, past, width)
         # Share the prefill: repeat each prompt's cache n times instead of encoding it n times.
         _batch_rows(cache, lambda t: t.repeat_interleave(n, dim=0))
-        return (cache, out.logits[:, -1].float().repeat_interleave(n, dim=0),
+        return (cache, logits.repeat_interleave(n, dim=0),
                 mask.repeat_interleave(n, dim=0), positions[:, -1].repeat_interleave(n, dim=0) + 1,
                 reused)
 
@@ -275,15 +280,21 @@ class HFEngine:
                 tokens, mask, next_pos = tokens[index], mask[index], next_pos[index]
                 cache, mask = _trim_left(cache, mask)
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-            out = self.model(input_ids=tokens[:, None], attention_mask=mask,
-                             position_ids=next_pos[:, None], cache=cache, use_cache=True)
-            logits = out.logits[:, -1].float()
+            logits = self._forward(tokens[:, None], mask, next_pos[:, None], cache)
             next_pos = next_pos + 1
         # traces in row order (sampling order), whatever order they finished in
         return [Generation(traces=[trace for _, trace in sorted(t, key=lambda rt: rt[0])],
                            prompt_tokens=len(ids), wall_s=ended[i] - started[i],
                            cached_prompt_tokens=cached[i])
                 for i, (t, ids) in enumerate(zip(traces, encoded))]
+
+    def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
+        """The last position's logits (float32) for each row, the new K/V written to `cache`."""
+        if self.fused is not None:
+            return self.fused.forward(input_ids, mask, positions, cache)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float()
 
     @staticmethod
     def _sample(logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:

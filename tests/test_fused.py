@@ -1,0 +1,181 @@
+"""The Llama-family forward on fused packed weights (ttx.engines.fused) computes transformers'
+logits and K/V, and stands aside for every model it does not reimplement exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from ttx.engines.fused import FusedDecoder, supported
+from ttx.engines.hf import HFEngine
+from ttx.engines.kv import growing
+from ttx.engines.packed import pack_linears
+
+
+def _tiny(family: str, dtype=torch.float32, **extra):
+    """A 2-layer random model of the family: 4 query heads on 2 K/V heads (grouped queries)."""
+    import transformers
+
+    cls, config_cls = {"llama": ("LlamaForCausalLM", "LlamaConfig"),
+                       "mistral": ("MistralForCausalLM", "MistralConfig"),
+                       "qwen2": ("Qwen2ForCausalLM", "Qwen2Config")}[family]
+    kwargs = dict(vocab_size=211, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  tie_word_embeddings=family != "mistral")
+    if family == "mistral":
+        kwargs["sliding_window"] = None
+    if family == "llama":
+        kwargs["attention_bias"] = True            # biases on q, k, v and o
+    kwargs.update(extra)
+    torch.manual_seed(0)
+    model = getattr(transformers, cls)(getattr(transformers, config_cls)(**kwargs))
+    return model.to(dtype).eval()
+
+
+def _steps(model, fused: bool, steps: int = 6):
+    """Logits of a left-padded prefill (3 rows of 9, 5 and 2 tokens) and of `steps` decode steps
+    feeding fixed tokens, and the cache's K/V at the end."""
+    g = torch.Generator().manual_seed(1)
+    lengths = (9, 5, 2)
+    ids = torch.randint(0, 211, (3, 9), generator=g)
+    mask = torch.zeros(3, 9, dtype=torch.long)
+    positions = torch.zeros(3, 9, dtype=torch.long)
+    for r, n in enumerate(lengths):
+        mask[r, 9 - n:] = 1
+        positions[r, 9 - n:] = torch.arange(n)
+    cache = DynamicCache(config=model.config)
+    growing(cache)
+    decoder = FusedDecoder(model) if fused else None
+
+    def forward(x, m, p):
+        if fused:
+            return decoder.forward(x, m, p, cache)
+        return model(input_ids=x, attention_mask=m, position_ids=p, cache=cache, use_cache=True,
+                     logits_to_keep=1).logits[:, -1].float()
+
+    out = []
+    with torch.inference_mode():
+        out.append(forward(ids, mask, positions))
+        p = positions[:, -1:]
+        for _ in range(steps):
+            mask = torch.cat([mask, mask.new_ones(3, 1)], dim=1)
+            p = p + 1
+            out.append(forward(torch.randint(0, 211, (3, 1), generator=g), mask, p))
+    real = mask.bool()
+    kv = [(layer.keys.transpose(1, 2)[real], layer.values.transpose(1, 2)[real])
+          for layer in cache.layers]
+    return out, kv
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
+def test_fused_forward_gives_transformers_logits_and_cache_in_float32(family):
+    model = _tiny(family)
+    assert supported(model)
+    want, want_kv = _steps(model, fused=False)
+    pack_linears(model)          # the engine's setting; fused does not need it, but must match it
+    got, got_kv = _steps(model, fused=True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for (k1, v1), (k2, v2) in zip(got_kv, want_kv):
+        torch.testing.assert_close(k1, k2, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_forward_in_bfloat16_agrees_with_transformers_within_its_rounding():
+    model = _tiny("llama", torch.bfloat16)
+    want, _ = _steps(model, fused=False)
+    got, _ = _steps(model, fused=True)
+    for a, b in zip(got, want):
+        # bfloat16 keeps 8 bits: logits of order 1 differ in the last bits of some entries
+        torch.testing.assert_close(a, b, rtol=0.02, atol=0.02)
+        assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def test_models_it_does_not_reimplement_keep_transformers_forward():
+    from peft import LoraConfig, get_peft_model
+
+    assert supported(_tiny("llama"))
+    assert not supported(_tiny("mistral", sliding_window=4))
+    assert not supported(_tiny("llama", hidden_act="gelu"))
+    assert not supported(_tiny("llama", torch.float16))         # no packed kernel for it
+    training = _tiny("llama").train()
+    assert not supported(training)
+    hooked = _tiny("llama")
+    hooked.model.layers[1].mlp.register_forward_hook(lambda *a: None)
+    assert not supported(hooked)
+    lora = get_peft_model(_tiny("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert not supported(lora) and not supported(lora.base_model.model)
+
+
+def test_in_place_ttt_models_keep_their_own_forward():
+    from ttx.inplace_ttt.convert import convert
+
+    assert not supported(convert(_tiny("llama", attention_bias=False), layers=[0]))
+
+
+def test_the_engine_runs_fused_only_on_packed_weights(tiny_model_dir):
+    assert HFEngine(model=str(tiny_model_dir), device="cpu").fused is not None
+    plain = HFEngine(model=str(tiny_model_dir), device="cpu", packed_weights=False)
+    assert plain.fused is None
+
+
+def test_fused_engine_follows_weights_changed_between_calls(tiny_model_dir):
+    """A stage that trains the model between calls (ttrl, tlm) gets logits of the new weights."""
+    from ttx.engines.base import SamplingParams
+
+    fused = HFEngine(model=str(tiny_model_dir), device="cpu", prefix_cache_mb=0)
+    plain = HFEngine(loaded=(fused.model, fused.tokenizer), prefix_cache_mb=0)
+    assert fused.fused is not None and plain.fused is None
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True, logprobs=True)
+    prompt = "Tom has 3 apples and buys 5 more."
+
+    def same():
+        a = fused.generate([prompt], 1, params)[0].traces[0]
+        b = plain.generate([prompt], 1, params)[0].traces[0]
+        assert a.token_ids == b.token_ids
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs),
+                                   rtol=1e-5, atol=1e-5)
+        return a.token_ids
+
+    before = same()
+    with torch.no_grad():
+        for p in fused.model.model.layers[0].mlp.parameters():
+            p.mul_(-3.0)                                      # an in-place update
+        fused.model.model.norm.weight.add_(0.5)
+    assert same() != before
+
+
+def test_fused_forward_on_the_default_model_gives_transformers_logits(default_model_dir):
+    from ttx.models import load_model
+
+    model, _, _ = load_model(str(default_model_dir), "cpu", "float32")
+    pack_linears(model)     # the same matmul kernel on both sides: what differs is the forward
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=g)
+    mask = torch.ones(2, 24, dtype=torch.long)
+    mask[1, :7] = 0
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    results = []
+    for fused in (False, True):
+        cache = DynamicCache(config=model.config)
+        growing(cache)
+        decoder = FusedDecoder(model) if fused else None
+        m, p, x, out = mask, positions, ids, []
+        with torch.inference_mode():
+            for _ in range(4):
+                if fused:
+                    logits = decoder.forward(x, m, p, cache)
+                else:
+                    logits = model(input_ids=x, attention_mask=m, position_ids=p, cache=cache,
+                                   use_cache=True, logits_to_keep=1).logits[:, -1].float()
+                out.append(logits)
+                x, p = logits.argmax(-1, keepdim=True), p[:, -1:] + 1
+                m = torch.cat([m, m.new_ones(2, 1)], dim=1)
+        results.append(out)
+    (prefill, *decode), (want, *want_decode) = results
+    torch.testing.assert_close(prefill, want, rtol=1e-5, atol=1e-5)
+    # float32 decode attention runs as two matmuls, which round apart from sdpa's kernel: logits
+    # of magnitude ~20 after 30 layers differ by up to ~7e-5 here
+    for a, b in zip(decode, want_decode):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-4)

@@ -1,0 +1,213 @@
+"""The forward pass of Llama-family decoders (Llama, Mistral, Qwen2) on fused, packed weights.
+
+The hf engine's model calls spend about a sixth of a float32 decode step in transformers'
+per-module Python (hooks, keyword plumbing, mask building, output classes) beside tensor work,
+and run seven matrices per layer. This forward runs the same arithmetic as transformers'
+modules in four matrices per layer, each a oneDNN-packed copy (ttx.engines.packed): q, k and v
+as one [q + k + v, hidden] matrix, gate and up as one [2 * intermediate, hidden] matrix, then
+o and down. Its logits equal transformers' (tests/test_fused.py: float32 within 1e-5).
+
+It serves only models whose every part is the plain one it reimplements: the exact classes of
+the family, plain linear layers, SiLU, no sliding window, no hooks. Anything else (a peft
+adapter, In-Place TTT's layers, Mamba hybrids, accelerate's offloading hooks) keeps
+transformers' forward (`FusedDecoder.build` returns None).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ttx.engines.packed import PackedLinear, available, pack, packed_linear
+
+# the family's classes, by module name: (causal LM, decoder layer, attention, MLP, RMSNorm)
+_FAMILY = {
+    "llama": ("LlamaForCausalLM", "LlamaDecoderLayer", "LlamaAttention", "LlamaMLP",
+              "LlamaRMSNorm"),
+    "mistral": ("MistralForCausalLM", "MistralDecoderLayer", "MistralAttention", "MistralMLP",
+                "MistralRMSNorm"),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2DecoderLayer", "Qwen2Attention", "Qwen2MLP",
+              "Qwen2RMSNorm"),
+}
+
+
+def _is(module, name: str) -> bool:
+    return type(module).__name__ == name and type(module).__module__.startswith("transformers.")
+
+
+def _plain(module: nn.Module) -> bool:
+    """No hooks that a module call would run and this forward would skip."""
+    return not (module._forward_hooks or module._forward_pre_hooks
+                or getattr(module, "_hf_hook", None) is not None)
+
+
+def _linear(module) -> bool:
+    return type(module) in (nn.Linear, PackedLinear) and _plain(module)
+
+
+def supported(model) -> bool:
+    """Whether `model` is a plain Llama-family decoder this forward computes exactly."""
+    config = getattr(model, "config", None)
+    names = _FAMILY.get(getattr(config, "model_type", None))
+    if names is None or not _is(model, names[0]) or model.training:
+        return False
+    w = model.lm_head.weight
+    if not available(w.device, w.dtype):
+        return False
+    if getattr(config, "hidden_act", None) != "silu" or getattr(config, "sliding_window", None) \
+            and getattr(config, "use_sliding_window", True):
+        return False
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or []):
+        return False
+    inner = model.model
+    if type(inner.embed_tokens) is not nn.Embedding:
+        return False
+    parts = [model, inner, inner.embed_tokens, inner.norm, inner.rotary_emb]
+    if not _is(inner.norm, names[4]) or not _linear(model.lm_head) or model.lm_head.bias is not None:
+        return False
+    if len(inner.layers) != config.num_hidden_layers:
+        return False
+    for layer in inner.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        if not (_is(layer, names[1]) and _is(attn, names[2]) and _is(mlp, names[3])
+                and _is(layer.input_layernorm, names[4])
+                and _is(layer.post_attention_layernorm, names[4])):
+            return False
+        linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj,
+                   mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+        if not all(_linear(m) for m in linears) \
+                or type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
+            return False
+        if any(m.weight.dtype != w.dtype or m.weight.device != w.device for m in linears):
+            return False
+        # fused matrices need all of their parts with a bias or none
+        if len({m.bias is None for m in linears[:3]}) > 1 \
+                or len({m.bias is None for m in linears[4:6]}) > 1:
+            return False
+        parts += [layer, attn, mlp, layer.input_layernorm, layer.post_attention_layernorm]
+    return all(_plain(m) for m in parts)
+
+
+def _cat(tensors):
+    return None if tensors[0] is None else torch.cat([t.detach() for t in tensors])
+
+
+class _Layer:
+    """One decoder layer's packed matrices and norms."""
+
+    def __init__(self, layer):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.qkv = pack(_cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+        self.qkv_bias = _cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
+        self.o = pack(attn.o_proj.weight.detach())
+        self.o_bias = _detach(attn.o_proj.bias)
+        self.gate_up = pack(_cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+        self.gate_up_bias = _cat([mlp.gate_proj.bias, mlp.up_proj.bias])
+        self.down = pack(mlp.down_proj.weight.detach())
+        self.down_bias = _detach(mlp.down_proj.bias)
+        self.norm1 = (layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon)
+        self.norm2 = (layer.post_attention_layernorm.weight.detach(),
+                      layer.post_attention_layernorm.variance_epsilon)
+        self.intermediate = mlp.gate_proj.weight.shape[0]
+
+
+def _detach(t):
+    return None if t is None else t.detach()
+
+
+def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
+    """transformers' LlamaRMSNorm: the statistics in float32, the weight in the input's dtype."""
+    weight, eps = norm
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+class FusedDecoder:
+    """`forward(input_ids, mask, positions, cache)`: the last position's logits (float32), as
+    `model(..., logits_to_keep=1).logits[:, -1].float()` would give, writing the cache the same."""
+
+    def __init__(self, model):
+        self.model = model
+        config = model.config
+        attn = model.model.layers[0].self_attn
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = attn.head_dim
+        self.scaling = attn.scaling
+        self._key = None
+        self.refresh()
+
+    @classmethod
+    def build(cls, model) -> "FusedDecoder | None":
+        return cls(model) if supported(model) else None
+
+    def refresh(self) -> None:
+        """Re-pack when any weight changed since the last packing (another tensor, or an
+        in-place update)."""
+        key = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+        if key == self._key:
+            return
+        inner = self.model.model
+        self.layers = [_Layer(layer) for layer in inner.layers]
+        self.embed = inner.embed_tokens.weight.detach()
+        self.norm = (inner.norm.weight.detach(), inner.norm.variance_epsilon)
+        self.head = pack(self.model.lm_head.weight.detach())
+        self._key = key
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                cache) -> torch.Tensor:
+        """input_ids, positions [rows, q]; mask [rows, cached + q] (1: a real token); `cache` a
+        DynamicCache whose layers take the new K/V (ttx.engines.kv)."""
+        rows, q = input_ids.shape
+        h = F.embedding(input_ids, self.embed)
+        heads, kv, d = self.heads, self.kv_heads, self.head_dim
+        group, half = heads // kv, d // 2
+        cos, sin = self.model.model.rotary_emb(h, position_ids=positions)
+        # rotary: x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1); the sign moves onto sin
+        # (exact), so each layer swaps its halves without negating them
+        cos, sin = cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, :, None]
+        attend = _attention_mask(mask, q)
+        bias = None
+        if q == 1 and h.dtype == torch.float32:   # bfloat16 keeps sdpa's float32 softmax
+            bias = torch.zeros(attend.shape, device=h.device).masked_fill_(~attend, -math.inf)
+        for i, layer in enumerate(self.layers):
+            x = _rms_norm(h, layer.norm1)
+            qkv = packed_linear(x, layer.qkv, layer.qkv_bias).view(rows, q, heads + 2 * kv, d)
+            qk = qkv[:, :, :heads + kv]
+            qk = torch.cat((qk[..., half:], qk[..., :half]), dim=-1).mul_(sin).add_(qk * cos)
+            query = qk[:, :, :heads].transpose(1, 2)
+            keys, values = cache.update(qk[:, :, heads:].transpose(1, 2),
+                                        qkv[:, :, heads + kv:].transpose(1, 2), i)
+            if bias is not None:    # float32 decode: two matmuls beat sdpa's kernel (4%)
+                scores = torch.matmul(query.reshape(rows, kv, group, d), keys.transpose(-1, -2))
+                out = torch.matmul(scores.mul_(self.scaling).add_(bias).softmax(-1), values)
+            elif q == 1:          # the query heads of a K/V head as its queries (transformers' pack_gqa)
+                out = F.scaled_dot_product_attention(
+                    query.reshape(rows, kv, group, d), keys, values, attn_mask=attend,
+                    scale=self.scaling)
+            else:
+                out = F.scaled_dot_product_attention(query, keys, values, attn_mask=attend,
+                                                     scale=self.scaling, enable_gqa=group > 1)
+                out = out.transpose(1, 2)
+            h.add_(packed_linear(out.reshape(rows, q, heads * d), layer.o, layer.o_bias))
+            x = _rms_norm(h, layer.norm2)
+            gate_up = packed_linear(x, layer.gate_up, layer.gate_up_bias)
+            gate, up = gate_up.split(layer.intermediate, dim=-1)
+            h.add_(packed_linear(F.silu(gate).mul_(up), layer.down, layer.down_bias))
+        h = _rms_norm(h[:, -1], self.norm)
+        return packed_linear(h, self.head).float()
+
+
+def _attention_mask(mask: torch.Tensor, q: int) -> torch.Tensor:
+    """[rows, 1, q, columns] booleans: query i (at column columns - q + i) sees column j when j is
+    a real token at or before it (a padding query sees nothing: torch's sdpa gives it zeros)."""
+    real = mask.bool()[:, None, None, :]
+    if q == 1:
+        return real
+    columns = mask.shape[1]
+    at = torch.arange(columns - q, columns, device=mask.device)[:, None]
+    return real & (torch.arange(columns, device=mask.device)[None, :] <= at)
