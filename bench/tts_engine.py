@@ -8,6 +8,8 @@ Part 1, side by side in one run, alternating rounds, the same 4 prompts, 128 for
   (a)  ttx hf engine, the 4 prompts x 8 traces in one batch (shared prefill per prompt), float32
        (the CPU default) and bfloat16 (`--dtype bfloat16`), linear layers on oneDNN-packed weights
   (a0) the same with `--no-packed-weights` (F.linear, MKL's sgemm: the engine before packing)
+  (a2) the same on packed weights through transformers' modules (the engine before its fused
+       Llama-family forward, ttx/engines/fused.py)
   (a1) ttx hf engine, one prompt (8 traces) per call
   (b)  a loop of single `model.generate` calls (8 calls, the first prompt: it is slow)
   (c)  `model.generate(num_return_sequences=8)`, one call per prompt
@@ -18,8 +20,9 @@ Part 1, side by side in one run, alternating rounds, the same 4 prompts, 128 for
        forked samples per prompt), the library anchor
 and the distance to the machine: the FLOP rate (a) achieves (2 x parameters per token) against
 the measured matmul rate at the same decode shapes (rows = the batch's live traces, every
-matrix its own tensor as in the model), in three layouts (x @ W as stored, F.linear's x @ W^T,
-oneDNN-packed as the engine runs it; the fastest counts) and both dtypes.
+matrix its own tensor), in three layouts (x @ W as stored, F.linear's x @ W^T, oneDNN-packed as
+the engine runs it) and both dtypes, at the model's seven matrices a layer and at the fused
+forward's four (q|k|v, o, gate|up, down); the fastest rate counts.
 Part 2, one decode-heavy run of (a) under torch.profiler: where the time goes (weight matmuls,
 attention, other tensor ops, sampling, Python and the engine's own bookkeeping).
 Part 3, beam search at n = 8, width 2, 4 steps of at most 64 tokens on 8 arithmetic problems:
@@ -171,6 +174,17 @@ def decode_shapes(model) -> list[tuple[int, int, int]]:
     return [(k, n, c) for (k, n), c in counts.items()]
 
 
+def fused_shapes(model) -> list[tuple[int, int, int]]:
+    """(in, out, count) of the fused forward's matmuls (ttx.engines.fused): q|k|v, o, gate|up
+    and down per layer, and the head."""
+    c = model.config
+    d = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    layers, hidden, inter = c.num_hidden_layers, c.hidden_size, c.intermediate_size
+    qkv = (c.num_attention_heads + 2 * c.num_key_value_heads) * d
+    return [(hidden, qkv, layers), (c.num_attention_heads * d, hidden, layers),
+            (hidden, 2 * inter, layers), (inter, hidden, layers), (hidden, c.vocab_size, 1)]
+
+
 def start_vllm(threads: int, dtype: str = "float32"):
     script = ROOT / "scripts" / "vllm-server.sh"
     if subprocess.run(["bash", str(script), "setup"], cwd=ROOT).returncode != 0:
@@ -206,6 +220,8 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
     engine = HFEngine(device="cpu")
     half = HFEngine(device="cpu", dtype="bfloat16")
     plain = HFEngine(device="cpu", packed_weights=False)      # F.linear (MKL), the baseline
+    modules = HFEngine(device="cpu")
+    modules.fused = None                        # packed weights through transformers' modules
     paged = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"),
                                                  dtype=torch.float32,
                                                  attn_implementation="paged|sdpa").eval()
@@ -213,12 +229,15 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
     run_hf_engine(engine, prompts[:1], 1)           # warm-up
     run_hf_engine(half, prompts[:1], 1)
     run_hf_engine(plain, prompts[:1], 1)
+    run_hf_engine(modules, prompts[:1], 1)
     batched = {"a_hf_engine_batched": lambda: run_hf_engine(engine, prompts, len(prompts)),
                "a_hf_engine_batched_bf16": lambda: run_hf_engine(half, prompts, len(prompts))}
     configs = {
         **batched,
         "a0_hf_engine_batched_f_linear": lambda: run_hf_engine(plain, prompts, len(prompts)),
         "a1_hf_engine_per_prompt": lambda: run_hf_engine(engine, prompts, 1),
+        "a2_hf_engine_batched_transformers_forward":
+            lambda: run_hf_engine(modules, prompts, len(prompts)),
         # (b) is slow (one sequence at a time): its rate is measured on the first prompt's 8 traces
         "b_generate_loop": lambda: run_generate(plain, prompts[:1], batched=False),
         "c_generate_num_return_sequences": lambda: run_generate(plain, prompts, batched=True),
@@ -258,14 +277,16 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
                                     / summary["a_hf_engine_batched"], 3)
     params = sum(p.numel() for p in engine.model.parameters())
     rows = N * len(prompts)
-    shapes = decode_shapes(engine.model)
+    shapes = {"model": decode_shapes(engine.model), "fused": fused_shapes(engine.model)}
     limit = {"parameters": params, "rows": rows}
     for dtype, a in (("float32", "a_hf_engine_batched"), ("bfloat16", "a_hf_engine_batched_bf16")):
-        rates = {layout: round(matmul_rate(rows, shapes, dtype, layout), 1)
-                 for layout in LAYOUTS}
+        rates = {kind: {layout: round(matmul_rate(rows, s, dtype, layout), 1) for layout in LAYOUTS}
+                 for kind, s in shapes.items()}
         achieved = summary[a] * 2 * params / 1e9
-        best = max(rates.values())
-        limit[dtype] = {"matmul_gflops_at_decode_shapes": rates, "engine_gflops": round(achieved, 1),
+        best = max(r for by_layout in rates.values() for r in by_layout.values())
+        limit[dtype] = {"matmul_gflops_at_decode_shapes": rates["model"],
+                        "matmul_gflops_at_fused_shapes": rates["fused"],
+                        "engine_gflops": round(achieved, 1),
                         "engine_share_of_best_matmul_rate": round(achieved / best, 3)}
     return {"settings": {"n": N, "prompts": len(prompts), "forced_tokens": TOKENS,
                          "temperature": TEMPERATURE, "rounds": rounds, "torch_threads": threads},
@@ -282,7 +303,7 @@ def step_profile() -> dict:
     engine = HFEngine(device="cpu", prefix_cache_mb=0)
     prompts = _prompts()
     run_hf_engine(engine, prompts[:1], 1)
-    forward, sample = engine.model.forward, engine._sample
+    forward, sample = engine._forward, engine._sample
 
     def timed_forward(*args, **kwargs):
         with record_function("ttx.forward"):
@@ -292,7 +313,7 @@ def step_profile() -> dict:
         with record_function("ttx.sample"):
             return sample(*args, **kwargs)
 
-    engine.model.forward, engine._sample = timed_forward, timed_sample
+    engine._forward, engine._sample = timed_forward, timed_sample
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         tokens, wall = run_hf_engine(engine, prompts, len(prompts))
     events = prof.key_averages()
@@ -300,7 +321,9 @@ def step_profile() -> dict:
     self_s = {e.key: e.self_cpu_time_total / 1e6 for e in events}
     inside = total.get("ttx.forward", 0.0)
     linear = sum(v for k, v in self_s.items() if k in MATMUL_OPS)
-    attention = sum(v for k, v in self_s.items() if "scaled_dot_product" in k)
+    # float32 decode attention runs as bmm, softmax, bmm (ttx.engines.fused); prefill as sdpa
+    attention = sum(v for k, v in self_s.items()
+                    if "scaled_dot_product" in k or k in ("aten::bmm", "aten::_softmax"))
     sampling = total.get("ttx.sample", 0.0)
     ops = sum(v for k, v in self_s.items() if k.startswith(("aten::", "mkldnn::")))
     other = ops - linear - attention

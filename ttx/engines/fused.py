@@ -55,8 +55,8 @@ def supported(model) -> bool:
     if names is None or not _is(model, names[0]) or model.training:
         return False
     w = model.lm_head.weight
-    if not available(w.device, w.dtype):
-        return False
+    if not available(w.device, w.dtype) or any(p.is_inference() for p in model.parameters()):
+        return False                    # (inference tensors keep no version to re-pack on)
     if getattr(config, "hidden_act", None) != "silu" or getattr(config, "sliding_window", None) \
             and getattr(config, "use_sliding_window", True):
         return False

@@ -43,7 +43,8 @@ class HFEngine:
         (a stage that trains it between calls: ttrl, perk, tlm) keeps none unless asked.
         `packed_weights` runs the linear layers on oneDNN-packed copies of their weights on CPU
         (ttx.engines.packed: 1.5x float32 decode, one more copy of those weights in memory); by
-        default on for a model the engine loads, off for a `loaded` one."""
+        default on for a model the engine loads, off for a `loaded` one. With it, Llama-family
+        models run ttx's own forward on fused packed weights (ttx.engines.fused)."""
         folder = None
         if loaded is None:
             self.model, self.tokenizer, folder = load_model(model, device, dtype)
