@@ -104,8 +104,78 @@ def test_models_it_does_not_reimplement_keep_transformers_forward():
     hooked = _tiny("llama")
     hooked.model.layers[1].mlp.register_forward_hook(lambda *a: None)
     assert not supported(hooked)
-    lora = get_peft_model(_tiny("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
-    assert not supported(lora) and not supported(lora.base_model.model)
+    dora = get_peft_model(_tiny("llama"), LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    assert not supported(dora) and not supported(dora.base_model.model)
+
+
+def _lora(model, seed=3):
+    """LoRA on all seven linear layers with random (non-zero) A and B."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return lora.eval()
+
+
+def test_a_lora_adapter_is_merged_into_the_fused_weights():
+    lora = _lora(_tiny("llama"))
+    assert supported(lora)
+    want, want_kv = _steps(lora, fused=False)
+    got, got_kv = _steps(lora, fused=True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for (k1, v1), (k2, v2) in zip(got_kv, want_kv):
+        torch.testing.assert_close(k1, k2, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-5)
+    with lora.disable_adapter():           # switched off: the base model's logits
+        base, _ = _steps(lora, fused=False)
+        off, _ = _steps(lora, fused=True)
+    assert not torch.allclose(base[0], want[0], atol=1e-3)              # the adapter really acts
+    for a, b in zip(off, base):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_switching_an_adapter_off_and_on_re_packs_the_fused_weights():
+    from ttx.engines.packed import packed_linear
+
+    lora = _lora(_tiny("llama"))
+    decoder = FusedDecoder(lora)
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(4))
+
+    def qkv(d):                             # what the first layer's fused matrix computes
+        return packed_linear(x, d.layers[0].qkv, d.layers[0].qkv_bias)
+
+    on = qkv(decoder)
+    with lora.disable_adapter():
+        decoder.refresh()
+        assert torch.equal(qkv(decoder), qkv(FusedDecoder(lora)))
+        assert not torch.allclose(qkv(decoder), on, atol=1e-3)
+    decoder.refresh()
+    assert torch.equal(qkv(decoder), on)
+
+
+def test_the_engine_runs_an_adapter_on_the_fused_forward(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from ttx.engines.base import SamplingParams
+
+    _lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir)).save_pretrained(tmp_path / "lora")
+    fused = HFEngine(model=str(tiny_model_dir), device="cpu", adapter=str(tmp_path / "lora"),
+                     prefix_cache_mb=0)
+    plain = HFEngine(model=str(tiny_model_dir), device="cpu", adapter=str(tmp_path / "lora"),
+                     prefix_cache_mb=0, packed_weights=False)
+    assert fused.fused is not None and plain.fused is None
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, ignore_eos=True, logprobs=True)
+    a = fused.generate(["Tom has 3 apples."], 1, params)[0].traces[0]
+    b = plain.generate(["Tom has 3 apples."], 1, params)[0].traces[0]
+    assert a.token_ids == b.token_ids
+    torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_in_place_ttt_models_keep_their_own_forward():

@@ -10,9 +10,10 @@ default model's decode steps within 2e-4, where decode attention's two matmuls r
 sdpa's kernel).
 
 It serves only models whose every part is the plain one it reimplements: the exact classes of
-the family, plain linear layers, SiLU, no sliding window, no hooks. Anything else (a peft
-adapter, In-Place TTT's layers, Mamba hybrids, accelerate's offloading hooks) keeps
-transformers' forward (`FusedDecoder.build` returns None).
+the family, plain linear layers or peft's plain LoRA on them (its update B A x scaling merged
+into the fused copy, as peft's own merge computes it), SiLU, no sliding window, no hooks.
+Anything else (DoRA and the other LoRA variants, In-Place TTT's layers, Mamba hybrids,
+accelerate's offloading hooks) keeps transformers' forward (`FusedDecoder.build` returns None).
 """
 
 from __future__ import annotations
@@ -47,17 +48,64 @@ def _plain(module: nn.Module) -> bool:
 
 
 def _linear(module) -> bool:
+    if _is_lora(module):
+        return _plain_lora(module)
     return type(module) in (nn.Linear, PackedLinear) and _plain(module)
+
+
+def _is_lora(module) -> bool:
+    return type(module).__name__ == "Linear" and type(module).__module__ == "peft.tuners.lora.layer"
+
+
+def _plain_lora(module) -> bool:
+    """peft's LoRA on a plain linear: y = W x + sum over active adapters of B A x * scaling."""
+    active = [a for a in module.active_adapters if a in module.lora_A]
+    return (_linear(module.base_layer) and _plain(module) and not module.fan_in_fan_out
+            and not any(a in module.lora_variant or getattr(module, "lora_bias", {}).get(a)
+                        for a in active)
+            and all(_plain(module.lora_A[a]) and _plain(module.lora_B[a]) for a in active))
+
+
+def _weight(module) -> torch.Tensor:
+    """The linear map's effective weight: a LoRA layer's with its active adapters merged."""
+    if not _is_lora(module):
+        return module.weight.detach()
+    w = module.base_layer.weight.detach()
+    if module.disable_adapters or module.merged:     # merged: the base weight holds them already
+        return w
+    for a in module.active_adapters:
+        if a in module.lora_A:
+            w = w + module.get_delta_weight(a).detach()
+    return w
+
+
+def _bias(module):
+    module = module.base_layer if _is_lora(module) else module
+    return None if module.bias is None else module.bias.detach()
+
+
+def unwrap(model):
+    """The transformers model under a peft wrapper (PeftModel -> LoraModel -> the model)."""
+    if type(model).__module__.startswith("peft."):
+        inner = getattr(getattr(model, "base_model", None), "model", None)
+        return inner if inner is not None else model
+    return model
 
 
 def supported(model) -> bool:
     """Whether `model` is a plain Llama-family decoder this forward computes exactly."""
+    if type(model).__module__.startswith("peft.") and (
+            type(model.base_model).__name__ != "LoraModel" or not _plain(model)
+            or not _plain(model.base_model)):
+        return False
+    params = list(model.parameters())
+    model = unwrap(model)
     config = getattr(model, "config", None)
     names = _FAMILY.get(getattr(config, "model_type", None))
     if names is None or not _is(model, names[0]) or model.training:
         return False
     w = model.lm_head.weight
-    if not available(w.device, w.dtype) or any(p.is_inference() for p in model.parameters()):
+    if not available(w.device, w.dtype) or any(p.is_inference() for p in params):
         return False                    # (inference tensors keep no version to re-pack on)
     if getattr(config, "hidden_act", None) != "silu" or getattr(config, "sliding_window", None) \
             and getattr(config, "use_sliding_window", True):
@@ -68,7 +116,7 @@ def supported(model) -> bool:
     if type(inner.embed_tokens) is not nn.Embedding or inner.embed_tokens.max_norm is not None:
         return False
     parts = [model, inner, inner.embed_tokens, inner.norm, inner.rotary_emb]
-    if not _is(inner.norm, names[4]) or not _linear(model.lm_head) or model.lm_head.bias is not None:
+    if not _is(inner.norm, names[4]) or not _linear(model.lm_head) or _bias(model.lm_head) is not None:
         return False
     if len(inner.layers) != config.num_hidden_layers:
         return False
@@ -83,18 +131,18 @@ def supported(model) -> bool:
         if not all(_linear(m) for m in linears) \
                 or type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
             return False
-        if any(m.weight.dtype != w.dtype or m.weight.device != w.device for m in linears):
+        if any(_weight(m).dtype != w.dtype or _weight(m).device != w.device for m in linears):
             return False
         # fused matrices need all of their parts with a bias or none
-        if len({m.bias is None for m in linears[:3]}) > 1 \
-                or len({m.bias is None for m in linears[4:6]}) > 1:
+        if len({_bias(m) is None for m in linears[:3]}) > 1 \
+                or len({_bias(m) is None for m in linears[4:6]}) > 1:
             return False
         parts += [layer, attn, mlp, layer.input_layernorm, layer.post_attention_layernorm]
     return all(_plain(m) for m in parts)
 
 
 def _cat(tensors):
-    return None if tensors[0] is None else torch.cat([t.detach() for t in tensors])
+    return None if tensors[0] is None else torch.cat(tensors)
 
 
 class _Layer:
@@ -102,22 +150,19 @@ class _Layer:
 
     def __init__(self, layer):
         attn, mlp = layer.self_attn, layer.mlp
-        self.qkv = pack(_cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
-        self.qkv_bias = _cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-        self.o = pack(attn.o_proj.weight.detach())
-        self.o_bias = _detach(attn.o_proj.bias)
-        self.gate_up = pack(_cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
-        self.gate_up_bias = _cat([mlp.gate_proj.bias, mlp.up_proj.bias])
-        self.down = pack(mlp.down_proj.weight.detach())
-        self.down_bias = _detach(mlp.down_proj.bias)
+        gate = _weight(mlp.gate_proj)
+        self.qkv = pack(_cat([_weight(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]))
+        self.qkv_bias = _cat([_bias(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj)])
+        self.o = pack(_weight(attn.o_proj))
+        self.o_bias = _bias(attn.o_proj)
+        self.gate_up = pack(_cat([gate, _weight(mlp.up_proj)]))
+        self.gate_up_bias = _cat([_bias(mlp.gate_proj), _bias(mlp.up_proj)])
+        self.down = pack(_weight(mlp.down_proj))
+        self.down_bias = _bias(mlp.down_proj)
         self.norm1 = (layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon)
         self.norm2 = (layer.post_attention_layernorm.weight.detach(),
                       layer.post_attention_layernorm.variance_epsilon)
-        self.intermediate = mlp.gate_proj.weight.shape[0]
-
-
-def _detach(t):
-    return None if t is None else t.detach()
+        self.intermediate = gate.shape[0]
 
 
 def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
@@ -133,9 +178,10 @@ class FusedDecoder:
     `model(..., logits_to_keep=1).logits[:, -1].float()` would give, writing the cache the same."""
 
     def __init__(self, model):
-        self.model = model
-        config = model.config
-        attn = model.model.layers[0].self_attn
+        self.model = model                  # as given (a peft wrapper's parameters include LoRA's)
+        self.base = unwrap(model)
+        config = self.base.config
+        attn = self.base.model.layers[0].self_attn
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = attn.head_dim
@@ -150,14 +196,16 @@ class FusedDecoder:
     def refresh(self) -> None:
         """Re-pack when any weight changed since the last packing (another tensor, or an
         in-place update)."""
-        key = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+        key = (tuple((p.data_ptr(), p._version) for p in self.model.parameters()),
+               tuple((tuple(m.active_adapters), m.disable_adapters, m.merged)
+                     for m in self.base.modules() if _is_lora(m)))
         if key == self._key:
             return
-        inner = self.model.model
+        inner = self.base.model
         self.layers = [_Layer(layer) for layer in inner.layers]
         self.embed = inner.embed_tokens.weight.detach()
         self.norm = (inner.norm.weight.detach(), inner.norm.variance_epsilon)
-        self.head = pack(self.model.lm_head.weight.detach())
+        self.head = pack(_weight(self.base.lm_head))
         self._key = key
 
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
@@ -168,7 +216,7 @@ class FusedDecoder:
         h = F.embedding(input_ids, self.embed)
         heads, kv, d = self.heads, self.kv_heads, self.head_dim
         group, half = heads // kv, d // 2
-        cos, sin = self.model.model.rotary_emb(h, position_ids=positions)
+        cos, sin = self.base.model.rotary_emb(h, position_ids=positions)
         # rotary: x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1); the sign moves onto sin
         # (exact), so each layer swaps its halves without negating them
         cos, sin = cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, :, None]
