@@ -68,18 +68,24 @@ def _steps(model, fused: bool, steps: int = 6):
     return out, kv
 
 
+def _assert_same(got, want, tol=1e-5):
+    """Every step's logits and the cache's keys and values within `tol` (float32)."""
+    (logits, kv), (want_logits, want_kv) = got, want
+    assert len(logits) == len(want_logits) and len(kv) == len(want_kv)
+    for a, b in zip(logits, want_logits):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    for (k1, v1), (k2, v2) in zip(kv, want_kv):
+        torch.testing.assert_close(k1, k2, rtol=tol, atol=tol)
+        torch.testing.assert_close(v1, v2, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])
 def test_fused_forward_gives_transformers_logits_and_cache_in_float32(family):
     model = _tiny(family)
     assert supported(model)
-    want, want_kv = _steps(model, fused=False)
+    want = _steps(model, fused=False)
     pack_linears(model)          # the engine's setting; fused does not need it, but must match it
-    got, got_kv = _steps(model, fused=True)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    for (k1, v1), (k2, v2) in zip(got_kv, want_kv):
-        torch.testing.assert_close(k1, k2, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-5)
+    _assert_same(_steps(model, fused=True), want)
 
 
 def test_fused_forward_in_bfloat16_agrees_with_transformers_within_its_rounding():
@@ -126,12 +132,7 @@ def test_a_lora_adapter_is_merged_into_the_fused_weights():
     lora = _lora(_tiny("llama"))
     assert supported(lora)
     want, want_kv = _steps(lora, fused=False)
-    got, got_kv = _steps(lora, fused=True)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    for (k1, v1), (k2, v2) in zip(got_kv, want_kv):
-        torch.testing.assert_close(k1, k2, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-5)
+    _assert_same(_steps(lora, fused=True), (want, want_kv))
     with lora.disable_adapter():           # switched off: the base model's logits
         base, _ = _steps(lora, fused=False)
         off, _ = _steps(lora, fused=True)

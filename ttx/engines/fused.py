@@ -131,7 +131,8 @@ def supported(model) -> bool:
         if not all(_linear(m) for m in linears) \
                 or type(mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
             return False
-        if any(_weight(m).dtype != w.dtype or _weight(m).device != w.device for m in linears):
+        weights = [_weight(m) for m in linears]          # a LoRA layer's merged once
+        if any(x.dtype != w.dtype or x.device != w.device for x in weights):
             return False
         # fused matrices need all of their parts with a bias or none
         if len({_bias(m) is None for m in linears[:3]}) > 1 \
