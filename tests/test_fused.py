@@ -10,7 +10,7 @@ from transformers import DynamicCache
 from ttx.engines.fused import FusedDecoder, supported
 from ttx.engines.hf import HFEngine
 from ttx.engines.kv import growing
-from ttx.engines.packed import pack_linears
+from ttx.engines.packed import available, pack_linears
 
 
 def _tiny(family: str, dtype=torch.float32, **extra):
@@ -88,7 +88,23 @@ def test_fused_forward_gives_transformers_logits_and_cache_in_float32(family):
     _assert_same(_steps(model, fused=True), want)
 
 
+def test_fused_decode_through_the_c_kernel_gives_transformers_logits_and_cache(monkeypatch):
+    from ttx.engines import attention
+
+    if not attention.available(64, 2):
+        pytest.skip("no C compiler with AVX2/OpenMP, or a CPU without AVX2")
+    model = _tiny("llama", hidden_size=256, num_attention_heads=4)   # heads of 64: the kernel's
+    assert FusedDecoder(model).native
+    want = _steps(model, fused=False)
+    _assert_same(_steps(model, fused=True), want)
+    monkeypatch.setattr(attention, "available", lambda *a: False)    # torch's matmuls instead
+    assert not FusedDecoder(model).native
+    _assert_same(_steps(model, fused=True), want)
+
+
 def test_fused_forward_in_bfloat16_agrees_with_transformers_within_its_rounding():
+    if not available("cpu", torch.bfloat16):
+        pytest.skip("no oneDNN bfloat16 packing on this CPU")
     model = _tiny("llama", torch.bfloat16)
     want, _ = _steps(model, fused=False)
     got, _ = _steps(model, fused=True)
@@ -246,7 +262,7 @@ def test_fused_forward_on_the_default_model_gives_transformers_logits(default_mo
         results.append(out)
     (prefill, *decode), (want, *want_decode) = results
     torch.testing.assert_close(prefill, want, rtol=1e-5, atol=1e-5)
-    # float32 decode attention runs as two matmuls, which round apart from sdpa's kernel: logits
-    # of magnitude ~20 after 30 layers differ by up to ~7e-5 here
+    # float32 decode attention (ttx's C kernel, or two matmuls without it) rounds apart from
+    # sdpa's kernel: logits of magnitude ~20 after 30 layers differ by up to ~7e-5 here
     for a, b in zip(decode, want_decode):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-4)

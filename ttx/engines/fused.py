@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ttx.engines import attention
 from ttx.engines.packed import PackedLinear, available, pack, packed_linear
 
 # the family's classes, by module name: (causal LM, decoder layer, attention, MLP, RMSNorm)
@@ -187,6 +188,9 @@ class FusedDecoder:
         self.kv_heads = config.num_key_value_heads
         self.head_dim = attn.head_dim
         self.scaling = attn.scaling
+        # float32 decode attention through ttx's C kernel where it builds (ttx.engines.attention)
+        self.native = (self.base.lm_head.weight.dtype == torch.float32
+                       and attention.available(self.head_dim, self.heads // self.kv_heads))
         self._key = None
         self.refresh()
 
@@ -222,8 +226,10 @@ class FusedDecoder:
         # (exact), so each layer swaps its halves without negating them
         cos, sin = cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, :, None]
         attend = _attention_mask(mask, q)
-        bias = None
-        if q == 1 and h.dtype == torch.float32:   # bfloat16 keeps sdpa's float32 softmax
+        bias = real = None
+        if q == 1 and self.native:
+            real = attend[:, 0, 0]
+        elif q == 1 and h.dtype == torch.float32:   # bfloat16 keeps sdpa's float32 softmax
             bias = torch.zeros(attend.shape, device=h.device).masked_fill_(~attend, -math.inf)
         for i, layer in enumerate(self.layers):
             x = _rms_norm(h, layer.norm1)
@@ -233,7 +239,9 @@ class FusedDecoder:
             query = qk[:, :, :heads].transpose(1, 2)
             keys, values = cache.update(qk[:, :, heads:].transpose(1, 2),
                                         qkv[:, :, heads + kv:].transpose(1, 2), i)
-            if bias is not None:    # float32 decode: two matmuls beat sdpa's kernel (4%)
+            if real is not None:
+                out = attention.decode_attention(query[:, :, 0], keys, values, real, self.scaling)
+            elif bias is not None:    # float32 decode: two matmuls beat sdpa's kernel (4%)
                 scores = torch.matmul(query.reshape(rows, kv, group, d), keys.transpose(-1, -2))
                 out = torch.matmul(scores.mul_(self.scaling).add_(bias).softmax(-1), values)
             elif q == 1:          # the query heads of a K/V head as its queries (transformers' pack_gqa)
