@@ -298,17 +298,23 @@ def step_profile() -> dict:
     """Where a decode step's time goes: (a) once under torch.profiler, ops grouped by kind."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from ttx.engines import attention as native
+    from ttx.engines import kernels as native
     from ttx.engines.hf import HFEngine
 
     engine = HFEngine(device="cpu", prefix_cache_mb=0)
     prompts = _prompts()
     run_hf_engine(engine, prompts[:1], 1)
-    forward, sample, kernel = engine._forward, engine._sample, native.decode_attention
+    forward, sample = engine._forward, engine._sample
+    # ttx's C kernels are ctypes calls: the profiler sees no op of their own, so each runs in a
+    # range named after it
+    calls = {name: getattr(native, name)
+             for name in ("decode_attention", "add_rms_norm", "silu_mul", "rotary_")}
 
-    def timed_kernel(*args, **kwargs):     # a ctypes call: the profiler sees no op of its own
-        with record_function("ttx.decode_attention"):
-            return kernel(*args, **kwargs)
+    def ranged(name, fn):
+        def call(*args, **kwargs):
+            with record_function(f"ttx.kernel.{name}"):
+                return fn(*args, **kwargs)
+        return call
 
     def timed_forward(*args, **kwargs):
         with record_function("ttx.forward"):
@@ -319,24 +325,28 @@ def step_profile() -> dict:
             return sample(*args, **kwargs)
 
     engine._forward, engine._sample = timed_forward, timed_sample
-    native.decode_attention = timed_kernel
+    for name, fn in calls.items():
+        setattr(native, name, ranged(name, fn))
     try:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             tokens, wall = run_hf_engine(engine, prompts, len(prompts))
     finally:
-        native.decode_attention = kernel
+        for name, fn in calls.items():
+            setattr(native, name, fn)
     events = prof.key_averages()
     total = {e.key: e.cpu_time_total / 1e6 for e in events}
     self_s = {e.key: e.self_cpu_time_total / 1e6 for e in events}
     inside = total.get("ttx.forward", 0.0)
     linear = sum(v for k, v in self_s.items() if k in MATMUL_OPS)
     # float32 decode attention runs in ttx's C kernel (or as bmm, softmax, bmm without it:
-    # ttx.engines.fused); prefill as sdpa. The kernel's own time is its range's total.
-    attention = total.get("ttx.decode_attention", 0.0) + sum(
+    # ttx.engines.fused); prefill as sdpa. A kernel's time is its range's total (the few aten
+    # ops its wrapper runs, an empty output, count twice: microseconds).
+    kernel = {name: total.get(f"ttx.kernel.{name}", 0.0) for name in calls}
+    attention = kernel["decode_attention"] + sum(
         v for k, v in self_s.items()
         if "scaled_dot_product" in k or k in ("aten::bmm", "aten::_softmax"))
     sampling = total.get("ttx.sample", 0.0)
-    ops = total.get("ttx.decode_attention", 0.0) + sum(
+    ops = sum(kernel.values()) + sum(
         v for k, v in self_s.items() if k.startswith(("aten::", "mkldnn::")))
     other = ops - linear - attention
     parts = {"weight_matmuls": linear, "attention": attention,
@@ -346,6 +356,7 @@ def step_profile() -> dict:
             "model_forward_s": round(inside, 2), "sampling_s": round(sampling, 2),
             "engine_outside_forward_and_sampling_s": round(wall - inside - sampling, 2),
             "share_of_wall": {k: round(v / wall, 3) for k, v in parts.items()},
+            "c_kernels_s": {k: round(v, 2) for k, v in kernel.items()},
             "note": "profiled run (the profiler's own overhead is in the Python share)"}
 
 

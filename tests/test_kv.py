@@ -54,3 +54,20 @@ def test_filling_holes_moves_only_rows_past_the_new_size():
     order = _fill_holes([1, 3, 4, 5])
     layer.select_rows(order)
     assert torch.equal(layer.keys, k[order]) and torch.equal(layer.values, v[order])
+
+
+def test_reserve_widens_the_window_and_leaves_the_new_columns_to_the_caller(nan_for_uninitialized):
+    """What the decode attention kernel relies on: reserve() gives views one column wider (the
+    earlier K/V kept, across a regrow too) whose last column, once written, is the cache's."""
+    g = torch.Generator().manual_seed(1)
+    layer = GrowingLayer()
+    k, v = torch.randn(4, 3, 7, 8, generator=g), torch.randn(4, 3, 7, 8, generator=g)
+    layer.update(k, v)
+    for step in range(100):                                # regrows on the way
+        nk, nv = torch.randn(4, 3, 1, 8, generator=g), torch.randn(4, 3, 1, 8, generator=g)
+        keys, values = layer.reserve(nk, nv)
+        assert keys.shape[2] == 8 + step and torch.equal(keys[:, :, :-1], k)
+        assert torch.equal(values[:, :, :-1], v)
+        keys[:, :, -1:], values[:, :, -1:] = nk, nv
+        k, v = torch.cat([k, nk], dim=2), torch.cat([v, nv], dim=2)
+        assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)

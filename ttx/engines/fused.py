@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ttx.engines import attention
+from ttx.engines import kernels
+from ttx.engines.kv import GrowingLayer
 from ttx.engines.packed import PackedLinear, available, pack, packed_linear
 
 # the family's classes, by module name: (causal LM, decoder layer, attention, MLP, RMSNorm)
@@ -188,9 +189,10 @@ class FusedDecoder:
         self.kv_heads = config.num_key_value_heads
         self.head_dim = attn.head_dim
         self.scaling = attn.scaling
-        # float32 decode attention through ttx's C kernel where it builds (ttx.engines.attention)
-        self.native = (self.base.lm_head.weight.dtype == torch.float32
-                       and attention.available(self.head_dim, self.heads // self.kv_heads))
+        # float32 runs ttx's C kernels where they build (ttx.engines.kernels), torch's ops otherwise
+        self.native = self.base.lm_head.weight.dtype == torch.float32 and kernels.available()
+        self.native_attention = self.native and kernels.serves_attention(
+            self.head_dim, self.heads // self.kv_heads)
         self._key = None
         self.refresh()
 
@@ -220,46 +222,78 @@ class FusedDecoder:
         rows, q = input_ids.shape
         h = F.embedding(input_ids, self.embed)
         heads, kv, d = self.heads, self.kv_heads, self.head_dim
-        group, half = heads // kv, d // 2
+        half = d // 2
         cos, sin = self.base.model.rotary_emb(h, position_ids=positions)
         # rotary: x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1); the sign moves onto sin
         # (exact), so each layer swaps its halves without negating them
-        cos, sin = cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, :, None]
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)
         attend = _attention_mask(mask, q)
         bias = real = None
-        if q == 1 and self.native:
+        if q == 1 and self.native_attention:
             real = attend[:, 0, 0]
         elif q == 1 and h.dtype == torch.float32:   # bfloat16 keeps sdpa's float32 softmax
             bias = torch.zeros(attend.shape, device=h.device).masked_fill_(~attend, -math.inf)
+        delta = None                                # the last layer's output, not yet added to h
         for i, layer in enumerate(self.layers):
-            x = _rms_norm(h, layer.norm1)
+            x = self._add_norm(h, delta, layer.norm1)
             qkv = packed_linear(x, layer.qkv, layer.qkv_bias).view(rows, q, heads + 2 * kv, d)
-            qk = qkv[:, :, :heads + kv]
-            qk = torch.cat((qk[..., half:], qk[..., :half]), dim=-1).mul_(sin).add_(qk * cos)
-            query = qk[:, :, :heads].transpose(1, 2)
-            keys, values = cache.update(qk[:, :, heads:].transpose(1, 2),
-                                        qkv[:, :, heads + kv:].transpose(1, 2), i)
-            if real is not None:
-                out = attention.decode_attention(query[:, :, 0], keys, values, real, self.scaling)
-            elif bias is not None:    # float32 decode: two matmuls beat sdpa's kernel (4%)
-                scores = torch.matmul(query.reshape(rows, kv, group, d), keys.transpose(-1, -2))
-                out = torch.matmul(scores.mul_(self.scaling).add_(bias).softmax(-1), values)
-            elif q == 1:          # the query heads of a K/V head as its queries (transformers' pack_gqa)
-                out = F.scaled_dot_product_attention(
-                    query.reshape(rows, kv, group, d), keys, values, attn_mask=attend,
-                    scale=self.scaling)
+            if self.native:
+                kernels.rotary_(qkv, heads + kv, cos, sin)
+                qk = qkv
             else:
-                out = F.scaled_dot_product_attention(query, keys, values, attn_mask=attend,
-                                                     scale=self.scaling, enable_gqa=group > 1)
-                out = out.transpose(1, 2)
-            h.add_(packed_linear(out.reshape(rows, q, heads * d), layer.o, layer.o_bias))
-            x = _rms_norm(h, layer.norm2)
+                qk = qkv[:, :, :heads + kv]
+                qk = torch.cat((qk[..., half:], qk[..., :half]), dim=-1).mul_(sin[:, :, None]) \
+                    .add_(qk * cos[:, :, None])
+            query = qk[:, :, :heads].transpose(1, 2)
+            k_new = qk[:, :, heads:heads + kv].transpose(1, 2)
+            v_new = qkv[:, :, heads + kv:].transpose(1, 2)
+            if real is not None:
+                layer_cache = cache.layers[i]
+                if isinstance(layer_cache, GrowingLayer):    # the kernel writes the new K/V
+                    keys, values = layer_cache.reserve(k_new, v_new)
+                    new = (k_new[:, :, 0], v_new[:, :, 0])
+                else:
+                    (keys, values), new = cache.update(k_new, v_new, i), None
+                out = kernels.decode_attention(query[:, :, 0], keys, values, real,
+                                               self.scaling, new)
+            else:
+                keys, values = cache.update(k_new, v_new, i)
+                out = self._attend(query, keys, values, attend, bias, rows, q)
+            x = self._add_norm(h, packed_linear(out.reshape(rows, q, heads * d), layer.o,
+                                                layer.o_bias), layer.norm2)
             gate_up = packed_linear(x, layer.gate_up, layer.gate_up_bias)
-            gate, up = gate_up.split(layer.intermediate, dim=-1)
-            h.add_(packed_linear(F.silu(gate).mul_(up), layer.down, layer.down_bias))
+            if self.native:
+                y = kernels.silu_mul(gate_up)
+            else:
+                gate, up = gate_up.split(layer.intermediate, dim=-1)
+                y = F.silu(gate).mul_(up)
+            delta = packed_linear(y, layer.down, layer.down_bias)
+        h.add_(delta)
         h = _rms_norm(h[:, -1], self.norm)
         return packed_linear(h, self.head).float()
 
+    def _add_norm(self, h, delta, norm):
+        """h += delta (in place), then the layer's RMSNorm of h."""
+        if self.native:
+            return kernels.add_rms_norm(h, delta, *norm)
+        if delta is not None:
+            h.add_(delta)
+        return _rms_norm(h, norm)
+
+    def _attend(self, query, keys, values, attend, bias, rows, q):
+        """torch's attention: prefill, bfloat16, and float32 decode without the C kernel."""
+        heads, kv, d = self.heads, self.kv_heads, self.head_dim
+        group = heads // kv
+        if bias is not None:    # float32 decode: two matmuls beat sdpa's kernel (4%)
+            scores = torch.matmul(query.reshape(rows, kv, group, d), keys.transpose(-1, -2))
+            return torch.matmul(scores.mul_(self.scaling).add_(bias).softmax(-1), values)
+        if q == 1:          # the query heads of a K/V head as its queries (transformers' pack_gqa)
+            return F.scaled_dot_product_attention(
+                query.reshape(rows, kv, group, d), keys, values, attn_mask=attend,
+                scale=self.scaling)
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=attend,
+                                             scale=self.scaling, enable_gqa=group > 1)
+        return out.transpose(1, 2)
 
 def _attention_mask(mask: torch.Tensor, q: int) -> torch.Tensor:
     """[rows, 1, q, columns] booleans: query i (at column columns - q + i) sees column j when j is

@@ -36,6 +36,12 @@ class _Buffer:
         return self.tensor[:self.rows, :, self.start:self.end]
 
     def append(self, states: torch.Tensor) -> None:
+        self.extend(states)
+        self.tensor[:self.rows, :, self.end - states.shape[-2]:self.end] = states
+
+    def extend(self, states: torch.Tensor) -> None:
+        """Widen the window by `states`' columns, regrowing the buffer if it has no room; the new
+        columns are left for the caller to write."""
         new = states.shape[-2]
         if self.end == 0 or self.end + new > self.tensor.shape[-2] or states.shape[0] != self.rows:
             # a fresh buffer: the live window at column 0 and room for twice as much
@@ -45,7 +51,6 @@ class _Buffer:
             if n:
                 grown[:, :, :n] = self.view()
             self.tensor, self.rows, self.start, self.end = grown, states.shape[0], 0, n
-        self.tensor[:self.rows, :, self.end:self.end + new] = states
         self.end += new
 
     def select(self, keep: list[int]) -> None:
@@ -85,6 +90,16 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         self._kb.append(key_states)
         self._vb.append(value_states)
+        return self.keys, self.values
+
+    def reserve(self, key_states: torch.Tensor, value_states: torch.Tensor):
+        """`update` without the write: the returned views' last columns are for the caller to
+        fill with these states (ttx's decode attention kernel writes them while it reads the
+        rest: ttx.engines.attention)."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self._kb.extend(key_states)
+        self._vb.extend(value_states)
         return self.keys, self.values
 
     def select_rows(self, keep: list[int]) -> None:

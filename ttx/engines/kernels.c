@@ -1,16 +1,21 @@
-/* Decode attention on CPU (AVX2 + FMA): one query token per row against its cached K/V, every
- * query head of a K/V head (grouped-query attention) served by one pass over that head's
- * columns. softmax(q K^T scale + mask) V, as transformers' eager and sdpa attention compute it,
- * in float32; masked columns are skipped (their K/V may hold anything, NaN included).
+/* The float32 CPU kernels of ttx's fused decoder (ttx/engines/fused.py), AVX2 + FMA, OpenMP on
+ * the process's runtime (torch's own libgomp). Built and loaded by ttx/engines/kernels.py.
  *
- * torch's bmm-softmax-bmm runs ~100 tiny products a layer at decode shapes, each dominated by
- * its call's fixed cost; this reads each column's K and V once from memory for all query heads
- * of its K/V head and runs at the machine's memory bandwidth (bench/tts_engine.py).
- * Built and loaded by ttx/engines/attention.py; parallel over (row, K/V head) with OpenMP (the
- * process's runtime: torch's own libgomp). */
+ * Decode attention: one query token per row against its cached K/V, every query head of a K/V
+ * head (grouped-query attention) served by one pass over that head's columns:
+ * softmax(q K^T scale + mask) V as transformers' eager and sdpa attention compute it; masked
+ * columns are skipped (their K/V may hold anything, NaN included). torch's bmm-softmax-bmm runs
+ * ~100 tiny products a layer at decode shapes, each dominated by its call's fixed cost.
+ *
+ * RMSNorm (with the residual add before it), SiLU(gate) * up, and the rotary embedding: each
+ * one call instead of two to six torch ops. Between the weight matmuls of a decode step each
+ * torch op runs with its dispatcher's code and data evicted by the matmul before it, 3-5x its
+ * warm time (bench/decode_attention.py measures both). */
 #include <immintrin.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define MAX_GROUP 16
 #define MASKED (-3.0e38f)
@@ -137,11 +142,17 @@ static inline __attribute__((always_inline)) void head(
 
 /* q [rows, kv * group, dim] (strides q_row, q_head), k/v [rows, kv, cols, dim] (strides
  * *_row, *_head, *_col), mask [rows, cols] bytes (stride mask_row; 0: not attended), out
- * [rows, kv * group, dim] contiguous. The last dimension of each is contiguous. Returns 0, or
- * -1 for shapes it does not serve (dim other than 64 or 128, group above 16) or no memory. */
+ * [rows, kv * group, dim] contiguous. The last dimension of each is contiguous. With k_new and
+ * v_new ([rows, kv, dim], strides *_row, *_head) not NULL, they are first written into column
+ * cols - 1 of k and v: the decoded token's K/V, stored while its rows' pages are being read
+ * anyway (a separate copy misses cache and TLB on every one of the rows x kv strips). Returns
+ * 0, or -1 for shapes it does not serve (dim other than 64 or 128, group above 16) or no
+ * memory. */
 int ttx_decode_attention(const float *q, int64_t q_row, int64_t q_head,
-                         const float *k, int64_t k_row, int64_t k_head, int64_t k_col,
-                         const float *v, int64_t v_row, int64_t v_head, int64_t v_col,
+                         float *k, int64_t k_row, int64_t k_head, int64_t k_col,
+                         float *v, int64_t v_row, int64_t v_head, int64_t v_col,
+                         const float *k_new, int64_t kn_row, int64_t kn_head,
+                         const float *v_new, int64_t vn_row, int64_t vn_head,
                          const uint8_t *mask, int64_t mask_row, float *out,
                          int64_t rows, int64_t kv, int64_t group, int64_t dim, int64_t cols,
                          float scale) {
@@ -159,8 +170,12 @@ int ttx_decode_attention(const float *q, int64_t q_row, int64_t q_head,
             if (s == NULL) continue;
             int64_t r = t / kv, h = t % kv;
             const float *qt = q + r * q_row + h * group * q_head;
-            const float *kt = k + r * k_row + h * k_head, *vt = v + r * v_row + h * v_head;
+            float *kt = k + r * k_row + h * k_head, *vt = v + r * v_row + h * v_head;
             const uint8_t *m = mask + r * mask_row;
+            if (k_new != NULL && cols > 0) {
+                memcpy(kt + (cols - 1) * k_col, k_new + r * kn_row + h * kn_head, sizeof(float) * dim);
+                memcpy(vt + (cols - 1) * v_col, v_new + r * vn_row + h * vn_head, sizeof(float) * dim);
+            }
             float *ot = out + t * group * dim;
             if (dim == 64)
                 head(qt, q_head, kt, k_col, vt, v_col, m, ot, group, cols, scale, s, 64);
@@ -170,4 +185,91 @@ int ttx_decode_attention(const float *q, int64_t q_row, int64_t q_head,
         free(s);
     }
     return failed ? -1 : 0;
+}
+
+/* h += delta (delta may be NULL); out = weight * h / sqrt(mean(h^2) + eps), per row of n
+ * (transformers' LlamaRMSNorm in float32, after the residual add) */
+void ttx_add_rms_norm(float *h, const float *delta, const float *weight, float eps,
+                      float *out, int64_t rows, int64_t n) {
+    #pragma omp parallel for schedule(static) if (rows * n >= (1 << 17))
+    for (int64_t r = 0; r < rows; r++) {
+        float *x = h + r * n, *o = out + r * n;
+        const float *dr = delta ? delta + r * n : NULL;
+        __m256 acc = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            __m256 v = _mm256_loadu_ps(x + i);
+            if (dr) {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(dr + i));
+                _mm256_storeu_ps(x + i, v);
+            }
+            acc = _mm256_fmadd_ps(v, v, acc);
+        }
+        float sum = hsum(acc);
+        for (; i < n; i++) {
+            if (dr) x[i] += dr[i];
+            sum += x[i] * x[i];
+        }
+        float inv = 1.0f / sqrtf(sum / (float)n + eps);
+        __m256 w = _mm256_set1_ps(inv);
+        for (i = 0; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_loadu_ps(weight + i),
+                                                  _mm256_mul_ps(_mm256_loadu_ps(x + i), w)));
+        for (; i < n; i++) o[i] = weight[i] * (x[i] * inv);
+    }
+}
+
+/* silu(g) = g / (1 + e^-g), from e = e^-|g| <= 1: g / (1 + e) for g >= 0, g e / (1 + e) below */
+static inline __m256 silu8(__m256 g) {
+    __m256 absg = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), g);
+    __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), absg));
+    __m256 num = _mm256_blendv_ps(_mm256_mul_ps(g, e), g, _mm256_cmp_ps(g, _mm256_setzero_ps(), _CMP_GE_OQ));
+    return _mm256_div_ps(num, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+/* out[r] = silu(gate_up[r, :inter]) * gate_up[r, inter:], rows of 2 inter */
+void ttx_silu_mul(const float *gate_up, float *out, int64_t rows, int64_t inter) {
+    #pragma omp parallel for schedule(static) if (rows * inter >= (1 << 17))
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = gate_up + r * 2 * inter, *u = g + inter;
+        float *o = out + r * inter;
+        int64_t i = 0;
+        for (; i + 8 <= inter; i += 8)
+            _mm256_storeu_ps(o + i, _mm256_mul_ps(silu8(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(u + i)));
+        for (; i < inter; i++) {
+            float buf[8] = {g[i]}, res[8];
+            _mm256_storeu_ps(res, silu8(_mm256_loadu_ps(buf)));
+            o[i] = res[0] * u[i];
+        }
+    }
+}
+
+/* In place, the first `heads` heads of each token's [heads, dim] block (token stride `stride`):
+ * x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1), with that sign already on sin's first
+ * half (`sin` as ttx.engines.fused builds it); cos, sin [tokens, dim] contiguous */
+void ttx_rotary(float *x, int64_t tokens, int64_t stride, int64_t heads, int64_t dim,
+                const float *cos, const float *sin) {
+    int64_t half = dim / 2;
+    #pragma omp parallel for schedule(static) if (tokens * heads * dim >= (1 << 17))
+    for (int64_t t = 0; t < tokens; t++) {
+        const float *c = cos + t * dim, *s = sin + t * dim;
+        for (int64_t h = 0; h < heads; h++) {
+            float *a = x + t * stride + h * dim, *b = a + half;
+            int64_t i = 0;
+            for (; i + 8 <= half; i += 8) {
+                __m256 x1 = _mm256_loadu_ps(a + i), x2 = _mm256_loadu_ps(b + i);
+                __m256 lo = _mm256_add_ps(_mm256_mul_ps(x2, _mm256_loadu_ps(s + i)),
+                                          _mm256_mul_ps(x1, _mm256_loadu_ps(c + i)));
+                __m256 hi = _mm256_add_ps(_mm256_mul_ps(x1, _mm256_loadu_ps(s + half + i)),
+                                          _mm256_mul_ps(x2, _mm256_loadu_ps(c + half + i)));
+                _mm256_storeu_ps(a + i, lo);
+                _mm256_storeu_ps(b + i, hi);
+            }
+            for (; i < half; i++) {
+                float x1 = a[i], x2 = b[i];
+                a[i] = x2 * s[i] + x1 * c[i];
+                b[i] = x1 * s[half + i] + x2 * c[half + i];
+            }
+        }
+    }
 }
