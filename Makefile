@@ -36,6 +36,7 @@ test-server: setup
 
 bench: setup
 	$(PY) bench/tts_engine.py
+	$(PY) bench/decode_attention.py
 	$(PY) bench/memory.py
 	$(PY) bench/strategies.py
 	$(PY) bench/tlm.py

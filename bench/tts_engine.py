@@ -10,6 +10,7 @@ Part 1, side by side in one run, alternating rounds, the same 4 prompts, 128 for
   (a0) the same with `--no-packed-weights` (F.linear, MKL's sgemm: the engine before packing)
   (a2) the same on packed weights through transformers' modules (the engine before its fused
        Llama-family forward, ttx/engines/fused.py)
+  (a3) the same fused forward on torch's ops instead of ttx's C kernels (ttx/engines/kernels.c)
   (a1) ttx hf engine, one prompt (8 traces) per call
   (b)  a loop of single `model.generate` calls (8 calls, the first prompt: it is slow)
   (c)  `model.generate(num_return_sequences=8)`, one call per prompt
@@ -217,8 +218,11 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
     from ttx.models import resolve_model
 
     threads = torch.get_num_threads()
+    bf16 = _bf16_packs()
     engine = HFEngine(device="cpu")
-    half = HFEngine(device="cpu", dtype="bfloat16")
+    half = HFEngine(device="cpu", dtype="bfloat16") if bf16 else None
+    torch_ops = HFEngine(device="cpu")
+    torch_ops.fused.native = torch_ops.fused.native_attention = False   # no C kernels
     plain = HFEngine(device="cpu", packed_weights=False)      # F.linear (MKL), the baseline
     modules = HFEngine(device="cpu")
     modules.fused = None                        # packed weights through transformers' modules
@@ -227,13 +231,16 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
                                                  attn_implementation="paged|sdpa").eval()
     prompts = _prompts()
     run_hf_engine(engine, prompts[:1], 1)           # warm-up
-    run_hf_engine(half, prompts[:1], 1)
-    run_hf_engine(plain, prompts[:1], 1)
-    run_hf_engine(modules, prompts[:1], 1)
-    batched = {"a_hf_engine_batched": lambda: run_hf_engine(engine, prompts, len(prompts)),
-               "a_hf_engine_batched_bf16": lambda: run_hf_engine(half, prompts, len(prompts))}
+    for other in (half, torch_ops, plain, modules):
+        if other is not None:
+            run_hf_engine(other, prompts[:1], 1)
+    batched = {"a_hf_engine_batched": lambda: run_hf_engine(engine, prompts, len(prompts))}
+    if bf16:
+        batched["a_hf_engine_batched_bf16"] = lambda: run_hf_engine(half, prompts, len(prompts))
     configs = {
         **batched,
+        "a3_hf_engine_batched_fused_torch_ops":
+            lambda: run_hf_engine(torch_ops, prompts, len(prompts)),
         "a0_hf_engine_batched_f_linear": lambda: run_hf_engine(plain, prompts, len(prompts)),
         "a1_hf_engine_per_prompt": lambda: run_hf_engine(engine, prompts, 1),
         "a2_hf_engine_batched_transformers_forward":
@@ -249,8 +256,8 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
     if use_vllm:
         from ttx.engines.openai import OpenAIEngine
 
-        for count, dtype in sorted({(threads, "float32"), (1, "float32"),
-                                    (threads, "bfloat16")}, reverse=True):
+        arms = {(threads, "float32"), (1, "float32")} | ({(threads, "bfloat16")} if bf16 else set())
+        for count, dtype in sorted(arms, reverse=True):
             name = f"d_vllm_cpu_{count}_threads" + ("_bf16" if dtype == "bfloat16" else "")
             url = start_vllm(count, dtype)
             if not url:
@@ -273,13 +280,17 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
         bf16 = a.endswith("_bf16")
         ratios.update({f"{a}_over_{k}": round(summary[a] / v, 3) for k, v in summary.items()
                        if k not in batched and k.endswith("_bf16") == bf16})
-    ratios["a_bf16_over_a"] = round(summary["a_hf_engine_batched_bf16"]
-                                    / summary["a_hf_engine_batched"], 3)
+    if bf16:
+        ratios["a_bf16_over_a"] = round(summary["a_hf_engine_batched_bf16"]
+                                        / summary["a_hf_engine_batched"], 3)
     params = sum(p.numel() for p in engine.model.parameters())
     rows = N * len(prompts)
     shapes = {"model": decode_shapes(engine.model), "fused": fused_shapes(engine.model)}
     limit = {"parameters": params, "rows": rows}
-    for dtype, a in (("float32", "a_hf_engine_batched"), ("bfloat16", "a_hf_engine_batched_bf16")):
+    if not bf16:
+        limit["bfloat16"] = "skipped: this CPU has no oneDNN bfloat16 packing (AVX512/AVX-NE-CONVERT)"
+    for dtype, a in (("float32", "a_hf_engine_batched"),
+                     *((("bfloat16", "a_hf_engine_batched_bf16"),) if bf16 else ())):
         rates = {kind: {layout: round(matmul_rate(rows, s, dtype, layout), 1) for layout in LAYOUTS}
                  for kind, s in shapes.items()}
         achieved = summary[a] * 2 * params / 1e9
@@ -292,6 +303,16 @@ def throughput(rounds: int, use_vllm: bool) -> dict:
                          "temperature": TEMPERATURE, "rounds": rounds, "torch_threads": threads},
             "runs": results, "mean_tokens_per_s": summary, "ratios": ratios, "vllm": vllm,
             "machine_limit": limit}
+
+
+def _bf16_packs() -> bool:
+    """bfloat16 arms need oneDNN's bfloat16 packing (AVX512 or AVX-NE-CONVERT); without it the
+    engine runs bfloat16 on transformers' modules, which says nothing about the engine."""
+    import torch
+
+    from ttx.engines.packed import available
+
+    return available("cpu", torch.bfloat16)
 
 
 def step_profile() -> dict:
@@ -377,7 +398,7 @@ def beam_reuse(problems: int = 8) -> dict:
     out = {}
     for name, kwargs in (("reuse", {}), ("no_reuse", {"prefix_cache_mb": 0}),
                          ("no_reuse_f_linear", {"prefix_cache_mb": 0, "packed_weights": False}),
-                         ("reuse_bf16", {"dtype": "bfloat16"})):
+                         *((("reuse_bf16", {"dtype": "bfloat16"}),) if _bf16_packs() else ())):
         engine = HFEngine(device="cpu", **kwargs)
         runner = strategy_class("beam")(cfg)
         runner.setup(engine)
@@ -395,11 +416,12 @@ def beam_reuse(problems: int = 8) -> dict:
                      "computed_prefill_tokens_per_problem": round((prefill - cached) / problems, 1)}
         print("beam", name, out[name], flush=True)
     out["speedup_reuse"] = round(out["no_reuse"]["wall_s"] / out["reuse"]["wall_s"], 2)
-    out["speedup_reuse_bf16"] = round(out["no_reuse"]["wall_s"] / out["reuse_bf16"]["wall_s"], 2)
+    if "reuse_bf16" in out:
+        out["speedup_reuse_bf16"] = round(out["no_reuse"]["wall_s"] / out["reuse_bf16"]["wall_s"], 2)
     # against the engine as it was before prefix reuse and packed weights
     before = out["no_reuse_f_linear"]["wall_s"]
     out["speedup_over_no_reuse_f_linear"] = {k: round(before / out[k]["wall_s"], 2)
-                                             for k in ("reuse", "no_reuse", "reuse_bf16")}
+                                             for k in ("reuse", "no_reuse", "reuse_bf16") if k in out}
     return {"settings": {"n": 8, "beam_width": 2, "max_steps": 4, "step_tokens": 64,
                          "problems": problems, "max_new_tokens": 192, "temperature": 0.4},
             "results": out}
@@ -447,7 +469,7 @@ def plot(result: dict, path: Path) -> None:
     tp = result["throughput"]["mean_tokens_per_s"]
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     names = list(tp)
-    colours = {"a": "C0", "b": "C7", "c": "C7", "d": "C1", "e": "C2"}
+    colours = {"a": "C0", "b": "C7", "c": "C7", "d": "C1", "e": "C2"}   # bfloat16 arms: where it packs
     ax.barh(names, [tp[n] for n in names], color=[colours[n[0]] for n in names])
     for i, n in enumerate(names):
         ax.text(tp[n], i, f" {tp[n]:.0f}", va="center")
@@ -464,12 +486,17 @@ def main() -> None:
     parser.add_argument("--ffs-problems", type=int, default=16)
     parser.add_argument("--no-vllm", action="store_true")
     args = parser.parse_args()
-    result = {"machine": machine(), "throughput": throughput(args.rounds, not args.no_vllm),
-              "step_profile": step_profile(), "beam_n8": beam_reuse(),
-              "ffs_vs_majority": ffs_vs_majority(args.ffs_problems)}
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
+    partial = out / "tts_engine.partial.json"      # each part kept as it finishes
+    result = {"machine": machine()}
+    for name, part in (("throughput", lambda: throughput(args.rounds, not args.no_vllm)),
+                       ("step_profile", step_profile), ("beam_n8", beam_reuse),
+                       ("ffs_vs_majority", lambda: ffs_vs_majority(args.ffs_problems))):
+        result[name] = part()
+        partial.write_text(json.dumps(result, indent=2) + "\n")
     (out / "tts_engine.json").write_text(json.dumps(result, indent=2) + "\n")
+    partial.unlink()
     plot(result, out / "tts_engine.png")
     print(json.dumps(result["throughput"]["mean_tokens_per_s"], indent=2))
 
