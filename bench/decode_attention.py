@@ -5,7 +5,7 @@
 Part 1, decode attention of a whole step:
 All 30 layers of SmolLM2-135M (9 query heads, 3 K/V heads, head dim 64), 32 rows (4 prompts x 8
 traces), K/V as views of a cache buffer with room (each layer its own tensors, so none stays in
-cache from the layer before), at several cached lengths: (kernel) ttx.engines.attention, (bmm)
+cache from the layer before), at several cached lengths: (kernel) ttx.engines.kernels, (bmm)
 the fused forward's torch path (bmm, softmax, bmm with a bias mask), (sdpa) torch's kernel with
 a boolean mask and the query heads of a K/V head as its queries. Best of `repeats` for each,
 the largest difference from (bmm), and the bytes of K/V read per step against the memory

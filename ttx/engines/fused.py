@@ -189,10 +189,6 @@ class FusedDecoder:
         self.kv_heads = config.num_key_value_heads
         self.head_dim = attn.head_dim
         self.scaling = attn.scaling
-        # float32 runs ttx's C kernels where they build (ttx.engines.kernels), torch's ops otherwise
-        self.native = self.base.lm_head.weight.dtype == torch.float32 and kernels.available()
-        self.native_attention = self.native and kernels.serves_attention(
-            self.head_dim, self.heads // self.kv_heads)
         self._key = None
         self.refresh()
 
@@ -213,6 +209,11 @@ class FusedDecoder:
         self.embed = inner.embed_tokens.weight.detach()
         self.norm = (inner.norm.weight.detach(), inner.norm.variance_epsilon)
         self.head = pack(_weight(self.base.lm_head))
+        # float32 runs ttx's C kernels where they build (ttx.engines.kernels), torch's ops
+        # otherwise; decided with the weights, whose dtype a later call may find changed
+        self.native = self.embed.dtype == torch.float32 and kernels.available()
+        self.native_attention = self.native and kernels.serves_attention(
+            self.head_dim, self.heads // self.kv_heads)
         self._key = key
 
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
