@@ -26,9 +26,11 @@ the engine runs it) and both dtypes, at the model's seven matrices a layer and a
 forward's four (q|k|v, o, gate|up, down); the fastest rate counts.
 Part 2, one decode-heavy run of (a) under torch.profiler: where the time goes (weight matmuls,
 attention, other tensor ops, sampling, Python and the engine's own bookkeeping).
-Part 3, beam search at n = 8, width 2, 4 steps of at most 64 tokens on 8 arithmetic problems:
-wall time and prefill tokens computed, with prefix reuse and without (float32), without either
-reuse or packed weights (the engine before both), and with reuse in bfloat16.
+Part 3, beam search at n = 8, width 2, 4 steps of at most 64 tokens on 8 arithmetic problems
+(bench/beam_arm.py, each arm in a fresh process, arms alternating over --rounds): wall time and
+prefill tokens computed, with prefix reuse and without (float32), without reuse or packed weights,
+the engine as it was before issue 17 (a temporary git worktree at BEFORE_ISSUE_17: no reuse, a
+torch.cat cache, stop strings on the whole text), and with reuse in bfloat16 where oneDNN packs it.
 Part 4, majority vs FFS at the same n on the arithmetic problems: accuracy, completion and
 sequential tokens, wall time.
 
@@ -381,49 +383,65 @@ def step_profile() -> dict:
             "note": "profiled run (the profiler's own overhead is in the Python share)"}
 
 
-def beam_reuse(problems: int = 8) -> dict:
-    """Beam search at n = 8, 4 steps: with prefix reuse, without it, and with reuse in bf16."""
-    from ttx.data.arith import generate
-    from ttx.engines.base import SamplingParams
-    from ttx.engines.hf import HFEngine
-    from ttx.tts.prompts import build_prompt
-    from ttx.tts.registry import strategy as strategy_class
-    from ttx.tts.search import SearchConfig
-    from ttx.tts.strategy import StrategyConfig
+BEFORE_ISSUE_17 = "475154e"   # main just before prefix reuse, the in-place cache, tail stop strings
 
-    prompts = [build_prompt(p["question"]) for p in generate(problems, 0)]
-    cfg = StrategyConfig(strategy="beam", n=8, params=SamplingParams(
-        max_new_tokens=192, temperature=0.4, seed=0),
-        search=SearchConfig(beam_width=2, step_tokens=64, max_steps=4))
+
+def _beam_arm(engine_kwargs: dict, ttx_root: str | None = None) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "beam_arm.py"),
+           "--engine-kwargs", json.dumps(engine_kwargs)]
+    if ttx_root:
+        cmd += ["--ttx-root", ttx_root]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def beam_reuse(rounds: int = 2) -> dict:
+    """Beam search at n = 8, 4 steps, each arm in a fresh process, arms alternating by round:
+    with prefix reuse, without it, without reuse or packed weights, the engine before issue 17
+    (a git worktree at BEFORE_ISSUE_17), and with reuse in bf16 where oneDNN packs it."""
+    import tempfile
+
+    arms = {"reuse": {}, "no_reuse": {"prefix_cache_mb": 0},
+            "no_reuse_f_linear": {"prefix_cache_mb": 0, "packed_weights": False}}
+    if _bf16_packs():
+        arms["reuse_bf16"] = {"dtype": "bfloat16"}
+    tmp = tempfile.mkdtemp(prefix="ttx-before-")
+    worktree = Path(tmp) / "ttx"
+    added = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree),
+                            BEFORE_ISSUE_17], capture_output=True, text=True).returncode == 0
+    if added:
+        arms["before_issue_17"] = {}
+    runs: dict[str, list[dict]] = {k: [] for k in arms}
+    try:
+        for r in range(rounds):
+            for name in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+                runs[name].append(_beam_arm(arms[name], str(worktree) if name ==
+                                            "before_issue_17" else None))
+                print("beam", name, runs[name][-1], flush=True)
+    finally:
+        if added:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(worktree)], check=False)
     out = {}
-    for name, kwargs in (("reuse", {}), ("no_reuse", {"prefix_cache_mb": 0}),
-                         ("no_reuse_f_linear", {"prefix_cache_mb": 0, "packed_weights": False}),
-                         *((("reuse_bf16", {"dtype": "bfloat16"}),) if _bf16_packs() else ())):
-        engine = HFEngine(device="cpu", **kwargs)
-        runner = strategy_class("beam")(cfg)
-        runner.setup(engine)
-        runner.run(engine, prompts[:1], cfg)                     # warm-up
-        if engine.prefix is not None:
-            engine.prefix = type(engine.prefix)(engine.prefix.max_bytes)   # nothing kept from it
-        t0 = time.perf_counter()
-        outcomes = runner.run(engine, prompts, cfg)
-        wall = time.perf_counter() - t0
-        prefill = sum(o.extra.get("prefill_tokens", 0) for o in outcomes)
-        cached = sum(o.extra.get("cached_prefill_tokens", 0) for o in outcomes)
-        out[name] = {"wall_s": round(wall, 1),
-                     "completion_tokens": sum(o.completion_tokens for o in outcomes),
-                     "prefill_tokens_per_problem": round(prefill / problems, 1),
-                     "computed_prefill_tokens_per_problem": round((prefill - cached) / problems, 1)}
-        print("beam", name, out[name], flush=True)
-    out["speedup_reuse"] = round(out["no_reuse"]["wall_s"] / out["reuse"]["wall_s"], 2)
-    if "reuse_bf16" in out:
-        out["speedup_reuse_bf16"] = round(out["no_reuse"]["wall_s"] / out["reuse_bf16"]["wall_s"], 2)
-    # against the engine as it was before prefix reuse and packed weights
-    before = out["no_reuse_f_linear"]["wall_s"]
-    out["speedup_over_no_reuse_f_linear"] = {k: round(before / out[k]["wall_s"], 2)
-                                             for k in ("reuse", "no_reuse", "reuse_bf16") if k in out}
-    return {"settings": {"n": 8, "beam_width": 2, "max_steps": 4, "step_tokens": 64,
-                         "problems": problems, "max_new_tokens": 192, "temperature": 0.4},
+    for name, rs in runs.items():
+        wall = statistics.mean(x["wall_s"] for x in rs)
+        out[name] = dict(rs[0], wall_s=round(wall, 1), wall_s_rounds=[x["wall_s"] for x in rs],
+                         completion_tokens_per_s=round(rs[0]["completion_tokens"] / wall, 1))
+    def speedup(base: str) -> dict:
+        # wall time, and tokens/s (the arms before issue 17 sample different tokens)
+        return {k: {"wall": round(out[base]["wall_s"] / out[k]["wall_s"], 2),
+                    "tokens_per_s": round(out[k]["completion_tokens_per_s"]
+                                          / out[base]["completion_tokens_per_s"], 2)}
+                for k in runs if k != base}
+
+    speedups = {"speedup_over_no_reuse": speedup("no_reuse"),
+                "speedup_over_before_issue_17": speedup("before_issue_17") if added else None}
+    out.update(speedups)
+    from bench.beam_arm import SETTINGS
+
+    return {"settings": {**SETTINGS, "problems": 8, "rounds": rounds,
+                         "before_issue_17": BEFORE_ISSUE_17 if added else
+                         f"{BEFORE_ISSUE_17} not in this clone: arm skipped"},
             "results": out}
 
 
@@ -485,21 +503,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--ffs-problems", type=int, default=16)
     parser.add_argument("--no-vllm", action="store_true")
+    parser.add_argument("--parts", default="throughput,step_profile,beam_n8,ffs_vs_majority",
+                        help="comma-separated parts to run (the JSON is written only for all)")
     args = parser.parse_args()
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "tts_engine.partial.json"      # each part kept as it finishes
     result = {"machine": machine()}
-    for name, part in (("throughput", lambda: throughput(args.rounds, not args.no_vllm)),
-                       ("step_profile", step_profile), ("beam_n8", beam_reuse),
-                       ("ffs_vs_majority", lambda: ffs_vs_majority(args.ffs_problems))):
-        result[name] = part()
+    parts = {"throughput": lambda: throughput(args.rounds, not args.no_vllm),
+             "step_profile": step_profile, "beam_n8": lambda: beam_reuse(args.rounds),
+             "ffs_vs_majority": lambda: ffs_vs_majority(args.ffs_problems)}
+    chosen = args.parts.split(",")
+    for name in chosen:
+        result[name] = parts[name]()
         partial.write_text(json.dumps(result, indent=2) + "\n")
+    if set(chosen) != set(parts):
+        print(json.dumps(result, indent=2))       # a partial run leaves the results file alone
+        return
     (out / "tts_engine.json").write_text(json.dumps(result, indent=2) + "\n")
     partial.unlink()
     plot(result, out / "tts_engine.png")
     print(json.dumps(result["throughput"]["mean_tokens_per_s"], indent=2))
-
 
 if __name__ == "__main__":
     main()

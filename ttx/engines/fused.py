@@ -296,6 +296,7 @@ class FusedDecoder:
                                              scale=self.scaling, enable_gqa=group > 1)
         return out.transpose(1, 2)
 
+
 def _attention_mask(mask: torch.Tensor, q: int) -> torch.Tensor:
     """[rows, 1, q, columns] booleans: query i (at column columns - q + i) sees column j when j is
     a real token at or before it (a padding query sees nothing: torch's sdpa gives it zeros)."""
