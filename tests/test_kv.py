@@ -71,3 +71,27 @@ def test_reserve_widens_the_window_and_leaves_the_new_columns_to_the_caller(nan_
         keys[:, :, -1:], values[:, :, -1:] = nk, nv
         k, v = torch.cat([k, nk], dim=2), torch.cat([v, nv], dim=2)
         assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
+
+
+def test_repeated_rows_equal_repeat_interleave_and_fill_to_their_limit_without_a_regrow(
+        nan_for_uninitialized):
+    """A prompt's K/V repeated for its traces (uneven counts, as DORA allocates) equals
+    repeat_interleave; with the decode's limit known, appending up to it never regrows."""
+    g = torch.Generator().manual_seed(2)
+    layer = GrowingLayer()
+    k, v = torch.randn(3, 2, 5, 8, generator=g), torch.randn(3, 2, 5, 8, generator=g)
+    layer.update(k, v)
+    counts = [2, 1, 3]
+    layer.repeat_rows(counts, limit=5 + 90)
+    k = k.repeat_interleave(torch.tensor(counts), dim=0)
+    v = v.repeat_interleave(torch.tensor(counts), dim=0)
+    assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
+    buffer = layer._kb.tensor
+    for _ in range(90):
+        nk, nv = torch.randn(6, 2, 1, 8, generator=g), torch.randn(6, 2, 1, 8, generator=g)
+        layer.update(nk, nv)
+        k, v = torch.cat([k, nk], dim=2), torch.cat([v, nv], dim=2)
+    assert layer._kb.tensor is buffer and buffer.shape[2] == 95      # sized once, exactly
+    assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
+    layer.update(nk, nv)                                   # past the limit: regrows, still right
+    assert torch.equal(layer.keys, torch.cat([k, nk], dim=2))

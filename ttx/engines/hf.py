@@ -107,15 +107,18 @@ class HFEngine:
             generator = torch.Generator(device=self.device).manual_seed(per[0].seed)
         return self._decode([self.encode(p) for p in prompts], counts, per, generator)
 
-    def _prefill(self, encoded: list[list[int]], n: int):
+    def _prefill(self, encoded: list[list[int]], n: int, max_new_tokens: int | None = None):
         """Encode prompts once, then repeat each prompt's cache n times; with prefix reuse only
         what no earlier call encoded is computed (the cached part joins the batch left-padded,
         the new part left-padded after it: masked columns in between).
 
         Returns (cache, logits, mask, next_pos, reused) for len(encoded) * n rows (sum(n) for a
-        list), `reused` the tokens of each prompt taken from the prefix store."""
+        list), `reused` the tokens of each prompt taken from the prefix store. With
+        `max_new_tokens` the K/V buffers are sized for the whole decode where that costs at most
+        twice the usual room (ttx.engines.kv)."""
         from transformers import DynamicCache
 
+        counts = [n] * len(encoded) if isinstance(n, int) else list(n)
         if not isinstance(n, int):                  # per-prompt counts (DORA's allocation)
             n = torch.tensor(n, device=self.device)
         hits = [self.prefix.match(ids, limit=len(ids) - 1) if self.prefix is not None else (0, None)
@@ -142,7 +145,8 @@ class HFEngine:
         if self.prefix is not None:
             self._store_prompts(cache, encoded, reused, suffix, past, width)
         # Share the prefill: repeat each prompt's cache n times instead of encoding it n times.
-        _batch_rows(cache, lambda t: t.repeat_interleave(n, dim=0))
+        limit = past + width + max_new_tokens if max_new_tokens else None
+        _batch_rows(cache, lambda t: t.repeat_interleave(n, dim=0), repeat=counts, limit=limit)
         return (cache, logits.repeat_interleave(n, dim=0),
                 mask.repeat_interleave(n, dim=0), positions[:, -1].repeat_interleave(n, dim=0) + 1,
                 reused)
@@ -226,7 +230,8 @@ class HFEngine:
                 now = time.perf_counter()
                 for p in admit:
                     started[p] = now
-                *new, reused = self._prefill([encoded[p] for p in admit], [n[p] for p in admit])
+                *new, reused = self._prefill([encoded[p] for p in admit], [n[p] for p in admit],
+                                             max(per[p].max_new_tokens for p in admit))
                 for p, m in zip(admit, reused):
                     cached[p] = m
                 first = len(rows)
@@ -435,9 +440,12 @@ def _recurrent(layer) -> list[dict]:
             if d is not None]
 
 
-def _batch_rows(cache, pick, keep: list[int] | None = None) -> None:
+def _batch_rows(cache, pick, keep: list[int] | None = None, repeat: list[int] | None = None,
+                limit: int | None = None) -> None:
     """Apply a batch-axis operation (repeat, select) to every layer's state: K/V or Mamba state.
-    A selection also gives `keep`, the kept rows, which a GrowingLayer moves inside its buffer."""
+    A selection also gives `keep`, the kept rows, which a GrowingLayer moves inside its buffer;
+    a repeat gives `repeat`, each row's count, which a GrowingLayer writes once into a buffer
+    with room to grow (to `limit` columns where known)."""
     for layer in _layers(cache):
         for states in _recurrent(layer):
             for i, t in states.items():
@@ -446,6 +454,8 @@ def _batch_rows(cache, pick, keep: list[int] | None = None) -> None:
         if getattr(layer, "keys", None) is not None and layer.get_seq_length() > 0:
             if keep is not None and isinstance(layer, GrowingLayer):
                 layer.select_rows(keep)
+            elif repeat is not None and isinstance(layer, GrowingLayer):
+                layer.repeat_rows(repeat, limit)
             else:
                 layer.keys, layer.values = pick(layer.keys), pick(layer.values)
         if hasattr(layer, "batch_rows"):   # per-row state besides keys/values (In-Place TTT)

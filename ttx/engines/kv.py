@@ -26,6 +26,7 @@ class _Buffer:
 
     def __init__(self, tensor=None):
         self.tensor = tensor
+        self.limit = None               # the most columns the window will hold, where known
         live = tensor is not None and tensor.dim() >= 3
         self.rows = tensor.shape[0] if live else 0
         self.start, self.end = 0, (tensor.shape[-2] if live else 0)
@@ -46,12 +47,35 @@ class _Buffer:
         if self.end == 0 or self.end + new > self.tensor.shape[-2] or states.shape[0] != self.rows:
             # a fresh buffer: the live window at column 0 and room for twice as much
             n = self.end - self.start
-            grown = states.new_empty((states.shape[0], states.shape[1], 2 * (n + new) + _ROOM,
+            grown = states.new_empty((states.shape[0], states.shape[1], self._room(n + new),
                                       states.shape[-1]))
             if n:
                 grown[:, :, :n] = self.view()
             self.tensor, self.rows, self.start, self.end = grown, states.shape[0], 0, n
         self.end += new
+
+    def _room(self, columns: int) -> int:
+        """Columns of a regrown buffer: twice the window plus _ROOM, or the window's known limit
+        where that is at most twice as much (no regrow left before the end, a bounded waste)."""
+        double = 2 * columns + _ROOM
+        if self.limit is not None and columns <= self.limit <= 2 * double:
+            return self.limit
+        return double
+
+    def repeat(self, counts: list[int], limit: int | None = None) -> None:
+        """Row i becomes counts[i] rows, written once into a buffer with the room the next append
+        would regrow to (a plain repeat, then that regrow, copied each row's K/V twice); `limit`
+        the most columns the window will hold (its prompt and every token to decode)."""
+        live = self.view()
+        cols = live.shape[-2]
+        self.limit = limit
+        grown = live.new_empty((sum(counts), live.shape[1], self._room(cols + 1),
+                                live.shape[-1]))
+        first = 0
+        for i, count in enumerate(counts):
+            grown[first:first + count, :, :cols] = live[i:i + 1]
+            first += count
+        self.tensor, self.rows, self.start, self.end = grown, first, 0, cols
 
     def select(self, keep: list[int]) -> None:
         live = slice(self.start, self.end)
@@ -101,6 +125,12 @@ class GrowingLayer(DynamicLayer):
         self._kb.extend(key_states)
         self._vb.extend(value_states)
         return self.keys, self.values
+
+    def repeat_rows(self, counts: list[int], limit: int | None = None) -> None:
+        """Row i becomes counts[i] consecutive rows (repeat_interleave, in a buffer with room for
+        `limit` columns where the caller knows it)."""
+        self._kb.repeat(counts, limit)
+        self._vb.repeat(counts, limit)
 
     def select_rows(self, keep: list[int]) -> None:
         """Row j becomes row keep[j], moved in place one row at a time: right when no row is
