@@ -492,7 +492,7 @@ def plot(result: dict, path: Path) -> None:
     for i, n in enumerate(names):
         ax.text(tp[n], i, f" {tp[n]:.0f}", va="center")
     ax.invert_yaxis()
-    ax.set_xlabel("generated tokens / s (n = 8 traces, 4 prompts, 128 tokens, T = 0.7)")
+    ax.set_xlabel("generated tokens / s\n(n = 8 traces, 4 prompts, 128 tokens, T = 0.7)")
     ax.set_title(f"SmolLM2-135M on {result['machine']['cores']} CPU cores")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
