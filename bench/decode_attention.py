@@ -7,7 +7,9 @@ All 30 layers of SmolLM2-135M (9 query heads, 3 K/V heads, head dim 64), 32 rows
 traces), K/V as views of a cache buffer with room (each layer its own tensors, so none stays in
 cache from the layer before), at several cached lengths: (kernel) ttx.engines.kernels, (bmm)
 the fused forward's torch path (bmm, softmax, bmm with a bias mask), (sdpa) torch's kernel with
-a boolean mask and the query heads of a K/V head as its queries. Best of `repeats` for each,
+a boolean mask and the query heads of a K/V head as its queries, (kernel_shared_prompt) the
+kernel reading each prompt's columns (all but the last 64: a trace 64 tokens in) from the
+prompt's first trace, as the engine's traces share them. Best of `repeats` for each,
 the largest difference from (bmm), and the bytes of K/V read per step against the memory
 bandwidth measured in the same run (a plain sum over 800 MB).
 Part 2, a layer's small ops at 32 rows, each timed right after a packed weight matmul as in the
@@ -148,6 +150,12 @@ def main() -> None:
         def kernel(q, k, v, real=real):
             return kernels.decode_attention(q[:, :, 0], k, v, real, SCALE).view(ROWS, KV, GROUP, DIM)
 
+        prompt = max(cols - 64, 0)
+        share = (torch.arange(ROWS) // 8 * 8, torch.full((ROWS,), prompt))   # a prompt's first row
+
+        def kernel_shared_prompt(q, k, v, real=real, share=share):
+            return kernels.decode_attention(q[:, :, 0], k, v, real, SCALE, shared=share)
+
         def bmm(q, k, v, bias=bias):
             scores = torch.matmul(q.reshape(ROWS, KV, GROUP, DIM), k.transpose(-1, -2))
             return torch.matmul(scores.mul_(SCALE).add_(bias).softmax(-1), v)
@@ -158,11 +166,15 @@ def main() -> None:
 
         diff = max((kernel(*layer) - bmm(*layer)).abs().max().item() for layer in layers[:3])
         times = {name: _best(fn, layers, args.repeats)
-                 for name, fn in (("kernel", kernel), ("bmm", bmm), ("sdpa", sdpa))}
+                 for name, fn in (("kernel", kernel), ("bmm", bmm), ("sdpa", sdpa),
+                                  ("kernel_shared_prompt", kernel_shared_prompt))}
         read = 2 * ROWS * KV * cols * DIM * 4 * LAYERS
         row = {"cached_columns": cols, **{f"{k}_ms": round(v * 1e3, 2) for k, v in times.items()},
                "kernel_speedup_over_bmm": round(times["bmm"] / times["kernel"], 2),
                "kernel_speedup_over_sdpa": round(times["sdpa"] / times["kernel"], 2),
+               "shared_prompt_columns": prompt,
+               "shared_prompt_speedup_over_kernel":
+                   round(times["kernel"] / times["kernel_shared_prompt"], 2),
                "kv_read_mb": round(read / 1e6, 1),
                "kernel_gb_per_s": round(read / times["kernel"] / 1e9, 1),
                "max_abs_diff_vs_bmm": diff}

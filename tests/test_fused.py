@@ -267,3 +267,47 @@ def test_fused_forward_on_the_default_model_gives_transformers_logits(default_mo
     for a, b in zip([prefill, *decode], [want, *want_decode]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-4)
         assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+def test_traces_reading_their_prompts_k_v_from_one_row_decode_exactly_as_from_their_own(
+        default_model_dir, tmp_path, monkeypatch, nan_for_uninitialized):
+    """The decode attention kernel reads a prompt's K/V once for all its traces (hf._shared_prompt
+    names the row and the columns). Through everything that reshapes the batch (prompts joining a
+    running batch left-padded, traces finishing and rows moving into their holes, stale padding
+    trimmed, a second call's prompts partly from the prefix store) tokens and log-probabilities
+    are those of each row reading its own copy, to the bit."""
+    from transformers import AutoTokenizer
+
+    from ttx.engines import hf, kernels
+    from ttx.engines.base import SamplingParams
+
+    if not kernels.serves_attention(64, 2):
+        pytest.skip("no C kernels here")
+    model = _tiny("llama", hidden_size=256, num_attention_heads=4,
+                  vocab_size=len(AutoTokenizer.from_pretrained(default_model_dir)))
+    model.save_pretrained(tmp_path / "m")
+    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(tmp_path / "m")
+    prompts = ["Tom has 3 apples and buys 5 more. How many apples does he have now?",
+               "A much longer prompt, so that left padding matters when the prompts of a "
+               "chunk share one batch and the traces of each read the same K/V.", "Hi there"]
+    params = SamplingParams(max_new_tokens=14, temperature=1.0, seed=4, logprobs=True)
+    used = []
+    shared_prompt = hf._shared_prompt
+
+    def recording(*args):
+        src, cols = shared_prompt(*args)
+        used.append(bool(((src != torch.arange(len(src))) & (cols >= 8)).any()))
+        return src, cols
+
+    def run(share: bool):
+        monkeypatch.setattr(hf, "_shared_prompt", recording if share else lambda *a: None)
+        engine = HFEngine(model=str(tmp_path / "m"), device="cpu", max_batch_rows=7)
+        assert engine.fused is not None and engine.fused.native_attention
+        # EOS at a token some traces sample early: rows leave mid-way
+        engine.eos_ids = set(engine.eos_ids) | {int(engine.encode("the")[-1])}
+        out = [engine.generate(prompts, 3, params), engine.generate([p + " Then" for p in prompts],
+                                                                    [2, 3, 1], params)]
+        return [[(t.token_ids, t.logprobs) for g in gens for t in g.traces] for gens in out]
+
+    assert run(True) == run(False)
+    assert any(used)

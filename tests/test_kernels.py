@@ -92,6 +92,40 @@ def test_the_decoded_tokens_k_v_are_written_into_the_last_column_first():
                                rtol=1e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("prefix,cols", [(57, 120), (8, 9), (3, 40), (200, 201)])
+def test_rows_reading_a_shared_prefix_from_one_row_get_the_same_result_to_the_bit(d, prefix, cols):
+    """Three prompts x traces whose K/V agree on the prompt's columns: each row read with its
+    prompt's first row as the source of those columns gives exactly the output of reading its
+    own copy, and the copies are really not read (NaN in them would show)."""
+    g = torch.Generator().manual_seed(d + prefix)
+    counts = [3, 1, 4]
+    rows = sum(counts)
+    query, keys, values, real = _case(rows, 9, 3, d, cols, g)
+    src = torch.tensor([first for first, n in zip([0, 3, 4], counts) for _ in range(n)])
+    for t in (keys, values):
+        t[:, :, :prefix] = t[src, :, :prefix]          # the traces' equal copies of the prompt
+    real[:, :prefix] = real[src, :prefix]
+    k_new, v_new = torch.randn(rows, 3, d, generator=g), torch.randn(rows, 3, d, generator=g)
+    want = kernels.decode_attention(query, keys, values, real, d ** -0.5, (k_new, v_new))
+    shared = min(prefix, cols - 1) // 8 * 8                # what the kernel reads from src
+    copies = src != torch.arange(rows)
+    saved = keys[copies, :, :shared].clone(), values[copies, :, :shared].clone()
+    keys[copies, :, :shared] = math.nan
+    values[copies, :, :shared] = math.nan
+    got = kernels.decode_attention(query, keys, values, real, d ** -0.5, (k_new, v_new),
+                                   shared=(src, torch.full((rows,), prefix)))
+    assert torch.equal(got, want)
+    keys[copies, :, :shared], values[copies, :, :shared] = saved
+    outside = torch.tensor([rows + 5] * rows)            # a source row out of range: its own
+    assert torch.equal(kernels.decode_attention(query, keys, values, real, d ** -0.5,
+                                                shared=(outside, torch.full((rows,), prefix))),
+                       want)
+    with pytest.raises(ValueError, match="shared rows"):
+        kernels.decode_attention(query, keys, values, real, 0.125,
+                                 shared=(src.int(), torch.full((rows,), prefix)))
+
+
 @pytest.mark.parametrize("shape", [(32, 1, 576), (3, 17, 64), (2, 5, 13)])
 def test_add_rms_norm_is_the_residual_add_then_transformers_rms_norm(shape):
     from transformers.models.llama.modeling_llama import LlamaRMSNorm

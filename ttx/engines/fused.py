@@ -217,9 +217,11 @@ class FusedDecoder:
         self._key = key
 
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                cache) -> torch.Tensor:
+                cache, shared: tuple | None = None) -> torch.Tensor:
         """input_ids, positions [rows, q]; mask [rows, cached + q] (1: a real token); `cache` a
-        DynamicCache whose layers take the new K/V (ttx.engines.kv)."""
+        DynamicCache whose layers take the new K/V (ttx.engines.kv); `shared` (source rows,
+        columns), where rows hold equal K/V in their leading columns, for the decode attention
+        kernel to read them from one row (ttx.engines.kernels.decode_attention)."""
         rows, q = input_ids.shape
         h = F.embedding(input_ids, self.embed)
         heads, kv, d = self.heads, self.kv_heads, self.head_dim
@@ -256,7 +258,7 @@ class FusedDecoder:
                 else:
                     (keys, values), new = cache.update(k_new, v_new, i), None
                 out = kernels.decode_attention(query[:, :, 0], keys, values, real,
-                                               self.scaling, new)
+                                               self.scaling, new, shared)
             else:
                 keys, values = cache.update(k_new, v_new, i)
                 out = self._attend(query, keys, values, attend, bias, rows, q)

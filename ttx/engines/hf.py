@@ -286,7 +286,8 @@ class HFEngine:
                 tokens, mask, next_pos = tokens[index], mask[index], next_pos[index]
                 cache, mask = _trim_left(cache, mask)
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-            logits = self._forward(tokens[:, None], mask, next_pos[:, None], cache)
+            shared = _shared_prompt(live, rows, mask.shape[1]) if self.fused is not None else None
+            logits = self._forward(tokens[:, None], mask, next_pos[:, None], cache, shared)
             next_pos = next_pos + 1
         # traces in row order (sampling order), whatever order they finished in
         return [Generation(traces=[trace for _, trace in sorted(t, key=lambda rt: rt[0])],
@@ -294,10 +295,11 @@ class HFEngine:
                            cached_prompt_tokens=cached[i])
                 for i, (t, ids) in enumerate(zip(traces, encoded))]
 
-    def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
-        """The last position's logits (float32) for each row, the new K/V written to `cache`."""
+    def _forward(self, input_ids, mask, positions, cache, shared=None) -> torch.Tensor:
+        """The last position's logits (float32) for each row, the new K/V written to `cache`;
+        `shared` (_shared_prompt) lets the fused forward read a prompt's K/V once for its rows."""
         if self.fused is not None:
-            return self.fused.forward(input_ids, mask, positions, cache)
+            return self.fused.forward(input_ids, mask, positions, cache, shared)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
@@ -422,6 +424,17 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     inner = grid[torch.arange(rows, device=probs.device), block.squeeze(1)]
     index = torch.searchsorted(inner.cumsum(-1, dtype=torch.float64), u - below, right=True)
     return (block * _BLOCK + torch.minimum(index, _last_positive(inner))).squeeze(1)
+
+
+def _shared_prompt(live: list[int], rows: list["_Row"], columns: int):
+    """Per batch row, the first row of its prompt and how many leading cache columns the two hold
+    equal. The traces of a prompt join the batch together, as copies of its K/V, and decode in
+    lockstep (one token each per step), so whatever merges, trims and moves the batch did, a row's
+    own tokens are its last len(ids) columns and everything before them is its prompt's, the
+    same in all of them."""
+    first: dict[int, int] = {}
+    src = [first.setdefault(rows[r].prompt, b) for b, r in enumerate(live)]
+    return torch.tensor(src), torch.tensor([columns - len(rows[r].ids) for r in live])
 
 
 def _last_positive(x: torch.Tensor) -> torch.Tensor:

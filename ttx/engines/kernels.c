@@ -57,19 +57,21 @@ static inline __m256 reduce8(const __m256 *a) {
     return _mm256_add_ps(_mm256_permute2f128_ps(t0, t1, 0x20), _mm256_permute2f128_ps(t0, t1, 0x31));
 }
 
-/* scores q.k_j * scale of one query head into s (MASKED where the mask is 0); returns their max */
+/* scores q.k_j * scale of one query head into s (MASKED where the mask is 0); returns their max.
+ * Columns below sh (a multiple of 8) are read from ks, the rest from k. */
 static inline __attribute__((always_inline)) float scores(
-        const float *q, const float *k, int64_t k_col, const uint8_t *m, int64_t cols,
-        float scale, float *s, const int D) {
+        const float *q, const float *k, const float *ks, int64_t sh, int64_t k_col,
+        const uint8_t *m, int64_t cols, float scale, float *s, const int D) {
     __m256 sc = _mm256_set1_ps(scale), low = _mm256_set1_ps(MASKED), mx = low;
     int64_t j = 0;
     for (; j + 8 <= cols; j += 8) {             /* 8 columns at a time, one reduction */
         __m256 acc[8];
+        const float *kb = (j < sh ? ks : k) + j * k_col;
         for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_ps();
         for (int i = 0; i < D; i += 8) {
             __m256 qi = _mm256_loadu_ps(q + i);
             for (int c = 0; c < 8; c++)
-                acc[c] = _mm256_fmadd_ps(qi, _mm256_loadu_ps(k + (j + c) * k_col + i), acc[c]);
+                acc[c] = _mm256_fmadd_ps(qi, _mm256_loadu_ps(kb + c * k_col + i), acc[c]);
         }
         __m256i real = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(m + j)));
         __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(real, _mm256_setzero_si256()));
@@ -82,8 +84,9 @@ static inline __attribute__((always_inline)) float scores(
         float x = MASKED;
         if (m[j]) {
             __m256 a = _mm256_setzero_ps();
+            const float *kj = (j < sh ? ks : k) + j * k_col;
             for (int i = 0; i < D; i += 8)
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + j * k_col + i), a);
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(kj + i), a);
             x = hsum(a) * scale;
         }
         s[j] = x;
@@ -111,33 +114,35 @@ static float exponentiate(float *s, int64_t cols, float max) {
     return total;
 }
 
-/* out = sum_j p_j v_j / total over real columns */
+/* out = sum_j p_j v_j / total over real columns (v_j from vs for j < sh) */
 static inline __attribute__((always_inline)) void weigh(
-        const float *p, const float *v, int64_t v_col, const uint8_t *m, int64_t cols,
-        float total, float *out, const int D) {
+        const float *p, const float *v, const float *vs, int64_t sh, int64_t v_col,
+        const uint8_t *m, int64_t cols, float total, float *out, const int D) {
     __m256 acc[D / 8];
     for (int i = 0; i < D / 8; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t j = 0; j < cols; j++) {
         if (!m[j]) continue;                    /* 0 x NaN would be NaN */
         __m256 pj = _mm256_set1_ps(p[j]);
+        const float *vj = (j < sh ? vs : v) + j * v_col;
         for (int i = 0; i < D / 8; i++)
-            acc[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + j * v_col + 8 * i), acc[i]);
+            acc[i] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * i), acc[i]);
     }
     __m256 w = _mm256_set1_ps(total > 0 ? 1.0f / total : 0.0f);
     for (int i = 0; i < D / 8; i++) _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(acc[i], w));
 }
 
 static inline __attribute__((always_inline)) void head(
-        const float *q, int64_t q_head, const float *k, int64_t k_col, const float *v,
-        int64_t v_col, const uint8_t *m, float *out, int64_t group, int64_t cols, float scale,
-        float *s, const int D) {
+        const float *q, int64_t q_head, const float *k, const float *ks, int64_t k_col,
+        const float *v, const float *vs, int64_t v_col, int64_t sh, const uint8_t *m, float *out,
+        int64_t group, int64_t cols, float scale, float *s, const int D) {
     float total[MAX_GROUP];
     for (int64_t g = 0; g < group; g++) {
         float *sg = s + g * cols;
-        total[g] = exponentiate(sg, cols, scores(q + g * q_head, k, k_col, m, cols, scale, sg, D));
+        total[g] = exponentiate(sg, cols,
+                                scores(q + g * q_head, k, ks, sh, k_col, m, cols, scale, sg, D));
     }
     for (int64_t g = 0; g < group; g++)        /* K/V's columns stay in L2 between heads */
-        weigh(s + g * cols, v, v_col, m, cols, total[g], out + g * D, D);
+        weigh(s + g * cols, v, vs, sh, v_col, m, cols, total[g], out + g * D, D);
 }
 
 /* q [rows, kv * group, dim] (strides q_row, q_head), k/v [rows, kv, cols, dim] (strides
@@ -145,7 +150,11 @@ static inline __attribute__((always_inline)) void head(
  * [rows, kv * group, dim] contiguous. The last dimension of each is contiguous. With k_new and
  * v_new ([rows, kv, dim], strides *_row, *_head) not NULL, they are first written into column
  * cols - 1 of k and v: the decoded token's K/V, stored while its rows' pages are being read
- * anyway (a separate copy misses cache and TLB on every one of the rows x kv strips). Returns
+ * anyway (a separate copy misses cache and TLB on every one of the rows x kv strips). With
+ * src and shared not NULL, row r reads its first shared[r] columns (rounded down to a multiple
+ * of 8, below cols - 1) from row src[r]: the traces of a prompt hold equal copies of its K/V,
+ * and reading one copy for all keeps it in cache (cascade attention; the same sums in the same
+ * order, so the same result to the bit). Returns
  * 0, or -1 for shapes it does not serve (dim other than 64 or 128, group above 16) or no
  * memory. */
 int ttx_decode_attention(const float *q, int64_t q_row, int64_t q_head,
@@ -153,7 +162,8 @@ int ttx_decode_attention(const float *q, int64_t q_row, int64_t q_head,
                          float *v, int64_t v_row, int64_t v_head, int64_t v_col,
                          const float *k_new, int64_t kn_row, int64_t kn_head,
                          const float *v_new, int64_t vn_row, int64_t vn_head,
-                         const uint8_t *mask, int64_t mask_row, float *out,
+                         const uint8_t *mask, int64_t mask_row,
+                         const int64_t *src, const int64_t *shared, float *out,
                          int64_t rows, int64_t kv, int64_t group, int64_t dim, int64_t cols,
                          float scale) {
     if ((dim != 64 && dim != 128) || group < 1 || group > MAX_GROUP) return -1;
@@ -171,6 +181,14 @@ int ttx_decode_attention(const float *q, int64_t q_row, int64_t q_head,
             int64_t r = t / kv, h = t % kv;
             const float *qt = q + r * q_row + h * group * q_head;
             float *kt = k + r * k_row + h * k_head, *vt = v + r * v_row + h * v_head;
+            const float *ks = kt, *vs = vt;
+            int64_t sh = 0;
+            if (src != NULL && src[r] >= 0 && src[r] < rows) {   /* else: its own columns */
+                sh = shared[r] < cols - 1 ? shared[r] : cols - 1;
+                sh = sh > 0 ? sh & ~(int64_t)7 : 0;
+                ks = k + src[r] * k_row + h * k_head;
+                vs = v + src[r] * v_row + h * v_head;
+            }
             const uint8_t *m = mask + r * mask_row;
             if (k_new != NULL && cols > 0) {
                 memcpy(kt + (cols - 1) * k_col, k_new + r * kn_row + h * kn_head, sizeof(float) * dim);
@@ -178,9 +196,10 @@ int ttx_decode_attention(const float *q, int64_t q_row, int64_t q_head,
             }
             float *ot = out + t * group * dim;
             if (dim == 64)
-                head(qt, q_head, kt, k_col, vt, v_col, m, ot, group, cols, scale, s, 64);
+                head(qt, q_head, kt, ks, k_col, vt, vs, v_col, sh, m, ot, group, cols, scale, s, 64);
             else
-                head(qt, q_head, kt, k_col, vt, v_col, m, ot, group, cols, scale, s, 128);
+                head(qt, q_head, kt, ks, k_col, vt, vs, v_col, sh, m, ot, group, cols, scale, s,
+                     128);
         }
         free(s);
     }

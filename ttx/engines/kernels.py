@@ -40,8 +40,8 @@ _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _f32 = ctypes.c_float
 _SIGNATURES = {   # name: (argument types, result type)
     "ttx_decode_attention": ([_ptr, _i64, _i64, _ptr, _i64, _i64, _i64, _ptr, _i64, _i64, _i64,
-                              _ptr, _i64, _i64, _ptr, _i64, _i64, _ptr, _i64, _ptr,
-                              _i64, _i64, _i64, _i64, _i64, _f32], ctypes.c_int),
+                              _ptr, _i64, _i64, _ptr, _i64, _i64, _ptr, _i64, _ptr, _ptr,
+                              _ptr, _i64, _i64, _i64, _i64, _i64, _f32], ctypes.c_int),
     "ttx_add_rms_norm": ([_ptr, _ptr, _ptr, _f32, _ptr, _i64, _i64], None),
     "ttx_silu_mul": ([_ptr, _ptr, _i64, _i64], None),
     "ttx_rotary": ([_ptr, _i64, _i64, _i64, _i64, _ptr, _ptr], None),
@@ -144,13 +144,17 @@ def rotary_(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor) -
 
 
 def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                     real: torch.Tensor, scale: float, new: tuple | None = None) -> torch.Tensor:
+                     real: torch.Tensor, scale: float, new: tuple | None = None,
+                     shared: tuple | None = None) -> torch.Tensor:
     """softmax(q K^T scale, over the columns where `real`) V for one query token per row.
 
     query [rows, heads, d], keys/values [rows, kv, cols, d] (views of the cache: written in
     place), real [rows, cols] bool, all on CPU, float32; returns [rows, heads, d]. `new`, the
     decoded token's (keys, values) [rows, kv, d], is first written into the last column of
-    `keys` and `values` (what GrowingLayer.reserve leaves open)."""
+    `keys` and `values` (what GrowingLayer.reserve leaves open). `shared`, (src, columns) int64
+    [rows], says row r's first columns[r] columns of K/V equal row src[r]'s (the traces of one
+    prompt): they are read from that row (rounded down to a multiple of 8 columns, below the
+    new one), so one copy serves all (the result is the same to the bit)."""
     rows, heads, d = query.shape
     kv, cols = keys.shape[1], keys.shape[2]
     k_new, v_new = new if new is not None else (None, None)
@@ -167,6 +171,13 @@ def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     if new is not None:
         k_new, v_new = (t if t.stride(-1) == 1 else t.contiguous() for t in (k_new, v_new))
     real = real.contiguous()
+    src = columns = None
+    if shared is not None:
+        src, columns = shared
+        if any(t.dtype != torch.int64 or t.device.type != "cpu" or t.shape != (rows,)
+               or not t.is_contiguous() for t in (src, columns)):
+            raise ValueError(f"decode attention: shared rows {tuple(src.shape)} and columns "
+                             f"{tuple(columns.shape)} must be contiguous int64 [{rows}] on CPU")
     out = query.new_empty((rows, heads, d))
     status = _library().ttx_decode_attention(
         query.data_ptr(), query.stride(0), query.stride(1),
@@ -175,7 +186,8 @@ def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
         *((k_new.data_ptr(), k_new.stride(0), k_new.stride(1),
            v_new.data_ptr(), v_new.stride(0), v_new.stride(1)) if new is not None
           else (None, 0, 0, None, 0, 0)),
-        real.data_ptr(), real.stride(0), out.data_ptr(),
+        real.data_ptr(), real.stride(0), None if src is None else src.data_ptr(),
+        None if columns is None else columns.data_ptr(), out.data_ptr(),
         rows, kv, heads // kv, d, cols, scale)
     if status:
         raise RuntimeError(f"decode attention kernel refused heads of {d} in groups of "
