@@ -16,6 +16,7 @@ import json
 import sys
 import time
 
+PROBLEMS = 8
 SETTINGS = {"n": 8, "beam_width": 2, "max_steps": 4, "step_tokens": 64, "max_new_tokens": 192,
             "temperature": 0.4}
 
@@ -58,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine-kwargs", default="{}")
     parser.add_argument("--ttx-root", default=None)
-    parser.add_argument("--problems", type=int, default=8)
+    parser.add_argument("--problems", type=int, default=PROBLEMS)
     args = parser.parse_args()
     if args.ttx_root:
         sys.path.insert(0, args.ttx_root)

@@ -399,7 +399,10 @@ def beam_reuse(rounds: int = 2) -> dict:
     """Beam search at n = 8, 4 steps, each arm in a fresh process, arms alternating by round:
     with prefix reuse, without it, without reuse or packed weights, the engine before issue 17
     (a git worktree at BEFORE_ISSUE_17), and with reuse in bf16 where oneDNN packs it."""
+    import shutil
     import tempfile
+
+    from bench.beam_arm import PROBLEMS, SETTINGS
 
     arms = {"reuse": {}, "no_reuse": {"prefix_cache_mb": 0},
             "no_reuse_f_linear": {"prefix_cache_mb": 0, "packed_weights": False}}
@@ -422,11 +425,13 @@ def beam_reuse(rounds: int = 2) -> dict:
         if added:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                             str(worktree)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
     out = {}
     for name, rs in runs.items():
         wall = statistics.mean(x["wall_s"] for x in rs)
         out[name] = dict(rs[0], wall_s=round(wall, 1), wall_s_rounds=[x["wall_s"] for x in rs],
                          completion_tokens_per_s=round(rs[0]["completion_tokens"] / wall, 1))
+
     def speedup(base: str) -> dict:
         # wall time, and tokens/s (the arms before issue 17 sample different tokens)
         return {k: {"wall": round(out[base]["wall_s"] / out[k]["wall_s"], 2),
@@ -434,12 +439,9 @@ def beam_reuse(rounds: int = 2) -> dict:
                                           / out[base]["completion_tokens_per_s"], 2)}
                 for k in runs if k != base}
 
-    speedups = {"speedup_over_no_reuse": speedup("no_reuse"),
-                "speedup_over_before_issue_17": speedup("before_issue_17") if added else None}
-    out.update(speedups)
-    from bench.beam_arm import SETTINGS
-
-    return {"settings": {**SETTINGS, "problems": 8, "rounds": rounds,
+    out["speedup_over_no_reuse"] = speedup("no_reuse")
+    out["speedup_over_before_issue_17"] = speedup("before_issue_17") if added else None
+    return {"settings": {**SETTINGS, "problems": PROBLEMS, "rounds": rounds,
                          "before_issue_17": BEFORE_ISSUE_17 if added else
                          f"{BEFORE_ISSUE_17} not in this clone: arm skipped"},
             "results": out}
@@ -524,6 +526,7 @@ def main() -> None:
     partial.unlink()
     plot(result, out / "tts_engine.png")
     print(json.dumps(result["throughput"]["mean_tokens_per_s"], indent=2))
+
 
 if __name__ == "__main__":
     main()

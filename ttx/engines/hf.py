@@ -286,7 +286,8 @@ class HFEngine:
                 tokens, mask, next_pos = tokens[index], mask[index], next_pos[index]
                 cache, mask = _trim_left(cache, mask)
             mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-            shared = _shared_prompt(live, rows, mask.shape[1]) if self.fused is not None else None
+            shared = (_shared_prompt(live, rows, mask.shape[1])
+                      if self.fused is not None and self.fused.native_attention else None)
             logits = self._forward(tokens[:, None], mask, next_pos[:, None], cache, shared)
             next_pos = next_pos + 1
         # traces in row order (sampling order), whatever order they finished in
