@@ -203,7 +203,7 @@ def test_bad_options_and_an_existing_folder(tmp_path, tiny_model_dir):
     done = tmp_path / "done"
     assert run_cli(base + ["-o", done, "--epochs", "1"]).exit_code == 0
     manifest = (done / "ttx_manifest.json").read_text()
-    result = run_cli(base + ["-o", done, "--resume"])                  # finished: nothing to do
+    result = run_cli(base + ["-o", done, "--resume", "--epochs", "1"])  # finished: nothing to do
     assert result.exit_code == 0 and "already holds a finished verifier" in result.output
     assert (done / "ttx_manifest.json").read_text() == manifest
     result = run_cli(base + ["-o", done])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -75,27 +76,56 @@ def repair_torn_tail(path: Path) -> None:
         os.truncate(path, data.rfind(b"\n") + 1)   # in place: complete lines are never rewritten
 
 
+def append_line(fd: int, line: str, path: str | os.PathLike) -> None:
+    """Append one whole line to an O_APPEND descriptor and sync it. A write that fails part way
+    (a full disk, a file-size limit) is cut off again, so the file keeps only whole lines, and
+    the failure is one TtxError naming the file: what was written before stays, resumable."""
+    data = line.encode("utf-8")
+    start = os.lseek(fd, 0, os.SEEK_END)
+    done = 0
+    try:
+        while done < len(data):
+            n = os.write(fd, data[done:])
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += n
+        os.fsync(fd)
+    except OSError as exc:
+        try:
+            os.ftruncate(fd, start)           # no torn last line
+        except OSError:
+            pass
+        raise TtxError(f"cannot write ({exc.strerror or exc}): the records written before are "
+                       "intact; free some space, then rerun with --resume", path=str(path)) from None
+
+
 class JsonlAppender:
-    """Append records one by one, each flushed whole, so an interrupted run can resume."""
+    """Append records one by one, each synced whole, so an interrupted run can resume."""
 
     def __init__(self, path: str | os.PathLike, *, resume: bool = False):
         self.path = str(path)
-        if self.path == STDIO:
-            self._handle = sys.stdout
-        else:
+        self._fd: int | None = None
+        if self.path != STDIO:
             p = Path(path)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(p, "a" if resume else "w", encoding="utf-8")
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_APPEND
+                                   | (0 if resume else os.O_TRUNC), 0o666)
+            except OSError as exc:
+                raise TtxError(f"cannot write ({exc.strerror})", path=self.path) from None
 
     def write(self, record: dict) -> None:
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        if self._handle is not sys.stdout:
-            os.fsync(self._handle.fileno())
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        if self._fd is None:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        else:
+            append_line(self._fd, line, self.path)
 
     def close(self) -> None:
-        if self._handle is not sys.stdout:
-            self._handle.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "JsonlAppender":
         return self

@@ -5,26 +5,39 @@ mistyped field, duplicate id or undecodable byte is one TtxError naming file, li
 
 `Output` is an appendable JSONL output that is safe to share a folder with other runs:
   - it refuses to be one of the run's inputs (`-i f -o f` would destroy f);
-  - it holds an exclusive lock while open: a second writer is refused with the holder's pid;
+  - it holds an exclusive lock while open: a second writer is refused with the holder's pid
+    (`folder_lock` does the same for a stage's output folder);
   - `resume=True` repairs a torn last line (a killed writer), collects the keys of the records
     already written, and compares the run's fingerprint (the options that decide the records,
     and the inputs' hashes) with the manifest the first session wrote when it started: any
-    difference is refused, naming the option (`force=True` continues anyway);
+    difference is refused, naming the option (`force=True` continues anyway), and
+    `check_existing` may refuse records made from input that has changed since;
+  - a write that fails (a full disk) is one TtxError and leaves only whole records behind;
   - the manifest (`<output>.manifest.json`) is written when the run starts and again when it
     ends, with every session's start, end and summary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ttx.errors import TtxError
-from ttx.io import STDIO, iter_jsonl, manifest_path, now_iso, repair_torn_tail, sha256_file
+from ttx.io import (
+    STDIO,
+    append_line,
+    iter_jsonl,
+    manifest_path,
+    now_iso,
+    repair_torn_tail,
+    sha256_file,
+)
 
 
 @dataclass
@@ -107,12 +120,29 @@ def fingerprint_inputs(inputs: Iterable[str | os.PathLike]) -> dict[str, str | N
             for p in inputs if p is not None and str(p) != STDIO}
 
 
+def content_digest(obj) -> str:
+    """A short hash of JSON-like content (the records a run reads), whatever file held them."""
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def check_fingerprint(before: dict, now: dict, *, path: str, made: str, hint: str) -> None:
+    """Refuse a resume whose fingerprint differs from the one its output was made with, naming
+    the first option that differs (one line)."""
+    for name in sorted(set(before) | set(now)):
+        if before.get(name) != now.get(name):
+            raise TtxError(f"--resume with a different {_option(name)}: {made} with "
+                           f"{before.get(name)!r}, this run has {now.get(name)!r} ({hint})",
+                           path=path)
+
+
 class Output:
     """An appendable, locked, resumable JSONL output (module docstring)."""
 
     def __init__(self, path: str | os.PathLike, *, stage: str, fingerprint: dict,
                  inputs: Sequence[str | os.PathLike] = (), resume: bool = False,
-                 force: bool = False, key: Callable[[dict], object] | None = None):
+                 force: bool = False, key: Callable[[dict], object] | None = None,
+                 check_existing: Callable[[list[dict]], None] | None = None):
         self.path = str(path)
         self.stage = stage
         self.fingerprint = fingerprint
@@ -121,10 +151,12 @@ class Output:
         self.keys: set = set()
         self.existing: list[dict] = []
         self.started = now_iso()
-        self._handle = None
+        self._check_existing = check_existing
+        self._fd: int | None = None
+        self._open_ = False
         refuse_overlap(self.path, self.inputs)
         if self.path == STDIO:
-            self._handle = sys.stdout
+            self._open_ = True
             return
         self._open(resume, force)
 
@@ -148,7 +180,7 @@ class Output:
             raise TtxError(f"another process{f' (pid {holder})' if holder else ''} is writing "
                            "this output; wait for it or choose another output",
                            path=self.path) from None
-        self._handle = os.fdopen(fd, "a", encoding="utf-8")
+        self._fd, self._open_ = fd, True
         _write_holder(p)
         try:
             previous = _read_manifest(p)
@@ -157,6 +189,8 @@ class Output:
                     self._check_resume(previous)
                 repair_torn_tail(p)
                 self.existing = _read_existing(p)
+                if self._check_existing is not None and not force:
+                    self._check_existing(self.existing)
                 if self.key is not None:
                     self.keys = {self.key(r) for r in self.existing}
                 self.sessions = (previous or {}).get("sessions", [])
@@ -174,13 +208,8 @@ class Output:
                            f"({manifest_path(self.path).name}); it is missing, so the options "
                            "of the records here are unknown (--force-resume continues anyway)",
                            path=self.path)
-        before = previous.get("fingerprint") or {}
-        for name in sorted(set(before) | set(self.fingerprint)):
-            if before.get(name) != self.fingerprint.get(name):
-                raise TtxError(f"--resume with a different {_option(name)}: the records here "
-                               f"were made with {before.get(name)!r}, this run has "
-                               f"{self.fingerprint.get(name)!r} (--force-resume mixes them)",
-                               path=self.path)
+        check_fingerprint(previous.get("fingerprint") or {}, self.fingerprint, path=self.path,
+                          made="the records here were made", hint="--force-resume mixes them")
         hashes = previous.get("input_hashes") or {}
         for path, digest in fingerprint_inputs(self.inputs).items():
             if path in hashes and digest is not None and hashes[path] != digest:
@@ -192,23 +221,31 @@ class Output:
         return key in self.keys
 
     def write(self, record: dict) -> None:
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
-        if self._handle is not sys.stdout:
-            os.fsync(self._handle.fileno())
+        """Append one record, synced; a failed write (a full disk) is one TtxError and leaves
+        the records before it whole (ttx.io.append_line)."""
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        if self._fd is None:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        else:
+            append_line(self._fd, line, self.path)
         if self.key is not None:
             self.keys.add(self.key(record))
 
     def close(self, summary: dict | None = None, options: dict | None = None) -> None:
         """Release the lock; with a summary, the run finished: the manifest says so."""
-        if self._handle is None or self._handle is sys.stdout:
-            self._handle = None
+        if not self._open_:
             return
-        if summary is not None:
-            self._manifest(status="finished", summary=summary, options=options)
-        _clear_holder(Path(self.path))
-        self._handle.close()              # closing the descriptor releases the flock
-        self._handle = None
+        self._open_ = False
+        if self._fd is None:
+            return
+        try:
+            if summary is not None:
+                self._manifest(status="finished", summary=summary, options=options)
+        finally:
+            _clear_holder(Path(self.path))
+            os.close(self._fd)            # closing the descriptor releases the flock
+            self._fd = None
 
     def _manifest(self, status: str, summary: dict | None = None,
                   options: dict | None = None) -> None:
@@ -258,6 +295,52 @@ def _lock_holder(p: Path) -> str | None:
         return _holder_path(p).read_text().strip() or None
     except OSError:
         return None
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on an output folder while a stage writes it: `.<name>.lock` beside
+    the folder (so --overwrite may empty or replace the folder), fcntl.flock, released when the
+    holder exits or dies. A second writer is refused in one line with the holder's pid."""
+    import fcntl
+
+    target = Path(os.path.abspath(folder))
+    lock = target.with_name(f".{target.name}.lock")
+    while True:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise TtxError(f"cannot lock the output folder ({exc.strerror})",
+                           path=str(folder)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise TtxError(f"another process{f' (pid {holder})' if holder else ''} is writing "
+                           "this output folder; wait for it or choose another output",
+                           path=str(folder)) from None
+        try:                              # the file may have been removed by the holder we
+            current = os.stat(lock).st_ino    # waited behind: lock the one on disk now
+        except OSError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(lock)               # while still held: a waiter sees another file, retries
+        except OSError:
+            pass
+        os.close(fd)
 
 
 def _read_manifest(p: Path) -> dict | None:

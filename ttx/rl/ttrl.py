@@ -33,10 +33,10 @@ from ttx.io import (
     now_iso,
     read_jsonl,
     repair_torn_tail,
-    sha256_file,
     write_jsonl,
     write_manifest,
 )
+from ttx.records import content_digest
 from ttx.rl.config import TTRLConfig
 from ttx.rl.grpo import GRPOConfig, Rollout
 from ttx.scoring.answers import INVALID_VOTES, answers_equal, extract_answer, vote_key, winner
@@ -179,20 +179,27 @@ def question_order(count: int, batch: int, steps: int, seed: int) -> list[list[i
 
 
 def run_ttrl(cfg: TTRLConfig) -> dict:
-    import copy
-
     from accelerate import PartialState
-
-    from ttx.engines.hf import HFEngine
-    from ttx.models import load_model
-    from ttx.rl.loop import LoopConfig, run_loop, updates_per_step
-    from ttx.train import TrainConfig, Trainer
 
     started = now_iso()
     check_options(cfg)
     if PartialState().num_processes > 1:
         raise TtxError("ttrl runs in one process: multi-process rollouts are not implemented")
     problems = read_questions(cfg)                 # bad input fails before anything is written
+    from ttx.records import folder_lock
+
+    with folder_lock(cfg.output):                  # a second writer is refused
+        return _run(cfg, problems, started)
+
+
+def _run(cfg: TTRLConfig, problems: list[dict], started: str) -> dict:
+    import copy
+
+    from ttx.engines.hf import HFEngine
+    from ttx.models import load_model
+    from ttx.rl.loop import LoopConfig, run_loop, updates_per_step
+    from ttx.train import TrainConfig, Trainer
+
     out = prepare_output(cfg)
     batch = min(cfg.batch_size, len(problems))
     steps = cfg.steps if cfg.steps is not None else max(1, -(-cfg.episodes * len(problems) // batch))
@@ -208,8 +215,10 @@ def run_ttrl(cfg: TTRLConfig) -> dict:
     if cfg.overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    state = {k: v for k, v in _jsonable(asdict(cfg)).items() if k not in _NOT_STATE}
+    state["input"] = content_digest(problems)     # the questions, whatever file held them
     trainer = Trainer(model, TrainConfig(
-        output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",
+        fingerprint=state, output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",
         warmup_ratio=cfg.warmup_ratio, grad_accum=micro, max_grad_norm=cfg.max_grad_norm or None,
         save_every=0, seed=cfg.seed, desc="ttrl", progress=False), total_steps=steps * updates)
     engine = HFEngine(model=str(cfg.model), loaded=(model, tokenizer))
@@ -253,8 +262,6 @@ def run_ttrl(cfg: TTRLConfig) -> dict:
             if cfg.adv_clip is not None:
                 adv_clip(rollouts, cfg.adv_clip)
 
-    state = {k: v for k, v in _jsonable(asdict(cfg)).items() if k not in _NOT_STATE}
-    state["input_sha256"] = sha256_file(cfg.input) if cfg.input != "-" else None
     t0 = time.perf_counter()
     ran = run_loop(trainer, model, grpo, LoopConfig(steps=steps, save_every=cfg.save_every,
                                                     stop_after=cfg.stop_after, resume=cfg.resume,

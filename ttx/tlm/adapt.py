@@ -63,8 +63,12 @@ def reference_ce(model, sequences: list[list[int]], pad_id: int) -> list[float]:
 
 
 def run_tlm(cfg: TLMConfig) -> dict:
-    from ttx.models import load_model
-    from ttx.train import TrainConfig, Trainer
+    from contextlib import nullcontext
+
+    from accelerate import PartialState
+
+    from ttx.io import output_dir
+    from ttx.records import folder_lock, refuse_overlap
 
     if cfg.mode not in ("offline", "online"):
         raise TtxError(f"unknown mode {cfg.mode!r} (offline or online)", field="--mode")
@@ -73,12 +77,18 @@ def run_tlm(cfg: TLMConfig) -> dict:
     evals = {path: load_inputs(cfg, path) for path in cfg.eval}
     if not problems:
         raise TtxError("no inputs", path=cfg.input)
-    from ttx.io import output_dir
-    from ttx.records import refuse_overlap
-
     if cfg.generate:
         refuse_overlap(cfg.generate, [cfg.input, *cfg.eval], option="--generate")
-    out = output_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
+    main = PartialState().is_main_process              # one lock per run: the main process's
+    with folder_lock(cfg.output) if main else nullcontext():     # a second writer is refused
+        out = output_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
+        return _adapt(cfg, problems, evals, out, started)
+
+
+def _adapt(cfg: TLMConfig, problems: list[dict], evals: dict, out, started: str) -> dict:
+    from ttx.models import load_model
+    from ttx.train import TrainConfig, Trainer
+
     base, tokenizer, folder = load_model(cfg.model, cfg.device, cfg.dtype, cfg.load_in_4bit)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model = attach_lora(base, cfg)

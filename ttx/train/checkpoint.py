@@ -63,6 +63,11 @@ def load_checkpoint(folder: Path, *, params: dict[str, torch.nn.Parameter],
         missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
         raise TtxError(f"checkpoint does not match the model being trained (missing "
                        f"{missing[:3]}, unexpected {extra[:3]})", path=str(folder))
+    for name, p in params.items():
+        if tuple(saved[name].shape) != tuple(p.shape):
+            raise TtxError(f"checkpoint does not match the model being trained ({name} is "
+                           f"{list(saved[name].shape)} there, {list(p.shape)} here: another "
+                           "LoRA rank or model?)", path=str(folder))
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(saved[name].to(p.device, p.dtype))

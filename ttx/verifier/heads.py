@@ -82,7 +82,11 @@ def pad_id_of(tokenizer) -> int:
 
 
 def quiet_transformers():
-    """Loading a causal LM into a classification head warns about the new head on stderr."""
+    """Loading a causal LM into a classification head warns about the new head on stderr; the
+    loading and saving bars stay off as in every stage (TTX_VERBOSE=1 shows them)."""
     from transformers.utils import logging
 
+    from ttx.models import _quiet_transformers
+
     logging.set_verbosity_error()
+    _quiet_transformers()

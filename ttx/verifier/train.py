@@ -72,29 +72,110 @@ def prepare_output(cfg: VerifierConfig) -> bool:
                    "replaces it", path=cfg.output)
 
 
+# options that do not decide the verifier: a --resume may change them
+VOLATILE = ("input", "eval", "output", "model", "resume", "overwrite", "stop_after", "progress",
+            "cli", "save_every", "device")
+
+
 def run_verifier_train(cfg: VerifierConfig) -> dict:
-    from ttx.io import now_iso, write_json, write_jsonl, write_manifest
+    from accelerate import PartialState
+
     from ttx.models import resolve_model
-    from ttx.train import TrainConfig, Trainer
-    from ttx.tts.reward_inputs import READING_FILE
-    from ttx.verifier.data import ReadConfig, balance, read_examples, split_problems
-    from ttx.verifier.heads import length_batches, plain
+    from ttx.records import folder_lock
+    from ttx.verifier.data import ReadConfig, read_examples
 
     check(cfg)
-    started = now_iso()
     read = ReadConfig(cfg.question_field, cfg.answer_field, cfg.id_field)
     examples = read_examples(cfg.input, read)            # bad input fails before any model loads
     held = read_examples(cfg.eval, read) if cfg.eval else None
     if not examples:
         raise TtxError("no traces to learn from", path=cfg.input)
+    if held is not None:
+        check_eval(cfg, examples, held)
     base = resolve_model(cfg.model)
-    if prepare_output(cfg):
-        import json
+    if not PartialState().is_main_process:               # one lock per run: the main process's
+        return _train(cfg, examples, held, base)
+    with folder_lock(cfg.output):                        # a second writer is refused
+        return _train(cfg, examples, held, base)
 
-        manifest = json.loads((Path(cfg.output) / "ttx_manifest.json").read_text())
-        return {**manifest.get("summary", {}), "already_trained": True}
+
+def check_eval(cfg: VerifierConfig, examples: list, held: list) -> None:
+    """--eval must not be the training data: held-out scores would measure memory, not skill."""
+    from ttx.records import same_file
+
+    if cfg.eval == cfg.input == "-":
+        raise TtxError("-i and --eval both read stdin", field="--eval")
+    seen = {(e.question, e.text) for e in examples}
+    if same_file(cfg.eval, cfg.input) or (held and all((e.question, e.text) in seen for e in held)):
+        raise TtxError(f"is the training input {cfg.input} (or holds only its traces): held-out "
+                       "scores on training traces overstate the verifier; give other records, or "
+                       "leave --eval out to hold out --eval-fraction of the problems",
+                       path=cfg.eval, field="--eval")
+    questions = {e.question for e in examples}
+    shared = len({e.question for e in held if e.question in questions})
+    if shared:
+        print(f"verifier-train: {shared} of the {len({e.question for e in held})} --eval "
+              "questions are training questions too: their held-out scores may be optimistic",
+              file=sys.stderr)
+
+
+def fingerprint(cfg: VerifierConfig, base: Path, examples: list, held: list | None) -> dict:
+    """What decides the verifier: its options, the base model's content and the records' content
+    (whatever their paths), so a --resume with any of them changed is refused."""
+    from ttx.models import model_key
+    from ttx.records import content_digest, stage_fingerprint
+
+    fp = stage_fingerprint(asdict(cfg), volatile=VOLATILE)
+    fp["model"] = model_key(base)
+    fp["input"] = content_digest([asdict(e) for e in examples])
+    fp["eval"] = None if held is None else content_digest([asdict(e) for e in held])
+    return fp
+
+
+def _resume_state(cfg: VerifierConfig, fp: dict) -> dict | None:
+    """The manifest of the run in the output folder (None: a fresh start); a --resume whose
+    fingerprint differs from the one that run started with is refused, naming the option."""
+    import json
+
+    from ttx.records import check_fingerprint
+
+    if not cfg.resume:
+        return None
+    path = Path(cfg.output) / "ttx_manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        raise TtxError("cannot read the manifest of the run to resume", path=str(path)) from None
+    if "fingerprint" in manifest:
+        check_fingerprint(manifest["fingerprint"], fp, path=cfg.output,
+                          made="the verifier here was trained",
+                          hint="--overwrite trains a new one")
+    return manifest
+
+
+def _train(cfg: VerifierConfig, examples: list, held: list | None, base: Path) -> dict:
+    from ttx.io import now_iso, write_json, write_jsonl, write_manifest
+    from ttx.train import TrainConfig, Trainer
+    from ttx.tts.reward_inputs import READING_FILE
+    from ttx.verifier.data import balance, split_problems
+    from ttx.verifier.heads import length_batches, plain
+
+    started = now_iso()
+    finished = prepare_output(cfg)
+    fp = fingerprint(cfg, base, examples, held)
+    previous = _resume_state(cfg, fp)
+    if finished:
+        return {**(previous or {}).get("summary", {}), "already_trained": True}
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
+    inputs = [cfg.input] + ([cfg.eval] if cfg.eval else [])
+    if previous is None:             # the run's fingerprint, for a later --resume to check
+        write_manifest(out, stage="verifier-train", options=_options(cfg, base), inputs=inputs,
+                       started=started, extra={"fingerprint": fp, "status": "running"})
+    else:
+        started = previous.get("started", started)
     if held is None:
         train, held = split_problems(examples, cfg.eval_fraction, cfg.seed)
     else:
@@ -118,7 +199,7 @@ def run_verifier_train(cfg: VerifierConfig) -> dict:
         raise TtxError("no trace fits: every one is longer than --max-length or has no step",
                        path=cfg.input)
     trainer = Trainer(verifier.model, TrainConfig(
-        output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",
+        fingerprint=fp, output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",
         warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs, grad_accum=cfg.grad_accum,
         max_grad_norm=cfg.max_grad_norm, save_every=cfg.save_every, seed=cfg.seed, shuffle=True,
         mixed_precision=cfg.mixed_precision, resume=cfg.resume, stop_after=cfg.stop_after,
@@ -152,14 +233,17 @@ def run_verifier_train(cfg: VerifierConfig) -> dict:
         "train_tokens": sum(len(it.ids) for it in items) * cfg.epochs,
         "train_s": round(train_s, 2), "rollouts": rollout_cost, "reading": reading,
     }
-    options = {**asdict(cfg), "base_model_folder": str(base)}
-    write_manifest(out, stage="verifier-train", options=options,
-                   inputs=[cfg.input] + ([cfg.eval] if cfg.eval else []), started=started,
-                   summary=summary)
+    write_manifest(out, stage="verifier-train", options=_options(cfg, base), inputs=inputs,
+                   started=started, summary=summary,
+                   extra={"fingerprint": fp, "status": "finished"})
     write_json(out / READING_FILE, reading)               # last: the folder is now complete
     trainer.remove_checkpoints()
     trainer.accelerator.wait_for_everyone()
     return summary
+
+
+def _options(cfg: VerifierConfig, base: Path) -> dict:
+    return {**asdict(cfg), "base_model_folder": str(base)}
 
 
 def _label_name(cfg: VerifierConfig) -> str:
