@@ -32,7 +32,10 @@ class Constraint:
             raise ValueError(f"Constraint.kind must be one of {', '.join(CONSTRAINT_KINDS)}, "
                              f"got {self.kind!r}")
         if self.kind == "json":
-            spec = json.loads(self.spec) if isinstance(self.spec, str) else self.spec
+            try:
+                spec = json.loads(self.spec) if isinstance(self.spec, str) else self.spec
+            except RecursionError:
+                raise ValueError("a json constraint's schema is nested too deeply") from None
             if not isinstance(spec, dict):
                 raise ValueError("a json constraint's spec is a JSON schema (an object)")
             object.__setattr__(self, "spec", spec)

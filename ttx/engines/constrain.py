@@ -23,13 +23,15 @@ from ttx.errors import TtxError
 
 BACKENDS = ("llguidance", "xgrammar")
 _SHIFTS = torch.arange(32, dtype=torch.int32)
+# JSON nesting a schema may have: llguidance's parser stops at 128 (serde_json's recursion limit)
+MAX_DEPTH = 128
 
 
 class Guide:
     """One row's matcher and the mask of the tokens it allows next (int32 bits, 32 per word)."""
 
-    def __init__(self, owner: "Constrainer", matcher):
-        self.owner, self.matcher = owner, matcher
+    def __init__(self, owner: "Constrainer", matcher, kind: str = ""):
+        self.owner, self.matcher, self.kind = owner, matcher, kind
         self.mask = torch.empty(owner.words, dtype=torch.int32)
         self.complete = False
         owner.fill(self)
@@ -83,20 +85,27 @@ class Constrainer:
             matcher = llguidance.LLMatcher(self._tok, grammar)
             if matcher.is_error():
                 raise TtxError(f"cannot enforce the {constraint.kind} constraint: "
-                               f"{matcher.get_error()}", field="constraint")
+                               f"{_one_line(matcher.get_error())}", field="constraint")
         else:
             import xgrammar
 
             matcher = xgrammar.GrammarMatcher(grammar)
-        return Guide(self, matcher)
+        return Guide(self, matcher, constraint.kind)
+
+    def check(self, constraint: Constraint) -> None:
+        """Compile the constraint and open one matcher on it, so a schema or pattern that is
+        malformed, too deep or satisfied by no text at all fails before anything is generated."""
+        self.guide(constraint)
 
     def fill(self, guide: Guide) -> None:
         if self.backend == "llguidance":
             import llguidance.torch
 
             llguidance.torch.fill_next_token_bitmask(guide.matcher, guide.mask.view(1, -1), 0)
-            if guide.matcher.is_error():
-                raise RuntimeError(f"llguidance: {guide.matcher.get_error()}")
+            if guide.matcher.is_error():      # no token can continue: nothing satisfies it
+                raise TtxError(f"cannot enforce the {guide.kind} constraint: no "
+                               "text can complete it (llguidance: "
+                               f"{_one_line(guide.matcher.get_error())})", field="constraint")
         else:
             guide.matcher.fill_next_token_bitmask(guide.mask.view(1, -1), 0)
 
@@ -114,13 +123,17 @@ class Constrainer:
         return guide.matcher.is_terminated() or torch.equal(guide.mask, self._eos_only)
 
     def _grammar(self, constraint: Constraint):
+        depth = _depth(constraint.spec)
+        if depth > MAX_DEPTH:                 # before anything recurses through it
+            raise TtxError(f"cannot compile the {constraint.kind} constraint: the schema is "
+                           f"nested more than {MAX_DEPTH} levels deep", field="constraint")
         key = constraint.key()
         if key not in self._grammars:
             try:
                 self._grammars[key] = self._compile(constraint)
-            except (ValueError, RuntimeError) as exc:     # a bad schema or pattern
-                raise TtxError(f"cannot compile the {constraint.kind} constraint: {exc}",
-                               field="constraint") from None
+            except (ValueError, RuntimeError, TypeError) as exc:     # a bad schema or pattern
+                raise TtxError(f"cannot compile the {constraint.kind} constraint: "
+                               f"{_one_line(exc)}", field="constraint") from None
         return self._grammars[key]
 
     def _compile(self, c: Constraint):
@@ -144,6 +157,33 @@ class Constrainer:
             return self._compiler.compile_regex(c.spec)
         return self._compiler.compile_grammar(
             "root ::= " + " | ".join(json.dumps(choice) for choice in c.spec))
+
+
+def _one_line(error, limit: int = 300) -> str:
+    """A library's error as one line: its lines joined, up to the parser-state dump llguidance
+    appends, cut at `limit` characters."""
+    lines = []
+    for line in str(error).splitlines():
+        if line.strip().startswith("<state>"):
+            break
+        if line.strip():
+            lines.append(line.strip())
+    text = " ".join(lines) or type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _depth(spec) -> int:
+    """How deeply lists and objects nest in a spec, counted without recursion."""
+    deepest, stack = 0, [(spec, 1)]
+    while stack:
+        obj, d = stack.pop()
+        if isinstance(obj, dict):
+            obj = list(obj.values())
+        if isinstance(obj, (list, tuple)):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                stack += [(v, d + 1) for v in obj]
+    return deepest
 
 
 def _bit(i: int) -> int:

@@ -100,6 +100,7 @@ class HFEngine:
     def generate(self, prompts: list[Prompt], n, params) -> list[Generation]:
         """n traces per prompt; `n` and `params` may be per prompt (base.per_prompt)."""
         counts, per = per_prompt(len(prompts), n, params)
+        self._check_constraints(per)
         if self.fused is not None:
             self.fused.refresh()                    # weights changed since the last call
         generator = None
@@ -339,11 +340,19 @@ class HFEngine:
         """A new row's constraint matcher (None without a constraint)."""
         if params.constraint is None:
             return None
+        return self._constrainer_of().guide(params.constraint)
+
+    def _constrainer_of(self):
         if self._constrainer is None:
             from ttx.engines.constrain import Constrainer
             vocab = max(len(self.tokenizer), getattr(self.model.config, "vocab_size", 0) or 0)
             self._constrainer = Constrainer(self.tokenizer, vocab, self.eos_ids)
-        return self._constrainer.guide(params.constraint)
+        return self._constrainer
+
+    def _check_constraints(self, per: list[SamplingParams]) -> None:
+        """Every constraint of the call compiles and can be met, before any row decodes."""
+        for c in {id(p.constraint): p.constraint for p in per if p.constraint is not None}.values():
+            self._constrainer_of().check(c)
 
     def _finish(self, row: _Row, tok: int, params: SamplingParams):
         """(finish_reason, text) when the row is done after `tok`, else (None, None)."""

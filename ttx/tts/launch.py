@@ -22,6 +22,9 @@ def build_run(o: dict) -> tuple[RunConfig, type[Strategy], EngineOptions]:
     from ttx.tts.search import SearchConfig, local_tokenizer
 
     io, sampling = build(RunIO, o), build(Sampling, o)
+    if (io.resume or io.force_resume) and io.output_path == "-":
+        raise TtxError("continues an output file: records written to stdout cannot be read back "
+                       "(give -o FILE)", field="--resume" if io.resume else "--force-resume")
     choice, levels = build(StrategyOptions, o), build(LevelOptions, o)
     engine, prompt, memory = build(EngineOptions, o), build(PromptOptions, o), build(MemoryOptions, o)
     try:

@@ -120,6 +120,32 @@ def check_lengths(engine: Engine, cfg: RunConfig, problems: list[dict], new_toke
                            path=cfg.input, field=cfg.question_field)
 
 
+# what a record holds besides its problem's fields (_record)
+_RECORD_FIELDS = {"strategy", "n", "level_key", "level", "repeat", "traces", "pred", "model",
+                  "completion_tokens", "sequential_tokens", "prompt_tokens", "wall_s", "memory_ids"}
+
+
+def same_problems(cfg: RunConfig, problems: list[dict]):
+    """A check, on --resume, that each record already written was made from the problem of its
+    id as the input holds it now (question and answer): an input edited or replaced by another
+    file, whatever its path, would otherwise mix old and new records."""
+    by_id = {str(p["id"]): p for p in problems}
+    fields = [f for f in (cfg.question_field, cfg.answer_field) if f not in _RECORD_FIELDS]
+
+    def check(records: list[dict]) -> None:
+        for r in records:
+            problem = by_id.get(str(r.get("id")))
+            if problem is None:
+                continue                          # not in this run (--limit): left as it is
+            for f in fields:
+                if r.get(f) != problem.get(f):
+                    raise TtxError(f"--resume: the records here for id {r.get('id')!r} were made "
+                                   f"from another {f} than the input's now (--force-resume "
+                                   "keeps the stale records; or write another output)",
+                                   path=cfg.output, field=f)
+    return check
+
+
 def record_key(record: dict) -> tuple[str, int, int]:
     return (str(record.get("id")), int(record.get("level", 1)), int(record.get("repeat", 0)))
 
@@ -152,7 +178,8 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
     check_lengths(engine, cfg, problems, max(s.params.max_new_tokens for _, _, s in settings))
     inputs = [cfg.input] + ([cfg.memory] if cfg.memory else [])
     out = Output(cfg.output, stage="tts-run", fingerprint=fingerprint(cfg, engine),
-                 inputs=inputs, resume=cfg.resume, force=cfg.force_resume, key=record_key)
+                 inputs=inputs, resume=cfg.resume, force=cfg.force_resume, key=record_key,
+                 check_existing=same_problems(cfg, problems))
     runner = _strategy_class(cfg)(cfg.strategy)
     stats = {"written": 0, "correct": 0, "graded": 0, "engine_calls": 0}
     t0 = time.perf_counter()
