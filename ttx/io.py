@@ -182,6 +182,18 @@ def _direct(target: Path) -> Iterator[Path]:
         os.unlink(tmp)
 
 
+def plain_modes(folder: str | os.PathLike) -> None:
+    """Give the safetensors files under a folder the mode a plain open() gives (0666 less the
+    umask), as their JSON beside them has: safetensors writes them 0600."""
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).rglob("*.safetensors"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                os.chmod(path, mode)
+        except OSError:
+            pass
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -251,6 +251,9 @@ def convert_gguf(gguf: Path) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        from ttx.io import plain_modes
+
+        plain_modes(tmp)
         try:
             os.rename(tmp, target)            # atomic: a reader never sees half a checkpoint
         except OSError:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ttx.errors import TtxError
 from ttx.inplace_ttt.config import InplaceTTTConfig
+from ttx.io import plain_modes
 
 MLP_PARTS = ("gate_proj", "up_proj", "down_proj", "act_fn")
 
@@ -105,6 +106,7 @@ def save_checkpoint_folder(model, tokenizer, output: Path) -> None:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        plain_modes(tmp)
         names = sorted(p.name for p in tmp.iterdir())
         for name in [n for n in names if n != "config.json"] + ["config.json"]:
             os.replace(tmp / name, output / name)

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ttx.errors import TtxError
-from ttx.io import now_iso, read_jsonl, write_manifest
+from ttx.io import now_iso, plain_modes, read_jsonl, write_manifest
 from ttx.mamba.config import DistillConfig
 from ttx.records import stage_fingerprint
 
@@ -37,6 +37,7 @@ def _save_checkpoint(model, tokenizer, output: Path) -> None:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        plain_modes(tmp)
         for f in sorted(tmp.iterdir()):
             os.replace(f, output / f.name)
     finally:

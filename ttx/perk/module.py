@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ttx.errors import TtxError
+from ttx.io import plain_modes
 from ttx.perk.config import DEFAULT_TARGETS, PerkConfig
 from ttx.perk.weighting import TokenWeighting
 
@@ -89,6 +90,7 @@ def save(module: PerkModule, folder: Path, base_folder: Path | None = None) -> N
     tmp = folder / f".{STATE_FILE}.tmp"
     save_file(state, str(tmp))
     tmp.replace(folder / STATE_FILE)
+    plain_modes(folder)                       # safetensors writes 0600; the JSON beside is 0644
     config = {**asdict(module.cfg), "lora_names": module.lora_names}
     tmp = folder / f".{CONFIG_FILE}.tmp"
     tmp.write_text(json.dumps(config, indent=1) + "\n")

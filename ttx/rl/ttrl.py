@@ -31,6 +31,7 @@ from ttx.errors import TtxError
 from ttx.io import (
     JsonlAppender,
     now_iso,
+    plain_modes,
     read_jsonl,
     repair_torn_tail,
     write_jsonl,
@@ -273,6 +274,7 @@ def _run(cfg: TTRLConfig, problems: list[dict], started: str) -> dict:
     model.eval()
     trainer.unwrapped.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    plain_modes(out)
     from ttx.models import write_base
 
     write_base(out, cfg.model, folder)                 # tts-run --adapter checks the base

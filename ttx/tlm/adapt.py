@@ -16,7 +16,7 @@ from dataclasses import asdict
 import torch
 
 from ttx.errors import TtxError
-from ttx.io import now_iso, write_jsonl, write_manifest
+from ttx.io import now_iso, plain_modes, write_jsonl, write_manifest
 from ttx.models import render_prompt
 from ttx.tlm.config import TLMConfig
 from ttx.tlm.loss import measure_ce, sample_weight, sequence_ce, tlm_loss
@@ -135,6 +135,7 @@ def _adapt(cfg: TLMConfig, problems: list[dict], evals: dict, out, started: str)
     eval_after = {p: measure_ce(model, s, pad_id) for p, s in eval_seqs.items()}
     trainer.unwrapped.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+    plain_modes(out)
     from ttx.models import write_base
 
     write_base(out, cfg.model, folder)                 # tts-run --adapter checks the base

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ttx.errors import TtxError
+from ttx.io import plain_modes
 
 
 def checkpoint_dirs(root: Path) -> list[Path]:
@@ -47,6 +48,7 @@ def save_checkpoint(root: Path, step: int, *, params: dict[str, torch.Tensor],
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, str(tmp / "rng.safetensors"))
     (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
+    plain_modes(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:

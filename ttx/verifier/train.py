@@ -156,7 +156,7 @@ def _resume_state(cfg: VerifierConfig, fp: dict) -> dict | None:
 
 
 def _train(cfg: VerifierConfig, examples: list, held: list | None, base: Path) -> dict:
-    from ttx.io import now_iso, write_json, write_jsonl, write_manifest
+    from ttx.io import now_iso, plain_modes, write_json, write_jsonl, write_manifest
     from ttx.train import TrainConfig, Trainer
     from ttx.tts.reward_inputs import READING_FILE
     from ttx.verifier.data import balance, split_problems
@@ -221,6 +221,7 @@ def _train(cfg: VerifierConfig, examples: list, held: list | None, base: Path) -
     saved = plain(model)
     saved.save_pretrained(str(out), safe_serialization=True)
     verifier.tokenizer.save_pretrained(str(out))
+    plain_modes(out)
     reading = {**verifier.reading(), "labels": _label_name(cfg), "base_model": str(cfg.model)}
     summary = {
         "kind": cfg.kind, "labels": _label_name(cfg),
