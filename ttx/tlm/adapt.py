@@ -100,11 +100,12 @@ def _adapt(cfg: TLMConfig, problems: list[dict], evals: dict, out, started: str)
     online = cfg.mode == "online"
     from dataclasses import asdict
 
-    from ttx.records import stage_fingerprint
+    from ttx.records import content_digest, stage_fingerprint
 
-    fingerprint = stage_fingerprint(asdict(cfg), [cfg.input], volatile=(
+    fingerprint = stage_fingerprint(asdict(cfg), volatile=(
         "input", "output", "resume", "stop_after", "progress", "cli", "generate", "eval",
         "device", "overwrite"))
+    fingerprint["input"] = content_digest(problems)    # the inputs, whatever file held them
     trainer = Trainer(model, TrainConfig(fingerprint=fingerprint,
         output_dir=out, lr=cfg.lr, schedule="constant" if online else "cosine",
         warmup_ratio=0.0 if online else cfg.warmup_ratio, epochs=cfg.epochs,
