@@ -70,9 +70,11 @@ def test_a_second_writer_of_a_training_folder_is_refused(tmp_path, tiny_model_di
         data = tmp_path / "q.jsonl"
         data.write_text('{"id": "a", "question": "What is 1 + 1?", "answer": "2"}\n')
     out = tmp_path / "out"
+    quick = {"verifier-train": ["--epochs", "1"], "tlm-adapt": ["--epochs", "1"],
+             "ttrl": ["--steps", "1", "--n", "2", "--n-train", "1", "--max-new-tokens", "1"]}
     with folder_lock(out):                       # another run holds the folder
         line = _error(run_cli([stage, "-i", data, "-o", out, "--model", tiny_model_dir,
-                               "--no-progress"]))
+                               "--no-progress", *quick[stage]]))
         assert f"another process (pid {os.getpid()}) is writing this output folder" in line
     assert not out.exists() and not (tmp_path / ".out.lock").exists()   # nothing left behind
     with folder_lock(out):                       # free again once released
@@ -118,6 +120,11 @@ def test_verifier_eval_equal_to_the_training_input_is_refused(tmp_path, tiny_mod
         line = _error(_verifier(data, tmp_path / "v", tiny_model_dir, "--eval", held))
         assert "field '--eval'" in line and "training input" in line
     assert not (tmp_path / "v").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    line = _error(_verifier(data, mine, tiny_model_dir, "--resume"))
+    assert "no run here to resume" in line and os.listdir(mine) == ["notes.txt"]
 
 
 def test_verifier_train_prints_no_loading_bars_and_writes_plain_modes(tmp_path, tiny_model_dir):

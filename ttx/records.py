@@ -305,7 +305,7 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
     import fcntl
 
     target = Path(os.path.abspath(folder))
-    lock = target.with_name(f".{target.name}.lock")
+    lock = target.parent / f".{target.name}.lock"
     while True:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,9 @@ def prepare_output(cfg: VerifierConfig) -> bool:
         shutil.rmtree(out)
         return False
     if cfg.resume:
+        if not any((out / name).exists() for name in OWN_FILES):
+            raise TtxError("holds nothing verifier-train writes: there is no run here to "
+                           "resume; choose another -o", path=cfg.output)
         return (out / READING_FILE).is_file() and (out / "ttx_manifest.json").is_file()
     raise TtxError("exists and is not empty: --resume continues the run in it, --overwrite "
                    "replaces it", path=cfg.output)
