@@ -271,3 +271,31 @@ def test_unsatisfiable_or_too_deep_constraints_are_one_line(tiny_model_dir):
         text = str(caught.value)
         assert words in text and "\n" not in text and len(text) < 400, text
         assert text.startswith("field 'constraint'")
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path):
+    """A checkpoint that cannot be written is one line; the complete one before it stays and
+    no temporary folder is left (a file-size limit in a child process stands in for the disk)."""
+    code = f"""
+import torch
+from pathlib import Path
+from ttx.errors import TtxError
+from ttx.train.checkpoint import save_checkpoint
+root = Path({str(tmp_path)!r})
+small = {{"w": torch.nn.Parameter(torch.zeros(10))}}
+save_checkpoint(root, 1, params=small, optimizer=torch.optim.AdamW(small.values()),
+                state={{"step": 1}}, keep=2)
+big = {{"w": torch.nn.Parameter(torch.zeros(100000))}}
+try:
+    save_checkpoint(root, 2, params=big, optimizer=torch.optim.AdamW(big.values()),
+                    state={{"step": 2}}, keep=2)
+except TtxError as exc:
+    print("refused:", exc)
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         preexec_fn=_limited(20000), timeout=120)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    [line] = run.stdout.splitlines()
+    assert "step-0000002: cannot write a checkpoint" in line and "--resume" in line
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-0000001"]

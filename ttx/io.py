@@ -76,8 +76,8 @@ def repair_torn_tail(path: Path) -> None:
         os.truncate(path, data.rfind(b"\n") + 1)   # in place: complete lines are never rewritten
 
 
-def append_line(fd: int, line: str, path: str | os.PathLike) -> None:
-    """Append one whole line to an O_APPEND descriptor and sync it. A write that fails part way
+def append_line(fd: int, line: str, path: str | os.PathLike, sync: bool = True) -> None:
+    """Append one whole line to an O_APPEND descriptor and (`sync`) fsync it. A write that fails part way
     (a full disk, a file-size limit) is cut off again, so the file keeps only whole lines, and
     the failure is one TtxError naming the file: what was written before stays, resumable."""
     data = line.encode("utf-8")
@@ -89,7 +89,8 @@ def append_line(fd: int, line: str, path: str | os.PathLike) -> None:
             if n <= 0:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             done += n
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except OSError as exc:
         try:
             os.ftruncate(fd, start)           # no torn last line

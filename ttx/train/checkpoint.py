@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ttx.errors import TtxError
@@ -38,17 +39,23 @@ def save_checkpoint(root: Path, step: int, *, params: dict[str, torch.Tensor],
     final = folder / f"step-{step:07d}"
     tmp = folder / f".tmp-step-{step:07d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in params.items()},
-              str(tmp / "trainable.safetensors"))
-    tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, str(tmp / "rng.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
-    plain_modes(tmp)
+    try:
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous().cpu() for k, v in params.items()},
+                  str(tmp / "trainable.safetensors"))
+        tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, "optimizer": opt_meta}, indent=1))
+        plain_modes(tmp)
+    except (OSError, SafetensorError) as exc:   # a full disk: the older checkpoints stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TtxError(f"cannot write a checkpoint ({_reason(exc)}); the newest complete one "
+                       "stays, so --resume continues from it once there is room",
+                       path=str(final)) from None
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
@@ -80,6 +87,11 @@ def load_checkpoint(folder: Path, *, params: dict[str, torch.nn.Parameter],
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
     return state
+
+
+def _reason(exc: Exception) -> str:
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:

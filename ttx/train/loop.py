@@ -14,6 +14,7 @@ still advances the schedule, so the learning rate follows the data position.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -295,9 +296,14 @@ class Trainer:
             return
         import json
 
+        from ttx.io import append_line
+
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        with open(self._log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        try:                              # a full disk: one line, the log keeps whole rows
+            append_line(fd, json.dumps(row) + "\n", self._log_path, sync=False)
+        finally:
+            os.close(fd)
 
     def _truncate_log(self, step: int) -> None:
         import json
