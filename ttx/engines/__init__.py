@@ -1,9 +1,9 @@
 """Text generation behind one interface (ttx.engines.base.Engine): `hf` and `openai`."""
 
-from ttx.engines.base import Constraint, Engine, Generation, Prompt, SamplingParams, Trace
+from ttx.engines.base import Constraint, Engine, Generation, Prompt, SamplingParams, TokenPrompt, Trace
 
-__all__ = ["Constraint", "Engine", "Generation", "Prompt", "SamplingParams", "Trace", "make_engine",
-           "open_engine"]
+__all__ = ["Constraint", "Engine", "Generation", "Prompt", "SamplingParams", "TokenPrompt", "Trace",
+           "make_engine", "open_engine"]
 
 
 def make_engine(name: str, **kwargs) -> Engine:

@@ -6,9 +6,21 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence, Union
 
-# A prompt is either chat messages ([{"role": ..., "content": ...}], templated by the engine)
-# or raw text that is sent as it is (already templated, or a base model's plain prompt).
-Prompt = Union[str, list]
+
+@dataclass(frozen=True)
+class TokenPrompt:
+    """A prompt given as token ids, sent as they are (vLLM's token-id prompt): s1's harness
+    continues thinking from the sampled ids, never from text encoded again."""
+
+    ids: tuple[int, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "ids", tuple(int(i) for i in self.ids))
+
+
+# A prompt is chat messages ([{"role": ..., "content": ...}], templated by the engine), raw text
+# sent as it is (already templated, or a base model's plain prompt), or token ids.
+Prompt = Union[str, list, TokenPrompt]
 
 
 CONSTRAINT_KINDS = ("json", "regex", "choice")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ttx.engines.base import Generation, Prompt, SamplingParams, Trace, per_prompt
+from ttx.engines.base import Generation, Prompt, SamplingParams, TokenPrompt, Trace, per_prompt
 from ttx.engines.kv import GrowingLayer, growing
 from ttx.models import load_model, render_prompt
 
@@ -89,6 +89,8 @@ class HFEngine:
         pass
 
     def encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, TokenPrompt):
+            return list(prompt.ids)
         text = render_prompt(self.tokenizer, prompt)
         # A chat template already wrote the special tokens; raw text gets the model's usual ones,
         # unless it is already templated text (a continued trace) that starts with them.

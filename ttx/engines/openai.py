@@ -4,7 +4,8 @@
     gens = engine.generate(["2+2="], n=4, SamplingParams(max_new_tokens=32, temperature=0.7))
 
 Chat prompts (a list of messages) go to /chat/completions, where the server applies the model's
-chat template; a str prompt goes to /completions as it is. The n traces of a prompt are asked for
+chat template; a str prompt goes to /completions as it is, and so does a TokenPrompt (its ids as
+the `prompt`, with vLLM's return_token_ids so the sampled ids come back). The n traces of a prompt are asked for
 in one request (`n`), so the server shares the prompt's prefill; requests for different prompts run
 concurrently on threads, at most `concurrency` in flight.
 
@@ -82,7 +83,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ttx.engines.base import Generation, Prompt, SamplingParams, Trace, per_prompt
+from ttx.engines.base import Generation, Prompt, SamplingParams, TokenPrompt, Trace, per_prompt
 from ttx.errors import TtxError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -311,12 +312,17 @@ class OpenAIEngine:
             body["ignore_eos"] = True       # vLLM / SGLang extension; benchmarks force lengths
         if params.min_new_tokens:
             body["min_tokens"] = params.min_new_tokens     # vLLM / SGLang extension
-        body.update(_constraint_body("/completions" if isinstance(prompt, str)
-                                     else "/chat/completions", params.constraint))
-        if isinstance(prompt, str):
+        raw = isinstance(prompt, (str, TokenPrompt))
+        body.update(_constraint_body("/completions" if raw else "/chat/completions",
+                                     params.constraint))
+        if raw:
             path = "/completions"
-            body["prompt"] = prompt
             body["logprobs"] = 0            # the sampled token's log-probability only
+            if isinstance(prompt, TokenPrompt):
+                body["prompt"] = list(prompt.ids)   # a token-id prompt (OpenAI's API, vLLM)
+                body["return_token_ids"] = True     # vLLM: continue from the sampled ids
+            else:
+                body["prompt"] = prompt
         else:
             path = "/chat/completions"
             body["messages"] = prompt

@@ -33,6 +33,7 @@ PRM_FORMATS = ("tag", "chat", "qwen")
 
 
 BUDGET_STYLES = ("s1", "ttx")
+AUTO_BUDGETS = ("s1", "cpu")
 BEAM_STYLES = ("search-and-learn", "ttx")
 
 
@@ -59,8 +60,12 @@ class SearchConfig:
                                             "before this many tokens (ttx style; s1: the minimum "
                                             "of one round, with --num-ignore 0).", type=_NONNEG)
     max_thinking_tokens: int | None = _knob(None, "budget-forcing: the thinking budget (default: "
-                                            "s1's auto rule, --max-new-tokens less 100 kept for "
-                                            "the answer; ttx: --max-new-tokens).", type=_POS)
+                                            "s1: --auto-budget; ttx: --max-new-tokens).",
+                                            type=_POS)
+    auto_budget: str = _knob("s1", "budget-forcing s1 without --max-thinking-tokens: s1's rule "
+                             "(--max-new-tokens less the call's longest prompt, the delimiters "
+                             "and 100) or cpu (less the delimiters and min(100, half), for the "
+                             "small budgets of CPU runs).", type=click.Choice(AUTO_BUDGETS))
     num_ignore: int = _knob(1, "budget-forcing: stops ignored at most K times per trace.",
                             type=_NONNEG)
     ignore_str: str = _knob("Wait", "budget-forcing: appended when a stop is ignored.")
@@ -131,7 +136,7 @@ class SearchConfig:
             raise TtxError(f"--min-thinking-tokens {self.min_thinking_tokens} exceeds the maximum "
                            f"({top}: --max-thinking-tokens, else --max-new-tokens)")
         choices = {"agg": AGGREGATIONS, "turn_aggregate": TURN_AGGREGATES,
-                   "budget_style": BUDGET_STYLES}
+                   "budget_style": BUDGET_STYLES, "auto_budget": AUTO_BUDGETS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise TtxError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
