@@ -65,7 +65,8 @@ def _run(cmd: list[str], limit: float) -> str:
     """cmd's stdout; BuildError when it fails or runs past `limit` seconds (then its whole
     process group is killed: gcc's cc1, as and ld run under the driver)."""
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, errors="replace",
+                            start_new_session=True)
     try:
         out, err = proc.communicate(timeout=limit)
     except BaseException as exc:
