@@ -1,4 +1,4 @@
-"""The native library cache (ttx.engines.native, issue 33): nothing is loaded from a folder or file
+"""The native library cache (ttx.engines.cpu.native, issue 33): nothing is loaded from a folder or file
 another user could write, what is loaded is what its build hashed, and a missing-symbol, corrupt
 or half-built library, a hanging compiler or a killed build costs one rebuild or one warning line,
 never a crash or a hang. The hostile inputs are built here: libraries with a constructor that
@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ttx.engines import kernels, native
+from ttx.engines.cpu import kernels, native
 
 REPO = Path(__file__).resolve().parents[1]
 CC = shutil.which("cc") or shutil.which("gcc")
@@ -219,7 +219,7 @@ def test_a_build_killed_with_sigkill_leaves_temporaries_the_next_build_removes(t
     # writes its -o output, then hangs: the ttx process is killed in the middle of its build
     slow = _script(tmp_path / "slowcc", f'echo $$ > "{pid}"\n'
                    'while [ "$1" != "-o" ]; do shift; done\necho half > "$2"\nexec sleep 60')
-    code = ("import sys; from pathlib import Path; from ttx.engines import native; "
+    code = ("import sys; from pathlib import Path; from ttx.engines.cpu import native; "
             f"native.load('kernels', Path({str(src)!r}), {FLAGS!r}, ('ttx_probe',), Path({str(folder)!r}))")
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "CC": str(slow),
                                                                "PYTHONPATH": str(REPO)})
@@ -245,7 +245,7 @@ def test_a_build_killed_with_sigkill_leaves_temporaries_the_next_build_removes(t
 def test_concurrent_first_builds_compile_once(tmp_path, src, cc, monkeypatch):
     slow = _script(tmp_path / "slowcc", f'sleep 0.5\nexec "{cc.path}" "$@"')
     folder = tmp_path / "native"
-    code = ("from pathlib import Path; from ttx.engines import native; "
+    code = ("from pathlib import Path; from ttx.engines.cpu import native; "
             f"lib, w = native.load('kernels', Path({str(src)!r}), {FLAGS!r}, ('ttx_probe',), "
             f"Path({str(folder)!r})); print(lib.ttx_probe(), w)")
     env = {**os.environ, "CC": str(slow), "PYTHONPATH": str(REPO)}
@@ -271,7 +271,7 @@ def test_older_builds_of_the_same_kind_are_pruned(tmp_path, src, cc):
     assert (folder / "other-1.so").exists()
 
 
-# The real kernels (ttx/engines/kernels.c) through kernels._library, as the hf engine loads them.
+# The real kernels (ttx/engines/cpu/kernels.c) through kernels._library, as the hf engine loads them.
 
 @pytest.fixture()
 def fresh_kernels(monkeypatch, tmp_path):
@@ -295,10 +295,10 @@ def test_the_kernels_refuse_a_planted_library_in_a_world_writable_home(fresh_ker
     marker = tmp_path / "ran"
     _planted(fresh_kernels / _kernels_name(), marker)
     fresh_kernels.chmod(0o777)
-    with caplog.at_level(logging.WARNING, logger="ttx.engines.kernels"):
+    with caplog.at_level(logging.WARNING, logger="ttx.engines.cpu.kernels"):
         assert kernels.available()
     assert not marker.exists()
-    [record] = [r for r in caplog.records if r.name == "ttx.engines.kernels"]
+    [record] = [r for r in caplog.records if r.name == "ttx.engines.cpu.kernels"]
     assert "writable by group or others (mode 777)" in record.getMessage()
     gate_up = torch.randn(3, 8)
     torch.testing.assert_close(kernels.silu_mul(gate_up),
@@ -308,9 +308,9 @@ def test_the_kernels_refuse_a_planted_library_in_a_world_writable_home(fresh_ker
 def test_the_kernels_rebuild_a_library_without_their_symbols(fresh_kernels, tmp_path, caplog):
     fresh_kernels.mkdir(parents=True, mode=0o700)
     _planted(fresh_kernels / _kernels_name(), tmp_path / "ran", symbol=False)
-    with caplog.at_level(logging.WARNING, logger="ttx.engines.kernels"):
+    with caplog.at_level(logging.WARNING, logger="ttx.engines.cpu.kernels"):
         assert kernels.available()                   # no AttributeError
-    assert not [r for r in caplog.records if r.name == "ttx.engines.kernels"]
+    assert not [r for r in caplog.records if r.name == "ttx.engines.cpu.kernels"]
     gate_up = torch.randn(3, 8)
     torch.testing.assert_close(kernels.silu_mul(gate_up),
                                torch.nn.functional.silu(gate_up[:, :4]) * gate_up[:, 4:])

@@ -26,7 +26,7 @@ def open_engine(name: str, *, model: str, device: str = "auto", dtype: str = "au
     openai only: timeout_s is the longest the server may stay silent (a read) before the attempt
     is retried, max_retries the retries after the first attempt (see "Faults" in
     ttx/engines/openai.py). None takes $TTX_TIMEOUT_S / $TTX_MAX_RETRIES, else 600 s / 4.
-    hf only: packed_weights (ttx.engines.packed) on CPU."""
+    hf only: packed_weights (ttx.engines.cpu.packed) on CPU."""
     from ttx.errors import TtxError
 
     if name == "hf":

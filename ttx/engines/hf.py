@@ -42,9 +42,9 @@ class HFEngine:
         are only right while the weights stay as they were, so an engine over a `loaded` model
         (a stage that trains it between calls: ttrl, perk, tlm) keeps none unless asked.
         `packed_weights` runs the linear layers on oneDNN-packed copies of their weights on CPU
-        (ttx.engines.packed: 1.5x float32 decode, one more copy of those weights in memory); by
+        (ttx.engines.cpu.packed: 1.5x float32 decode, one more copy of those weights in memory); by
         default on for a model the engine loads, off for a `loaded` one. With it, Llama-family
-        models run ttx's own forward on fused packed weights (ttx.engines.fused)."""
+        models run ttx's own forward on fused packed weights (ttx.engines.cpu.fused)."""
         folder = None
         if loaded is None:
             self.model, self.tokenizer, folder = load_model(model, device, dtype)
@@ -58,10 +58,10 @@ class HFEngine:
         self.device = next(self.model.parameters()).device
         if packed_weights is None:
             packed_weights = loaded is None
-        from ttx.engines.packed import pack_linears
+        from ttx.engines.cpu.packed import pack_linears
 
         self.packed_linears = pack_linears(self.model) if packed_weights else 0
-        from ttx.engines.fused import FusedDecoder
+        from ttx.engines.cpu.fused import FusedDecoder
 
         # Llama-family models run on fused packed weights, outside transformers' modules
         self.fused = FusedDecoder.build(self.model) if self.packed_linears else None

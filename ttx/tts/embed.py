@@ -27,7 +27,7 @@ def make_embedder(engine, path: str | None):
         except (OSError, ValueError, KeyError) as exc:
             raise TtxError(f"cannot load as an embedder ({exc})".splitlines()[0], path=str(path),
                            field="--embedder") from None
-        from ttx.engines.packed import pack_linears
+        from ttx.engines.cpu.packed import pack_linears
 
         pack_linears(model)                  # frozen, on CPU: oneDNN-packed weights
         return lambda texts: _mean_pooled(model, tokenizer, texts, "cpu")

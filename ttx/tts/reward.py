@@ -108,7 +108,7 @@ class RewardModel:
         except (OSError, ValueError, KeyError) as exc:
             raise TtxError(f"cannot load the reward model ({str(exc).splitlines()[0]})",
                            path=str(folder), field="--reward-model") from None
-        from ttx.engines.packed import pack_linears
+        from ttx.engines.cpu.packed import pack_linears
 
         pack_linears(self.model)             # frozen; on CPU its matmuls run on packed weights
         self.pad_id = self.tokenizer.pad_token_id

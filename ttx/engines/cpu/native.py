@@ -1,4 +1,4 @@
-"""Build, cache and load a C library safely (ttx's CPU kernels, ttx.engines.kernels).
+"""Build, cache and load a C library safely (ttx's CPU kernels, ttx.engines.cpu.kernels).
 
 A cached library is native code that runs inside every ttx process, so nothing is loaded from a
 folder someone else could write: the cache folder must be owned by the effective user and not

@@ -1,4 +1,4 @@
-"""ttx's float32 CPU kernels (ttx/engines/kernels.c) for the fused decoder (ttx.engines.fused).
+"""ttx's float32 CPU kernels (ttx/engines/cpu/kernels.c) for the fused decoder (ttx.engines.cpu.fused).
 
 - `decode_attention`: at decode shapes torch's bmm-softmax-bmm (and sdpa's kernel alike) runs
   about a hundred tiny products a layer, each dominated by its call's fixed cost; the kernel reads
@@ -10,7 +10,7 @@
 bench/decode_attention.py measures them against torch's ops. The library is compiled on first
 use with the system's C compiler (gcc or clang; AVX2 and FMA, OpenMP) into `$TTX_HOME/native/`
 (under a second; the file's name carries a hash of the source, the flags and the compiler's
-version) and loaded with ctypes, by ttx.engines.native: only from a folder no other user can
+version) and loaded with ctypes, by ttx.engines.cpu.native: only from a folder no other user can
 write, and only a file whose SHA-256 matches its build's; a bad one is rebuilt once. Without a
 compiler, on a CPU without AVX2, or with `TTX_NATIVE=0`, `available()` is False and the fused
 forward keeps torch's ops.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ttx.engines import native
+from ttx.engines.cpu import native
 from ttx.models import ttx_home
 
 SOURCE = Path(__file__).with_name("kernels.c")
@@ -49,7 +49,9 @@ _SIGNATURES = {   # name: (argument types, result type)
 
 @functools.cache
 def _library():
-    if os.environ.get("TTX_NATIVE", "1") == "0" \
+    from ttx.engines.cpu import enabled
+
+    if not enabled() or os.environ.get("TTX_NATIVE", "1") == "0" \
             or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         return None
     library, warning = native.load("kernels", SOURCE, FLAGS, _SIGNATURES, ttx_home() / "native")
