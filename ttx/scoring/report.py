@@ -77,24 +77,63 @@ def _check(record: dict, path: str, line: int, cfg: ScoreConfig) -> None:
     if "pred" not in record:
         raise TtxError("missing (the predicted answer; null if the model gave none)",
                        path=path, line=line, field="pred")
+    _check_answer(record["pred"], path, line, "pred")
     level = record.get("level")
     if level is not None and (isinstance(level, bool) or not isinstance(level, int) or level < 1):
         raise TtxError(f"expected a positive integer, got {level!r}", path=path, line=line,
                        field="level")
     if "traces" in record and not isinstance(record["traces"], list):
         raise TtxError("expected a list of traces", path=path, line=line, field="traces")
+    for i, trace in enumerate(record.get("traces") or []):
+        _check_trace(trace, path, line, f"traces[{i}]")
     if cfg.regrade and not record.get("traces"):
         raise TtxError("--regrade re-extracts answers from the traces' text, and this record "
                        "has no traces", path=path, line=line, field="traces")
     for name in _NUMERIC:
-        v = record.get(name)
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TtxError(f"expected a number, got {v!r}", path=path, line=line, field=name)
-        if not math.isfinite(v) or v < 0:
-            raise TtxError(f"expected a finite number >= 0, got {v!r}", path=path, line=line,
-                           field=name)
+        _check_count(record.get(name), path, line, name)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_count(v, path: str, line: int, field: str) -> None:
+    if v is None:
+        return
+    if not _is_number(v):
+        raise TtxError(f"expected a number, got {_shown(v)}", path=path, line=line, field=field)
+    if not math.isfinite(v) or v < 0:
+        raise TtxError(f"expected a finite number >= 0, got {v!r}", path=path, line=line,
+                       field=field)
+
+
+def _check_answer(v, path: str, line: int, field: str) -> None:
+    """An answer is text (a number is taken as its text) or null; a list or an object would be
+    graded by its printed form."""
+    if v is not None and not isinstance(v, str) and not _is_number(v):
+        raise TtxError(f"expected an answer (a string, a number or null), got {_shown(v)}",
+                       path=path, line=line, field=field)
+
+
+def _check_trace(trace, path: str, line: int, field: str) -> None:
+    if not isinstance(trace, dict):
+        raise TtxError(f"expected a trace (an object with text, pred, ...), got {_shown(trace)}",
+                       path=path, line=line, field=field)
+    if "pred" in trace:
+        _check_answer(trace["pred"], path, line, f"{field}.pred")
+    if trace.get("text") is not None and not isinstance(trace["text"], str):
+        raise TtxError(f"expected a string or null, got {_shown(trace['text'])}", path=path,
+                       line=line, field=f"{field}.text")
+    _check_count(trace.get("completion_tokens"), path, line, f"{field}.completion_tokens")
+    if trace.get("score") is not None and not _is_number(trace["score"]):
+        raise TtxError(f"expected a number or null, got {_shown(trace['score'])}", path=path,
+                       line=line, field=f"{field}.score")
+
+
+def _shown(v) -> str:
+    """A value's type and a short form of it, for an error line."""
+    text = repr(v)
+    return f"{type(v).__name__} {text[:40] + '...' if len(text) > 40 else text}"
 
 
 def load_run(name: str, paths: Sequence[str], cfg: ScoreConfig) -> dict:

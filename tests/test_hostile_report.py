@@ -1,0 +1,101 @@
+"""Hostile input to `ttx report`, `ttx score` and the shared JSONL reader (issue 33): each case
+fails with one line naming file, line and field (exit 2) and loses nothing, or the page copes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def _record(pid="a", **extra) -> dict:
+    traces = [{"text": f"so the answer is {p}", "pred": p, "completion_tokens": 5,
+               "finish_reason": "stop", "score": None} for p in ("7", "5")]
+    return {"id": pid, "question": "What is 3 + 4?", "answer": "#### 7", "strategy": "majority",
+            "n": 2, "traces": traces, "pred": "7", "completion_tokens": 10,
+            "sequential_tokens": 5, "prompt_tokens": 3, "wall_s": 0.1, "model": "tiny", **extra}
+
+
+def _write(path, records=(), raw: str = ""):
+    path.write_text(raw + "".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def _one_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.startswith("ttx: error:")]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+# ---------- the shared reader: what valid JSON can hold that no stage can use ----------
+
+@pytest.mark.parametrize("line,field,words", [
+    ('{"id": "a\\ud800", "answer": "7", "pred": "7"}', "id", "lone surrogate (\\ud800)"),
+    ('{"id": "a", "answer": "7", "pred": "7", "traces": [{"text": "ok"}, {"text": "x\\udfff"}]}',
+     "traces[1].text", "lone surrogate"),
+    ('{"id": "a", "answer": "7", "pred": "7", "x": {"\\udc80": 1}}', "x.\\udc80", "in the key"),
+    ('{"id": "a", "answer": "7", "pred": "7", "completion_tokens": ' + "9" * 400 + "}",
+     "completion_tokens", "400 digits"),
+])
+@pytest.mark.parametrize("command", [["score"], ["score", "--per-record", "{out}"],
+                                     ["report", "-o", "{out}"]])
+def test_unusable_values_are_refused_at_read_time(tmp_path, line, field, words, command):
+    bad = _write(tmp_path / "bad.jsonl", [_record("z")], raw=line + "\n")
+    out = tmp_path / "out"
+    result = run_cli([c.replace("{out}", str(out)) for c in command] + ["-i", bad])
+    message = _one_line(result)
+    assert f"bad.jsonl:1: field '{field}'" in message and words in message, message
+    assert not out.exists()
+
+
+def test_a_valid_surrogate_pair_is_a_character(tmp_path):
+    path = _write(tmp_path / "ok.jsonl", raw='{"id": "a \\ud83d\\ude00", "answer": "7", '
+                                             '"pred": "7"}\n')
+    result = run_cli(["score", "-i", path, "--json"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("raw,words", [
+    ('{"a": ' + "1" * 5000 + "}", "4,300 digits"),
+    ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+])
+def test_json_python_cannot_hold_is_one_line(tmp_path, raw, words):
+    path = _write(tmp_path / "r.jsonl", raw=raw + "\n")
+    assert words in _one_line(run_cli(["score", "-i", path]))
+
+
+def test_tts_run_refuses_a_surrogate_before_any_model_loads(tmp_path):
+    path = _write(tmp_path / "p.jsonl", raw='{"id": "a", "question": "What is \\ud800?"}\n')
+    out = tmp_path / "o.jsonl"
+    result = run_cli(["tts-run", "--model", tmp_path / "no-model", "-i", path, "-o", out])
+    assert "p.jsonl:1: field 'question': a lone surrogate" in _one_line(result)
+    assert not out.exists()
+
+
+# ---------- score: what would silently skew a score ----------
+
+@pytest.mark.parametrize("change,field,words", [
+    ({"pred": ["7"]}, "pred", "got list"),
+    ({"pred": {"a": 7}}, "pred", "got dict"),
+    ({"traces": ["7", "7"]}, "traces[0]", "expected a trace"),
+    ({"traces": [{"text": "so 7", "pred": ["7"]}]}, "traces[0].pred", "got list"),
+    ({"traces": [{"text": 7}]}, "traces[0].text", "got int"),
+    ({"traces": [{"text": "x", "completion_tokens": "5"}]}, "traces[0].completion_tokens",
+     "expected a number"),
+    ({"traces": [{"text": "x", "completion_tokens": -1}]}, "traces[0].completion_tokens", ">= 0"),
+    ({"traces": [{"text": "x", "score": "high"}]}, "traces[0].score", "expected a number"),
+])
+def test_score_refuses_mistyped_answers_and_traces(tmp_path, change, field, words):
+    path = _write(tmp_path / "r.jsonl", [_record("a"), _record("b", **change)])
+    message = _one_line(run_cli(["score", "-i", path]))
+    assert f"r.jsonl:2: field '{field}'" in message and words in message, message
+
+
+def test_a_number_as_pred_is_still_an_answer(tmp_path):
+    path = _write(tmp_path / "r.jsonl", [_record("a", pred=7, answer=7)])
+    result = run_cli(["score", "-i", path, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["runs"][0]["summary"]["accuracy"] == 1.0
