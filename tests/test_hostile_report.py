@@ -99,3 +99,55 @@ def test_a_number_as_pred_is_still_an_answer(tmp_path):
     result = run_cli(["score", "-i", path, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["runs"][0]["summary"]["accuracy"] == 1.0
+
+
+# ---------- an output that is an input, an input's manifest or another output ----------
+
+def _run_with_manifest(tmp_path):
+    run = _write(tmp_path / "runs.jsonl", [_record("a"), _record("b", pred="5")])
+    manifest = tmp_path / "runs.jsonl.manifest.json"
+    manifest.write_text(json.dumps({"stage": "tts-run", "status": "finished",
+                                    "fingerprint": {"strategy": "majority"}}))
+    return run, manifest
+
+
+@pytest.mark.parametrize("args,words", [
+    (["report", "-i", "{run}", "-o", "{run}"], "also an input"),
+    (["report", "--compare", "x={run}", "-o", "{run}"], "also an input"),
+    (["report", "-i", "{run}", "-o", "{link}"], "also an input"),
+    (["report", "-i", "{run}", "-o", "{manifest}"], "manifest of an input"),
+    (["report", "-i", "{run}", "--memory", "{bank}", "-o", "{bank}"], "also an input"),
+    (["score", "-i", "{run}", "--plot", "{run}"], "also an input"),
+    (["score", "-i", "{run}", "--per-record", "{run}"], "also an input"),
+    (["score", "-i", "{run}", "--per-record", "{hard}"], "also an input"),
+    (["score", "-i", "{run}", "--per-record", "{manifest}"], "manifest of an input"),
+    (["score", "-i", "{run}", "--per-record", "{dir}/x", "--plot", "{dir}/x"], "over each other"),
+    (["score", "-i", "{run}", "--per-record", "{dir}/x", "--plot", "{dir}/x.manifest.json"],
+     "over each other"),
+    (["score", "-i", "{manifest_input}", "--plot", "{dir}/m.png"], "would replace"),
+])
+def test_an_output_over_an_input_is_refused_and_nothing_changes(tmp_path, args, words):
+    run, manifest = _run_with_manifest(tmp_path)
+    bank = tmp_path / "bank.jsonl"
+    bank.write_text(json.dumps({"id": "m1", "text": "a tip"}) + "\n")
+    (tmp_path / "link.jsonl").symlink_to(run)
+    (tmp_path / "hard.jsonl").hardlink_to(run)
+    # an input whose name is the manifest a --plot m.png would write beside it
+    shown = _write(tmp_path / "m.png.manifest.json", [_record("c")])
+    names = {"run": run, "manifest": manifest, "bank": bank, "link": tmp_path / "link.jsonl",
+             "hard": tmp_path / "hard.jsonl", "dir": tmp_path, "manifest_input": shown}
+    before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    result = run_cli([a.format(**{k: str(v) for k, v in names.items()}) for a in args])
+    assert words in _one_line(result)
+    assert {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_report_output_over_the_bank_a_manifest_names_is_refused(tmp_path):
+    run, manifest = _run_with_manifest(tmp_path)
+    bank = tmp_path / "bank.jsonl"
+    bank.write_text(json.dumps({"id": "m1", "text": "a tip"}) + "\n")
+    manifest.write_text(json.dumps({"stage": "tts-run", "status": "finished",
+                                    "options": {"run": {"memory": str(bank)}}}))
+    before = bank.read_bytes()
+    assert "also an input" in _one_line(run_cli(["report", "-i", run, "-o", bank]))
+    assert bank.read_bytes() == before

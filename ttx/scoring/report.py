@@ -21,6 +21,7 @@ import click
 from ttx.errors import TtxError
 from ttx.io import iter_jsonl, now_iso, write_jsonl, write_manifest
 from ttx.options import opt
+from ttx.records import refuse_outputs_overlap
 from ttx.scoring import arise as ar
 from ttx.scoring import intervals
 from ttx.scoring.answers import DEFAULT_INVALID_VOTE, INVALID_VOTES
@@ -281,7 +282,7 @@ def compare_runs(base: dict, other: dict, cfg: ScoreConfig) -> dict:
     return out
 
 
-def _parse_compare(spec: str) -> tuple[str, list[str]]:
+def parse_compare(spec: str) -> tuple[str, list[str]]:
     name, sep, files = spec.partition("=")
     if not sep or not name.strip() or not files.strip():
         raise TtxError(f"--compare expects NAME=FILE (or NAME=FILE1,FILE2 in level order), "
@@ -326,13 +327,15 @@ def score(inputs: Sequence[str] = (), compare: Sequence[str] = (),
     if inputs:
         name = "input" if len(inputs) > 1 or str(inputs[0]) == "-" else _stem(inputs[0])
         specs.append((name, list(inputs)))
-    specs += [_parse_compare(s) for s in compare]
+    specs += [parse_compare(s) for s in compare]
     if not specs:
         raise TtxError("nothing to score: give -i FILE or --compare NAME=FILE")
     names = [n for n, _ in specs]
     if len(set(names)) != len(names):
         raise TtxError(f"run names must differ, got {names}")
     _refuse_repeated_files(specs)
+    refuse_outputs_overlap({"--per-record": per_record, "--plot": plot},
+                           [f for _, files in specs for f in files])
 
     loaded = [load_run(n, files, cfg) for n, files in specs]
     if cfg.regrade:
