@@ -151,3 +151,29 @@ def test_report_output_over_the_bank_a_manifest_names_is_refused(tmp_path):
     before = bank.read_bytes()
     assert "also an input" in _one_line(run_cli(["report", "-i", run, "-o", bank]))
     assert bank.read_bytes() == before
+
+
+# ---------- a killed or unfinished run is not shown as complete ----------
+
+def test_an_unfinished_run_is_said_in_score_and_in_the_page(tmp_path):
+    run, manifest = _run_with_manifest(tmp_path)
+    done = run_cli(["score", "-i", run])
+    assert done.exit_code == 0 and "UNFINISHED" not in done.output
+    assert "is unfinished" not in done.output
+    manifest.write_text(json.dumps({"stage": "tts-run", "status": "running"}))   # kill -9 leaves this
+    result = run_cli(["score", "-i", run])
+    assert result.exit_code == 0, result.output
+    warnings = [x for x in result.stderr.splitlines() if "is unfinished" in x]
+    assert len(warnings) == 1 and "runs.jsonl" in warnings[0] and "running" in warnings[0]
+    assert result.stdout.splitlines()[1].startswith("UNFINISHED: the manifest of")
+    data = json.loads(run_cli(["score", "-i", run, "--json"]).stdout)
+    assert data["runs"][0]["unfinished"] == [str(run)]
+    ranked = run_cli(["score", "--compare", f"a={run}", "--compare",
+                      f"b={_write(tmp_path / 'b.jsonl', [_record('a')])}"]).stdout
+    assert "a (UNFINISHED)" in ranked and "b (UNFINISHED)" not in ranked
+    page = tmp_path / "r.html"
+    assert run_cli(["report", "-i", run, "-o", page]).exit_code == 0
+    html = page.read_text(encoding="utf-8")
+    banner = html[html.index("</header>"):html.index("<main>")]
+    assert 'class="banner unfinished"' in banner and "Unfinished run runs" in banner
+

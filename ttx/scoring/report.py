@@ -178,7 +178,29 @@ def load_run(name: str, paths: Sequence[str], cfg: ScoreConfig) -> dict:
         raise TtxError(f"no record of run {name} has an extractable gold answer "
                        f"({len(no_gold)} set aside)", path=str(paths[0]))
     return {"name": name, "inputs": [str(p) for p in paths], "records": records,
-            "levels": levels, "ids": ids, "where": where, "no_gold": no_gold}
+            "levels": levels, "ids": ids, "where": where, "no_gold": no_gold,
+            "unfinished": unfinished_inputs(paths)}
+
+
+def unfinished_inputs(paths: Sequence[str]) -> list[str]:
+    """The inputs whose manifest says the run writing them has not finished (status
+    "running": killed, or still being written), so their records are a part of the run."""
+    import json
+
+    from ttx.io import manifest_path
+
+    out = []
+    for path in paths:
+        target = manifest_path(path)
+        if target is None or not target.is_file():
+            continue
+        try:
+            manifest = json.loads(target.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and manifest.get("status") == "running":
+            out.append(str(path))
+    return out
 
 
 def regrade_run(run: dict) -> None:
@@ -258,6 +280,7 @@ def evaluate_run(run: dict, cfg: ScoreConfig) -> dict:
         "s1": ar.s1_metrics(means, axis, [m["value"] for m in means]),
         "ttspm": ttspm,
         "set_aside": {"no_gold_answer": run["no_gold"]},
+        **({"unfinished": run["unfinished"]} if run.get("unfinished") else {}),
         "_per_problem": per_problem,     # for paired comparisons; dropped before output
     }
 
@@ -344,6 +367,7 @@ def score(inputs: Sequence[str] = (), compare: Sequence[str] = (),
     runs = [evaluate_run(r, cfg) for r in loaded]
     for run in loaded:
         _warn_set_aside(run)
+        _warn_unfinished(run)
     for other in runs[1:]:
         other["vs_first"] = {"run": runs[0]["name"], "levels": compare_runs(runs[0], other, cfg)}
     if len(runs) > 1:
@@ -402,6 +426,20 @@ def _warn_set_aside(run: dict) -> None:
     print(f"score: run {run['name']}: {len(missing)} records set aside, their gold answer has "
           f"no extractable final answer: {shown}{more} (--strict-gold makes this an error)",
           file=sys.stderr)
+
+
+def _warn_unfinished(run: dict) -> None:
+    if run.get("unfinished"):
+        print(f"score: warning: run {run['name']} is unfinished: {unfinished_note(run)}",
+              file=sys.stderr)
+
+
+def unfinished_note(run: dict) -> str:
+    """One line on a run whose manifest says it is still running (the table and the page say
+    it too)."""
+    files = ", ".join(run["unfinished"])
+    return (f"the manifest of {files} says 'running' (the run was killed or is still writing): "
+            "these are the records written so far, not the whole run")
 
 
 def _stem(path: str) -> str:

@@ -25,7 +25,7 @@ from ttx.errors import TtxError
 from ttx.io import atomic_path, manifest_path, now_iso, sha256_file, write_manifest
 from ttx.records import refuse_outputs_overlap
 from ttx.scoring.metrics import gold_answer
-from ttx.scoring.report import ScoreConfig, load_run, parse_compare, regrade_run, score
+from ttx.scoring.report import ScoreConfig, load_run, parse_compare, regrade_run, score, unfinished_note
 from ttx.viewer.classes import CLASSES, check_counts, problem_classes
 from ttx.viewer.overview import manifest_section, overview
 from ttx.viewer.problems import plain, record_view
@@ -252,7 +252,11 @@ def render_page(result: dict, names: Sequence[str], index: dict, detail: dict,
         f'generated {escape(generated)} by ttx {escape(__version__)}</div></div>',
         '<nav><a href="#overview" data-tab="overview">Overview</a>'
         '<a href="#problems" data-tab="problems">Problems</a>'
-        '<a href="#manifest" data-tab="manifest">Manifest</a></nav></header><main>',
+        '<a href="#manifest" data-tab="manifest">Manifest</a></nav></header>',
+        *(f'<div class="banner unfinished" data-run="{escape(r["name"])}"><b>Unfinished run '
+          f'{escape(r["name"])}</b>: {escape(unfinished_note(r))}.</div>'
+          for r in runs if r.get("unfinished")),
+        "<main>",
         f'<section id="tab-overview" class="tab">{overview(result, names)}</section>',
         '<section id="tab-problems" class="tab" hidden><div class="explorer"><aside>',
         '<div class="filters"><input id="q" type="search" placeholder="search id or text  (/)" '
