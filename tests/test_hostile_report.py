@@ -4,6 +4,8 @@ fails with one line naming file, line and field (exit 2) and loses nothing, or t
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +179,65 @@ def test_an_unfinished_run_is_said_in_score_and_in_the_page(tmp_path):
     banner = html[html.index("</header>"):html.index("<main>")]
     assert 'class="banner unfinished"' in banner and "Unfinished run runs" in banner
 
+
+
+# ---------- the search tree: no more nodes than the record can justify ----------
+
+def _beam(rollouts, step_scores=(0.5, 0.6), tokens=50) -> dict:
+    traces = [{"text": "so the answer is 7", "pred": "7", "completion_tokens": 5,
+               "finish_reason": "stop", "score": step_scores[-1],
+               "step_scores": list(step_scores)}]
+    iterations = [{"step": d + 1, "candidates": sum(rollouts[d - 1]) if d else 1,
+                   "survivors": len(r), "rollouts": list(r)} for d, r in enumerate(rollouts)]
+    return _record("beam", strategy="beam", traces=traces, completion_tokens=tokens,
+                   beam={"style": "ttx", "agg": "last", "iterations": iterations})
+
+
+@pytest.mark.parametrize("rollouts,scores,tokens,words", [
+    ([[10**9], [1]], (0.5, 0.6), 50, "the log lists 1000000001 steps"),
+    ([[200_000], [1]], (0.5, 0.6), 10**7, "more than the page draws"),
+    ([[30], [1]], (0.5, 0.6), 20, "more than the record's 20 completion tokens"),
+    ([[1]] * 500, (0.5,) * 500, 10**4, "up to 500 deep"),
+])
+def test_search_tree_is_bounded(rollouts, scores, tokens, words):
+    import time
+
+    from ttx.viewer.tree import MAX_NODES, search_tree
+
+    rec = _beam(rollouts, scores, tokens)
+    start = time.perf_counter()
+    tree = search_tree(rec["beam"]["iterations"], rec["traces"], "last", tokens=tokens)
+    assert time.perf_counter() - start < 1.0
+    assert tree["limited"] and not tree["consistent"] and words in tree["note"], tree["note"]
+    assert len(tree["nodes"]) <= min(MAX_NODES, 1 + len(scores))          # the recorded path
+    assert all(n["status"] != "pruned" for n in tree["nodes"])
+
+
+def test_the_token_bound_keeps_every_real_tree():
+    from ttx.viewer.tree import search_tree
+
+    data = Path(__file__).resolve().parent / "data" / "report"
+    for kind in ("beam", "dora"):
+        for line in (data / f"{kind}.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            tree = search_tree(r[kind]["iterations"], r["traces"], r[kind]["agg"],
+                               tokens=r["completion_tokens"])
+            assert tree["consistent"] and not tree["limited"], tree["note"]
+    rec = _beam([[2], [1]], (0.5, 0.6), tokens=3)          # 3 steps, 3 tokens: drawn whole
+    tree = search_tree(rec["beam"]["iterations"], rec["traces"], "last", tokens=3)
+    assert tree["consistent"] and len(tree["nodes"]) == 4
+
+
+def test_report_of_an_amplifying_beam_record_stays_small(tmp_path):
+    path = _write(tmp_path / "beam.jsonl", [_beam([[200_000], [1]]), _beam([[10**9], [1]]) | {
+        "id": "beam2"}])
+    page = tmp_path / "r.html"
+    assert run_cli(["report", "-i", path, "-o", page]).exit_code == 0
+    assert page.stat().st_size < 200_000
+    html = page.read_text(encoding="utf-8")
+    detail = json.loads(re.search('<script type="application/json" id="ttx-detail">(.*?)</script>',
+                                  html, re.S).group(1))
+    for problem in detail["problems"]:
+        search = problem["runs"][0]["recs"][0]["search"][0]
+        assert len(search["tree"]) == 3 and "not drawn whole" in search["warn"]
+    assert "if (s.warn) h += '<p class=\"warn\">' + esc(s.warn)" in html

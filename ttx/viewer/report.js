@@ -361,11 +361,8 @@
       " search" + (Object.keys(s.params).length ? ' <span class="muted">' +
       Object.keys(s.params).map(function (k) { return esc(k) + " " + esc(short(s.params[k])); }).join(" · ") +
       "</span>" : "") + "</h4>";
-    if (s.tree) {
-      if (!s.consistent) h += '<p class="warn">The iteration log and the traces disagree (' +
-        esc(s.note) + "): only the recorded paths are drawn.</p>";
-      h += treeSvg(s.tree, rec.traces);
-    }
+    if (s.warn) h += '<p class="warn">' + esc(s.warn) + "</p>";
+    if (s.tree) h += treeSvg(s.tree, rec.traces);
     h += '<table class="iters"><thead><tr><th>iteration</th><th>candidates</th><th>survivors</th>' +
       "<th>rollouts per survivor</th><th>pruned</th></tr></thead><tbody>";
     (s.iterations || []).forEach(function (it) {
