@@ -241,3 +241,80 @@ def test_report_of_an_amplifying_beam_record_stays_small(tmp_path):
         search = problem["runs"][0]["recs"][0]["search"][0]
         assert len(search["tree"]) == 3 and "not drawn whole" in search["warn"]
     assert "if (s.warn) h += '<p class=\"warn\">' + esc(s.warn)" in html
+
+
+# ---------- the page: bidirectional controls and a malformed fragment ----------
+
+RLO = "\u202e"
+
+
+def _outside_scripts(html: str) -> str:
+    return re.sub(r"<script\b.*?</script>", "", html, flags=re.S)
+
+
+def test_bidi_controls_are_shown_never_applied_in_the_page(tmp_path):
+    from ttx.viewer.safe import BIDI
+
+    run = _write(tmp_path / f"runs{RLO}lnosj.jsonl", [_record(f"invoice{RLO}gnp.exe"),
+                                                      _record("b", pred="5")])
+    other = _write(tmp_path / "other.jsonl", [_record("b")])
+    page = tmp_path / "r.html"
+    result = run_cli(["report", "-i", run, "--compare", f"x{RLO}y={other}", "-o", page,
+                      "--title", f"title {RLO}txet"])
+    assert result.exit_code == 0, result.output
+    html = page.read_text(encoding="utf-8")
+    shown = _outside_scripts(html)
+    assert not BIDI.search(shown)
+    for text in ("x&lt;U+202E&gt;y", "runs&lt;U+202E&gt;lnosj", "title &lt;U+202E&gt;txet"):
+        assert text in shown
+    assert f"invoice{RLO}gnp.exe" in html               # the data keep the id as it is
+    for name in ("\u061c", "\u200e", "\u200f", "\u202a", "\u2066", "\u2069"):
+        assert BIDI.search(name)
+
+
+def _node(snippet: str):
+    import shutil
+    import subprocess
+
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    from importlib import resources
+
+    js = resources.files("ttx.viewer").joinpath("report.js").read_text(encoding="utf-8")
+    helpers = js[js.index("  var ESC = "):js.index("  function own(")]
+    out = subprocess.run(["node", "-e", helpers + f"\nconsole.log(JSON.stringify({snippet}));"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_page_script_escapes_bidi_and_tolerates_a_malformed_fragment():
+    assert _node('esc("invoice\\u202egnp.exe <b>")') == "invoice&lt;U+202E&gt;gnp.exe &lt;b&gt;"
+    assert _node('esc("\\u2066\\u200f")') == "&lt;U+2066&gt;&lt;U+200F&gt;"
+    assert _node('[decodeHash("problem/%E0%A4%A"), decodeHash("problem/a%20b")]') == [
+        "problem/%E0%A4%A", "problem/a b"]
+    assert _node('[encodeHash("\\ud800"), encodeHash("a b")]') == ["", "a%20b"]
+
+
+def test_page_script_routes_through_the_tolerant_helpers():
+    from importlib import resources
+
+    js = resources.files("ttx.viewer").joinpath("report.js").read_text(encoding="utf-8")
+    body = js[js.index("  function own("):]
+    assert "decodeURIComponent" not in body and "encodeURIComponent" not in body
+    assert "decodeHash(location.hash" in body and "Object.create(null)" in body
+
+
+def test_names_that_are_not_utf8_are_written_as_escapes(tmp_path):
+    """A file name or --title with a byte that is not UTF-8 reaches Python as a lone surrogate
+    (surrogateescape): the page and the manifests write it as an escape, not a traceback."""
+    run = _write(tmp_path / "r\udcfe.jsonl", [_record("a")])       # the byte 0xfe on disk
+    page = tmp_path / "r.html"
+    result = run_cli(["report", "-i", run, "-o", page, "--title", "a\udcffb"])
+    assert result.exit_code == 0, result.output
+    html = page.read_text(encoding="utf-8")
+    assert "<title>a\\udcffb</title>" in html and "r\\udcfe" in html
+    per = tmp_path / "per.jsonl"
+    assert run_cli(["score", "-i", run, "--per-record", per]).exit_code == 0
+    manifest = json.loads((tmp_path / "per.jsonl.manifest.json").read_text(encoding="utf-8"))
+    assert manifest["inputs"][0]["path"] == str(run)                 # reads back the same

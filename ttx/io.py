@@ -231,11 +231,14 @@ def output_dir(path: str | os.PathLike, *, resume: bool = False, overwrite: bool
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    # a path or argument that is not UTF-8 holds lone surrogates (Python's surrogateescape):
+    # written as JSON escapes, they read back as the same string
+    text = safe_text(json.dumps(obj, indent=2, ensure_ascii=False)) + "\n"
     if str(path) == STDIO:
-        sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(text)
         return
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_jsonl(path: str | os.PathLike, records: Sequence[dict]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ttx.io import safe_text
 from ttx.scoring import arise as ar
 
 
@@ -147,4 +148,4 @@ def render_table(result: dict) -> str:
         parts.append("runs ranked by ARISE (higher is better)\n"
                      + _table(headers, rows, [True, False] + [True] * 8))
     parts += [_run_block(r) for r in runs]
-    return "\n\n".join(parts)
+    return safe_text("\n\n".join(parts))      # a file name that is not UTF-8: printable

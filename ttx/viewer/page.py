@@ -17,18 +17,18 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from contextlib import contextmanager
-from html import escape
 from importlib import resources
 from pathlib import Path
 
 from ttx.errors import TtxError
-from ttx.io import atomic_path, manifest_path, now_iso, sha256_file, write_manifest
+from ttx.io import atomic_path, manifest_path, now_iso, safe_text, sha256_file, write_manifest
 from ttx.records import refuse_outputs_overlap
 from ttx.scoring.metrics import gold_answer
 from ttx.scoring.report import ScoreConfig, load_run, parse_compare, regrade_run, score, unfinished_note
 from ttx.viewer.classes import CLASSES, check_counts, problem_classes
 from ttx.viewer.overview import manifest_section, overview
 from ttx.viewer.problems import plain, record_view
+from ttx.viewer.safe import escape
 from ttx.viewer.svg import color
 
 SNIPPET = 160                      # characters of the question in the problem list
@@ -156,8 +156,8 @@ def build_report(inputs: Sequence[str] = (), compare: Sequence[str] = (),
                 r["inputs"] = ["-" if p == spool else p for p in r["inputs"]]
     refuse_outputs_overlap({"-o": output}, [*given, *_banks(memory, manifests)])
     names = [r["name"] for r in runs]
-    html = render_page(result, names, index, detail_blob, manifests,
-                       title or "ttx report: " + ", ".join(names))
+    html = safe_text(render_page(result, names, index, detail_blob, manifests,   # non-UTF-8
+                                 title or "ttx report: " + ", ".join(names)))   # paths, --title
     if str(output) == "-":
         sys.stdout.write(html)
     else:
