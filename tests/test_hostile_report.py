@@ -41,6 +41,8 @@ def _one_line(result) -> str:
     ('{"id": "a", "answer": "7", "pred": "7", "x": {"\\udc80": 1}}', "x.\\udc80", "in the key"),
     ('{"id": "a", "answer": "7", "pred": "7", "completion_tokens": ' + "9" * 400 + "}",
      "completion_tokens", "400 digits"),
+    ('{"id": "a", "answer": "7", "pred": "7", "traces": [{"score": -2' + "0" * 308 + "}]}",
+     "traces[0].score", "309 digits"),
 ])
 @pytest.mark.parametrize("command", [["score"], ["score", "--per-record", "{out}"],
                                      ["report", "-o", "{out}"]])
@@ -53,9 +55,9 @@ def test_unusable_values_are_refused_at_read_time(tmp_path, line, field, words, 
     assert not out.exists()
 
 
-def test_a_valid_surrogate_pair_is_a_character(tmp_path):
+def test_a_valid_surrogate_pair_and_a_long_number_that_fits_are_kept(tmp_path):
     path = _write(tmp_path / "ok.jsonl", raw='{"id": "a \\ud83d\\ude00", "answer": "7", '
-                                             '"pred": "7"}\n')
+                                             '"pred": "7", "x": 1' + "0" * 308 + "}\n")
     result = run_cli(["score", "-i", path, "--json"])
     assert result.exit_code == 0, result.output
 

@@ -50,7 +50,11 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterato
             if not text.strip():
                 continue
             try:
-                record = json.loads(text)
+                try:
+                    record = json.loads(text, parse_int=_parse_int)
+                    suspect = _SURROGATE_ESCAPE.search(text) is not None
+                except _LongInteger:
+                    record, suspect = json.loads(text), True
             except json.JSONDecodeError as exc:
                 raise TtxError(f"not valid JSON ({exc.msg} at column {exc.colno})",
                                path=name, line=lineno) from None
@@ -62,7 +66,7 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterato
                                line=lineno) from None
             if not isinstance(record, dict):
                 raise TtxError("expected a JSON object", path=name, line=lineno)
-            if _SUSPECT.search(text):
+            if suspect:
                 bad = unusable_value(record)
                 if bad is not None:
                     raise TtxError(bad[1], path=name, line=lineno, field=bad[0])
@@ -77,9 +81,19 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterato
 
 # What valid JSON can hold that no stage can use: a \uD800-\uDFFF escape that is not half of a
 # pair decodes to a lone surrogate (no character: every write of it fails), and an integer of
-# 309 digits or more overflows a float. Only lines that match _SUSPECT are walked.
-_SUSPECT = re.compile(r"\\u[dD][89a-fA-F]|\d{309}")
+# 309 digits or more may overflow a float. Only lines with one of those are walked.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _LongInteger(Exception):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    if len(text) >= 309:               # 309 digits (a sign and 308) or more: may overflow
+        raise _LongInteger
+    return int(text)
 
 
 def unusable_value(obj: Any) -> tuple[str, str] | None:
