@@ -1036,7 +1036,8 @@ def _bound_by_deadline(client: httpx.Client) -> None:
     """Put the deadline under the client's connection pools (httpx's own transports, direct or
     through a proxy; a transport of another kind, a test's, is left as it is and bounded between
     chunks by _chunks). httpx takes no network backend, so this sets its pool's."""
-    for transport in [client._transport, *client._mounts.values()]:
+    for transport in [getattr(client, "_transport", None),
+                      *getattr(client, "_mounts", {}).values()]:
         pool = getattr(transport, "_pool", None)
         backend = getattr(pool, "_network_backend", None)
         if backend is not None and not isinstance(backend, _DeadlineBackend):
