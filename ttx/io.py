@@ -302,8 +302,10 @@ def manifest_path(output: str | os.PathLike) -> Path | None:
 def write_manifest(output: str | os.PathLike, *, stage: str, options: dict, inputs: Sequence[str],
                    started: str, summary: dict | None = None,
                    extra: dict | None = None) -> Path | None:
-    """Record what produced an artifact: version, stage, resolved options, input hashes, metrics."""
+    """Record what produced an artifact: version, stage, resolved options, input hashes, metrics.
+    URLs in it lose their credentials (ttx.redact)."""
     from ttx import __version__
+    from ttx.redact import redact_secrets
 
     target = manifest_path(output)
     if target is None:
@@ -313,7 +315,7 @@ def write_manifest(output: str | os.PathLike, *, stage: str, options: dict, inpu
         p = Path(item)
         hashed.append({"path": str(item),
                        "sha256": sha256_file(p) if p.is_file() else None})
-    write_json(target, {
+    write_json(target, redact_secrets({       # no credential of a URL (--base-url) is stored
         "ttx_version": __version__,
         "stage": stage,
         "options": options,
@@ -324,5 +326,5 @@ def write_manifest(output: str | os.PathLike, *, stage: str, options: dict, inpu
                  "cpus": os.cpu_count()},
         "summary": summary or {},
         **(extra or {}),
-    })
+    }))
     return target

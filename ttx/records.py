@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ttx.errors import TtxError
 from ttx.io import STDIO, iter_jsonl, manifest_path, now_iso, repair_torn_tail, sha256_file
+from ttx.redact import redact_secrets
 
 
 @dataclass
@@ -200,12 +201,14 @@ class Output:
                            f"({manifest_path(self.path).name}); it is missing, so the options "
                            "of the records here are unknown (--force-resume continues anyway)",
                            path=self.path)
-        before = previous.get("fingerprint") or {}
-        for name in sorted(set(before) | set(self.fingerprint)):
-            if before.get(name) != self.fingerprint.get(name):
+        # the manifest holds the fingerprint with URLs' credentials redacted: compare it so
+        before = redact_secrets(previous.get("fingerprint") or {})
+        now = redact_secrets(self.fingerprint)
+        for name in sorted(set(before) | set(now)):
+            if before.get(name) != now.get(name):
                 raise TtxError(f"--resume with a different {_option(name)}: the records here "
                                f"were made with {before.get(name)!r}, this run has "
-                               f"{self.fingerprint.get(name)!r} (--force-resume mixes them)",
+                               f"{now.get(name)!r} (--force-resume mixes them)",
                                path=self.path)
         hashes = previous.get("input_hashes") or {}
         for path, digest in fingerprint_inputs(self.inputs).items():

@@ -23,6 +23,7 @@ from pathlib import Path
 from ttx.errors import TtxError
 from ttx.io import atomic_path, manifest_path, now_iso, safe_text, sha256_file, write_manifest
 from ttx.records import refuse_outputs_overlap
+from ttx.redact import redact_secrets
 from ttx.scoring.metrics import gold_answer
 from ttx.scoring.report import ScoreConfig, load_run, parse_compare, regrade_run, score, unfinished_note
 from ttx.viewer.classes import CLASSES, check_counts, problem_classes
@@ -85,7 +86,9 @@ def _manifests(runs: Sequence[dict], spool: str | None) -> list[dict]:
                 entry["note"] = f"no manifest beside it ({mp.name})"
                 if mp is not None and mp.is_file():
                     try:
-                        entry["manifest"] = plain(json.loads(mp.read_text(encoding="utf-8")))
+                        # one an older ttx wrote may hold a URL's credentials: never shown
+                        entry["manifest"] = redact_secrets(
+                            plain(json.loads(mp.read_text(encoding="utf-8"))))
                     except (OSError, ValueError) as exc:
                         entry["note"] = f"{mp}: unreadable ({exc})"
                     if entry["manifest"] is not None and not isinstance(entry["manifest"], dict):
