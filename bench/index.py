@@ -321,13 +321,14 @@ def _git(*args: str) -> tuple[int, str]:
 
 
 def git_date(path: Path) -> str:
-    """The date of the last commit touching `path`; "uncommitted" while it differs from HEAD."""
+    """The author date of the last commit touching `path`; "uncommitted" while it differs from
+    HEAD; "not in git" outside the repository."""
     rc, status = _git("status", "--porcelain", "--", str(path))
     if rc != 0:
         return "not in git"
     if status:
         return "uncommitted"
-    rc, date = _git("log", "-1", "--format=%cs", "--", str(path))
+    rc, date = _git("log", "-1", "--format=%as", "--", str(path))
     return date if rc == 0 and date else "uncommitted"
 
 
@@ -414,7 +415,7 @@ def rows(results: Path = RESULTS, readme: str = "") -> list[list[str]]:
             try:
                 number, m = claim.number(data), claim.machine(data)
             except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as exc:
-                raise BenchIndexError(f"{path}: claim {claim.text!r}: cannot read its number "
+                raise BenchIndexError(f"{path}: claim {claim.text!r}: cannot read it from the file "
                                   f"({type(exc).__name__}: {exc})") from None
             out.append([f"{name}: {claim.text}", number, link, command_cell(data, m, entry),
                         commit_cell(m, entry.script, entry.note), date, machine_cell(m)])
@@ -438,21 +439,26 @@ def replace_block(text: str, block: str, where: str = "bench/README.md") -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if bench/README.md's index is stale")
+    ap.add_argument("--readme", type=Path, default=README, help=argparse.SUPPRESS)
+    ap.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     try:
-        text = README.read_text(encoding="utf-8")
-        new = replace_block(text, table(readme=text))
+        text = args.readme.read_text(encoding="utf-8")
+        new = replace_block(text, table(args.results, text), str(args.readme))
+    except OSError as exc:
+        print(f"bench/index.py: {args.readme}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except BenchIndexError as exc:
         print(f"bench/index.py: {exc}", file=sys.stderr)
         return 2
     if args.check:
         if new != text:
-            print("bench/index.py: bench/README.md's index is stale: run `python bench/index.py`",
+            print(f"bench/index.py: {args.readme}'s index is stale: run `python bench/index.py`",
                   file=sys.stderr)
             return 1
         return 0
     if new != text:
-        README.write_text(new, encoding="utf-8")
+        args.readme.write_text(new, encoding="utf-8")
     return 0
 
 
