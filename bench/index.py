@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ class Entry:
     script: str                               # bench/<script>.py wrote the file
     claims: list[Claim] | Callable[[dict], list[Claim]] = field(default_factory=list)
     args_key: str | None = None               # a key holding the run's parsed arguments
-    note: str = ""                            # provenance the JSON does not hold (from LOG.md)
+    # recorded commit -> what that run's JSON does not say about its provenance (from LOG.md)
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 # ---- number helpers ----------------------------------------------------------------------------
@@ -264,7 +266,7 @@ REGISTRY: dict[str, Entry] = {
     "verifier": Entry("verifier", [
         Claim("best verifier-guided accuracy on the test problems vs greedy and majority",
               verifier_best),
-    ], note="training samples drawn at 08dd944, the later stages at e0121b6"),
+    ], notes={"e0121b6": "training samples drawn at 08dd944, the later stages at e0121b6"}),
     "ttrl": Entry("ttrl", ttrl_claims),
     "memory": Entry("memory", [
         Claim("accuracy with a memory bank vs without", memory_best),
@@ -299,7 +301,7 @@ REGISTRY: dict[str, Entry] = {
     "decode_attention": Entry("decode_attention", [
         Claim("the C decode attention kernel vs torch's bmm and sdpa", decode_kernel),
         Claim("reading the prompt's columns once per prompt", decode_shared),
-    ], note="measured on the uncommitted shared-prompt change"),
+    ], notes={"519b147": "measured on the uncommitted shared-prompt change"}),
     "adapter_engine": Entry("adapter_engine", [
         Claim("LoRA merged into the fused forward vs peft's layers", adapter_fused),
     ]),
@@ -332,10 +334,12 @@ def git_date(path: Path) -> str:
     return date if rc == 0 and date else "uncommitted"
 
 
-def commit_cell(m: dict, script: str, note: str) -> str:
+def commit_cell(m: dict, script: str, notes: dict[str, str]) -> str:
     commit = m.get("git_commit")
     if not commit:
         return "not recorded"
+    if not re.fullmatch(r"[0-9a-f]{4,40}", str(commit)):
+        return f"not a commit hash: {str(commit)[:40]!r}"
     cell = f"`{commit}`"
     if m.get("git_dirty"):
         cell += " + uncommitted changes"
@@ -343,16 +347,16 @@ def commit_cell(m: dict, script: str, note: str) -> str:
         cell += " (not in this clone)"
     elif _git("cat-file", "-e", f"{commit}:bench/{script}.py")[0] != 0:
         cell += f" (bench/{script}.py not in it: measured uncommitted code)"
-    return cell + (f"; {note}" if note else "")
+    return cell + (f"; {notes[commit]}" if commit in notes else "")
 
 
 def command_cell(d: dict, m: dict, entry: Entry) -> str:
     base = f"bench/{entry.script}.py"
-    if m.get("argv"):
-        argv = list(m["argv"])
+    if isinstance(m.get("argv"), list) and m["argv"]:
+        argv = [str(a) for a in m["argv"]]
         if Path(argv[0]).name == Path(base).name:
             argv[0] = base
-        return "`python " + " ".join(argv) + "`"
+        return f"`python {shlex.join(str(a) for a in argv)}`"
     if entry.args_key and isinstance(d.get(entry.args_key), dict):
         return f"`python {base}`, its {len(d[entry.args_key])} options in `{entry.args_key}`"
     return f"`python {base}` (args not recorded)"
@@ -405,7 +409,7 @@ def rows(results: Path = RESULTS, readme: str = "") -> list[list[str]]:
             m = data.get("machine") if isinstance(data.get("machine"), dict) else {}
             fallback = Entry(stem.split("-")[0].removesuffix("_previous"))
             out.append([f"{stem}: no headline registered (REGISTRY in bench/index.py)", "-", link,
-                        command_cell(data, m, fallback), commit_cell(m, fallback.script, ""),
+                        command_cell(data, m, fallback), commit_cell(m, fallback.script, {}),
                         date, machine_cell(m)])
             continue
         name = entry.script
@@ -414,11 +418,13 @@ def rows(results: Path = RESULTS, readme: str = "") -> list[list[str]]:
         for claim in claims:
             try:
                 number, m = claim.number(data), claim.machine(data)
+                if not isinstance(m, dict):
+                    raise TypeError("its machine is not an object")
             except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as exc:
                 raise BenchIndexError(f"{path}: claim {claim.text!r}: cannot read it from the file "
                                   f"({type(exc).__name__}: {exc})") from None
             out.append([f"{name}: {claim.text}", number, link, command_cell(data, m, entry),
-                        commit_cell(m, entry.script, entry.note), date, machine_cell(m)])
+                        commit_cell(m, entry.script, entry.notes), date, machine_cell(m)])
     return out
 
 

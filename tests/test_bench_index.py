@@ -81,6 +81,10 @@ def test_rows_mark_what_a_result_does_not_record(tmp_path):
     assert rows[-1][0].startswith("zeta: no headline registered")
     assert rows[-1][3] == "`python bench/zeta.py` (args not recorded)"
     assert rows[-1][6] == "Test CPU, 4 cores"
+    # a hostile file: no git call is made with what it holds
+    (results / "zeta.json").write_text(json.dumps(_grading(git_commit="--help", argv=[1, "a b"])))
+    last = index.rows(results)[-1]
+    assert last[4] == "not a commit hash: '--help'" and last[3] == "`python 1 'a b'`"
 
 
 def test_check_fails_on_a_stale_block_and_passes_once_written(tmp_path):
