@@ -414,7 +414,11 @@ def rows(results: Path = RESULTS, readme: str = "") -> list[list[str]]:
             continue
         name = entry.script
         name = f"[{name}]({anchors[name]})" if name in anchors else name
-        claims = entry.claims(data) if callable(entry.claims) else entry.claims
+        try:
+            claims = entry.claims(data) if callable(entry.claims) else entry.claims
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise BenchIndexError(f"{path}: cannot list its claims "
+                                  f"({type(exc).__name__}: {exc})") from None
         for claim in claims:
             try:
                 number, m = claim.number(data), claim.machine(data)
