@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     engines = {"reuse": HFEngine(model="smollm2-135m-instruct", device="cpu"),
                "no_reuse": HFEngine(model="smollm2-135m-instruct", device="cpu",
                                     prefix_cache_mb=0)}
-    before = machine()
+    before = machine(argv)
     walls, files, reuse, summaries = {}, {}, {}, {}
     for name in args.only:
         strategy, n, levels, knobs = RUNS[name]
