@@ -49,7 +49,7 @@ class StepSearch(Strategy):
     def check(cls, cfg, *, engine, given):
         super().check(cfg, engine=engine, given=given)
         s = cfg.search
-        cls.check_n(cfg.n, s.beam_width)
+        cls.check_n(cfg.n, s)
         if s.lookahead and not s.reward_model:
             raise TtxError("--lookahead scores a greedy rollout past each step, which needs "
                            "--reward-model (the policy's own score has no rollout to read)")
@@ -58,7 +58,8 @@ class StepSearch(Strategy):
                            "server does not return: use --scorer logprob with --engine openai")
 
     @classmethod
-    def check_n(cls, n: int, m: int) -> None:
+    def check_n(cls, n: int, search) -> None:
+        m = search.beam_width
         if n < m or n % m:
             raise TtxError(f"{cls.name}: --n {n} must be a multiple of --beam-width {m} "
                            "(n beams, n/M kept, each expanded M ways)")
@@ -66,13 +67,25 @@ class StepSearch(Strategy):
     @classmethod
     def at_level(cls, cfg, key, value):
         if key == "n":
-            cls.check_n(value, cfg.search.beam_width)
+            cls.check_n(value, cfg.search)
         return super().at_level(cfg, key, value)
+
+    @classmethod
+    def default_prm_input(cls, cfg) -> str:
+        """How PRM inputs are built unless --prm-input (or ttx_reward.json) says: dvts and
+        dora score with search-and-learn's PRM classes (DORA's copy of them is the same)."""
+        return "search-and-learn"
 
     def setup(self, engine):
         from ttx.tts.reward import make_scorer
 
-        self.scorer = make_scorer(engine, self.cfg)
+        self.scorer = make_scorer(engine, self.cfg, self.default_prm_input(self.cfg))
+
+    def construction(self, cfg) -> str:
+        """The PRM input construction in force: the reward model's own choice, else the
+        option's, else this strategy's default."""
+        return (getattr(self.scorer, "prm_input", None) or cfg.search.prm_input
+                or self.default_prm_input(cfg))
 
     def close(self):
         self.stats.update(self.scorer.stats())
@@ -115,18 +128,33 @@ class Beam(StepSearch):
     rank = 6
     summary = ("Step-level beam search: n beams, the n/M best by a PRM (or the policy) "
                "continue (search-and-learn, or ttx's expansion).")
-    knobs = ("beam_style", "agg") + TREE_KNOBS + ("min_thinking_tokens", "max_thinking_tokens",
-                                                  "num_ignore", "ignore_str", "think_end",
-                                                  "answer_tokens")
+    knobs = ("beam_style", "agg", "lookahead_scoring") + TREE_KNOBS + (
+        "min_thinking_tokens", "max_thinking_tokens", "num_ignore", "ignore_str", "think_end",
+        "answer_tokens")
 
     @classmethod
     def style(cls, search) -> str:
         return search.beam_style or ("search-and-learn" if search.reward_model else "ttx")
 
     @classmethod
+    def default_prm_input(cls, cfg) -> str:
+        return "search-and-learn" if cls.style(cfg.search) == "search-and-learn" else "model-card"
+
+    @classmethod
+    def check_n(cls, n, search):
+        """search-and-learn runs any n: it keeps the n // M best open beams (BS:167-170; with
+        n < M that slice is [-0:], every open beam) and refills them cyclically to n."""
+        if cls.style(search) != "search-and-learn":
+            super().check_n(n, search)
+
+    @classmethod
     def check(cls, cfg, *, engine, given):
         super().check(cfg, engine=engine, given=given)
-        sal_only = given & {"lookahead", "filter_duplicates", "sort_completed"}
+        if "lookahead_scoring" in given and not cfg.search.lookahead:
+            raise TtxError("--lookahead-scoring says how a --lookahead rollout is scored: it "
+                           "needs --lookahead K")
+        sal_only = given & {"lookahead", "lookahead_scoring", "filter_duplicates",
+                            "sort_completed"}
         thinking = given & {"min_thinking_tokens", "max_thinking_tokens", "num_ignore",
                             "ignore_str", "think_end", "answer_tokens"}
         style = cls.style(cfg.search)
@@ -167,11 +195,13 @@ class Beam(StepSearch):
             if it == 0:
                 for i in range(len(prompts)):
                     accounts[i].prompt_tokens = accounts[i].prefill
-            if s.lookahead and not last:
+            if s.lookahead and not last:      # BS:111-114: generated either way
                 look_ahead(engine, prefixes, children, s.lookahead, inner, cfg.params.seed,
                            rounds, accounts)
                 rounds += s.lookahead
-            scores = rescore(self.scorer, prompts, children, s.agg)
+            # BS:133-135 scores current_text alone; `rollout` reads the rollout too
+            scores = rescore(self.scorer, prompts, children, s.agg, self.construction(cfg),
+                             rollout=s.lookahead_scoring == "rollout")
             by_problem: list[list[tuple[Path, float]]] = [[] for _ in prompts]
             for child, score in zip(children, scores):
                 by_problem[child.problem].append((child, score))
@@ -274,7 +304,7 @@ class Beam(StepSearch):
                 if child.completed:
                     child.forced_end = s.max_thinking_tokens is not None and \
                         trace.finish_reason == "length"
-            rescore(self.scorer, prompts, children, s.agg)
+            rescore(self.scorer, prompts, children, s.agg, self.construction(cfg))
             active = [[] for _ in prompts]
             for child in children:
                 (done if child.completed else active)[child.problem].append(child)

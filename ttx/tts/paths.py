@@ -128,15 +128,19 @@ def look_ahead(engine, prefixes: list[str], paths: list[Path], steps: int, param
         live = still
 
 
-def rescore(scorer, prompts: list, paths: list[Path], agg: str) -> list[float]:
-    """Each path's score this iteration. A reward model rescores the whole path (and its
-    lookahead) in batched forwards, replacing its step scores, as SAL does every iteration
-    (beam_search.py:135-143); the policy scorer appends the new step's own score."""
+def rescore(scorer, prompts: list, paths: list[Path], agg: str, construction: str,
+            rollout: bool = True) -> list[float]:
+    """Each path's score this iteration. A reward model rescores the whole path (with its
+    lookahead rollout when `rollout`) in batched forwards, replacing its step scores, as SAL
+    does every iteration (beam_search.py:135-143); its steps are split as `construction` builds
+    PRM inputs (ttx.tts.reward_inputs.steps_of). The policy scorer appends the new step's own
+    score."""
     if scorer.is_reward_model:
-        from ttx.tts.reward_inputs import split_steps
+        from ttx.tts.reward_inputs import steps_of
 
-        step_lists = scorer.score_paths([(question_of(prompts[p.problem]),
-                                          split_steps(p.text + p.lookahead)) for p in paths])
+        step_lists = scorer.score_paths([
+            (question_of(prompts[p.problem]),
+             steps_of(p.text + (p.lookahead if rollout else ""), construction)) for p in paths])
         for p, scores in zip(paths, step_lists):
             p.step_scores = list(scores)
     else:
