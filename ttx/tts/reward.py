@@ -87,7 +87,7 @@ class RewardModel:
         self.bad = (search.prm_bad_token if search.prm_bad_token is not None
                     else reading.get("bad_token", "-"))
         self.prm_input = search.prm_input or reading.get("input") or default_input
-        self.system = search.system or ""   # search-and-learn's Math-Shepherd input opens with it
+        self.system = search.prm_system or ""   # search-and-learn's Math-Shepherd input opens with it
         self.batch_size = search.reward_batch_size
         self.agg = search.agg
         self.device = device

@@ -134,7 +134,7 @@ class SearchConfig:
                                   "search-and-learn style, dvts and dora, else model-card).",
                                   type=click.Choice(PRM_INPUTS))
     # the run's system message (--system): search-and-learn's Math-Shepherd input opens with it
-    system: str | None = opt(None, cli=False)
+    prm_system: str | None = opt(None, cli=False)
     # openai engine: the tokenizer that applies the chat template to continued traces
     tokenizer: str | None = opt(None, cli=False)
 
