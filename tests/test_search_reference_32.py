@@ -505,7 +505,7 @@ def test_searches_pass_the_prm_their_construction(strategy, style, construction)
 
 
 def test_reward_model_construction_default_and_reading_file(tmp_path, tiny_model_dir):
-    """--prm-input wins, then ttx_reward.json's `input` (verifier-train writes model-card),
+    """--prm-input wins, then ttx_reward.json's `prm_input` (verifier-train writes model-card),
     then the strategy's default; a bad value in the file is one line naming it."""
     import json
     import shutil
@@ -519,11 +519,11 @@ def test_reward_model_construction_default_and_reading_file(tmp_path, tiny_model
     assert RewardModel(str(tiny_model_dir), search).prm_input == "model-card"
     folder = tmp_path / "prm"
     shutil.copytree(tiny_model_dir, folder)
-    (folder / "ttx_reward.json").write_text(json.dumps({"kind": "prm", "input": "model-card"}))
+    (folder / "ttx_reward.json").write_text(json.dumps({"kind": "prm", "prm_input": "model-card"}))
     assert RewardModel(str(folder), search, "cpu", "search-and-learn").prm_input == "model-card"
     forced = SearchConfig(prm_format="chat", reward_model="x", prm_input="search-and-learn")
     assert RewardModel(str(folder), forced).prm_input == "search-and-learn"
-    (folder / "ttx_reward.json").write_text(json.dumps({"kind": "prm", "input": "sal"}))
+    (folder / "ttx_reward.json").write_text(json.dumps({"kind": "prm", "prm_input": "sal"}))
     with pytest.raises(TtxError, match="ttx_reward.json"):
         RewardModel(str(folder), search)
 

@@ -15,7 +15,7 @@ are in ttx.tts.reward_inputs:
                               joined by <extra_0>, P(label 1) there; one label: its sigmoid, a
                               Skywork-style value head).
 A PRM input is built as search-and-learn's PRM classes build it or as the model card says
-(--prm-input, ttx.tts.reward_inputs): the option, else the folder's ttx_reward.json `input`
+(--prm-input, ttx.tts.reward_inputs): the option, else the folder's ttx_reward.json `prm_input`
 (verifier-train writes `model-card`, the construction it trains on), else the strategy's default.
 A folder that needs its own Python code (trust_remote_code) is refused: ttx never runs it.
 Every scoring call is batched: sequences go through the model in right-padded batches of
@@ -86,7 +86,7 @@ class RewardModel:
         self.good = search.prm_good_token or reading.get("good_token") or "+"
         self.bad = (search.prm_bad_token if search.prm_bad_token is not None
                     else reading.get("bad_token", "-"))
-        self.prm_input = search.prm_input or reading.get("input") or default_input
+        self.prm_input = search.prm_input or reading.get("prm_input") or default_input
         self.system = search.prm_system or ""   # search-and-learn's Math-Shepherd input opens with it
         self.batch_size = search.reward_batch_size
         self.agg = search.agg
@@ -267,8 +267,8 @@ def _read_reading(folder: Path) -> dict:
         raise TtxError(f"not valid JSON ({exc.msg})", path=str(path), line=exc.lineno) from None
     if data.get("kind") not in (None, "orm", "prm") or data.get("format") not in (None, "tag",
                                                                                   "chat", "qwen") \
-            or data.get("input") not in (None, ri.SAL_INPUT, ri.CARD_INPUT):
-        raise TtxError("expected kind orm|prm, format tag|chat|qwen and input "
+            or data.get("prm_input") not in (None, ri.SAL_INPUT, ri.CARD_INPUT):
+        raise TtxError("expected kind orm|prm, format tag|chat|qwen and prm_input "
                        f"{ri.SAL_INPUT}|{ri.CARD_INPUT}", path=str(path))
     return data
 
