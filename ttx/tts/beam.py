@@ -8,14 +8,15 @@ beam_search.py (huggingface/search-and-learn@6f81cac src/sal/search/beam_search.
     (BS:125-131); the last iteration runs to EOS (BS:86-93);
   - the reward model rescores every active path whole, every iteration (BS:135-143), its step
     scores aggregated by --agg;
-  - --filter-duplicates keeps the first beam of each text (BS:155-165); the n/M best open beams
-    survive (numpy argsort, BS:167-174);
+  - --filter-duplicates keeps the first beam of each text (BS:155-165); the n // M best open
+    beams survive (numpy argsort, BS:167-174): any n runs (n < M: the slice [-0:], all of them);
   - the answer: of the first n completed beams (--sort-completed: the n best), refilled
     cyclically to n (BS:176-197), the best scored (np.argmax, the first maximum).
-  --lookahead K rolls each new step K greedy steps further and scores the path with that
-  rollout: the lookahead search of Snell et al. (section 5.2). (search-and-learn's beam_search.py
-  generates the rollout but scores only current_text, BS:135; its DVTS scores it.) A step's cap
-  is --step-tokens, by default the whole --max-new-tokens, as search-and-learn's max_tokens.
+  --lookahead K rolls each new step K greedy steps further (search-and-learn's generate_k_steps,
+  utils.py:80-158). --lookahead-scoring path (the default) is beam_search.py's rule: the rollout
+  is generated but the PRM scores current_text alone (BS:133-135); `rollout` scores the path with
+  its rollout, the lookahead search of Snell et al. (section 5.2) and search-and-learn's DVTS. A
+  step's cap is --step-tokens, by default the whole --max-new-tokens, as its max_tokens.
 
 `--beam-style ttx` (the default with the policy's own scores): iteration 1 samples n first steps;
 each later one keeps the n/M best open beams and expands each M ways (survivors in score order);
@@ -221,6 +222,8 @@ class Beam(StepSearch):
                 log[i].append({"step": it + 1, "beams": len(pairs),
                                "completed": len(pairs) - len(open_), "candidates": len(open_),
                                "survivors": len(active[i])})
+        look = {"lookahead": s.lookahead, "lookahead_scoring": s.lookahead_scoring} \
+            if s.lookahead else {}
         outcomes = []
         for i in range(len(prompts)):
             chosen = final_selection(completed[i], n, s.sort_completed, s.agg) or \
@@ -231,7 +234,7 @@ class Beam(StepSearch):
             outcomes.append(_outcome(traces, None if best is None else traces[best]["pred"],
                                      accounts[i], {"beam": {
                                          "style": "search-and-learn", "beam_width": m,
-                                         "agg": s.agg, "iterations": log[i]}}))
+                                         "agg": s.agg, **look, "iterations": log[i]}}))
         return outcomes
 
     # ------------------------------------------------------------------ ttx

@@ -88,11 +88,11 @@ class SearchConfig:
                      type=click.Choice(AGGREGATIONS))
     lookahead: int = _knob(0, "beam (search-and-learn)/dvts: greedy steps rolled out before a "
                            "step is scored (needs --reward-model).", type=_NONNEG)
-    lookahead_scoring: str = _knob("path", "beam (search-and-learn) with --lookahead: the PRM "
-                                   "scores the path alone, the rollout generated but unread "
-                                   "(path: search-and-learn's beam_search.py), or the path with "
-                                   "its rollout (rollout: Snell et al.'s lookahead search, as "
-                                   "its DVTS does).", type=click.Choice(LOOKAHEAD_SCORING))
+    lookahead_scoring: str = _knob("path", "beam (search-and-learn) with --lookahead: what the "
+                                   "PRM scores: the path alone, the rollout generated but unread "
+                                   "(path: search-and-learn's beam_search.py) or the path with "
+                                   "its rollout (rollout: Snell et al.'s lookahead search, "
+                                   "search-and-learn's DVTS).", type=click.Choice(LOOKAHEAD_SCORING))
     filter_duplicates: bool = _knob(False, "beam (search-and-learn): keep one beam of each text.",
                                     is_flag=True)
     sort_completed: bool = _knob(False, "beam (search-and-learn)/dora: answer from the n best "
@@ -100,11 +100,10 @@ class SearchConfig:
     dora_tau: float = _knob(0.1, "dora: softmax temperature of the quality weight.", type=_POSF)
     dora_alpha: float = _knob(0.01, "dora: temperature of the similarity row-softmax.",
                               type=_POSF)
-    dora_rule: str = _knob("code", "dora: the allocation of DORA's dora.py (code, the default: "
-                           "paths whose quality share rounds to 0 dropped first; behind the "
-                           "paper's numbers) or the paper's eq. 10-13 over every open path "
-                           "(paper: DORA's rebase_diverse module).",
-                           type=click.Choice(DORA_RULES))
+    dora_rule: str = _knob("code", "dora: the allocation of DORA's code (code: paths whose "
+                           "quality share rounds to 0 dropped first; behind the paper's numbers) "
+                           "or the paper's eq. 10-13 over every open path (paper: DORA's "
+                           "rebase_diverse module).", type=click.Choice(DORA_RULES))
     embedder: str | None = _knob(None, "dora: a local embedding model folder (default: the "
                                  "policy's hidden states).", type=_DIR)
     # refine
