@@ -547,6 +547,10 @@ def test_options_check_before_a_model_loads(tmp_path):
                        "--reward-model", prm, "--system", SYSTEM)
     assert cfg.strategy.search.prm_system == SYSTEM                # the Math-Shepherd input's head
     assert cfg.strategy.search.lookahead_scoring == "path" and cfg.strategy.search.dora_rule == "code"
+    for strategy in ("beam", "dvts", "dora", "best-of-n"):      # every PRM reader takes it
+        cfg, _, _ = _build(tmp_path, "--strategy", strategy, "--reward-model", prm,
+                           "--prm-input", "model-card", "--n", "4")
+        assert cfg.strategy.search.prm_input == "model-card"
     for args, message in [
             (["--strategy", "beam", "--reward-model", prm, "--lookahead-scoring", "rollout"],
              "needs --lookahead"),
@@ -559,3 +563,31 @@ def test_options_check_before_a_model_loads(tmp_path):
             (["--strategy", "beam", "--n", "6", "--beam-width", "4"], "multiple of --beam-width")]:
         with pytest.raises(TtxError, match=message.replace("(", r"\(").replace(")", r"\)")):
             _build(tmp_path, *args)
+
+
+def test_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir):
+    """The new options through tts-run: beam with a PRM, a rollout and n = 3, M = 2; DORA by
+    the paper's rule with search-and-learn's PRM inputs; a tiny model is both policy and PRM."""
+    import json
+
+    from tests.conftest import run_cli
+    from ttx.data.arith import generate
+
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in generate(2, 3)))
+    common = ["--model", str(tiny_model_dir), "-i", str(problems), "--temperature", "1.0",
+              "--no-progress", "--max-new-tokens", "12", "--step-tokens", "3", "--max-steps", "3",
+              "--reward-model", str(tiny_model_dir), "--prm-format", "tag"]
+    runs = {"beam": ["--n", "3", "--beam-width", "2", "--lookahead", "1"],
+            "dora": ["--n", "3", "--dora-rule", "paper", "--embedder", str(tiny_model_dir)]}
+    for strategy, extra in runs.items():
+        out = tmp_path / f"{strategy}.jsonl"
+        result = run_cli(["tts-run", *common, "-o", str(out), "--strategy", strategy, *extra])
+        assert result.exit_code == 0, result.output
+        for record in map(json.loads, out.read_text().splitlines()):
+            assert len(record["traces"]) == 3
+            if strategy == "beam":
+                assert record["beam"]["lookahead_scoring"] == "path"
+                assert record["beam"]["style"] == "search-and-learn"
+            else:
+                assert record["dora"]["rule"] == "paper"
