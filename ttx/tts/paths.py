@@ -25,7 +25,7 @@ class Path:
     tokens: int = 0                   # generated tokens along this path
     completed: bool = False
     finish_reason: str = "stop"
-    lookahead: str = ""               # a greedy rollout past the last step, scored with it
+    lookahead: str = ""               # a greedy rollout past the last step (rescore: rollout)
     ignored: int = 0                  # (ttx beam) budget forcing inside steps
     waiting: bool = False
     forced_end: bool = False
@@ -102,7 +102,7 @@ def grow(engine, prefixes: list[str], parents: list[Path], counts: list[int], pa
 def look_ahead(engine, prefixes: list[str], paths: list[Path], steps: int, params, seed,
                round_index: int, accounts: list[Account]) -> None:
     """SAL's lookahead (utils.py:80-158): up to `steps` more greedy steps from each open path,
-    kept in `path.lookahead` for its score only; a rollout that ends (EOS) stops there."""
+    kept in `path.lookahead` (read by rescore with rollout=True); a rollout that ends (EOS) stops."""
     live = [p for p in paths if not p.completed]
     greedy = replace(params, temperature=0.0)
     for r in range(steps):
