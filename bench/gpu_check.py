@@ -108,10 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "logs").mkdir(exist_ok=True)
     started = time.monotonic()
+    machine = {"cpu": _cpu(), "cores": os.cpu_count(), "gpu": None,
+               "git_commit": _short_commit(), **provenance(argv)}
+    if machine["git_commit"] is None and os.environ.get("GPU_CHECK_COMMIT"):
+        # a copy of the tree without its git history (the device tool's): the caller names HEAD
+        commit = os.environ["GPU_CHECK_COMMIT"]
+        machine.update(git_commit=commit[:7], git_commit_full=commit,
+                       git_dirty=None, commit_from="GPU_CHECK_COMMIT")
     result = {"bench": "gpu_check", "mode": "smoke (CPU, tiny model)" if args.smoke else "gpu",
-              "device": args.device, "budget_s": args.budget,
-              "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "gpu": None,
-                          "git_commit": _short_commit(), **provenance(argv)},
+              "device": args.device, "budget_s": args.budget, "machine": machine,
               "model": None, "checks": {}}
     os.environ["GPU_CHECK_CLI"] = json.dumps(_cli_prefix())
 
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "env":
             numbers = result["checks"]["env"].get("numbers", {})
             result["machine"]["gpu"] = numbers.get("gpu")
-            if not args.smoke and args.device.startswith("cuda") and not numbers.get("cuda"):
+            if not args.smoke and args.device.startswith("cuda") and numbers.get("cuda") is False:
                 no_gpu = "no CUDA device visible to torch (run with --smoke on CPU)"
                 if result["checks"]["env"]["status"] == "ok":
                     result["checks"]["env"].update(status="failed", error=no_gpu)
@@ -166,6 +171,7 @@ def _skip(reason: str) -> dict:
 
 def run_child(args, name: str, model_dir: str | None, limit: float) -> dict:
     """Run one check in its own process group; kill the whole group at `limit` seconds."""
+    limit = max(limit, 1.0)
     log = args.work / "logs" / f"{name}.log"
     out = args.work / f"{name}.result.json"
     out.unlink(missing_ok=True)
@@ -175,14 +181,19 @@ def run_child(args, name: str, model_dir: str | None, limit: float) -> dict:
     cmd += ["--model-dir", model_dir] if model_dir else []
     t0 = time.monotonic()
     with open(log, "w") as handle:
+        # its own process group (not session: the device tool ends the command's session)
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT,
-                                start_new_session=True)
+                                process_group=0)
+        stop = signal.signal(signal.SIGTERM, lambda *_: (os.killpg(proc.pid, signal.SIGKILL),
+                                                         sys.exit(143)))
         try:
-            rc = proc.wait(timeout=max(limit, 1))
+            rc = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             rc = None
+        finally:
+            signal.signal(signal.SIGTERM, stop)
     seconds = round(time.monotonic() - t0, 1)
     numbers = json.loads(out.read_text()) if out.is_file() else {}
     step = {"status": "ok" if rc == 0 else "failed", "seconds": seconds, "numbers": numbers,
@@ -231,8 +242,11 @@ def _cpu() -> str | None:
 
 
 def _short_commit() -> str | None:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True, check=False)
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, check=False)
+    except OSError:
+        return None
     return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
@@ -274,10 +288,10 @@ def run_stage(args, log_name: str, *cli: object) -> None:
 
 
 def summary_of(folder: Path) -> dict:
-    """The scalar entries of a stage's ttx_manifest.json summary."""
+    """A stage's ttx_manifest.json summary, less any entry longer than 600 characters of JSON."""
     manifest = json.loads((folder / "ttx_manifest.json").read_text())
     return {k: v for k, v in (manifest.get("summary") or {}).items()
-            if isinstance(v, (int, float, str, bool)) or v is None}
+            if len(json.dumps(v, default=str)) <= 600}
 
 
 def problems(path: Path, n: int, seed: int) -> Path:

@@ -5,6 +5,7 @@
 #
 #   bash bench/gpu_check.sh                 # the check (GPU); extra arguments go to gpu_check.py
 #   bash bench/gpu_check.sh --stash         # only keep the carried .whl-model-N/ parts in /tmp
+#   GPU_CHECK_COMMIT=<sha> bash bench/gpu_check.sh   # the commit measured, where the copy has no .git
 #
 # The default model's wheel (89 MiB) does not fit in one call: calls carrying .whl-model-1 and
 # then .whl-model-2 with --stash leave its parts in /tmp/ttx-carry while the machine stays warm;
