@@ -133,21 +133,23 @@ def main(argv: list[str] | None = None) -> int:
 
     no_gpu = None
     for name in args.only:
-        if name != "env" and result["model"] is None:
-            step = run_child(args, "model", None, min(LIMITS["model"], left()))
-            result["model"] = step
-            print(f"gpu_check: model: {step['status']} ({step['seconds']} s): "
-                  f"{step.get('error') or step['numbers'].get('weights')}", flush=True)
-            save()
-        if name != "env" and result["model"]["status"] != "ok":
-            result["checks"][name] = _skip(f"no model: {result['model'].get('error')}")
-        elif no_gpu and name != "env":
+        if name == "env":
+            result["checks"][name] = run_child(args, name, None, min(LIMITS[name], left()))
+        elif no_gpu:
             result["checks"][name] = _skip(no_gpu)
-        elif left() < 10:
-            result["checks"][name] = _skip(f"out of time (--budget {args.budget:g} s spent)")
         else:
-            model_dir = (result["model"] or {}).get("numbers", {}).get("path")
-            result["checks"][name] = run_child(args, name, model_dir, min(LIMITS[name], left()))
+            if result["model"] is None and left() >= 10:
+                step = run_child(args, "model", None, min(LIMITS["model"], left()))
+                result["model"] = step
+                print(f"gpu_check: model: {step['status']} ({step['seconds']} s): "
+                      f"{step.get('error') or step['numbers'].get('weights')}", flush=True)
+            if left() < 10:
+                result["checks"][name] = _skip(f"out of time (--budget {args.budget:g} s spent)")
+            elif result["model"]["status"] != "ok":
+                result["checks"][name] = _skip(f"no model: {result['model'].get('error')}")
+            else:
+                result["checks"][name] = run_child(args, name, result["model"]["numbers"]["path"],
+                                                   min(LIMITS[name], left()))
         if name == "env":
             numbers = result["checks"]["env"].get("numbers", {})
             result["machine"]["gpu"] = numbers.get("gpu")
@@ -620,8 +622,8 @@ def check_inplace_ttt(args, numbers: dict) -> None:
     docs = args.work / "ittt-docs.jsonl"
     from ttx.data.arith import generate
 
-    text = " ".join(f"{p['question']} The answer is {p['answer']}." for p in generate(40, 5))
-    docs.write_text("".join(json.dumps({"text": text[i::4]}) + "\n" for i in range(4)))
+    worked = [f"{p['question']} The answer is {p['answer']}." for p in generate(40, 5)]
+    docs.write_text("".join(json.dumps({"text": " ".join(worked[i::4])}) + "\n" for i in range(4)))
     run_stage(args, "inplace-train", "inplace-ttt-convert", "-m", conv, "-i", docs, "-o", trained,
         "--max-steps", 3, "--max-length", 32 if small else 512, "--lr", "1e-4",
         "--device", args.device, "--overwrite", "--no-progress")

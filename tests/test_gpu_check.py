@@ -1,5 +1,6 @@
-"""bench/gpu_check.py without a GPU and without a model: its options, the JSON it writes for the
-environment check alone, and a check that outruns its time limit."""
+"""bench/gpu_check.py without a GPU and without a model: its options, the JSON it writes where no
+GPU is visible (the environment check fails saying so, the others are skipped), and a check that
+outruns its time limit."""
 
 from __future__ import annotations
 
@@ -35,27 +36,35 @@ def test_bad_options_exit_2_with_one_line(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_env_check_alone_writes_the_json(tmp_path):
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_cuda(), reason="states what a machine without a GPU gets")
+def test_without_a_gpu_the_json_says_so_and_skips_the_rest(tmp_path):
     out = tmp_path / "result.json"
-    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--smoke", "--only", "env",
-                           "--work", str(tmp_path / "work"), "-o", str(out)],
+    argv = ["--only", "ttrl,env", "--work", str(tmp_path / "work"), "-o", str(out)]
+    done = subprocess.run([sys.executable, "bench/gpu_check.py", *argv],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 1, done.stdout + done.stderr            # a check failed
     data = json.loads(out.read_text())
-    assert data["bench"] == "gpu_check" and data["mode"].startswith("smoke")
-    assert data["machine"]["argv"][1:] == ["--smoke", "--only", "env", "--work",
-                                           str(tmp_path / "work"), "-o", str(out)]
-    assert data["model"] is None                                   # no check needed one
-    assert list(data["checks"]) == ["env"]
-    env = data["checks"]["env"]
-    assert env["status"] == "ok" and env["seconds"] > 0
+    assert data["bench"] == "gpu_check" and data["mode"] == "gpu" and data["device"] == "cuda"
+    assert data["machine"]["argv"][1:] == argv and data["machine"]["gpu"] is None
+    assert list(data["checks"]) == ["env", "ttrl"]
+    env, ttrl = data["checks"]["env"], data["checks"]["ttrl"]
+    reason = "no CUDA device visible to torch (run with --smoke on CPU)"
+    assert (env["status"], env["error"]) == ("failed", reason)
+    assert (ttrl["status"], ttrl["error"]) == ("skipped", reason)
+    assert data["model"] is None                               # no model built for nothing
     numbers = env["numbers"]
-    assert isinstance(numbers["cuda"], bool) and numbers["versions"]["torch"]
+    assert numbers["cuda"] is False and numbers["versions"]["torch"]
     # every optional package is reported, importable or with the reason it is not
     assert set(numbers["imports"]) == set(gpu_check.OPTIONAL)
     assert all(v.startswith(("ok", "installed", "unavailable: ")) for v in numbers["imports"].values())
-    assert data["summary"] == {"ok": 1, "failed": 0, "skipped": 0}
-    assert data["headline"]["passed"] == "1/1"
+    assert data["summary"] == {"ok": 0, "failed": 1, "skipped": 1}
+    assert data["headline"]["passed"] == "0/2" and env["seconds"] > 0
 
 
 def test_a_check_past_its_limit_is_killed_and_recorded(tmp_path):
