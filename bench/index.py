@@ -238,6 +238,18 @@ def cascade_speedup(d: dict) -> str:
             f"{_span(short)}x at {min(r['prompt_columns'] for r in rows)}")
 
 
+def gpu_check(d: dict) -> str:
+    h = d["headline"]
+    text = f"{h['passed']} checks passed"
+    if h.get("engine_over_generate") is not None:
+        text += (f"; bf16 engine {h['engine_tokens_per_s']} vs generate "
+                 f"{h['generate_tokens_per_s']} tok/s ({_x(h['engine_over_generate'])})")
+    if h.get("mamba_path"):
+        text += f"; hybrid on {h['mamba_path'].split(' (')[0]}"
+    weights = str(h.get("weights") or "")
+    return text + ("; random weights" if weights.startswith("random") else "")
+
+
 REGISTRY: dict[str, Entry] = {
     "tts_engine": Entry("tts_engine", [
         Claim("hf engine decode, float32, 4 prompts x 8 traces, vs vLLM-CPU at equal threads",
@@ -304,6 +316,10 @@ REGISTRY: dict[str, Entry] = {
     ], notes={"519b147": "measured on the uncommitted shared-prompt change"}),
     "adapter_engine": Entry("adapter_engine", [
         Claim("LoRA merged into the fused forward vs peft's layers", adapter_fused),
+    ]),
+    "gpu_check": Entry("gpu_check", [
+        Claim("GPU-only paths (bf16 engine vs generate, mamba kernels, QLoRA, In-Place TTT, ttrl)",
+              gpu_check),
     ]),
     "cascade_attention": Entry("cascade_attention", [
         Claim("two-part shared-prefix attention vs the engine's sdpa",
