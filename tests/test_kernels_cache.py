@@ -168,10 +168,13 @@ def test_a_corrupt_library_is_rebuilt_once_then_served_from_the_cache(tmp_path, 
     folder = tmp_path / "native"
     _load(folder, src)
     so = folder / _name(src)
-    if case == "truncated":
-        so.write_bytes(so.read_bytes()[:1000])
-    else:
-        so.write_bytes(b"\x7fELF" + os.urandom(3000))
+    # a new file under the name: writing into the one this process has mapped would crash it
+    # (SIGBUS) as it would any process that loaded the library
+    bad = so.with_name("corrupt")
+    bad.write_bytes(so.read_bytes()[:1000] if case == "truncated"
+                    else b"\x7fELF" + os.urandom(3000))
+    bad.chmod(so.stat().st_mode)
+    os.replace(bad, so)
     if case == "recorded garbage":          # the hash matches; dlopen refuses it
         _record(so)
     library, warning = _load(folder, src)
