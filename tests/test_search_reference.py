@@ -174,7 +174,9 @@ def test_dvts_stops_a_subtree_at_boxed():
 def dora_reference(scores, embeddings, n, tau=0.1, alpha=0.01):
     """WangXinglin/DORA@eda87c0 scripts/sal/search/dora.py:289-308 (with its helpers 52-98),
     written out with the intended sub-matrix at line 302 (the published line reads the
-    undefined `all_cos_matrix` and `choose_indices` before they are set)."""
+    undefined `all_cos_matrix` and `choose_indices` before they are set). Its softmaxes run in
+    float64, so it agrees with the code away from rounding ties only; the exact transcription,
+    float32 casts included (dora.py:58, 85), is tests/test_search_reference_32.py's."""
     def softmax(x, t):                                               # dora.py:80-92
         x = np.asarray(x, dtype=np.float64) / t
         e = np.exp(x - np.max(x, axis=-1, keepdims=True))

@@ -1,9 +1,19 @@
 """Text generation behind one interface (ttx.engines.base.Engine): `hf` and `openai`."""
 
-from ttx.engines.base import Constraint, Engine, Generation, Prompt, SamplingParams, TokenPrompt, Trace
+from ttx.engines.base import (
+    Constraint,
+    Engine,
+    Generation,
+    LocalEngine,
+    Prompt,
+    SamplingParams,
+    TokenPrompt,
+    Trace,
+    local,
+)
 
-__all__ = ["Constraint", "Engine", "Generation", "Prompt", "SamplingParams", "TokenPrompt", "Trace",
-           "make_engine", "open_engine"]
+__all__ = ["Constraint", "Engine", "Generation", "LocalEngine", "Prompt", "SamplingParams",
+           "TokenPrompt", "Trace", "engine_over", "local", "make_engine", "open_engine"]
 
 
 def make_engine(name: str, **kwargs) -> Engine:
@@ -15,6 +25,18 @@ def make_engine(name: str, **kwargs) -> Engine:
         from ttx.engines.openai import OpenAIEngine
         return OpenAIEngine(**kwargs)
     raise ValueError(f"unknown engine {name!r} (choose hf or openai)")
+
+
+def engine_over(model, tokenizer, *, name: str, max_batch_rows: int = 64) -> LocalEngine:
+    """An hf engine over a model this process holds, which the stage may train between calls
+    (ttrl, tlm-adapt, perk-encode, distill-to-mamba's teacher): each call generates with the
+    weights as they are then, no K/V is kept between calls, nothing is packed or fused, and the
+    model is left as it was given. The one way a stage that holds its model gets an engine; every
+    other stage opens one with `open_engine`."""
+    from ttx.engines.hf import HFEngine
+
+    return HFEngine(model=name, loaded=(model, tokenizer), max_batch_rows=max_batch_rows,
+                    prefix_cache_mb=0, packed_weights=False)
 
 
 def open_engine(name: str, *, model: str, device: str = "auto", dtype: str = "auto",

@@ -88,6 +88,16 @@ class HFEngine:
     def close(self) -> None:
         pass
 
+    @torch.inference_mode()
+    def hidden_states(self, texts, layer: int = -1) -> list[torch.Tensor]:
+        """Each text's hidden states at `layer` (base.LocalEngine), one forward per text."""
+        out = []
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+            states = self.model(ids.to(self.device), output_hidden_states=True).hidden_states
+            out.append(states[layer][0].float())
+        return out
+
     def encode(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, TokenPrompt):
             return list(prompt.ids)

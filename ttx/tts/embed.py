@@ -31,11 +31,12 @@ def make_embedder(engine, path: str | None):
 
         pack_linears(model)                  # frozen, on CPU: oneDNN-packed weights
         return lambda texts: _mean_pooled(model, tokenizer, texts, "cpu")
-    model = getattr(engine, "model", None)
-    if model is None:
+    from ttx.engines.base import local
+
+    policy = local(engine)
+    if policy is None:
         raise TtxError("dora needs --embedder PATH with this engine (no local policy model)")
-    device = next(model.parameters()).device
-    return lambda texts: _mean_pooled(model, engine.tokenizer, texts, device)
+    return lambda texts: _mean_pooled(policy.model, policy.tokenizer, texts, policy.device)
 
 
 def _mean_pooled(model, tokenizer, texts: list[str], device):

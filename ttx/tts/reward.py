@@ -288,7 +288,9 @@ def make_scorer(engine, cfg, default_input: str = ri.CARD_INPUT):
     """The scorer a strategy config asks for: a reward model (loaded here, once per run; its PRM
     inputs built as `default_input` unless told otherwise), or the policy's own numbers."""
     if cfg.search.reward_model:
-        device = str(getattr(engine, "device", "cpu"))
+        from ttx.engines.base import local
+
+        device = str(local(engine).device) if local(engine) else "cpu"
         return RewardModel(cfg.search.reward_model, cfg.search, device, default_input)
     return PolicyScorer(cfg.scorer)
 

@@ -198,8 +198,10 @@ def _tokenizer(folder: str):
 
 
 def tokenizer_of(engine, search: SearchConfig):
-    """The policy's tokenizer: the hf engine's own, else the local folder given for it."""
-    tokenizer = getattr(engine, "tokenizer", None)
+    """The policy's tokenizer: a local engine's own, else the local folder given for it."""
+    from ttx.engines.base import local
+
+    tokenizer = local(engine).tokenizer if local(engine) else None
     if tokenizer is None:
         if not search.tokenizer:
             raise TtxError("continuing a trace needs the model's tokenizer: give --model the "
@@ -265,7 +267,9 @@ def think_end(engine, search: SearchConfig) -> tuple[str, bool]:
     style, ttx.tts.budget.)"""
     if search.think_end is not None:
         return search.think_end, bool(search.think_end.strip())
-    tokenizer = getattr(engine, "tokenizer", None)
+    from ttx.engines.base import local
+
+    tokenizer = local(engine).tokenizer if local(engine) else None
     if tokenizer is None and search.tokenizer:
         tokenizer = _tokenizer(search.tokenizer)
     if tokenizer is not None and "</think>" in tokenizer.get_vocab():
