@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run test test-all test-server bench lint clean
+.PHONY: setup browser run test test-fast test-server bench lint clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ run: setup
 
 test: setup browser
 	$(PY) -m pytest -q tests
+
+# The fast loop: no default model, no vLLM server, no browser (markers; tests/conftest.py).
+test-fast: setup
+	TTX_TEST_FAST=1 $(PY) -m pytest -q -m "not model and not server and not browser" tests
 
 test-server: setup
 	$(PY) -m pytest -q tests/server

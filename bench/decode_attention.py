@@ -1,11 +1,11 @@
-"""ttx's C kernels (ttx/engines/kernels.c) against torch's ops, at the default model's decode shapes.
+"""ttx's C kernels (ttx/engines/cpu/kernels.c) against torch's ops, at the default model's decode shapes.
 
     .venv/bin/python bench/decode_attention.py [--repeats 5]
 
 Part 1, decode attention of a whole step:
 All 30 layers of SmolLM2-135M (9 query heads, 3 K/V heads, head dim 64), 32 rows (4 prompts x 8
 traces), K/V as views of a cache buffer with room (each layer its own tensors, so none stays in
-cache from the layer before), at several cached lengths: (kernel) ttx.engines.kernels, (bmm)
+cache from the layer before), at several cached lengths: (kernel) ttx.engines.cpu.kernels, (bmm)
 the fused forward's torch path (bmm, softmax, bmm with a bias mask), (sdpa) torch's kernel with
 a boolean mask and the query heads of a K/V head as its queries, (kernel_shared_prompt) the
 kernel reading each prompt's columns (all but the last 64: a trace 64 tokens in) from the
@@ -77,9 +77,9 @@ def _timed(fn) -> float:
 
 def small_ops(hidden: int = 576, inter: int = 1536, trials: int = 200) -> dict:
     """Per call, after a packed matmul and warm: torch's ops against the kernel, microseconds."""
-    from ttx.engines import kernels
-    from ttx.engines.fused import _rms_norm
-    from ttx.engines.packed import pack, packed_linear
+    from ttx.engines.cpu import kernels
+    from ttx.engines.cpu.fused import _rms_norm
+    from ttx.engines.cpu.packed import pack, packed_linear
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(ROWS, 1, hidden, generator=g)
@@ -129,7 +129,7 @@ def small_ops(hidden: int = 576, inter: int = 1536, trials: int = 200) -> dict:
 
 
 def main() -> None:
-    from ttx.engines import kernels
+    from ttx.engines.cpu import kernels
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)

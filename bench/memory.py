@@ -184,7 +184,7 @@ def main(argv=None) -> None:
               f"parsed {extraction.get('items_parsed')} malformed {extraction.get('malformed')} "
               f"copied {extraction.get('copied_example')} "
               f"extract {extraction.get('tokens_per_s')} tok/s", flush=True)
-    result["machine"] = machine()
+    result["machine"] = machine(argv)
     engine.close()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

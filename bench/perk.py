@@ -144,7 +144,7 @@ def main(argv=None) -> None:
                               {kk: vv for kk, vv in v.items() if kk != "preds"})
                           for k, v in row.items()}), file=sys.stderr, flush=True)
 
-    result = {"bench": "perk", "machine": machine(), "args": vars(args),
+    result = {"bench": "perk", "machine": machine(argv), "args": vars(args),
               "setup": {"model": args.model, "lora": f"r={args.lora_r} rsLoRA alpha 16 on q,k,v,o,"
                         "gate,up,down", "inner_steps": args.inner_steps, "unroll": args.unroll,
                         "train_records": args.steps, "train_context_words": args.train_words,

@@ -187,7 +187,7 @@ def main(argv=None) -> dict:
             "first_view_under_2s": browser["first_view_max_ms"] < 2000,
             "loads": browser["loads"],
             "browser": _chromium_version(),
-            "machine": machine(),
+            "machine": machine(argv),
         }
     print(json.dumps({k: v for k, v in result.items() if k not in ("loads", "machine")}, indent=2))
     if not args.no_save:

@@ -40,7 +40,9 @@ RUNS = {
     "majority": ("majority", 4, "n=1,2,4", {}),
     "best-of-n": ("best-of-n", 4, "n=2,4", {}),
     "ffs": ("ffs", 4, "n=2,4", {}),
-    "budget-forcing": ("budget-forcing", 1, "max_new_tokens=96,192", {"num_ignore": 1}),
+    # s1's own auto budget keeps 100 tokens and the prompt back: below 1 at these budgets
+    "budget-forcing": ("budget-forcing", 1, "max_new_tokens=96,192",
+                       {"num_ignore": 1, "auto_budget": "cpu"}),
     "budget-forcing-ttx": ("budget-forcing", 1, "max_new_tokens=96,192",
                            {"num_ignore": 1, "budget_style": "ttx"}),
     "beam": ("beam", 4, "n=2,4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4}),
@@ -87,7 +89,7 @@ def main(argv=None) -> None:
     engines = {"reuse": HFEngine(model="smollm2-135m-instruct", device="cpu"),
                "no_reuse": HFEngine(model="smollm2-135m-instruct", device="cpu",
                                     prefix_cache_mb=0)}
-    before = machine()
+    before = machine(argv)
     walls, files, reuse, summaries = {}, {}, {}, {}
     for name in args.only:
         strategy, n, levels, knobs = RUNS[name]

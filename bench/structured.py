@@ -151,7 +151,7 @@ def main(argv=None) -> None:
                             "mask_8_rows_ms_per_step": r["mask_8_rows_ms_per_step"],
                             "setup_s": setup_s[a]} if a != "free" else {})}
                     for a, r in res.items()},
-           "regex_and_choice": other, "machine": machine()}
+           "regex_and_choice": other, "machine": machine(argv)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out["arms"], indent=2), json.dumps(other), f"wrote {args.out}", sep="\n")

@@ -93,7 +93,7 @@ def main(argv=None) -> None:
                        "control": f"{len(_control_paragraphs(args.control))} paragraphs of {CONTROL_TEXT}"},
               "notes": "log-perplexity = mean token NLL of the chat-templated input; peak RSS is the "
                        "process maximum so far (configs run in order in one process)",
-              "machine": machine(), "rows": rows}
+              "machine": machine(argv), "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")
 

@@ -137,7 +137,7 @@ def main(argv=None) -> None:
                "pseudo_label_accuracy_per_step": [p["label_accuracy"] for p in s["per_step"]],
                "majority_ratio_per_step": [p["majority_ratio"] for p in s["per_step"]],
                "reward_accuracy_per_step": [p["reward_accuracy"] for p in s["per_step"]]}
-        row["machine"] = machine()          # per row: --only runs add rows to an earlier file
+        row["machine"] = machine(argv)          # per row: --only runs add rows to an earlier file
         rows.append(row)
         print(json.dumps(row), flush=True)
     rows = _earlier_rows(out, size, args.temperature, {r["config"] for r in rows}) + rows
@@ -151,7 +151,7 @@ def main(argv=None) -> None:
                        "accuracy after (greedy; mean of the k samples, TTRL's pass@1) with maj@k before "
                        "(TTRL's claim); 16 problems: one problem is 0.0625",
               "before": before, "rows": rows, "wall_s": round(time.perf_counter() - t_all, 1),
-              "load_average_1m_start": load_start, "machine": machine()}
+              "load_average_1m_start": load_start, "machine": machine(argv)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")

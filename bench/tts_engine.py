@@ -9,8 +9,8 @@ Part 1, side by side in one run, alternating rounds, the same 4 prompts, 128 for
        (the CPU default) and bfloat16 (`--dtype bfloat16`), linear layers on oneDNN-packed weights
   (a0) the same with `--no-packed-weights` (F.linear, MKL's sgemm: the engine before packing)
   (a2) the same on packed weights through transformers' modules (the engine before its fused
-       Llama-family forward, ttx/engines/fused.py)
-  (a3) the same fused forward on torch's ops instead of ttx's C kernels (ttx/engines/kernels.c)
+       Llama-family forward, ttx/engines/cpu/fused.py)
+  (a3) the same fused forward on torch's ops instead of ttx's C kernels (ttx/engines/cpu/kernels.c)
   (a1) ttx hf engine, one prompt (8 traces) per call
   (b)  a loop of single `model.generate` calls (8 calls, the first prompt: it is slow)
   (c)  `model.generate(num_return_sequences=8)`, one call per prompt
@@ -132,10 +132,10 @@ def matmul_rate(rows: int, shapes: list[tuple[int, int, int]], dtype: str = "flo
     """GFLOP/s of x[rows, k] times one decode step's weight matrices, each matrix its own tensor
     as the model's layers are (so none stays in cache from the previous call): stored [k, n]
     (x @ W), as nn.Linear keeps it, [n, k] (F.linear: MKL's sgemm on CPU), or packed once by
-    oneDNN (what the engine runs, ttx.engines.packed)."""
+    oneDNN (what the engine runs, ttx.engines.cpu.packed)."""
     import torch
 
-    from ttx.engines.packed import pack, packed_linear
+    from ttx.engines.cpu.packed import pack, packed_linear
 
     dt = getattr(torch, dtype)
     weights, run = [], torch.matmul
@@ -178,7 +178,7 @@ def decode_shapes(model) -> list[tuple[int, int, int]]:
 
 
 def fused_shapes(model) -> list[tuple[int, int, int]]:
-    """(in, out, count) of the fused forward's matmuls (ttx.engines.fused): q|k|v, o, gate|up
+    """(in, out, count) of the fused forward's matmuls (ttx.engines.cpu.fused): q|k|v, o, gate|up
     and down per layer, and the head."""
     c = model.config
     d = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
@@ -312,7 +312,7 @@ def _bf16_packs() -> bool:
     engine runs bfloat16 on transformers' modules, which says nothing about the engine."""
     import torch
 
-    from ttx.engines.packed import available
+    from ttx.engines.cpu.packed import available
 
     return available("cpu", torch.bfloat16)
 
@@ -321,7 +321,7 @@ def step_profile() -> dict:
     """Where a decode step's time goes: (a) once under torch.profiler, ops grouped by kind."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from ttx.engines import kernels as native
+    from ttx.engines.cpu import kernels as native
     from ttx.engines.hf import HFEngine
 
     engine = HFEngine(device="cpu", prefix_cache_mb=0)
@@ -362,7 +362,7 @@ def step_profile() -> dict:
     inside = total.get("ttx.forward", 0.0)
     linear = sum(v for k, v in self_s.items() if k in MATMUL_OPS)
     # float32 decode attention runs in ttx's C kernel (or as bmm, softmax, bmm without it:
-    # ttx.engines.fused); prefill as sdpa. A kernel's time is its range's total (the few aten
+    # ttx.engines.cpu.fused); prefill as sdpa. A kernel's time is its range's total (the few aten
     # ops its wrapper runs, an empty output, count twice: microseconds).
     kernel = {name: total.get(f"ttx.kernel.{name}", 0.0) for name in calls}
     attention = kernel["decode_attention"] + sum(

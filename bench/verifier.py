@@ -198,7 +198,7 @@ def main(argv=None) -> None:
                                           "prm_labels": args.prm_labels, "model": args.model,
                                           "temperature": 0.4},
               "test": table, "orm_and_logprob_runs_share_traces": same,
-              "verifiers": verifiers, "training_cost": cost, "machine": machine()}
+              "verifiers": verifiers, "training_cost": cost, "machine": machine(argv)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     keep = RESULTS / name                    # the records (small), not the verifiers' weights

@@ -47,3 +47,25 @@ def config_option(f):
     return click.option("--config", type=click.Path(dir_okay=False), is_eager=True,
                         expose_value=False, callback=_load_config,
                         help="YAML file of option defaults (the command line wins).")(f)
+
+
+def compare_options(help: str):
+    """--compare NAME=FILE, repeatable, and more NAME=FILE after one flag (`--compare a=x b=y`):
+    the extra ones arrive as arguments, each of which must be NAME=FILE."""
+    def decorate(f):
+        f = click.argument("more_runs", nargs=-1, metavar="[NAME=FILE]...")(f)
+        return click.option("--compare", multiple=True, metavar="NAME=FILE", help=help)(f)
+    return decorate
+
+
+def compared_runs(ctx: click.Context, compare: tuple, more_runs: tuple) -> tuple[tuple, dict]:
+    """The runs of --compare and the NAME=FILE arguments after it, in order, and the command's
+    options with them as one `compare` (what the manifest records)."""
+    for arg in more_runs:
+        name, sep, files = arg.partition("=")
+        if not sep or not name or not files:
+            raise click.UsageError(f"unexpected argument {arg!r}: a run to compare is NAME=FILE "
+                                   "(inputs take -i)")
+    runs = tuple(compare) + tuple(more_runs)
+    options = {k: v for k, v in ctx.params.items() if k != "more_runs"}
+    return runs, {**options, "compare": runs}

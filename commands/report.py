@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from ttx.commands.options import config_option
+from ttx.commands.options import compare_options, compared_runs, config_option
 from ttx.options import cli_options
 from ttx.scoring.report import ScoreConfig  # score's own schema: the definitions cannot drift
 
@@ -21,9 +21,8 @@ from ttx.scoring.report import ScoreConfig  # score's own schema: the definition
 @config_option
 @click.option("-i", "--input", multiple=True,
               help="tts-run records (path or -); several files are levels 1, 2, ... in order.")
-@click.option("--compare", multiple=True, metavar="NAME=FILE",
-              help="A named run (FILE1,FILE2 for levels); repeatable. The first run given is "
-                   "the baseline of the paired differences.")
+@compare_options("A named run (FILE1,FILE2 for levels); repeatable, or several after one "
+                 "flag. The first run given is the baseline of the paired differences.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="The HTML page to write (- for stdout); a manifest goes beside it.")
 @click.option("--title", help="The page title (default: the run names).")
@@ -34,14 +33,16 @@ from ttx.scoring.report import ScoreConfig  # score's own schema: the definition
                    "(default: the bank named in the run's manifest, when it exists).")
 @cli_options(ScoreConfig)
 @click.pass_context
-def command(ctx, input, compare, output, title, question_field, memory, **score_options):
+def command(ctx, input, compare, more_runs, output, title, question_field, memory,
+            **score_options):
     """Write one self-contained HTML page to look at runs: scores, traces, votes, trees."""
     from ttx.options import build
     from ttx.viewer.page import build_report
 
     cfg = build(ScoreConfig, score_options)
+    compare, options = compared_runs(ctx, compare, more_runs)
     result = build_report(input, compare, cfg, output=output, title=title,
-                          question_field=question_field, memory=memory, options=dict(ctx.params))
+                          question_field=question_field, memory=memory, options=options)
     if output != "-":
         names = ", ".join(f"{r['name']} {r['summary']['accuracy']:.3f}" for r in result["runs"])
         click.echo(f"report: wrote {output} (accuracy: {names})", err=True)

@@ -11,7 +11,7 @@ import json as json_module
 
 import click
 
-from ttx.commands.options import config_option
+from ttx.commands.options import compare_options, compared_runs, config_option
 from ttx.options import cli_options
 from ttx.scoring.report import ScoreConfig  # light: click and the schema only
 
@@ -20,9 +20,9 @@ from ttx.scoring.report import ScoreConfig  # light: click and the schema only
 @config_option
 @click.option("-i", "--input", multiple=True,
               help="tts-run records (path or -); several files are levels 1, 2, ... in order.")
-@click.option("--compare", multiple=True, metavar="NAME=FILE",
-              help="A named run to rank by ARISE (FILE1,FILE2 for levels); repeatable. Each run "
-                   "after the first gets its paired difference to the first.")
+@compare_options("A named run to rank by ARISE (FILE1,FILE2 for levels); repeatable, or "
+                 "several after one flag. Each run after the first gets its paired difference "
+                 "to the first.")
 @cli_options(ScoreConfig)
 @click.option("--json/--no-json", "json", default=False, help="Print the summary as JSON.")
 @click.option("--per-record", type=click.Path(dir_okay=False),
@@ -31,14 +31,15 @@ from ttx.scoring.report import ScoreConfig  # light: click and the schema only
 @click.option("--plot", type=click.Path(dir_okay=False),
               help="Write a PNG of accuracy (with 95% intervals) vs cost per level.")
 @click.pass_context
-def command(ctx, input, compare, json, per_record, plot, **options):
+def command(ctx, input, compare, more_runs, json, per_record, plot, **options):
     """Score tts-run records: accuracy, pass@k, maj@k, tokens, ARISE, plots."""
     from ttx.io import json_safe
     from ttx.options import build
     from ttx.scoring.render import render_table
     from ttx.scoring.report import score
 
+    compare, given = compared_runs(ctx, compare, more_runs)
     result = score(input, compare, build(ScoreConfig, options), per_record=per_record, plot=plot,
-                   options=dict(ctx.params))
+                   options=given)
     click.echo(json_module.dumps(json_safe(result), indent=2, allow_nan=False) if json
                else render_table(result))

@@ -1,4 +1,10 @@
-"""Shared fixtures: a tiny random Llama (seconds), the real default model (end-to-end tests)."""
+"""Shared fixtures: a tiny random Llama (seconds), the real default model (end-to-end tests).
+
+Markers (pyproject.toml): `model` runs the default model's weights, `server` a real vLLM server,
+`browser` headless Chromium. `make test-fast` deselects the three and sets TTX_TEST_FAST=1, under
+which a test that loads the default model's weights without the `model` marker fails, naming
+itself, so the fast loop cannot silently grow slow.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,39 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
+FAST = os.environ.get("TTX_TEST_FAST") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark what needs a browser or a server by the fixtures and folders it uses."""
+    for item in items:
+        if "page" in getattr(item, "fixturenames", ()) or "browser" in item.name:
+            item.add_marker(pytest.mark.browser)
+        if "server" in item.path.parts[-2:-1]:
+            item.add_marker(pytest.mark.server)
+
+
+@pytest.fixture(autouse=True)
+def _fast_loop_guard(request, monkeypatch):
+    """Under `make test-fast`, loading the default model's weights fails an unmarked test."""
+    if not FAST or request.node.get_closest_marker("model"):
+        yield
+        return
+    from transformers import PreTrainedModel
+
+    from ttx.models import resolve_model
+
+    default = resolve_model("smollm2-135m-instruct").resolve()
+    real = PreTrainedModel.from_pretrained.__func__
+
+    def guarded(cls, path, *args, **kwargs):
+        if Path(str(path)).resolve() == default:
+            pytest.fail(f"{request.node.nodeid} loads the default model's weights: mark it "
+                        f"@pytest.mark.model (make test-fast leaves those out)", pytrace=False)
+        return real(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(guarded))
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The Llama-family forward on fused packed weights (ttx.engines.fused) computes transformers'
+"""The Llama-family forward on fused packed weights (ttx.engines.cpu.fused) computes transformers'
 logits and K/V, and stands aside for every model it does not reimplement exactly."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from ttx.engines.fused import FusedDecoder, supported
+from ttx.engines.cpu.fused import FusedDecoder, supported
+from ttx.engines.cpu.packed import available, pack_linears
 from ttx.engines.hf import HFEngine
 from ttx.engines.kv import growing
-from ttx.engines.packed import available, pack_linears
 
 
 def _tiny(family: str, dtype=torch.float32, **extra):
@@ -89,7 +89,7 @@ def test_fused_forward_gives_transformers_logits_and_cache_in_float32(family):
 
 
 def test_fused_forward_through_the_c_kernels_gives_transformers_logits_and_cache(monkeypatch):
-    from ttx.engines import kernels
+    from ttx.engines.cpu import kernels
 
     if not kernels.serves_attention(64, 2):
         pytest.skip("no C compiler with AVX2/OpenMP, or a CPU without AVX2")
@@ -158,7 +158,7 @@ def test_a_lora_adapter_is_merged_into_the_fused_weights():
 
 
 def test_switching_an_adapter_off_and_on_re_packs_the_fused_weights():
-    from ttx.engines.packed import packed_linear
+    from ttx.engines.cpu.packed import packed_linear
 
     lora = _lora(_tiny("llama"))
     decoder = FusedDecoder(lora)
@@ -278,8 +278,9 @@ def test_traces_reading_their_prompts_k_v_from_one_row_decode_exactly_as_from_th
     are those of each row reading its own copy, to the bit."""
     from transformers import AutoTokenizer
 
-    from ttx.engines import hf, kernels
+    from ttx.engines import hf
     from ttx.engines.base import SamplingParams
+    from ttx.engines.cpu import kernels
 
     if not kernels.serves_attention(64, 2):
         pytest.skip("no C kernels here")

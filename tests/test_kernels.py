@@ -1,4 +1,4 @@
-"""ttx's C kernels (ttx.engines.kernels) compute what transformers' and torch's ops compute: decode
+"""ttx's C kernels (ttx.engines.cpu.kernels) compute what transformers' and torch's ops compute: decode
 attention softmax(q K^T scale) V over the real columns on the cache's own strided views, RMSNorm
 after the residual add, SiLU(gate) * up, the rotary embedding."""
 
@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from ttx.engines import kernels
+from ttx.engines.cpu import kernels
 
 pytestmark = pytest.mark.skipif(not kernels.serves_attention(64, 3),
                                 reason="no C compiler with AVX2/OpenMP, or a CPU without AVX2")

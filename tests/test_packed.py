@@ -1,4 +1,4 @@
-"""Linear layers on oneDNN-packed weights (ttx.engines.packed) compute what nn.Linear computes."""
+"""Linear layers on oneDNN-packed weights (ttx.engines.cpu.packed) compute what nn.Linear computes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ttx.engines.cpu.packed import PackedLinear, available, pack_linears, unpack_linears
 from ttx.engines.hf import HFEngine
-from ttx.engines.packed import PackedLinear, available, pack_linears, unpack_linears
 
 pytestmark = pytest.mark.skipif(not available("cpu", torch.float32), reason="no oneDNN")
 
@@ -92,3 +92,25 @@ def test_engine_packs_the_model_it_loads_and_its_logits_match_the_plain_model(ti
     # a model handed in (a stage that trains it) is left as it is unless asked
     loaded = HFEngine(loaded=(plain.model, plain.tokenizer), prefix_cache_mb=0)
     assert loaded.packed_linears == 0
+
+
+def test_one_switch_turns_the_whole_fast_path_off(tiny_model_dir, monkeypatch):
+    """TTX_CPU_FASTPATH=0: no packed linears, no fused forward, no C kernels, same tokens."""
+    from ttx.engines.base import SamplingParams
+    from ttx.engines.cpu import kernels
+    from ttx.engines.cpu.fused import FusedDecoder
+
+    params = SamplingParams(max_new_tokens=8, temperature=0.0)
+    fast = HFEngine(model=str(tiny_model_dir), device="cpu", prefix_cache_mb=0)
+    want = fast.generate(["Tom has 3 apples."], 2, params)[0].traces
+    monkeypatch.setenv("TTX_CPU_FASTPATH", "0")
+    kernels._library.cache_clear()
+    try:
+        off = HFEngine(model=str(tiny_model_dir), device="cpu", prefix_cache_mb=0)
+        assert off.packed_linears == 0 and off.fused is None
+        assert FusedDecoder.build(fast.model) is None and kernels._library() is None
+        assert not any(isinstance(m, PackedLinear) for m in off.model.modules())
+        got = off.generate(["Tom has 3 apples."], 2, params)[0].traces
+        assert [t.token_ids for t in got] == [t.token_ids for t in want]
+    finally:
+        kernels._library.cache_clear()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.search_script import SEP, ScriptedEngine, ScriptedPRM, step_scores, unit
-from ttx.engines.base import Generation, SamplingParams, Trace
+from ttx.engines.base import SamplingParams
 from ttx.tts.search import SearchConfig
 from ttx.tts.strategy import StrategyConfig
 
@@ -174,7 +174,9 @@ def test_dvts_stops_a_subtree_at_boxed():
 def dora_reference(scores, embeddings, n, tau=0.1, alpha=0.01):
     """WangXinglin/DORA@eda87c0 scripts/sal/search/dora.py:289-308 (with its helpers 52-98),
     written out with the intended sub-matrix at line 302 (the published line reads the
-    undefined `all_cos_matrix` and `choose_indices` before they are set)."""
+    undefined `all_cos_matrix` and `choose_indices` before they are set). Its softmaxes run in
+    float64, so it agrees with the code away from rounding ties only; the exact transcription,
+    float32 casts included (dora.py:58, 85), is tests/test_search_reference_32.py's."""
     def softmax(x, t):                                               # dora.py:80-92
         x = np.asarray(x, dtype=np.float64) / t
         e = np.exp(x - np.max(x, axis=-1, keepdims=True))
@@ -229,86 +231,3 @@ def test_dora_population_is_the_allocation_refilled_to_n():
         assert size == 4                                    # refilled to n (dora.py:189-202)
         assert sum(k > 0 for k in it["rollouts"]) == it["survivors"]
     assert len(out.traces) == 4
-
-
-# --- s1 budget forcing ------------------------------------------------------------------------
-
-class Rounds:
-    """An engine that answers each call from a script of (completion tokens, finish reason)."""
-
-    name, model_name = "rounds", "rounds"
-
-    def __init__(self, tokenizer, script):
-        self.tokenizer, self.script, self.calls = tokenizer, list(script), []
-
-    def generate(self, prompts, n, params):
-        per = params if isinstance(params, (list, tuple)) else [params] * len(prompts)
-        out = []
-        for prompt, p in zip(prompts, per):
-            self.calls.append((prompt, p))
-            k, reason = self.script.pop(0)
-            ids = self.tokenizer(" ok" * k, add_special_tokens=False).input_ids[:k]
-            traces = [Trace(text=self.tokenizer.decode(ids), completion_tokens=k,
-                            finish_reason=reason, token_ids=ids)
-                      for _ in range(n if isinstance(n, int) else 1)]
-            out.append(Generation(traces=traces, prompt_tokens=5))
-        return out
-
-
-@pytest.mark.parametrize("script,last_reason", [
-    ([(40, "stop"), (50, "stop"), (30, "stop"), (7, "stop")], "stop"),     # cut, then answer
-    ([(40, "stop"), (100, "length"), (9, "stop")], "length"),              # a round hits B
-    ([(20, "stop"), (20, "stop"), (20, "stop"), (9, "stop")], "stop"),     # within B
-])
-def test_s1_rounds_follow_the_harness(tiny_model_dir, script, last_reason):
-    """simplescaling/s1@77272c6 eval/lm-evaluation-harness/lm_eval/models/vllm_causallms.py
-    ("VC"): K+1 rounds of the full budget B with min_tokens 1 (VC:273-275, 333-343), "Wait"
-    appended with no separator (VC:366-368), the ids cut to B (VC:381-384), the end text by the
-    last round's finish reason (VC:401-412), the answer with the whole budget (VC:414)."""
-    from transformers import AutoTokenizer
-
-    from ttx.tts.budget import BudgetForcing
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    engine = Rounds(tok, script)
-    cfg = _cfg("budget-forcing", 1, num_ignore=2, max_thinking_tokens=100)
-    cfg.params = SamplingParams(max_new_tokens=300, temperature=0.0, seed=0)
-    [out] = BudgetForcing(cfg).run(engine, ["Q"], cfg)
-    thinking = engine.calls[:-1]
-    answer_prompt, answer = engine.calls[-1]
-    for _, p in thinking:
-        assert p.max_new_tokens == 100 and p.min_new_tokens == 1             # the full B
-        assert p.stop_token_ids == (tok.convert_tokens_to_ids("<|im_start|>"),)
-    assert thinking[0][0] == "Q<|im_start|>think"
-    for prompt, _ in thinking[1:]:
-        assert prompt.endswith("okWait")                                     # no separator
-    wait = len(tok("Wait", add_special_tokens=False).input_ids)
-    rounds = len(thinking)
-    generated = sum(k for k, _ in script[:rounds])
-    kept = min(100, generated + wait * (rounds - 1))
-    bf = out.traces[0]["budget_forcing"]
-    assert bf["thinking_tokens"] == kept and bf["ignored"] == rounds - 1
-    assert bf["cut"] == (generated + wait * (rounds - 1) > 100)
-    if last_reason == "length":
-        assert answer_prompt.endswith("\n<|im_start|>answer\nFinal Answer:") and bf["forced_end"]
-    else:
-        assert answer_prompt.endswith("<|im_start|>answer")
-        assert not answer_prompt.endswith("Final Answer:") and not bf["forced_end"]
-    assert answer.max_new_tokens == 300 and answer.stop_token_ids == ()      # the whole budget
-    assert out.completion_tokens == sum(k for k, _ in script)
-
-
-def test_s1_auto_budget_keeps_room_for_the_answer(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    from ttx.tts.budget import S1Rules
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    engine = Rounds(tok, [])
-    cfg = _cfg("budget-forcing", 1)
-    cfg.params = SamplingParams(max_new_tokens=1000)
-    rules = S1Rules(engine, cfg)
-    delimiters = (len(tok("<|im_start|>think", add_special_tokens=False).input_ids)
-                  + len(tok("<|im_start|>answer\nFinal Answer:", add_special_tokens=False)
-                        .input_ids) + 1)
-    assert rules.maximum == 1000 - delimiters - 100          # VC:261-264 "auto"

@@ -259,7 +259,8 @@ def test_prm_folder_follows_reward_inputs_tag_convention(tmp_path, tiny_model_di
 
     out, s = _train(tmp_path, tiny_model_dir, "prm", "--kind", "prm")
     reading = json.loads((out / READING_FILE).read_text())
-    assert reading == {"kind": "prm", "format": "tag", "step_tag": MATH_SHEPHERD_TAG,
+    assert reading == {"kind": "prm", "format": "tag", "prm_input": "model-card",
+                       "step_tag": MATH_SHEPHERD_TAG,
                        "good_token": "+", "bad_token": "-", "added_tokens": [MATH_SHEPHERD_TAG],
                        "labels": "outcome", "base_model": str(tiny_model_dir)}
     assert s["after"]["step_auc"] > 0.9 and s["after"]["loss"] < s["before"]["loss"]

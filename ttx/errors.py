@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ttx.redact import redact_text
+
 
 class TtxError(Exception):
     """A user-facing error; the CLI prints it as one line and exits with code 2."""
@@ -16,4 +18,5 @@ class TtxError(Exception):
             where += ": "
         elif field is not None:
             where = f"field '{field}': "
-        super().__init__(where + message)
+        # a secret in a URL (a --base-url's key) is never shown (ttx.redact)
+        super().__init__(redact_text(where + message))

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -50,12 +51,26 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterato
             if not text.strip():
                 continue
             try:
-                record = json.loads(text)
+                try:
+                    record = json.loads(text, parse_int=_parse_int)
+                    suspect = _SURROGATE_ESCAPE.search(text) is not None
+                except _LongInteger:
+                    record, suspect = json.loads(text), True
             except json.JSONDecodeError as exc:
                 raise TtxError(f"not valid JSON ({exc.msg} at column {exc.colno})",
                                path=name, line=lineno) from None
+            except ValueError:                 # Python's limit on an integer's digits
+                raise TtxError("not usable JSON (an integer of more than 4,300 digits)",
+                               path=name, line=lineno) from None
+            except RecursionError:
+                raise TtxError("not usable JSON (nested too deeply)", path=name,
+                               line=lineno) from None
             if not isinstance(record, dict):
                 raise TtxError("expected a JSON object", path=name, line=lineno)
+            if suspect:
+                bad = unusable_value(record)
+                if bad is not None:
+                    raise TtxError(bad[1], path=name, line=lineno, field=bad[0])
             for field in required:
                 if record.get(field) is None:
                     raise TtxError("missing", path=name, line=lineno, field=field)
@@ -63,6 +78,57 @@ def iter_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> Iterato
     finally:
         if str(path) != STDIO:
             handle.close()
+
+
+# What valid JSON can hold that no stage can use: a \uD800-\uDFFF escape that is not half of a
+# pair decodes to a lone surrogate (no character: every write of it fails), and an integer of
+# 309 digits or more may overflow a float. Only lines with one of those are walked.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _LongInteger(Exception):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    if len(text) >= 309:               # 309 digits (a sign and 308) or more: may overflow
+        raise _LongInteger
+    return int(text)
+
+
+def unusable_value(obj: Any) -> tuple[str, str] | None:
+    """(field, problem) of the first lone surrogate or float-overflowing integer in a parsed JSON
+    value, the field written as `traces[0].text`; None if there is none."""
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            found = _SURROGATE.search(value)
+            if found:
+                return where or "(value)", (f"a lone surrogate ({ascii(found.group())[1:-1]}) "
+                                            "in the text: not a character, so never writable")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            try:
+                float(value)
+            except OverflowError:
+                return where or "(value)", (f"a number of {len(str(abs(value)))} digits, "
+                                            "too large for any count or score")
+        elif isinstance(value, dict):
+            for k in reversed(list(value)):
+                key = safe_text(str(k))
+                if key != k:
+                    return (f"{where}.{key}" if where else key), ("a lone surrogate in the key: "
+                                                                  "not a character")
+                stack.append((f"{where}.{k}" if where else k, value[k]))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def safe_text(text: str) -> str:
+    """The text with each lone surrogate written as its escape (\\ud800): printable."""
+    return _SURROGATE.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
 def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[dict]:
@@ -222,11 +288,14 @@ def output_dir(path: str | os.PathLike, *, resume: bool = False, overwrite: bool
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    # a path or argument that is not UTF-8 holds lone surrogates (Python's surrogateescape):
+    # written as JSON escapes, they read back as the same string
+    text = safe_text(json.dumps(obj, indent=2, ensure_ascii=False)) + "\n"
     if str(path) == STDIO:
-        sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(text)
         return
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_jsonl(path: str | os.PathLike, records: Sequence[dict]) -> None:
@@ -276,8 +345,10 @@ def manifest_path(output: str | os.PathLike) -> Path | None:
 def write_manifest(output: str | os.PathLike, *, stage: str, options: dict, inputs: Sequence[str],
                    started: str, summary: dict | None = None,
                    extra: dict | None = None) -> Path | None:
-    """Record what produced an artifact: version, stage, resolved options, input hashes, metrics."""
+    """Record what produced an artifact: version, stage, resolved options, input hashes, metrics.
+    URLs in it lose their credentials (ttx.redact)."""
     from ttx import __version__
+    from ttx.redact import redact_secrets
 
     target = manifest_path(output)
     if target is None:
@@ -287,7 +358,7 @@ def write_manifest(output: str | os.PathLike, *, stage: str, options: dict, inpu
         p = Path(item)
         hashed.append({"path": str(item),
                        "sha256": sha256_file(p) if p.is_file() else None})
-    write_json(target, {
+    write_json(target, redact_secrets({       # no credential of a URL (--base-url) is stored
         "ttx_version": __version__,
         "stage": stage,
         "options": options,
@@ -298,5 +369,5 @@ def write_manifest(output: str | os.PathLike, *, stage: str, options: dict, inpu
                  "cpus": os.cpu_count()},
         "summary": summary or {},
         **(extra or {}),
-    })
+    }))
     return target

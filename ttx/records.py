@@ -38,6 +38,7 @@ from ttx.io import (
     repair_torn_tail,
     sha256_file,
 )
+from ttx.redact import redact_secrets
 
 
 @dataclass
@@ -102,6 +103,32 @@ def refuse_overlap(output: str | os.PathLike, inputs: Iterable[str | os.PathLike
         if item is not None and same_file(output, item):
             raise TtxError(f"the output is also an input ({item}): writing it would destroy "
                            "the input; choose another output", path=str(output), field=option)
+
+
+def refuse_outputs_overlap(outputs: dict[str, str | os.PathLike | None],
+                           inputs: Iterable[str | os.PathLike | None]) -> None:
+    """For stages that write whole files (score's --per-record and --plot, report's page): no
+    output, nor the manifest written beside it, may be an input, an input's manifest (tts-run's
+    resume state) or another output. Checked before anything is read or written."""
+    ins = [str(i) for i in inputs if i is not None and str(i) != STDIO]
+    theirs = [str(m) for m in map(manifest_path, ins) if m is not None]
+    given = [(opt, str(p)) for opt, p in outputs.items() if p is not None and str(p) != STDIO]
+    for k, (opt, out) in enumerate(given):
+        mine = manifest_path(out)
+        refuse_overlap(out, ins, opt)
+        for other in theirs:
+            if same_file(out, other):
+                raise TtxError(f"the output is the manifest of an input ({other}): writing it "
+                               "would lose that run's record of itself; choose another output",
+                               path=out, field=opt)
+        for item in [*ins, *theirs]:
+            if same_file(mine, item):
+                raise TtxError(f"the manifest written beside this output ({mine}) would replace "
+                               f"{item}; choose another output", path=out, field=opt)
+        for opt2, out2 in given[k + 1:]:
+            if same_file(out, out2) or same_file(mine, out2) or same_file(out, manifest_path(out2)):
+                raise TtxError(f"{opt} and {opt2} would write over each other", path=out,
+                               field=opt)
 
 
 def stage_fingerprint(options: dict, inputs: Iterable[str | os.PathLike] = (),
@@ -208,7 +235,9 @@ class Output:
                            f"({manifest_path(self.path).name}); it is missing, so the options "
                            "of the records here are unknown (--force-resume continues anyway)",
                            path=self.path)
-        check_fingerprint(previous.get("fingerprint") or {}, self.fingerprint, path=self.path,
+        # the manifest holds the fingerprint with URLs' credentials redacted: compare it so
+        check_fingerprint(redact_secrets(previous.get("fingerprint") or {}),
+                          redact_secrets(self.fingerprint), path=self.path,
                           made="the records here were made", hint="--force-resume mixes them")
         hashes = previous.get("input_hashes") or {}
         for path, digest in fingerprint_inputs(self.inputs).items():

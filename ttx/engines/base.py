@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, Union
+from typing import Any, Protocol, Sequence, Union, runtime_checkable
 
-# A prompt is either chat messages ([{"role": ..., "content": ...}], templated by the engine)
-# or raw text that is sent as it is (already templated, or a base model's plain prompt).
-Prompt = Union[str, list]
+
+@dataclass(frozen=True)
+class TokenPrompt:
+    """A prompt given as token ids, sent as they are (vLLM's token-id prompt): s1's harness
+    continues thinking from the sampled ids, never from text encoded again."""
+
+    ids: tuple[int, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "ids", tuple(int(i) for i in self.ids))
+
+
+# A prompt is chat messages ([{"role": ..., "content": ...}], templated by the engine), raw text
+# sent as it is (already templated, or a base model's plain prompt), or token ids.
+Prompt = Union[str, list, TokenPrompt]
 
 
 CONSTRAINT_KINDS = ("json", "regex", "choice")
@@ -111,10 +123,11 @@ class Generation:
 
 
 class Engine(Protocol):
+    """What every engine offers: generation. Both engines declare every attribute here."""
+
     name: str            # "hf" or "openai"
     model_name: str      # what records name as `model`
-    # whether generate() honours SamplingParams.constraint (an engine without it has no attribute)
-    supports_constraints: bool
+    supports_constraints: bool   # whether generate() honours SamplingParams.constraint
 
     def generate(self, prompts: list[Prompt], n: int | Sequence[int],
                  params: SamplingParams | Sequence[SamplingParams]) -> list[Generation]:
@@ -125,6 +138,34 @@ class Engine(Protocol):
 
     def close(self) -> None:
         ...
+
+
+@runtime_checkable
+class LocalEngine(Engine, Protocol):
+    """An engine whose model runs in this process (hf), and what it offers beyond generate.
+
+    Code that needs the policy's tokenizer, its context length, its weights, its device or its
+    hidden states asks `local(engine)` for this and reads the attributes: no engine is probed
+    attribute by attribute."""
+
+    tokenizer: Any                 # the model's tokenizer (transformers)
+    model: Any                     # the torch module generating (reward models reuse its device)
+    device: Any                    # the torch.device it runs on
+    max_positions: int | None      # its context length, where its config says
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """The token ids the engine would feed for this prompt."""
+        ...
+
+    def hidden_states(self, texts: Sequence[str], layer: int = -1) -> list[Any]:
+        """Each text's hidden states at `layer` ([tokens, hidden] float32 tensors, no special
+        tokens added): what embedders and latent-space strategies read."""
+        ...
+
+
+def local(engine) -> LocalEngine | None:
+    """The engine as a LocalEngine, or None for one whose model runs elsewhere (openai)."""
+    return engine if isinstance(engine, LocalEngine) else None
 
 
 # Fields that may differ between the prompts of one call; the others are shared by the batch.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ttx.engines.base import Generation, Prompt, SamplingParams, Trace, per_prompt
+from ttx.engines.base import Generation, Prompt, SamplingParams, TokenPrompt, Trace, per_prompt
 from ttx.engines.kv import GrowingLayer, growing
 from ttx.models import load_model, render_prompt
 
@@ -42,9 +42,9 @@ class HFEngine:
         are only right while the weights stay as they were, so an engine over a `loaded` model
         (a stage that trains it between calls: ttrl, perk, tlm) keeps none unless asked.
         `packed_weights` runs the linear layers on oneDNN-packed copies of their weights on CPU
-        (ttx.engines.packed: 1.5x float32 decode, one more copy of those weights in memory); by
+        (ttx.engines.cpu.packed: 1.5x float32 decode, one more copy of those weights in memory); by
         default on for a model the engine loads, off for a `loaded` one. With it, Llama-family
-        models run ttx's own forward on fused packed weights (ttx.engines.fused)."""
+        models run ttx's own forward on fused packed weights (ttx.engines.cpu.fused)."""
         folder = None
         if loaded is None:
             self.model, self.tokenizer, folder = load_model(model, device, dtype)
@@ -58,10 +58,10 @@ class HFEngine:
         self.device = next(self.model.parameters()).device
         if packed_weights is None:
             packed_weights = loaded is None
-        from ttx.engines.packed import pack_linears
+        from ttx.engines.cpu.packed import pack_linears
 
         self.packed_linears = pack_linears(self.model) if packed_weights else 0
-        from ttx.engines.fused import FusedDecoder
+        from ttx.engines.cpu.fused import FusedDecoder
 
         # Llama-family models run on fused packed weights, outside transformers' modules
         self.fused = FusedDecoder.build(self.model) if self.packed_linears else None
@@ -88,7 +88,19 @@ class HFEngine:
     def close(self) -> None:
         pass
 
+    @torch.inference_mode()
+    def hidden_states(self, texts, layer: int = -1) -> list[torch.Tensor]:
+        """Each text's hidden states at `layer` (base.LocalEngine), one forward per text."""
+        out = []
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+            states = self.model(ids.to(self.device), output_hidden_states=True).hidden_states
+            out.append(states[layer][0].float())
+        return out
+
     def encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, TokenPrompt):
+            return list(prompt.ids)
         text = render_prompt(self.tokenizer, prompt)
         # A chat template already wrote the special tokens; raw text gets the model's usual ones,
         # unless it is already templated text (a continued trace) that starts with them.

@@ -119,7 +119,7 @@ class GrowingLayer(DynamicLayer):
     def reserve(self, key_states: torch.Tensor, value_states: torch.Tensor):
         """`update` without the write: the returned views' last columns are for the caller to
         fill with these states (ttx's decode attention kernel writes them while it reads the
-        rest: ttx.engines.kernels)."""
+        rest: ttx.engines.cpu.kernels)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self._kb.extend(key_states)

@@ -4,7 +4,8 @@
     gens = engine.generate(["2+2="], n=4, SamplingParams(max_new_tokens=32, temperature=0.7))
 
 Chat prompts (a list of messages) go to /chat/completions, where the server applies the model's
-chat template; a str prompt goes to /completions as it is. The n traces of a prompt are asked for
+chat template; a str prompt goes to /completions as it is, and so does a TokenPrompt (its ids as
+the `prompt`, with vLLM's return_token_ids so the sampled ids come back). The n traces of a prompt are asked for
 in one request (`n`), so the server shares the prompt's prefill; requests for different prompts run
 concurrently on threads, at most `concurrency` in flight.
 
@@ -47,6 +48,23 @@ error names the URL, the number of attempts and the last failure. open_engine (e
 takes timeout_s and max_retries from its arguments, else $TTX_TIMEOUT_S and $TTX_MAX_RETRIES,
 else 600 s and 4.
 
+Limits. Nothing the server sends is trusted to end or to be small. Each attempt has a deadline
+for the whole request, connecting and sending included: deadline_s (--deadline,
+$TTX_DEADLINE_S), else timeout_s + SECONDS_PER_TOKEN (1 s) per max_tokens; every connect, read
+and write of the connection is bounded by what is left of it, so a server that sends a byte a
+second (which no read timeout catches) is cut off at the deadline, and the attempt is retried
+like a timeout. An answer (the body, decompressed) may have at most BYTES_OVERHEAD (4 MiB) +
+BYTES_PER_TOKEN (4 KiB) x max_tokens x n bytes; a larger one, or a Content-Length over that, is
+one TtxError, not retried. What comes back is checked before it is kept: token counts (`usage`,
+token ids) are integers from 0 to 2**31 - 1, a choice has at most max_tokens tokens (ids or
+log-probability entries) and `usage.completion_tokens` at most max_tokens x n, log-probabilities
+are finite numbers <= 0; a stream whose trace runs past max_tokens without finishing is refused
+as soon as it does. A redirect (3xx) is not followed, and its body is not taken as the answer:
+one TtxError naming where it points. Every such error is one line naming the URL and what was
+wrong, not retried. The URL that errors and logs show (and manifests store) has its credentials
+redacted (ttx.redact.redact_url), and the credentials themselves are taken out of a server's
+message that echoes them; the userinfo is sent as basic auth, the query with every request.
+
 A retry repeats the whole request (same body, same seed: a seeded request comes back the same);
 nothing is resumed mid-trace, since the API cannot continue a stream. So the traces returned
 always come from one attempt, and their completion_tokens are the tokens that attempt generated,
@@ -71,6 +89,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
@@ -79,15 +98,26 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
+import httpcore
 import httpx
 
-from ttx.engines.base import Generation, Prompt, SamplingParams, Trace, per_prompt
+from ttx.engines.base import Generation, Prompt, SamplingParams, TokenPrompt, Trace, per_prompt
 from ttx.errors import TtxError
+from ttx.redact import MASK, redact_text, redact_url, secret_param
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_MAX_RETRIES = 4
+# The default deadline of a request: timeout_s (the wait for the first byte) + this per max_tokens.
+SECONDS_PER_TOKEN = 1.0
+# The size cap of an answer: this per max_tokens per choice (a streamed token is one event with
+# its log-probability and usage, ~0.5 KB on vLLM), plus the overhead (ids, model name, headers).
+BYTES_PER_TOKEN = 4096
+BYTES_OVERHEAD = 4 << 20
+_ERROR_BYTES = 64 << 10         # of an error answer, what is read for its message
+_MOST_TOKENS = 2 ** 31 - 1      # no count of tokens is larger (a 400-digit one is not a count)
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 # words of a 4xx message that refuses an output constraint
 _CONSTRAINT_WORDS = re.compile(r"structured|response_format|json_schema|schema|guided|regex|choice|"
@@ -160,29 +190,38 @@ class OpenAIEngine:
                  api_key: str | None = None, concurrency: int = 8,
                  timeout_s: float = DEFAULT_TIMEOUT_S, max_retries: int = DEFAULT_MAX_RETRIES,
                  backoff_s: float = 0.5, extra_body: dict | None = None,
-                 transport: httpx.BaseTransport | None = None):
-        """base_url: e.g. http://127.0.0.1:8000/v1 (default $TTX_BASE_URL, else that URL);
+                 transport: httpx.BaseTransport | None = None, deadline_s: float | None = None):
+        """base_url: e.g. http://127.0.0.1:8000/v1 (default $TTX_BASE_URL, else that URL); its
+        userinfo is sent as basic auth and its query with every request, and neither is shown;
         model: the name the server serves (None: the first of GET /models);
         api_key: sent as a Bearer token (default $TTX_API_KEY; empty sends none);
         concurrency: most requests in flight;
         timeout_s: the longest wait for the server to send anything (a read; see "Faults");
         max_retries: retries after the first attempt; backoff_s: the first backoff's scale;
         extra_body: server-specific fields added to every request (e.g. vLLM's top_k);
-        transport: an httpx transport (tests wrap the default one)."""
+        transport: an httpx transport (tests wrap the default one);
+        deadline_s: the longest one attempt may take in all (None: timeout_s + SECONDS_PER_TOKEN
+        per max_tokens; see "Limits")."""
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise TtxError(f"concurrency must be an integer >= 1, got {concurrency!r}")
-        if (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
-                or not math.isfinite(timeout_s) or timeout_s <= 0):
-            raise TtxError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        for name, value in (("timeout_s", timeout_s), ("deadline_s", deadline_s)):
+            if value is None and name == "deadline_s":
+                continue
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value <= 0):
+                raise TtxError(f"{name} must be a positive number of seconds, got {value!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise TtxError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        self.base_url = (base_url or os.environ.get("TTX_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        if not self.base_url.lower().startswith(("http://", "https://")):
+        url = (base_url or os.environ.get("TTX_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        # what errors and stats show: never the credentials in the URL (ttx.redact)
+        self.base_url = redact_url(url)
+        if not url.lower().startswith(("http://", "https://")):
             raise TtxError(f"base URL {self.base_url!r} must start with http:// or https:// "
                            f"(e.g. {DEFAULT_BASE_URL})")
         api_key = os.environ.get("TTX_API_KEY", "") if api_key is None else api_key
         self.concurrency = concurrency
         self.timeout_s = float(timeout_s)
+        self.deadline_s = None if deadline_s is None else float(deadline_s)
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.extra_body = dict(extra_body or {})
@@ -191,11 +230,35 @@ class OpenAIEngine:
         self._stats = {"requests": 0, "retries": 0, "retried_tokens": 0}
         self._stats_lock = threading.Lock()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        root, auth, params, secrets = _split_url(url, self.base_url)
+        # the credentials themselves, which a server may echo in its messages: never shown
+        self._secrets = sorted({x for x in (*secrets, api_key) if len(x) >= 4}, key=len, reverse=True)
         self._client = httpx.Client(
-            base_url=self.base_url, headers=headers, transport=transport,
+            base_url=root, auth=auth, params=params, headers=headers, transport=transport,
+            follow_redirects=False,
             timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 30.0)),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
-        self.model_name = model or self._first_model()
+        _bound_by_deadline(self._client)
+        _redact_logs()
+        try:
+            self.model_name = model or self._first_model()
+        except TtxError as exc:
+            raise self._scrubbed(exc) from None
+
+    def _url(self, path: str) -> str:
+        """The URL of `path` as errors show it: credentials redacted, the query after the path."""
+        try:
+            u = urlsplit(self.base_url)
+            return urlunsplit((u.scheme, u.netloc, u.path + path, u.query, ""))
+        except ValueError:
+            return self.base_url + path
+
+    def _scrubbed(self, exc: TtxError) -> TtxError:
+        """exc without the credentials, which a server's message may have echoed."""
+        text = str(exc)
+        for secret in self._secrets:
+            text = text.replace(secret, MASK)
+        return TtxError(text)
 
     def stats(self) -> dict:
         """Counters over the engine's lifetime: requests (HTTP requests sent, every attempt),
@@ -210,30 +273,46 @@ class OpenAIEngine:
 
     # ---------------------------------------------------------------- HTTP with retries
 
-    def _attempts(self, what: str, call):
+    def _attempts(self, what: str, call, deadline_s: float):
         """Run call() until it succeeds, retrying _Retryable failures, dropped connections and
-        timeouts with backoff (see "Faults" in the module docstring)."""
+        timeouts with backoff (see "Faults" in the module docstring); each attempt must end
+        within deadline_s (see "Limits")."""
         for attempt in range(self.max_retries + 1):
             self._count("requests")
+            end = math.inf
             try:
-                with self._slots:
-                    return call()
+                with self._slots:           # the deadline runs from the slot, not the queue
+                    end = _DEADLINE.end = time.monotonic() + deadline_s
+                    try:
+                        return call()
+                    finally:
+                        _DEADLINE.end = None
             except httpx.TimeoutException as exc:
-                err = _Retryable(self._timeout_text(exc))
+                if time.monotonic() >= end - 0.01:
+                    err = _Retryable(f"DeadlineExceeded: the answer took more than {deadline_s:g}s "
+                                     "in all (the request's deadline)")
+                else:
+                    err = _Retryable(self._timeout_text(exc))
             except _RETRY_ERRORS as exc:
                 err = _Retryable(f"{type(exc).__name__}: {exc}")
             except _Retryable as exc:
                 err = exc
             except (httpx.HTTPError, httpx.InvalidURL) as exc:     # no retry mends these
-                raise TtxError(f"{self.base_url}{what}: {type(exc).__name__}: {exc}") from None
+                raise TtxError(f"{self._url(what)}: {type(exc).__name__}: {exc}") from None
             if attempt == self.max_retries:
-                raise TtxError(f"cannot get an answer from the server at {self.base_url}{what} "
+                raise TtxError(f"cannot get an answer from the server at {self._url(what)} "
                                f"after {attempt + 1} attempt(s): {err}") from None
             self._count("retries")
             delay = random.uniform(0, self.backoff_s * 2 ** attempt)     # full jitter
             if err.retry_after is not None:
                 delay = max(delay, min(err.retry_after, 60.0))
             time.sleep(delay)
+
+    def _deadline(self, max_tokens: int) -> float:
+        """The longest one attempt of a request for max_tokens may take (see "Limits")."""
+        if self.deadline_s is not None:
+            return self.deadline_s
+        return self.timeout_s + SECONDS_PER_TOKEN * max_tokens
 
     def _timeout_text(self, exc: httpx.TimeoutException) -> str:
         kind = type(exc).__name__
@@ -244,13 +323,19 @@ class OpenAIEngine:
         return f"{kind}: {exc or 'timed out'} (timeout_s {self.timeout_s:g}s)"
 
     def _check(self, response: httpx.Response, what: str, constraint=None) -> None:
-        """Raise _Retryable for 429/5xx and TtxError (with the server's message) for other 4xx;
-        one naming the output constraint of the request says that the server refused it."""
+        """Raise _Retryable for 429/5xx and TtxError (with the server's message) for other 4xx
+        and for a redirect (not followed: its body is not the answer); one naming the output
+        constraint of the request says that the server refused it."""
 
+        if 300 <= response.status_code < 400:
+            location = response.headers.get("location")
+            to = f" to {redact_url(location.strip()[:300])}" if location else ""
+            raise TtxError(f"{self._url(what)}: the server redirects (HTTP "
+                           f"{response.status_code}{to}); redirects are not followed: give the "
+                           "URL of the API itself as the base URL")
         if response.status_code < 400:
             return
-        response.read()
-        message = _error_message(response)
+        message = _error_message(response, _head(response, _ERROR_BYTES))
         if response.status_code in _RETRY_STATUS or response.status_code >= 500:
             try:
                 retry_after = float(response.headers.get("retry-after", ""))
@@ -258,40 +343,42 @@ class OpenAIEngine:
                 retry_after = None
             raise _Retryable(f"HTTP {response.status_code}: {message}", retry_after)
         if constraint is not None and _CONSTRAINT_WORDS.search(message):
-            raise TtxError(f"{self.base_url}{what} refused the {constraint.kind} output constraint "
+            raise TtxError(f"{self._url(what)} refused the {constraint.kind} output constraint "
                            f"(sent as {_constraint_fields(what, constraint)}, as vLLM takes it): "
                            f"HTTP {response.status_code}: {message}")
-        raise TtxError(f"{self.base_url}{what}: HTTP {response.status_code}: {message}")
+        raise TtxError(f"{self._url(what)}: HTTP {response.status_code}: {message}")
 
-    def _json(self, response: httpx.Response, what: str) -> dict:
-        """The answer's JSON object, or a TtxError saying what the server sent instead."""
+    def _json(self, response: httpx.Response, what: str, cap: int) -> dict:
+        """The answer's JSON object, or a TtxError saying what the server sent instead (or that
+        it is larger than cap bytes: see "Limits")."""
+        content = b"".join(_chunks(response, cap, self._url(what)))
         try:
-            data = response.json()
+            data = json.loads(content)
         except ValueError:              # not JSON, or not UTF-8
             kind = response.headers.get("content-type") or "no content-type"
-            raise TtxError(f"{self.base_url}{what}: the server's answer is not JSON "
-                           f"(HTTP {response.status_code}, {kind}): {_excerpt(response.text)}") from None
+            raise TtxError(f"{self._url(what)}: the server's answer is not JSON "
+                           f"(HTTP {response.status_code}, {kind}): {_excerpt(_text(content))}") from None
         if not isinstance(data, dict):
-            raise TtxError(f"{self.base_url}{what}: the server's answer is not a JSON object: "
-                           f"{_excerpt(response.text)}")
+            raise TtxError(f"{self._url(what)}: the server's answer is not a JSON object: "
+                           f"{_excerpt(_text(content))}")
         return data
 
     def _get_json(self, path: str) -> dict:
         def call():
-            response = self._client.get(path)
-            self._check(response, path)
-            return self._json(response, path)
-        return self._attempts(path, call)
+            with self._client.stream("GET", path) as response:
+                self._check(response, path)
+                return self._json(response, path, BYTES_OVERHEAD)
+        return self._attempts(path, call, self._deadline(0))
 
     def _first_model(self) -> str:
         models = self._get_json("/models").get("data")
         if not isinstance(models, list):
-            raise TtxError(f"{self.base_url}/models: the answer has no `data` list of models; "
+            raise TtxError(f"{self._url('/models')}: the answer has no `data` list of models; "
                            "is this an OpenAI-compatible server? (or pass model=)")
         if not models:
-            raise TtxError(f"{self.base_url}/models: the server lists no model; pass model=")
+            raise TtxError(f"{self._url('/models')}: the server lists no model; pass model=")
         if not isinstance(models[0], dict) or not isinstance(models[0].get("id"), str):
-            raise TtxError(f"{self.base_url}/models: the first model has no `id`: "
+            raise TtxError(f"{self._url('/models')}: the first model has no `id`: "
                            f"{_excerpt(json.dumps(models[0]))}")
         return models[0]["id"]
 
@@ -311,12 +398,17 @@ class OpenAIEngine:
             body["ignore_eos"] = True       # vLLM / SGLang extension; benchmarks force lengths
         if params.min_new_tokens:
             body["min_tokens"] = params.min_new_tokens     # vLLM / SGLang extension
-        body.update(_constraint_body("/completions" if isinstance(prompt, str)
-                                     else "/chat/completions", params.constraint))
-        if isinstance(prompt, str):
+        raw = isinstance(prompt, (str, TokenPrompt))
+        body.update(_constraint_body("/completions" if raw else "/chat/completions",
+                                     params.constraint))
+        if raw:
             path = "/completions"
-            body["prompt"] = prompt
             body["logprobs"] = 0            # the sampled token's log-probability only
+            if isinstance(prompt, TokenPrompt):
+                body["prompt"] = list(prompt.ids)   # a token-id prompt (OpenAI's API, vLLM)
+                body["return_token_ids"] = True     # vLLM: continue from the sampled ids
+            else:
+                body["prompt"] = prompt
         else:
             path = "/chat/completions"
             body["messages"] = prompt
@@ -334,34 +426,39 @@ class OpenAIEngine:
                   state: _PromptState, first: int) -> int:
         """One non-streamed request for n choices; fill state.traces[first:]; return how many."""
         path, body = self._body(prompt, n, params, seed, stream=False)
+        most = _max_tokens(body, params)
+        cap = _size_cap(most, n)
 
         def call():
-            response = self._client.post(path, json=body)
-            self._check(response, path, params.constraint)
-            return self._json(response, path)
-        data = self._attempts(path, call)
+            with self._client.stream("POST", path, json=body) as response:
+                self._check(response, path, params.constraint)
+                return self._json(response, path, cap)
+        data = self._attempts(path, call, self._deadline(most))
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise TtxError(f"{self.base_url}{path}: the answer has no `choices`: "
+            raise TtxError(f"{self._url(path)}: the answer has no `choices`: "
                            f"{_excerpt(json.dumps(data))}")
         try:
-            usage = data.get("usage") or {}
+            usage = _usage(data.get("usage"), most * n)
             choices = sorted((_valid_choice(c, streamed=False) for c in choices),
                              key=lambda c: c.get("index", 0))[:n]
-            counts = [_choice_tokens(c) for c in choices]
+            counts = [_choice_tokens(c, most) for c in choices]
             if len(choices) == 1 and counts[0] is None and usage.get("completion_tokens") is not None:
-                counts[0] = int(usage["completion_tokens"])
+                counts[0] = usage["completion_tokens"]
+                if counts[0] > most:
+                    raise _Malformed(f"usage.completion_tokens is {counts[0]}, more than "
+                                     f"max_tokens {most}")
             inexact = any(c is None for c in counts)
             traces = [] if inexact else [
                 Trace(text=_choice_text(c), completion_tokens=k,
                       finish_reason=_finish_reason(c.get("finish_reason")),
-                      token_ids=[int(t) for t in c.get("token_ids") or []],
+                      token_ids=_token_ids(c),
                       logprobs=_choice_logprobs(c) if params.logprobs else None,
                       stop_string=_stop_string(c), stop_token=_stop_token(c))
                 for c, k in zip(choices, counts)]
-            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            prompt_tokens = usage.get("prompt_tokens") or 0
         except _MALFORMED as exc:
-            raise TtxError(f"{self.base_url}{path}: the answer is not the API's: {_what(exc)}: "
+            raise TtxError(f"{self._url(path)}: the answer is not the API's: {_what(exc)}: "
                            f"{_excerpt(json.dumps(data))}") from None
         if inexact:
             raise _Inexact()
@@ -377,9 +474,10 @@ class OpenAIEngine:
         if state.done(k):
             return 0
         path, body = self._body(prompt, n, params, seed, stream=True)
+        most = _max_tokens(body, params)
 
         def call():
-            parts = [_Partial() for _ in range(n)]
+            parts = [_Partial(most) for _ in range(n)]
             counted = []      # the finish orders this attempt took from the prompt's count
             try:
                 self._read_stream(path, body, parts, counted, state, k, params.constraint)
@@ -397,16 +495,20 @@ class OpenAIEngine:
                 raise
             return parts
 
-        parts = self._attempts(path, call)
+        parts = self._attempts(path, call, self._deadline(most))
         if not state.done(k):
             # A server that ignores n sends fewer choices: keep those, _run asks for the rest.
             parts = parts[:next((i for i, p in enumerate(parts) if not p.seen), n)]
             if not parts:
-                raise TtxError(f"{self.base_url}{path}: the stream ended without a choice")
+                raise TtxError(f"{self._url(path)}: the stream ended without a choice")
         traces = []
         for p in parts:
             count = p.tokens
             if n == 1 and p.finish_reason is not None and p.usage_tokens is not None:
+                if p.usage_tokens > most:
+                    raise TtxError(f"{self._url(path)}: the answer is not the API's: "
+                                   f"usage.completion_tokens is {p.usage_tokens}, more than "
+                                   f"max_tokens {most}")
                 count = p.usage_tokens
             traces.append(Trace(text="".join(p.text), completion_tokens=count,
                                 finish_reason=_finish_reason(p.finish_reason),
@@ -422,12 +524,13 @@ class OpenAIEngine:
                      state: _PromptState, k: int | None, constraint=None) -> None:
         """Read one stream into parts until [DONE] or the prompt's k-th finish; raise _Retryable
         for a stream cut off, TtxError for one that is not the API's."""
-        where = f"{self.base_url}{path}"
+        where = self._url(path)
+        cap = _size_cap(parts[0].most, len(parts))
         with self._client.stream("POST", path, json=body) as response:
             self._check(response, path, constraint)
             bad = None          # a data line that is not JSON: an error unless the stream ends there
             events, other = 0, None
-            for line in response.iter_lines():
+            for line in _lines(_chunks(response, cap, where)):
                 if bad is not None:
                     raise TtxError(f"{where}: a streamed `data:` line is not JSON: {_excerpt(bad)}")
                 if not line.startswith("data:"):
@@ -468,16 +571,15 @@ class OpenAIEngine:
         if chunk.get("error"):
             raise _Retryable(f"stream error: {_error_text(chunk['error'])}")
         n = len(parts)
-        usage = chunk.get("usage") or {}
+        usage = _usage(chunk.get("usage"), parts[0].most * n)
         if usage.get("prompt_tokens"):
-            prompt_tokens = int(usage["prompt_tokens"])
             with state.lock:
-                state.prompt_tokens = state.prompt_tokens or prompt_tokens
+                state.prompt_tokens = state.prompt_tokens or usage["prompt_tokens"]
         choices = chunk.get("choices") or []
         if not isinstance(choices, list):
             raise _Malformed("`choices` is not a list")
         if not choices and n == 1 and usage.get("completion_tokens") is not None:
-            parts[0].usage_tokens = int(usage["completion_tokens"])
+            parts[0].usage_tokens = usage["completion_tokens"]
         prompt_done = False
         for c in choices:
             index = _valid_choice(c, streamed=True).get("index", 0)
@@ -510,7 +612,7 @@ class OpenAIEngine:
                 got = request(prompt, ask, params, seed, state, index)
             except _Inexact:
                 if ask == 1:
-                    raise TtxError(f"{self.base_url}: the server returned no token count for a "
+                    raise TtxError(f"{self._url('')}: the server returned no token count for a "
                                    "single-choice request") from None
                 self._one_per_request = True
                 continue
@@ -546,9 +648,11 @@ class OpenAIEngine:
             try:
                 for future in futures:
                     future.result()
-            except BaseException:
+            except BaseException as exc:
                 for future in futures:      # a failed prompt fails the call: start no more
                     future.cancel()
+                if isinstance(exc, TtxError):
+                    raise self._scrubbed(exc) from None
                 raise
         generations = []
         for state, k, a, params in zip(states, counts, asked, each):
@@ -575,7 +679,8 @@ class OpenAIEngine:
 class _Partial:
     """One streamed choice as it arrives."""
 
-    def __init__(self):
+    def __init__(self, most: int):
+        self.most = most                 # the request's max_tokens: no choice has more
         self.text: list[str] = []
         self.logprobs: list[float] = []
         self.token_ids: list[int] = []
@@ -599,7 +704,7 @@ class _Partial:
         if text:
             self.text.append(text)
             self.deltas += 1
-        self.token_ids.extend(c.get("token_ids") or [])
+        self.token_ids.extend(_token_ids(c))
         logprobs = _choice_logprobs(c)
         if logprobs is not None:
             self.logprobs.extend(logprobs)
@@ -609,6 +714,10 @@ class _Partial:
             self.tokens = len(self.token_ids)
         else:
             self.tokens = len(self.logprobs) if self.has_logprobs else self.deltas
+        entries = max(self.tokens, len(self.token_ids), len(self.logprobs))
+        if entries > self.most:
+            raise _Malformed(f"choice {c.get('index', 0)} has {entries} tokens, more than "
+                             f"max_tokens {self.most}")
         if c.get("finish_reason"):
             self.finish_reason = c["finish_reason"]
             self.stop_string = _stop_string(c)
@@ -666,10 +775,20 @@ def _choice_logprobs(c: dict) -> list[float] | None:
     if not lp:
         return None
     if "content" in lp:                                     # chat: [{token, logprob, ...}]
-        return [float(e["logprob"]) for e in lp["content"] or []]
+        return [_logprob(e["logprob"]) for e in lp["content"] or []]
     if "token_logprobs" in lp:                              # completions
-        return [float(x) if x is not None else 0.0 for x in lp["token_logprobs"] or []]
+        return [_logprob(x) if x is not None else 0.0 for x in lp["token_logprobs"] or []]
     return None
+
+
+def _logprob(value) -> float:
+    """A log-probability as the API specifies: a finite number, not above 0 (rounding aside)."""
+    if isinstance(value, bool):
+        raise _Malformed(f"a log-probability is {value!r}, not a number")
+    x = float(value)
+    if not math.isfinite(x) or x > 1e-4:
+        raise _Malformed(f"a log-probability is {_short(value)}, not a finite number <= 0")
+    return x
 
 
 def _stop_string(c: dict) -> str | None:
@@ -684,11 +803,64 @@ def _stop_token(c: dict) -> int | None:
     return reason if isinstance(reason, int) and not isinstance(reason, bool) else None
 
 
-def _choice_tokens(c: dict) -> int | None:
-    if c.get("token_ids"):
-        return len(c["token_ids"])
-    logprobs = _choice_logprobs(c)
+def _choice_tokens(c: dict, most: int) -> int | None:
+    """A choice's token count (its token ids, else its log-probability entries; None: neither),
+    refused above the request's max_tokens."""
+    ids, logprobs = _token_ids(c), _choice_logprobs(c)
+    entries = max(len(ids), len(logprobs or ()))
+    if entries > most:
+        raise _Malformed(f"choice {c.get('index', 0)} has {entries} tokens, more than "
+                         f"max_tokens {most}")
+    if ids:
+        return len(ids)
     return len(logprobs) if logprobs is not None else None
+
+
+def _token_ids(c: dict) -> list[int]:
+    ids = c.get("token_ids") or []
+    if not isinstance(ids, list):
+        raise _Malformed(f"choice {c.get('index', 0)}'s `token_ids` is not a list")
+    for t in ids:
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= _MOST_TOKENS:
+            raise _Malformed(f"a token id is {_short(t)}, not an integer from 0 to {_MOST_TOKENS}")
+    return ids
+
+
+def _usage(usage, most: int) -> dict:
+    """`usage` with its token counts checked: integers from 0 to _MOST_TOKENS, completion_tokens
+    at most `most` (the request's max_tokens times its choices)."""
+    if usage is None:
+        return {}
+    if not isinstance(usage, dict):
+        raise _Malformed("`usage` is not an object")
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        value = usage.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 0 <= value <= _MOST_TOKENS):
+            raise _Malformed(f"usage.{name} is {_short(value)}, not an integer from 0 to "
+                             f"{_MOST_TOKENS}")
+    if (usage.get("completion_tokens") or 0) > most:
+        raise _Malformed(f"usage.completion_tokens is {usage['completion_tokens']}, more than "
+                         f"the request's max_tokens allow ({most})")
+    return usage
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _max_tokens(body: dict, params: SamplingParams) -> int:
+    """The max_tokens the request asks for (extra_body may change it)."""
+    most = body.get("max_tokens")
+    if isinstance(most, bool) or not isinstance(most, int) or most < 1:
+        most = params.max_new_tokens
+    return most
+
+
+def _size_cap(max_tokens: int, n: int) -> int:
+    """The most bytes an answer of n choices of max_tokens may have (see "Limits")."""
+    return BYTES_OVERHEAD + BYTES_PER_TOKEN * max_tokens * n
 
 
 def _finish_reason(reason: str | None) -> str:
@@ -739,12 +911,12 @@ def _error_text(error) -> str:
     return str(error)
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(response: httpx.Response, content: bytes) -> str:
     """The server's error message on one line (vLLM's grammar errors span several)."""
     try:
-        data = response.json()
+        data = json.loads(content)
     except ValueError:
-        text = response.text
+        text = _text(content)
     else:
         text = str(data)
         if isinstance(data, dict):
@@ -752,3 +924,159 @@ def _error_message(response: httpx.Response) -> str:
             if key:
                 text = _error_text(data[key])
     return " ".join(text.split())[:500] or response.reason_phrase
+
+
+def _text(content: bytes) -> str:
+    return content.decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------- limits: size and deadline
+
+def _head(response: httpx.Response, most: int) -> bytes:
+    """The first `most` bytes of an answer (an error's, for its message)."""
+    content, total = [], 0
+    for chunk in _chunks(response, None, ""):
+        content.append(chunk[:most - total])
+        total += len(chunk)
+        if total >= most:
+            break
+    return b"".join(content)
+
+
+def _chunks(response: httpx.Response, cap: int | None, where: str):
+    """The answer's bytes as they come (decoded: what would be stored), refusing more than cap
+    bytes (TtxError, naming `where`) and checking the attempt's deadline between reads (where
+    the network layer cannot: a test's transport)."""
+    length = response.headers.get("content-length", "")
+    if cap is not None and length.isdigit() and int(length) > cap:
+        raise TtxError(f"{where}: the answer is {length} bytes, more than the {cap} its "
+                       "max_tokens justify (see \"Limits\" in ttx/engines/openai.py)")
+    total = 0
+    for chunk in response.iter_bytes():
+        total += len(chunk)
+        if cap is not None and total > cap:
+            raise TtxError(f"{where}: the answer is larger than {cap} bytes, the most its "
+                           "max_tokens justify (see \"Limits\" in ttx/engines/openai.py)")
+        end = getattr(_DEADLINE, "end", None)
+        if end is not None and time.monotonic() >= end:
+            raise httpx.ReadTimeout("the request's deadline passed")
+        yield chunk
+
+
+def _lines(chunks):
+    """The text lines of a byte stream (server-sent events end lines with \n, \r\n or \r)."""
+    pending: list[bytes] = []
+    for chunk in chunks:
+        if not re.search(rb"[\r\n]", chunk):
+            pending.append(chunk)          # joined once its line ends: no quadratic copying
+            continue
+        data = b"".join(pending) + chunk
+        hold = data.endswith(b"\r")       # its \n may come in the next chunk
+        *done, rest = re.split(rb"\r\n|\r|\n", data[:-1] if hold else data)
+        pending = [rest + (b"\r" if hold else b"")]
+        for line in done:
+            yield _text(line)
+    tail = b"".join(pending)
+    if tail:
+        yield from (_text(line) for line in re.split(rb"\r\n|\r|\n", tail.rstrip(b"\r")))
+
+
+# The end (time.monotonic()) of the current thread's attempt; the network layer bounds every
+# connect, read and write by it, so a server that sends one byte a second cannot hold a request
+# past its deadline.
+_DEADLINE = threading.local()
+
+
+def _bounded(timeout: float | None, error) -> float | None:
+    end = getattr(_DEADLINE, "end", None)
+    if end is None:
+        return timeout
+    left = end - time.monotonic()
+    if left <= 0:
+        raise error("the request's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose reads and writes end by the attempt's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream):
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname,
+                                                     _bounded(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str):
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, its connections bounded by the attempt's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkBackend):
+        self._inner = inner
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        return _DeadlineStream(self._inner.connect_tcp(
+            host, port, _bounded(timeout, httpcore.ConnectTimeout), local_address, socket_options))
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        return _DeadlineStream(self._inner.connect_unix_socket(
+            path, _bounded(timeout, httpcore.ConnectTimeout), socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _bound_by_deadline(client: httpx.Client) -> None:
+    """Put the deadline under the client's connection pools (httpx's own transports, direct or
+    through a proxy; a transport of another kind, a test's, is left as it is and bounded between
+    chunks by _chunks). httpx takes no network backend, so this sets its pool's."""
+    for transport in [getattr(client, "_transport", None),
+                      *getattr(client, "_mounts", {}).values()]:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if backend is not None and not isinstance(backend, _DeadlineBackend):
+            pool._network_backend = _DeadlineBackend(backend)
+
+
+def _split_url(url: str, shown: str) -> tuple[str, httpx.BasicAuth | None, list, list]:
+    """(the URL without userinfo and query, basic auth from the userinfo, the query's pairs, the
+    credentials among them): httpx would put a base URL's query before the path it appends."""
+    try:
+        parts = urlsplit(url)
+        userinfo, _, host = parts.netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        auth = httpx.BasicAuth(unquote(user), unquote(password)) if "@" in parts.netloc else None
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        secrets = [user, password, unquote(user), unquote(password),
+                   *(value for name, value in query if secret_param(name))]
+        return urlunsplit((parts.scheme, host, parts.path, "", "")), auth, query, secrets
+    except ValueError as exc:
+        raise TtxError(f"base URL {shown!r}: {exc}") from None
+
+
+class _RedactFilter(logging.Filter):
+    """httpx logs every request's URL (INFO): its query's credentials are hidden."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "://" in message:
+            record.msg, record.args = redact_text(message), None
+        return True
+
+
+def _redact_logs() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _RedactFilter) for f in logger.filters):
+        logger.addFilter(_RedactFilter())

@@ -43,6 +43,11 @@ class EngineOptions(ModelOptions):
                                   "request is retried (env TTX_TIMEOUT_S; default 600).",
                                   flag="--timeout", type=click.FloatRange(min=0, min_open=True),
                                   envvar="TTX_TIMEOUT_S")
+    deadline_s: float | None = opt(None, "openai: seconds one attempt of a request may take in "
+                                   "all (env TTX_DEADLINE_S; default --timeout + 1 s per "
+                                   "--max-new-tokens).", flag="--deadline",
+                                   type=click.FloatRange(min=0, min_open=True),
+                                   envvar="TTX_DEADLINE_S")
     max_retries: int | None = opt(None, "openai: retries of a failed request (timeout, dropped "
                                   "connection, 429, 5xx, a cut stream) with backoff (env "
                                   "TTX_MAX_RETRIES; default 4).", type=click.IntRange(min=0),
@@ -62,4 +67,4 @@ class EngineOptions(ModelOptions):
                            adapter=self.adapter, base_url=self.base_url,
                            concurrency=self.concurrency, max_batch_rows=batch_rows or self.batch_rows,
                            timeout_s=self.timeout_s, max_retries=self.max_retries,
-                           packed_weights=self.packed_weights)
+                           packed_weights=self.packed_weights, deadline_s=self.deadline_s)

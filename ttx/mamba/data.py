@@ -123,8 +123,8 @@ def teacher_completions(examples: list[Example], teacher, tokenizer, out_path, *
 
     from tqdm import tqdm
 
+    from ttx.engines import engine_over
     from ttx.engines.base import SamplingParams
-    from ttx.engines.hf import HFEngine
     from ttx.io import JsonlAppender, read_jsonl, repair_torn_tail
 
     out_path = Path(out_path)
@@ -132,7 +132,7 @@ def teacher_completions(examples: list[Example], teacher, tokenizer, out_path, *
     if out_path.exists():
         repair_torn_tail(out_path)
         done = {int(r["index"]): r["completion"] for r in read_jsonl(out_path)}
-    engine = HFEngine(loaded=(teacher, tokenizer), max_batch_rows=batch)
+    engine = engine_over(teacher, tokenizer, name="teacher", max_batch_rows=batch)
     todo = [i for i in range(len(examples)) if i not in done]
     bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="teacher-generate",
                unit="prompt", file=sys.stderr, disable=not progress)

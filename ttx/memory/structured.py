@@ -39,7 +39,7 @@ HINTS = {"title": "a short name", "description": "when to use it, and when not",
 
 def use_constraints(engine, wanted: bool = True) -> bool:
     """Ask for items with a schema: wanted, and the engine enforces constraints."""
-    return bool(wanted) and bool(getattr(engine, "supports_constraints", False))
+    return bool(wanted) and engine.supports_constraints
 
 
 def list_key(style: str, item_format: str) -> str:

@@ -30,10 +30,10 @@ class PerkAnswerer:
 
     def __init__(self, module, tokenizer, model_name: str, max_new_tokens: int = 16,
                  grad_accum: int = 1, seed: int = 0):
-        from ttx.engines.hf import HFEngine
+        from ttx.engines import engine_over
 
         self.module, self.tokenizer = module, tokenizer
-        self.engine = HFEngine(model=model_name, loaded=(module.model, tokenizer))
+        self.engine = engine_over(module.model, tokenizer, name=model_name)
         self.max_new_tokens, self.grad_accum, self.seed = max_new_tokens, grad_accum, seed
         self.init = module.snapshot()               # the meta-learned init, restored per record
 

@@ -196,7 +196,7 @@ def run_ttrl(cfg: TTRLConfig) -> dict:
 def _run(cfg: TTRLConfig, problems: list[dict], started: str) -> dict:
     import copy
 
-    from ttx.engines.hf import HFEngine
+    from ttx.engines import engine_over
     from ttx.models import load_model
     from ttx.rl.loop import LoopConfig, run_loop, updates_per_step
     from ttx.train import TrainConfig, Trainer
@@ -222,7 +222,7 @@ def _run(cfg: TTRLConfig, problems: list[dict], started: str) -> dict:
         fingerprint=state, output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",
         warmup_ratio=cfg.warmup_ratio, grad_accum=micro, max_grad_norm=cfg.max_grad_norm or None,
         save_every=0, seed=cfg.seed, desc="ttrl", progress=False), total_steps=steps * updates)
-    engine = HFEngine(model=str(cfg.model), loaded=(model, tokenizer))
+    engine = engine_over(model, tokenizer, name=str(cfg.model))
 
     @contextmanager
     def reference():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ttx.io import safe_text
 from ttx.scoring import arise as ar
 
 
@@ -69,6 +70,10 @@ def _run_block(run: dict) -> str:
                           "strategy " + ", ".join(run["strategy"]) if run["strategy"] else "",
                           "model " + ", ".join(run["model"]) if run["model"] else "") if part)
     lines = [head, _table(headers, rows, [False] + [True] * (len(headers) - 1)), ""]
+    if run.get("unfinished"):
+        from ttx.scoring.report import unfinished_note
+
+        lines.insert(1, f"UNFINISHED: {unfinished_note(run)}")
     basis = (f"{cost['token_basis']} tokens" if cost["kind"] == "tokens"
              else f"{cost['kind']} ({cost['unit']})")
     if a["n_levels"] > 1:
@@ -133,7 +138,8 @@ def render_table(result: dict) -> str:
     if len(runs) > 1:
         headers = ["rank", "run", "ARISE", "std", "slope", "best_acc", "compl_tok", "improved",
                    "degraded", "severe"]
-        rows = [[str(r["rank"]), r["name"], f"{r['arise']['arise']:+.4f}",
+        rows = [[str(r["rank"]), r["name"] + (" (UNFINISHED)" if r.get("unfinished") else ""),
+                 f"{r['arise']['arise']:+.4f}",
                  f"{r['arise']['arise_std']:.4f}", _fmt(r["arise"]["slope"], "slope"),
                  _fmt(r["s1"]["performance"]),
                  _fmt(r["summary"]["mean_completion_tokens"], "tok"),
@@ -142,4 +148,4 @@ def render_table(result: dict) -> str:
         parts.append("runs ranked by ARISE (higher is better)\n"
                      + _table(headers, rows, [True, False] + [True] * 8))
     parts += [_run_block(r) for r in runs]
-    return "\n\n".join(parts)
+    return safe_text("\n\n".join(parts))      # a file name that is not UTF-8: printable

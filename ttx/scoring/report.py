@@ -21,6 +21,7 @@ import click
 from ttx.errors import TtxError
 from ttx.io import iter_jsonl, now_iso, write_jsonl, write_manifest
 from ttx.options import opt
+from ttx.records import refuse_outputs_overlap
 from ttx.scoring import arise as ar
 from ttx.scoring import intervals
 from ttx.scoring.answers import DEFAULT_INVALID_VOTE, INVALID_VOTES
@@ -77,24 +78,63 @@ def _check(record: dict, path: str, line: int, cfg: ScoreConfig) -> None:
     if "pred" not in record:
         raise TtxError("missing (the predicted answer; null if the model gave none)",
                        path=path, line=line, field="pred")
+    _check_answer(record["pred"], path, line, "pred")
     level = record.get("level")
     if level is not None and (isinstance(level, bool) or not isinstance(level, int) or level < 1):
         raise TtxError(f"expected a positive integer, got {level!r}", path=path, line=line,
                        field="level")
     if "traces" in record and not isinstance(record["traces"], list):
         raise TtxError("expected a list of traces", path=path, line=line, field="traces")
+    for i, trace in enumerate(record.get("traces") or []):
+        _check_trace(trace, path, line, f"traces[{i}]")
     if cfg.regrade and not record.get("traces"):
         raise TtxError("--regrade re-extracts answers from the traces' text, and this record "
                        "has no traces", path=path, line=line, field="traces")
     for name in _NUMERIC:
-        v = record.get(name)
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TtxError(f"expected a number, got {v!r}", path=path, line=line, field=name)
-        if not math.isfinite(v) or v < 0:
-            raise TtxError(f"expected a finite number >= 0, got {v!r}", path=path, line=line,
-                           field=name)
+        _check_count(record.get(name), path, line, name)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_count(v, path: str, line: int, field: str) -> None:
+    if v is None:
+        return
+    if not _is_number(v):
+        raise TtxError(f"expected a number, got {_shown(v)}", path=path, line=line, field=field)
+    if not math.isfinite(v) or v < 0:
+        raise TtxError(f"expected a finite number >= 0, got {v!r}", path=path, line=line,
+                       field=field)
+
+
+def _check_answer(v, path: str, line: int, field: str) -> None:
+    """An answer is text (a number is taken as its text) or null; a list or an object would be
+    graded by its printed form."""
+    if v is not None and not isinstance(v, str) and not _is_number(v):
+        raise TtxError(f"expected an answer (a string, a number or null), got {_shown(v)}",
+                       path=path, line=line, field=field)
+
+
+def _check_trace(trace, path: str, line: int, field: str) -> None:
+    if not isinstance(trace, dict):
+        raise TtxError(f"expected a trace (an object with text, pred, ...), got {_shown(trace)}",
+                       path=path, line=line, field=field)
+    if "pred" in trace:
+        _check_answer(trace["pred"], path, line, f"{field}.pred")
+    if trace.get("text") is not None and not isinstance(trace["text"], str):
+        raise TtxError(f"expected a string or null, got {_shown(trace['text'])}", path=path,
+                       line=line, field=f"{field}.text")
+    _check_count(trace.get("completion_tokens"), path, line, f"{field}.completion_tokens")
+    if trace.get("score") is not None and not _is_number(trace["score"]):
+        raise TtxError(f"expected a number or null, got {_shown(trace['score'])}", path=path,
+                       line=line, field=f"{field}.score")
+
+
+def _shown(v) -> str:
+    """A value's type and a short form of it, for an error line."""
+    text = repr(v)
+    return f"{type(v).__name__} {text[:40] + '...' if len(text) > 40 else text}"
 
 
 def load_run(name: str, paths: Sequence[str], cfg: ScoreConfig) -> dict:
@@ -138,7 +178,29 @@ def load_run(name: str, paths: Sequence[str], cfg: ScoreConfig) -> dict:
         raise TtxError(f"no record of run {name} has an extractable gold answer "
                        f"({len(no_gold)} set aside)", path=str(paths[0]))
     return {"name": name, "inputs": [str(p) for p in paths], "records": records,
-            "levels": levels, "ids": ids, "where": where, "no_gold": no_gold}
+            "levels": levels, "ids": ids, "where": where, "no_gold": no_gold,
+            "unfinished": unfinished_inputs(paths)}
+
+
+def unfinished_inputs(paths: Sequence[str]) -> list[str]:
+    """The inputs whose manifest says the run writing them has not finished (status
+    "running": killed, or still being written), so their records are a part of the run."""
+    import json
+
+    from ttx.io import manifest_path
+
+    out = []
+    for path in paths:
+        target = manifest_path(path)
+        if target is None or not target.is_file():
+            continue
+        try:
+            manifest = json.loads(target.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and manifest.get("status") == "running":
+            out.append(str(path))
+    return out
 
 
 def regrade_run(run: dict) -> None:
@@ -218,6 +280,7 @@ def evaluate_run(run: dict, cfg: ScoreConfig) -> dict:
         "s1": ar.s1_metrics(means, axis, [m["value"] for m in means]),
         "ttspm": ttspm,
         "set_aside": {"no_gold_answer": run["no_gold"]},
+        **({"unfinished": run["unfinished"]} if run.get("unfinished") else {}),
         "_per_problem": per_problem,     # for paired comparisons; dropped before output
     }
 
@@ -242,7 +305,7 @@ def compare_runs(base: dict, other: dict, cfg: ScoreConfig) -> dict:
     return out
 
 
-def _parse_compare(spec: str) -> tuple[str, list[str]]:
+def parse_compare(spec: str) -> tuple[str, list[str]]:
     name, sep, files = spec.partition("=")
     if not sep or not name.strip() or not files.strip():
         raise TtxError(f"--compare expects NAME=FILE (or NAME=FILE1,FILE2 in level order), "
@@ -287,13 +350,15 @@ def score(inputs: Sequence[str] = (), compare: Sequence[str] = (),
     if inputs:
         name = "input" if len(inputs) > 1 or str(inputs[0]) == "-" else _stem(inputs[0])
         specs.append((name, list(inputs)))
-    specs += [_parse_compare(s) for s in compare]
+    specs += [parse_compare(s) for s in compare]
     if not specs:
         raise TtxError("nothing to score: give -i FILE or --compare NAME=FILE")
     names = [n for n, _ in specs]
     if len(set(names)) != len(names):
         raise TtxError(f"run names must differ, got {names}")
     _refuse_repeated_files(specs)
+    refuse_outputs_overlap({"--per-record": per_record, "--plot": plot},
+                           [f for _, files in specs for f in files])
 
     loaded = [load_run(n, files, cfg) for n, files in specs]
     if cfg.regrade:
@@ -302,6 +367,7 @@ def score(inputs: Sequence[str] = (), compare: Sequence[str] = (),
     runs = [evaluate_run(r, cfg) for r in loaded]
     for run in loaded:
         _warn_set_aside(run)
+        _warn_unfinished(run)
     for other in runs[1:]:
         other["vs_first"] = {"run": runs[0]["name"], "levels": compare_runs(runs[0], other, cfg)}
     if len(runs) > 1:
@@ -360,6 +426,20 @@ def _warn_set_aside(run: dict) -> None:
     print(f"score: run {run['name']}: {len(missing)} records set aside, their gold answer has "
           f"no extractable final answer: {shown}{more} (--strict-gold makes this an error)",
           file=sys.stderr)
+
+
+def _warn_unfinished(run: dict) -> None:
+    if run.get("unfinished"):
+        print(f"score: warning: run {run['name']} is unfinished: {unfinished_note(run)}",
+              file=sys.stderr)
+
+
+def unfinished_note(run: dict) -> str:
+    """One line on a run whose manifest says it is still running (the table and the page say
+    it too)."""
+    files = ", ".join(run["unfinished"])
+    return (f"the manifest of {files} says 'running' (the run was killed or is still writing): "
+            "these are the records written so far, not the whole run")
 
 
 def _stem(path: str) -> str:

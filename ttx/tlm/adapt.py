@@ -210,13 +210,13 @@ def _online(cfg, trainer, model, tokenizer, problems, sequences, pad_id) -> tupl
 
 def _answer(cfg: TLMConfig, model, tokenizer, problems: list[dict], resume: bool) -> int:
     """Greedy answers through tts-run's loop with the adapted model (records as tts-run writes)."""
+    from ttx.engines import engine_over
     from ttx.engines.base import SamplingParams
-    from ttx.engines.hf import HFEngine
     from ttx.tts.run import RunConfig, run_tts
     from ttx.tts.strategy import StrategyConfig
 
     model.eval()
-    engine = HFEngine(model=f"{cfg.model}+tlm:{cfg.output}", loaded=(model, tokenizer))
+    engine = engine_over(model, tokenizer, name=f"{cfg.model}+tlm:{cfg.output}")
     run = RunConfig(input=cfg.input, output=cfg.generate, question_field=cfg.question_field,
                     id_field=cfg.id_field, instruction=cfg.instruction, system=cfg.system,
                     chat=cfg.chat, resume=resume or cfg.resume, progress=cfg.progress,

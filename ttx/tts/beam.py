@@ -8,14 +8,15 @@ beam_search.py (huggingface/search-and-learn@6f81cac src/sal/search/beam_search.
     (BS:125-131); the last iteration runs to EOS (BS:86-93);
   - the reward model rescores every active path whole, every iteration (BS:135-143), its step
     scores aggregated by --agg;
-  - --filter-duplicates keeps the first beam of each text (BS:155-165); the n/M best open beams
-    survive (numpy argsort, BS:167-174);
+  - --filter-duplicates keeps the first beam of each text (BS:155-165); the n // M best open
+    beams survive (numpy argsort, BS:167-174): any n runs (n < M: the slice [-0:], all of them);
   - the answer: of the first n completed beams (--sort-completed: the n best), refilled
     cyclically to n (BS:176-197), the best scored (np.argmax, the first maximum).
-  --lookahead K rolls each new step K greedy steps further and scores the path with that
-  rollout: the lookahead search of Snell et al. (section 5.2). (search-and-learn's beam_search.py
-  generates the rollout but scores only current_text, BS:135; its DVTS scores it.) A step's cap
-  is --step-tokens, by default the whole --max-new-tokens, as search-and-learn's max_tokens.
+  --lookahead K rolls each new step K greedy steps further (search-and-learn's generate_k_steps,
+  utils.py:80-158). --lookahead-scoring path (the default) is beam_search.py's rule: the rollout
+  is generated but the PRM scores current_text alone (BS:133-135); `rollout` scores the path with
+  its rollout, the lookahead search of Snell et al. (section 5.2) and search-and-learn's DVTS. A
+  step's cap is --step-tokens, by default the whole --max-new-tokens, as its max_tokens.
 
 `--beam-style ttx` (the default with the policy's own scores): iteration 1 samples n first steps;
 each later one keeps the n/M best open beams and expands each M ways (survivors in score order);
@@ -49,7 +50,7 @@ class StepSearch(Strategy):
     def check(cls, cfg, *, engine, given):
         super().check(cfg, engine=engine, given=given)
         s = cfg.search
-        cls.check_n(cfg.n, s.beam_width)
+        cls.check_n(cfg.n, s)
         if s.lookahead and not s.reward_model:
             raise TtxError("--lookahead scores a greedy rollout past each step, which needs "
                            "--reward-model (the policy's own score has no rollout to read)")
@@ -58,7 +59,8 @@ class StepSearch(Strategy):
                            "server does not return: use --scorer logprob with --engine openai")
 
     @classmethod
-    def check_n(cls, n: int, m: int) -> None:
+    def check_n(cls, n: int, search) -> None:
+        m = search.beam_width
         if n < m or n % m:
             raise TtxError(f"{cls.name}: --n {n} must be a multiple of --beam-width {m} "
                            "(n beams, n/M kept, each expanded M ways)")
@@ -66,13 +68,25 @@ class StepSearch(Strategy):
     @classmethod
     def at_level(cls, cfg, key, value):
         if key == "n":
-            cls.check_n(value, cfg.search.beam_width)
+            cls.check_n(value, cfg.search)
         return super().at_level(cfg, key, value)
+
+    @classmethod
+    def default_prm_input(cls, cfg) -> str:
+        """How PRM inputs are built unless --prm-input (or ttx_reward.json) says: dvts and
+        dora score with search-and-learn's PRM classes (DORA's copy of them is the same)."""
+        return "search-and-learn"
 
     def setup(self, engine):
         from ttx.tts.reward import make_scorer
 
-        self.scorer = make_scorer(engine, self.cfg)
+        self.scorer = make_scorer(engine, self.cfg, self.default_prm_input(self.cfg))
+
+    def construction(self, cfg) -> str:
+        """The PRM input construction in force: the reward model's own choice, else the
+        option's, else this strategy's default."""
+        return (getattr(self.scorer, "prm_input", None) or cfg.search.prm_input
+                or self.default_prm_input(cfg))
 
     def close(self):
         self.stats.update(self.scorer.stats())
@@ -115,18 +129,33 @@ class Beam(StepSearch):
     rank = 6
     summary = ("Step-level beam search: n beams, the n/M best by a PRM (or the policy) "
                "continue (search-and-learn, or ttx's expansion).")
-    knobs = ("beam_style", "agg") + TREE_KNOBS + ("min_thinking_tokens", "max_thinking_tokens",
-                                                  "num_ignore", "ignore_str", "think_end",
-                                                  "answer_tokens")
+    knobs = ("beam_style", "agg", "lookahead_scoring") + TREE_KNOBS + (
+        "min_thinking_tokens", "max_thinking_tokens", "num_ignore", "ignore_str", "think_end",
+        "answer_tokens")
 
     @classmethod
     def style(cls, search) -> str:
         return search.beam_style or ("search-and-learn" if search.reward_model else "ttx")
 
     @classmethod
+    def default_prm_input(cls, cfg) -> str:
+        return "search-and-learn" if cls.style(cfg.search) == "search-and-learn" else "model-card"
+
+    @classmethod
+    def check_n(cls, n, search):
+        """search-and-learn runs any n: it keeps the n // M best open beams (BS:167-170; with
+        n < M that slice is [-0:], every open beam) and refills them cyclically to n."""
+        if cls.style(search) != "search-and-learn":
+            super().check_n(n, search)
+
+    @classmethod
     def check(cls, cfg, *, engine, given):
         super().check(cfg, engine=engine, given=given)
-        sal_only = given & {"lookahead", "filter_duplicates", "sort_completed"}
+        if "lookahead_scoring" in given and not cfg.search.lookahead:
+            raise TtxError("--lookahead-scoring says how a --lookahead rollout is scored: it "
+                           "needs --lookahead K")
+        sal_only = given & {"lookahead", "lookahead_scoring", "filter_duplicates",
+                            "sort_completed"}
         thinking = given & {"min_thinking_tokens", "max_thinking_tokens", "num_ignore",
                             "ignore_str", "think_end", "answer_tokens"}
         style = cls.style(cfg.search)
@@ -167,11 +196,13 @@ class Beam(StepSearch):
             if it == 0:
                 for i in range(len(prompts)):
                     accounts[i].prompt_tokens = accounts[i].prefill
-            if s.lookahead and not last:
+            if s.lookahead and not last:      # BS:111-114: generated either way
                 look_ahead(engine, prefixes, children, s.lookahead, inner, cfg.params.seed,
                            rounds, accounts)
                 rounds += s.lookahead
-            scores = rescore(self.scorer, prompts, children, s.agg)
+            # BS:133-135 scores current_text alone; `rollout` reads the rollout too
+            scores = rescore(self.scorer, prompts, children, s.agg, self.construction(cfg),
+                             rollout=s.lookahead_scoring == "rollout")
             by_problem: list[list[tuple[Path, float]]] = [[] for _ in prompts]
             for child, score in zip(children, scores):
                 by_problem[child.problem].append((child, score))
@@ -191,6 +222,8 @@ class Beam(StepSearch):
                 log[i].append({"step": it + 1, "beams": len(pairs),
                                "completed": len(pairs) - len(open_), "candidates": len(open_),
                                "survivors": len(active[i])})
+        look = {"lookahead": s.lookahead, "lookahead_scoring": s.lookahead_scoring} \
+            if s.lookahead else {}
         outcomes = []
         for i in range(len(prompts)):
             chosen = final_selection(completed[i], n, s.sort_completed, s.agg) or \
@@ -201,7 +234,7 @@ class Beam(StepSearch):
             outcomes.append(_outcome(traces, None if best is None else traces[best]["pred"],
                                      accounts[i], {"beam": {
                                          "style": "search-and-learn", "beam_width": m,
-                                         "agg": s.agg, "iterations": log[i]}}))
+                                         "agg": s.agg, **look, "iterations": log[i]}}))
         return outcomes
 
     # ------------------------------------------------------------------ ttx
@@ -274,7 +307,7 @@ class Beam(StepSearch):
                 if child.completed:
                     child.forced_end = s.max_thinking_tokens is not None and \
                         trace.finish_reason == "length"
-            rescore(self.scorer, prompts, children, s.agg)
+            rescore(self.scorer, prompts, children, s.agg, self.construction(cfg))
             active = [[] for _ in prompts]
             for child in children:
                 (done if child.completed else active)[child.problem].append(child)

@@ -2,20 +2,29 @@
 
 `--budget-style s1` (default) is the procedure behind the paper's numbers, s1's
 lm-evaluation-harness fork (simplescaling/s1@77272c6 eval/lm-evaluation-harness/lm_eval/models/
-vllm_causallms.py, "VC" below):
-  - the assistant turn opens with `<|im_start|>think` (VC:283); thinking stops at the
-    `<|im_start|>` token or EOS (VC:246, a stop token, not a string) or a --stop string;
-  - K + 1 rounds (VC:333), every round with the full thinking budget B and min_tokens = 1 when
-    K > 0 (VC:273-275); a round that stopped (not the last) gets the ignore string ("Wait")
-    appended with no separator (VC:366-368); a round that hit the length, or the last, is final;
-  - the thinking is then cut to B tokens (VC:381-384: "Wait" tokens count);
-  - a final round that ended by length gets ["\\n"] `<|im_start|>answer\\nFinal Answer:`, one that
-    stopped gets `<|im_start|>answer` (VC:401-412);
-  - the answer gets the whole generation budget, --max-new-tokens (VC:414).
-  B is --max-thinking-tokens, or s1's "auto" rule (VC:261-264): --max-new-tokens less the
-  delimiters less a reserve kept for the answer (100 tokens, or half the budget when that is
-  smaller: budgets of a CPU model are far below s1's 32768). With --min-thinking-tokens and
-  --num-ignore 0, one thinking round with that minimum (VC:276-277).
+vllm_causallms.py, "VC" below), request for request:
+  - every request is token ids (TokenPrompt), as the harness sends vLLM: the prompt encoded
+    without special tokens, then `<|im_start|>think`'s ids (VC:283), then the thinking's sampled
+    ids; text is never encoded again (a non-canonical split stays as sampled);
+  - thinking stops at the stop token ids of `<|im_start|>`, each --stop string and EOS's text
+    (VC:246-250, 278-280: one token each, or the run is refused), with min_tokens 1 whenever
+    --num-ignore is given, 0 included (VC:273-275);
+  - K + 1 rounds (VC:334), every round with the full thinking budget B; a round that stopped (not
+    the last) loses a trailing stop id (VC:362-364) and gets the ignore string's ids ("Wait")
+    with no separator (VC:366-368); a round that hit the length, or the last, is kept as it came;
+  - the ids are then cut to B (VC:381-384: "Wait" tokens count) and lose a trailing stop id
+    (EOS too) (VC:397-399); the text is not cut: the graded output holds the whole thinking;
+  - a final round that ended by length gets ["\\n"] `<|im_start|>answer\\nFinal Answer:`, the
+    newline decided on the uncut text; one that stopped gets `<|im_start|>answer` (VC:401-412);
+  - the answer gets the whole generation budget, --max-new-tokens, and the task's stops plus
+    EOS's text (VC:414, 559-564).
+  B is --max-thinking-tokens, or s1's "auto" rule (VC:262-264): --max-new-tokens less the call's
+  longest prompt, the delimiters and 100 (a run where that is below 1 is refused). --auto-budget
+  cpu is ttx's rule for the small budgets of CPU models instead: --max-new-tokens less the
+  delimiters and min(100, half the budget), no prompt. With --min-thinking-tokens and
+  --num-ignore 0, one thinking round with that minimum (s1's min_tokens_thinking, VC:276-277).
+  On the openai engine the sampled ids come from vLLM's return_token_ids; a server without it
+  gets the text encoded again (a warning, and `ids_from_text` in the record).
 
 `--budget-style ttx` is s1's README procedure (README.md:130-144: each round gets what is left of
 the budget) with two additions: a stop before --min-thinking-tokens (any stop, when no minimum is
@@ -30,9 +39,10 @@ N traces of a problem vote (majority).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 
-from ttx.engines.base import SamplingParams, Trace
+from ttx.engines.base import SamplingParams, TokenPrompt, Trace
 from ttx.errors import TtxError
 from ttx.scoring.answers import majority_vote
 from ttx.tts.search import Account, round_seed, templated, think_end, tokenizer_of, trace_record
@@ -60,6 +70,8 @@ class Thought:
     finish_reason: str = "stop"
     rounds: int = 0
     ids: list | None = None          # s1: the thinking's token ids (the ignore strings' too)
+    raw: str = ""                    # s1: the thinking's text, uncut (what s1 grades)
+    answer_ids: list | None = None   # s1: the answer request's token ids
 
     def record(self) -> dict:
         return trace_record(self.text, self.generated, self.finish_reason,
@@ -83,6 +95,15 @@ class TtxRules:
         self.num_ignore = s.num_ignore
         self.ignore_str = s.ignore_str
         self.answer_tokens = s.answer_tokens
+
+    def begin(self, prefixes: list[str]) -> None:
+        pass
+
+    def first_request(self, i: int, prefix: str) -> str:
+        return prefix
+
+    def request(self, prefix: str, t: Thought) -> str:
+        return prefix + t.text
 
     def first_params(self) -> SamplingParams:
         return replace(self.params, max_new_tokens=self.maximum, stop=self.stops)
@@ -139,11 +160,13 @@ class TtxRules:
 
 
 class S1Rules:
-    """The s1 style (module docstring): rounds of the full budget, a cut, the s1 delimiters."""
+    """The s1 style (module docstring): rounds of the full budget over token ids, a cut, the s1
+    delimiters; every request as the harness builds it."""
 
     def __init__(self, engine, cfg):
         s = cfg.search
         self.params: SamplingParams = cfg.params
+        self.search = s
         self.tokenizer = tokenizer_of(engine, s)
         self.start = S1_START if s.think_start is None else s.think_start
         self.end = S1_END if s.think_end is None else s.think_end
@@ -154,75 +177,138 @@ class S1Rules:
                            "<|im_start|>answer (s1's ChatML models), and this tokenizer has no "
                            "<|im_start|> token: give --think-start and --think-end, or use "
                            "--budget-style ttx")
-        self.stop_ids = (stop_id,) if known else ()
+        # VC:246-250 with VC:559-564: thinking stops at <|im_start|>, the task's stops and EOS's
+        # text, each sent as one stop token id (one token each: VC:278 asserts it)
+        eos = self.tokenizer.eos_token_id
+        self.eos_text = self.tokenizer.decode([eos]) if eos is not None else None
+        until = [S1_STOP] if known else []
+        until += list(self.params.stop) + ([self.eos_text] if self.eos_text else [])
+        self.until: list[list[int]] = []
+        for text in until:
+            ids = self._ids(text)
+            if len(ids) != 1:
+                raise TtxError(f"--budget-style s1 stops thinking at single tokens (s1's harness "
+                               f"asserts it, VC:278): --stop {text!r} is {len(ids)} tokens; use "
+                               f"--budget-style ttx")
+            self.until.append(ids)
+        self.stop_ids = tuple(ids[0] for ids in self.until)
         self.num_ignore = s.num_ignore
         self.ignore_str = s.ignore_str
         self.ignore_ids = self._ids(s.ignore_str)
-        self.minimum = s.min_thinking_tokens
-        budget = self.params.max_new_tokens
-        delimiters = len(self._ids(self.start)) + len(self._ids(self.end + S1_FINAL)) + 1
-        reserve = min(S1_RESERVE, budget // 2)
-        self.maximum = s.max_thinking_tokens or max(1, budget - delimiters - reserve)
+        # VC:273-277: min_tokens 1 whenever stops are ignored (--num-ignore given, 0 included);
+        # --min-thinking-tokens is min_tokens_thinking without ignores (check() refuses both)
+        self.minimum = 1 if s.min_thinking_tokens is None else s.min_thinking_tokens
+        self.start_ids = self._ids(self.start)
+        self.end_ids = self._ids(self.end)
+        self.end_max_ids = self._ids(self.end + S1_FINAL)
+        self.newline_ids = self._ids("\n")
+        self.prompt_ids: list[list[int]] = []
+        self.maximum = s.max_thinking_tokens or 0
 
     def _ids(self, text: str) -> list[int]:
+        # lm-eval's tok_encode (VC:196-217): no special tokens added
         return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
 
-    def prefix_text(self) -> str:
-        return self.start
+    def begin(self, prefixes: list[str]) -> None:
+        """A call's prompts as the harness encodes them, and its thinking budget B."""
+        self.prompt_ids = [self._ids(p) for p in prefixes]
+        s, budget = self.search, self.params.max_new_tokens
+        if s.max_thinking_tokens:
+            self.maximum = s.max_thinking_tokens
+        elif s.auto_budget == "s1":
+            # VC:261-264: max_gen_toks less the batch's longest prompt, the delimiters and 100
+            longest = max(map(len, self.prompt_ids), default=0)
+            self.maximum = (budget - longest - len(self.start_ids) - len(self.end_max_ids)
+                            - S1_RESERVE)
+            if self.maximum < 1:
+                raise TtxError(f"--budget-style s1's auto thinking budget (VC:264) is "
+                               f"--max-new-tokens {budget} less the longest prompt ({longest} "
+                               f"tokens), the delimiters ({len(self.start_ids)} + "
+                               f"{len(self.end_max_ids)}) and {S1_RESERVE}: {self.maximum}; raise "
+                               f"--max-new-tokens, give --max-thinking-tokens, or --auto-budget cpu")
+        else:
+            # ttx's CPU rule: no prompt, and at most half the budget kept for the answer
+            delimiters = len(self.start_ids) + len(self.end_max_ids) + 1
+            self.maximum = max(1, budget - delimiters - min(S1_RESERVE, budget // 2))
+
+    def first_request(self, i: int, prefix: str) -> TokenPrompt:
+        return TokenPrompt(self.prompt_ids[i] + self.start_ids)      # VC:283
+
+    def request(self, prefix: str, t: Thought) -> TokenPrompt:
+        if t.phase == "answer":
+            return TokenPrompt(t.answer_ids)
+        return TokenPrompt(self.prompt_ids[t.problem] + self.start_ids + t.ids)   # VC:377
 
     def first_params(self) -> SamplingParams:
         return self.think_params()
 
     def think_params(self) -> SamplingParams:
-        minimum = 1 if self.num_ignore > 0 else (self.minimum or 0)
         return replace(self.params, max_new_tokens=self.maximum,
-                       min_new_tokens=min(minimum, self.maximum), stop=tuple(self.params.stop),
+                       min_new_tokens=min(self.minimum, self.maximum), stop=(),
                        stop_token_ids=self.stop_ids)
+
+    def _strip(self, ids: list[int]) -> list[int]:
+        """VC:362-364 and 397-399: drop a stop token that ends the ids (each stop in turn)."""
+        for toks in self.until:
+            if ids[-len(toks):] == toks:
+                ids = ids[:-len(toks)]
+        return ids
 
     def after_thinking(self, t: Thought, trace: Trace) -> None:
         if t.ids is None:
-            t.ids, t.text = [], self.start
+            t.ids, t.raw = [], ""
         t.rounds += 1
-        ids = list(trace.token_ids) or self._ids(trace.text)
-        if trace.stop_token is not None and ids and ids[-1] == trace.stop_token:
-            ids = ids[:-1]                      # the stop token itself is not thinking
-        t.ids += ids
         t.generated += trace.completion_tokens
-        body = t.text + trace.text
-        final = trace.finish_reason != "stop" or t.rounds > self.num_ignore
-        if not final:                           # rounds remain: ignore the stop, append "Wait"
-            t.ignored += 1
-            t.ids += self.ignore_ids
-            t.text = body + self.ignore_str
+        cont = list(trace.token_ids)
+        if not cont and trace.completion_tokens:
+            cont = self._ids(trace.text)        # a server without return_token_ids: inexact
+            if not self.inexact:
+                print("ttx tts-run: warning: the server returned no token ids (vLLM: "
+                      "return_token_ids); s1 continues from the text encoded again, not the "
+                      "sampled ids", file=sys.stderr)
+            self.inexact = True
+        if trace.finish_reason != "length" and t.rounds <= self.num_ignore:
+            t.ignored += 1                      # VC:360-378: drop the stop, append "Wait"
+            t.ids += self._strip(cont) + self.ignore_ids
+            t.raw += trace.text + self.ignore_str
             return
-        if len(t.ids) > self.maximum:           # VC:381-384: cut the thinking to the budget
+        t.ids += cont                           # VC:351-359: the final round, as it came
+        t.raw += trace.text
+        if len(t.ids) > self.maximum:           # VC:381-384: cut the ids (not the text)
             t.cut = True
             t.ids = t.ids[:self.maximum]
-            body = self.start + self.tokenizer.decode(t.ids, skip_special_tokens=False)
-        t.thinking_tokens = len(t.ids)
+        ids = self._strip(t.ids)                # VC:393-399
+        t.thinking_tokens = len(ids)
         if trace.finish_reason == "length":     # VC:401-409: forced end, "Final Answer:"
             t.forced_end = True
-            body += ("" if body.endswith("\n") else "\n") + self.end + S1_FINAL
+            # the newline is decided on the uncut text (VC:404)
+            newline = t.raw.endswith("\n") or self.start.startswith("\n")
+            tail = ([] if newline else self.newline_ids) + self.end_max_ids
+            t.text = self.start + t.raw + ("" if newline else "\n") + self.end + S1_FINAL
         else:                                   # VC:410-412: it ended its thinking itself
-            body += self.end
-        t.text = body
+            tail = self.end_ids
+            t.text = self.start + t.raw + self.end
+        t.answer_ids = self.prompt_ids[t.problem] + self.start_ids + ids + tail
         t.finish_reason = trace.finish_reason
         t.phase = "answer"
 
     def after_answer(self, t: Thought, trace: Trace) -> None:
-        t.text += trace.text
+        t.text += trace.text                    # VC:461: graded text = thinking + answer
         t.answer_tokens += trace.completion_tokens
         t.generated += trace.completion_tokens
         t.finish_reason = trace.finish_reason
         t.phase = "done"
 
     def next_params(self, t: Thought) -> SamplingParams:
-        if t.phase == "answer":                 # VC:414: the whole generation budget
-            return replace(self.params, min_new_tokens=0, stop=tuple(self.params.stop))
+        if t.phase == "answer":                 # VC:414: the whole budget, the task's stops
+            stops = tuple(self.params.stop) + ((self.eos_text,) if self.eos_text else ())
+            return replace(self.params, min_new_tokens=0, stop=stops, stop_token_ids=())
         return self.think_params()
 
     def advance(self, t: Thought, trace: Trace) -> None:
         (self.after_answer if t.phase == "answer" else self.after_thinking)(t, trace)
+
+    inexact = False                             # some round's ids came back as text only
 
 
 def continue_rounds(engine, rules, prefixes: list[str], thoughts: list[Thought],
@@ -238,8 +324,7 @@ def continue_rounds(engine, rules, prefixes: list[str], thoughts: list[Thought],
             return
         params = [replace(rules.next_params(t), seed=round_seed(seed, round_index))
                   for t in pending]
-        gens = engine.generate([prefix_of(t) + (t.text or _opening(rules)) for t in pending],
-                               1, params)
+        gens = engine.generate([rules.request(prefix_of(t), t) for t in pending], 1, params)
         segments: dict[int, list[int]] = {}
         prefill: dict[int, list[int]] = {}
         for t, gen in zip(pending, gens):
@@ -254,17 +339,13 @@ def continue_rounds(engine, rules, prefixes: list[str], thoughts: list[Thought],
         round_index += 1
 
 
-def _opening(rules) -> str:
-    return rules.prefix_text() if isinstance(rules, S1Rules) else ""
-
-
 @register
 class BudgetForcing(Strategy):
     name = "budget-forcing"
     rank = 5
     summary = ("s1 budget forcing: ignore early stops with 'Wait', cut at the thinking budget, "
                "then answer; n traces vote.")
-    knobs = ("budget_style", "min_thinking_tokens", "max_thinking_tokens", "num_ignore",
+    knobs = ("budget_style", "auto_budget", "min_thinking_tokens", "max_thinking_tokens", "num_ignore",
              "ignore_str", "think_start", "think_end", "answer_tokens")
     axes = ("n", "max_new_tokens", "max_thinking_tokens")
     continues = True
@@ -276,8 +357,12 @@ class BudgetForcing(Strategy):
         if s.budget_style == "s1" and given & {"answer_tokens"}:
             raise TtxError("--answer-tokens applies to --budget-style ttx: s1 answers with the "
                            "whole --max-new-tokens")
-        if s.budget_style == "ttx" and given & {"think_start"}:
-            raise TtxError("--think-start applies to --budget-style s1")
+        if s.budget_style == "ttx" and given & {"think_start", "auto_budget"}:
+            raise TtxError(f"--{sorted(given & {'think_start', 'auto_budget'})[0].replace('_', '-')} "
+                           f"applies to --budget-style s1")
+        if "auto_budget" in given and s.max_thinking_tokens is not None:
+            raise TtxError("--auto-budget sets the thinking budget when --max-thinking-tokens is "
+                           "not given: give one of them")
         if s.budget_style == "s1" and s.min_thinking_tokens is not None and s.num_ignore > 0:
             raise TtxError("--min-thinking-tokens with --budget-style s1 is s1's "
                            "min_tokens_thinking, which its harness drops when stops are ignored "
@@ -289,10 +374,11 @@ class BudgetForcing(Strategy):
         seed = cfg.params.seed
         accounts = [Account() for _ in prompts]
         thoughts = [Thought(problem=i) for i in range(len(prompts)) for _ in range(cfg.n)]
+        rules.begin(prefixes)
         # round 0: n traces per prompt from one shared prefill
         first = replace(rules.first_params(), seed=round_seed(seed, 0))
-        opening = _opening(rules)
-        for i, gen in enumerate(engine.generate([p + opening for p in prefixes], cfg.n, first)):
+        requests = [rules.first_request(i, p) for i, p in enumerate(prefixes)]
+        for i, gen in enumerate(engine.generate(requests, cfg.n, first)):
             accounts[i].prompt_tokens = gen.prompt_tokens
             mine = thoughts[i * cfg.n:(i + 1) * cfg.n]
             for t, trace in zip(mine, gen.traces):
@@ -308,6 +394,8 @@ class BudgetForcing(Strategy):
                        "ignored": sum(t.ignored for t in mine),
                        "forced_end": sum(t.forced_end for t in mine),
                        "thinking_budget": rules.maximum, "think_end": rules.end}
+            if isinstance(rules, S1Rules) and rules.inexact:
+                summary["ids_from_text"] = True
             outcomes.append(Outcome(traces=traces,
                                     pred=majority_vote([t["pred"] for t in traces],
                                                        cfg.invalid_votes),

@@ -4,18 +4,24 @@ Beam search whose n rollouts per iteration are split among the open paths by qua
 semantic uniqueness (the paper's eq. 10-13), as its code means it (WangXinglin/DORA@eda87c0
 scripts/sal/search/dora.py; that file does not run as published: `all_cos_matrix` (line 302) is
 never assigned and `choose_indices` is used (302) before it is set (310); we follow the evident
-intent):
+intent, the sub-matrix of the paths kept at 298):
   - every open path is a candidate (no top-n/M cut, dora.py:289);
-  - quality q = softmax(r / tau) over the PRM scores r; a path whose rounded allocation
-    round(n q) is 0 is dropped first, and q is recomputed over the rest (dora.py:294-300);
-  - uniqueness d_i = [rowsoftmax(S / alpha)]_ii over the cosine similarities S of the kept
-    paths' embeddings (eq. 10-11; dora.py:302-303);
-  - rollouts B_i = round(n d_i q_i / sum_j d_j q_j) (eq. 12-13, np.round: half to even), and the
-    next population is each path B_i times, refilled cyclically to n (dora.py:180-202).
+  - quality q = softmax(r / tau) over the PRM scores r (dora.py:87-92, float64);
+  - `--dora-rule code` (default): a path whose rounded share round(n q) is 0 is dropped first,
+    and q is recomputed over the rest (dora.py:294-300); `paper`: no such step, eq. 10-13 over
+    every open path (the same repository's compiled rebase_diverse module, lines 336-348);
+  - uniqueness d_i = [rowsoftmax(S / alpha)]_ii over the cosine similarities S of the paths'
+    embeddings (eq. 10-11; dora.py:302-303), S and the row-softmax cast to float32 as the code
+    does (dora.py:58, 85);
+  - rollouts B_i = round(n d_i q_i / sum_j d_j q_j) (eq. 12-13; dora.py:305-308), computed in
+    float32 as the code computes it under NumPy 2's promotion (a float32 d_i times a Python
+    float stays float32), summed in order, np.round (half to even): ties round as the code's do;
+  - the next population is each path B_i times, refilled cyclically to n (dora.py:180-202).
 A step is capped at --step-tokens (DORA's max_tokens_per_step, default 64 here) and a path at
---max-new-tokens (its max_tokens); a step that used its whole cap before the last iteration is a
-runaway and is dropped (dora.py:259-261; when no path completes at all, the best runaways answer
-rather than none). The search stops once n paths completed (321-322); the answer is
+--max-new-tokens (its max_tokens); before the last iteration a finished step (EOS, a --stop
+string, empty, or the path's budget spent) whose token count equals the cap is dropped, whatever
+ended it (dora.py:249-261; when no path completes at all, the best of those dropped answer rather
+than none). The search stops once n paths completed (321-322); the answer is
 search-and-learn's: of the first n completed paths (or the n best), the best scored.
 Embeddings: the policy's mean-pooled last hidden states (hf engine), or --embedder PATH (DORA
 uses BGE-M3, unavailable offline).
@@ -32,33 +38,61 @@ from ttx.tts.search import Account, templated
 from ttx.tts.strategy import register
 
 
-def _softmax(values, t: float):
+def _quality(scores, tau: float):
+    """softmax(r / tau) in float64 (dora.py:87-92)."""
     import numpy as np
 
-    x = np.asarray(values, dtype=np.float64) / t
-    x = np.exp(x - x.max())
-    return x / x.sum()
+    x = np.asarray(scores, dtype=np.float64) / tau
+    x = np.exp(x - np.max(x))
+    return x / np.sum(x)
 
 
-def dora_allocation(scores, embeddings, n: int, tau: float = 0.1,
-                    alpha: float = 0.01) -> list[int]:
-    """Rollouts per candidate (dora.py:294-308, module docstring): 0 for the pruned ones."""
+def _similarity(embeddings):
+    """Cosine similarities in float64, cast to float32 (dora.py:52-58), over every open path
+    (dora.py:291): the kept paths' entries are read from this matrix (302)."""
     import numpy as np
 
-    q = _softmax(scores, tau)
-    first = np.round(q * n).astype(int)
-    kept = [i for i in range(len(scores)) if first[i] > 0]
+    e = np.asarray(embeddings, dtype=np.float64)
+    norms = np.linalg.norm(e, axis=1, keepdims=True)
+    e = e / np.where(norms < 1e-12, 1e-12, norms)
+    return np.dot(e, e.T).astype(np.float32)
+
+
+def _uniqueness(similarity, alpha: float):
+    """diag(rowsoftmax(S / alpha)): the softmax in float64, cast to float32 (dora.py:80-85,
+    95-98)."""
+    import numpy as np
+
+    x = similarity.astype(np.float64) / alpha
+    x = np.exp(x - np.max(x, axis=1, keepdims=True))
+    return np.diag((x / x.sum(axis=1, keepdims=True)).astype(np.float32))
+
+
+def _rollouts(d, q, n: int) -> list[int]:
+    """round(n d q / sum(d q)) in float32 (dora.py:305-308): the product, its running sum (the
+    builtin sum adds in order: cumsum, not numpy's pairwise sum), the share and n times it."""
+    import numpy as np
+
+    b = d.astype(np.float32) * np.asarray(q, dtype=np.float64).astype(np.float32)
+    share = b / np.cumsum(b, dtype=np.float32)[-1]
+    return [int(x) for x in np.round(share * np.float32(n))]
+
+
+def dora_allocation(scores, embeddings, n: int, tau: float = 0.1, alpha: float = 0.01,
+                    rule: str = "code") -> list[int]:
+    """Rollouts per candidate (module docstring): 0 for the pruned ones."""
+    import numpy as np
+
+    kept = list(range(len(scores)))
+    if rule == "code":                   # dora.py:294-300: zero shares dropped first
+        first = np.round(_quality(scores, tau) * n)
+        kept = [i for i in kept if int(first[i]) > 0]
     if not kept:
         return [0] * len(scores)
-    q = _softmax([scores[i] for i in kept], tau)
-    e = np.asarray([embeddings[i] for i in kept], dtype=np.float64)
-    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-    similarity = e @ e.T
-    rows = np.exp((similarity - similarity.max(axis=1, keepdims=True)) / alpha)
-    d = np.diag(rows / rows.sum(axis=1, keepdims=True))
-    w = d * q / (d * q).sum()
+    q = _quality([scores[i] for i in kept], tau)
+    d = _uniqueness(_similarity(embeddings)[np.ix_(kept, kept)], alpha)
     out = [0] * len(scores)
-    for i, b in zip(kept, np.round(w * n).astype(int).tolist()):
+    for i, b in zip(kept, _rollouts(d, q, n)):
         out[i] = b
     return out
 
@@ -69,7 +103,7 @@ class DORA(StepSearch):
     rank = 8
     summary = ("DORA: n rollouts per step split among all open paths by PRM quality x "
                "semantic uniqueness.")
-    knobs = ("agg", "dora_tau", "dora_alpha", "embedder") + tuple(
+    knobs = ("agg", "dora_tau", "dora_alpha", "dora_rule", "embedder") + tuple(
         k for k in TREE_KNOBS if k not in ("lookahead", "filter_duplicates"))
 
     @classmethod
@@ -80,7 +114,7 @@ class DORA(StepSearch):
                            "model): the policy's hidden states are not reachable through a server")
 
     @classmethod
-    def check_n(cls, n, m):
+    def check_n(cls, n, search):
         """DORA allocates n rollouts freely: --beam-width does not constrain n."""
 
     def setup(self, engine):
@@ -120,7 +154,7 @@ class DORA(StepSearch):
                     accounts[i].prompt_tokens = accounts[i].prefill
             for child in children:
                 child.completed = child.completed or child.tokens >= total
-            scores = rescore(self.scorer, prompts, children, s.agg)
+            scores = rescore(self.scorer, prompts, children, s.agg, self.construction(cfg))
             groups: list[list[tuple[Path, float]]] = [[] for _ in prompts]
             for child, score in zip(children, scores):
                 groups[child.problem].append((child, score))
@@ -132,9 +166,9 @@ class DORA(StepSearch):
                     if not c.completed:
                         continue
                     runaway = not last and c.segment is not None and \
-                        c.segment.completion_tokens >= cap and c.finish_reason == "length"
+                        c.segment.completion_tokens == cap
                     if runaway:
-                        dropped += 1             # dora.py:259-261: not a solution
+                        dropped += 1             # dora.py:259-261: whatever ended the step
                         runaways[i].append(c)
                     else:
                         completed[i].append(c)
@@ -143,7 +177,7 @@ class DORA(StepSearch):
                 if open_ and len(completed[i]) < n:
                     alloc = dora_allocation([sc for _, sc in open_],
                                             self.embed([c.text for c, _ in open_]).tolist(), n,
-                                            s.dora_tau, s.dora_alpha)
+                                            s.dora_tau, s.dora_alpha, s.dora_rule)
                 population[i] = [c for (c, _), k in zip(open_, alloc) for _ in range(k)]
                 log[i].append({"step": it + 1, "candidates": len(open_),
                                "completed": len(completed[i]), "runaway": dropped,
@@ -156,6 +190,6 @@ class DORA(StepSearch):
             scores = [t["score"] if t["score"] is not None else float("-inf") for t in traces]
             pred = traces[argmax(scores)]["pred"] if traces else None
             outcomes.append(_outcome(traces, pred, accounts[i], {"dora": {
-                "tau": s.dora_tau, "alpha": s.dora_alpha, "agg": s.agg,
+                "rule": s.dora_rule, "tau": s.dora_tau, "alpha": s.dora_alpha, "agg": s.agg,
                 "iterations": log[i]}}))
         return outcomes

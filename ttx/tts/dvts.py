@@ -53,7 +53,8 @@ class DVTS(StepSearch):
                 look_ahead(engine, prefixes, flat, s.lookahead, inner, cfg.params.seed, rounds,
                            accounts)
                 rounds += s.lookahead
-            rescore(self.scorer, prompts, flat, s.agg)
+            rescore(self.scorer, prompts, flat, s.agg, self.construction(cfg),
+                    rollout=True)                 # DV:113-117: with the rollout
             still = []
             for k, children in zip(live, kids):
                 best = children[argmax([c.score(s.agg) for c in children])]

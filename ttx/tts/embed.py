@@ -27,15 +27,16 @@ def make_embedder(engine, path: str | None):
         except (OSError, ValueError, KeyError) as exc:
             raise TtxError(f"cannot load as an embedder ({exc})".splitlines()[0], path=str(path),
                            field="--embedder") from None
-        from ttx.engines.packed import pack_linears
+        from ttx.engines.cpu.packed import pack_linears
 
         pack_linears(model)                  # frozen, on CPU: oneDNN-packed weights
         return lambda texts: _mean_pooled(model, tokenizer, texts, "cpu")
-    model = getattr(engine, "model", None)
-    if model is None:
+    from ttx.engines.base import local
+
+    policy = local(engine)
+    if policy is None:
         raise TtxError("dora needs --embedder PATH with this engine (no local policy model)")
-    device = next(model.parameters()).device
-    return lambda texts: _mean_pooled(model, engine.tokenizer, texts, device)
+    return lambda texts: _mean_pooled(policy.model, policy.tokenizer, texts, policy.device)
 
 
 def _mean_pooled(model, tokenizer, texts: list[str], device):

@@ -42,6 +42,7 @@ def build_run(o: dict) -> tuple[RunConfig, type[Strategy], EngineOptions]:
     knobs = given(SearchConfig, o)
     search = build(SearchConfig, o)
     search.validate(sampling.max_new_tokens)
+    search.prm_system = prompt.system        # search-and-learn's Math-Shepherd PRM input opens with it
     params = SamplingParams(max_new_tokens=sampling.max_new_tokens,
                             temperature=sampling.temperature, top_p=sampling.top_p,
                             seed=sampling.seed, stop=sampling.stop)

@@ -25,7 +25,7 @@ class Path:
     tokens: int = 0                   # generated tokens along this path
     completed: bool = False
     finish_reason: str = "stop"
-    lookahead: str = ""               # a greedy rollout past the last step, scored with it
+    lookahead: str = ""               # a greedy rollout past the last step (rescore: rollout)
     ignored: int = 0                  # (ttx beam) budget forcing inside steps
     waiting: bool = False
     forced_end: bool = False
@@ -102,7 +102,7 @@ def grow(engine, prefixes: list[str], parents: list[Path], counts: list[int], pa
 def look_ahead(engine, prefixes: list[str], paths: list[Path], steps: int, params, seed,
                round_index: int, accounts: list[Account]) -> None:
     """SAL's lookahead (utils.py:80-158): up to `steps` more greedy steps from each open path,
-    kept in `path.lookahead` for its score only; a rollout that ends (EOS) stops there."""
+    kept in `path.lookahead` (read by rescore with rollout=True); a rollout that ends (EOS) stops."""
     live = [p for p in paths if not p.completed]
     greedy = replace(params, temperature=0.0)
     for r in range(steps):
@@ -128,15 +128,19 @@ def look_ahead(engine, prefixes: list[str], paths: list[Path], steps: int, param
         live = still
 
 
-def rescore(scorer, prompts: list, paths: list[Path], agg: str) -> list[float]:
-    """Each path's score this iteration. A reward model rescores the whole path (and its
-    lookahead) in batched forwards, replacing its step scores, as SAL does every iteration
-    (beam_search.py:135-143); the policy scorer appends the new step's own score."""
+def rescore(scorer, prompts: list, paths: list[Path], agg: str, construction: str,
+            rollout: bool = True) -> list[float]:
+    """Each path's score this iteration. A reward model rescores the whole path (with its
+    lookahead rollout when `rollout`) in batched forwards, replacing its step scores, as SAL
+    does every iteration (beam_search.py:135-143); its steps are split as `construction` builds
+    PRM inputs (ttx.tts.reward_inputs.steps_of). The policy scorer appends the new step's own
+    score."""
     if scorer.is_reward_model:
-        from ttx.tts.reward_inputs import split_steps
+        from ttx.tts.reward_inputs import steps_of
 
-        step_lists = scorer.score_paths([(question_of(prompts[p.problem]),
-                                          split_steps(p.text + p.lookahead)) for p in paths])
+        step_lists = scorer.score_paths([
+            (question_of(prompts[p.problem]),
+             steps_of(p.text + (p.lookahead if rollout else ""), construction)) for p in paths])
         for p, scores in zip(paths, step_lists):
             p.step_scores = list(scores)
     else:

@@ -14,6 +14,9 @@ are in ttx.tts.reward_inputs:
   *ForTokenClassification     a PRM with a per-token head (Qwen2.5-Math-PRM style, `qwen`: steps
                               joined by <extra_0>, P(label 1) there; one label: its sigmoid, a
                               Skywork-style value head).
+A PRM input is built as search-and-learn's PRM classes build it or as the model card says
+(--prm-input, ttx.tts.reward_inputs): the option, else the folder's ttx_reward.json `prm_input`
+(verifier-train writes `model-card`, the construction it trains on), else the strategy's default.
 A folder that needs its own Python code (trust_remote_code) is refused: ttx never runs it.
 Every scoring call is batched: sequences go through the model in right-padded batches of
 --reward-batch-size, one forward per batch.
@@ -69,7 +72,8 @@ class RewardModel:
     needs_logprobs = False
     name = "reward-model"
 
-    def __init__(self, path: str, search, device: str = "cpu"):
+    def __init__(self, path: str, search, device: str = "cpu",
+                 default_input: str = ri.CARD_INPUT):
         folder = Path(path)
         config = _read_config(folder)
         reading = _read_reading(folder)
@@ -82,6 +86,8 @@ class RewardModel:
         self.good = search.prm_good_token or reading.get("good_token") or "+"
         self.bad = (search.prm_bad_token if search.prm_bad_token is not None
                     else reading.get("bad_token", "-"))
+        self.prm_input = search.prm_input or reading.get("prm_input") or default_input
+        self.system = search.prm_system or ""   # search-and-learn's Math-Shepherd input opens with it
         self.batch_size = search.reward_batch_size
         self.agg = search.agg
         self.device = device
@@ -108,7 +114,7 @@ class RewardModel:
         except (OSError, ValueError, KeyError) as exc:
             raise TtxError(f"cannot load the reward model ({str(exc).splitlines()[0]})",
                            path=str(folder), field="--reward-model") from None
-        from ttx.engines.packed import pack_linears
+        from ttx.engines.cpu.packed import pack_linears
 
         pack_linears(self.model)             # frozen; on CPU its matmuls run on packed weights
         self.pad_id = self.tokenizer.pad_token_id
@@ -142,8 +148,10 @@ class RewardModel:
         return out
 
     def _process_input(self, question: str, steps: list[str]) -> tuple[list[int], list[int]]:
-        """Token ids of a PRM input and the position whose logits score each step."""
+        """Token ids of a PRM input and the position whose logits score each step (`steps` as
+        reward_inputs.steps_of splits them for self.prm_input)."""
         steps = steps or [""]
+        sal = self.prm_input == ri.SAL_INPUT
         if self.format == "chat":
             mark = "\ue000"
             text = self.tokenizer.apply_chat_template(ri.chat_turns(question, steps, mark),
@@ -157,14 +165,16 @@ class RewardModel:
         if self.format == "qwen":
             text = ri.qwen_text(self.tokenizer, question, steps)
             special = False
+        elif sal:
+            text = ri.sal_tag_text(self.system, question, steps, self.step_tag)
+            special = True                      # RM:49: the tokenizer's default, BOS first
         else:
             text = ri.tag_text(question, steps, self.step_tag)
             special = True                      # the card encodes with BOS
-        ends, start = [], 0
-        for _ in steps:                         # each step's tag: its last character
-            at = text.index(self.step_tag, start)
-            ends.append(at + len(self.step_tag) - 1)
-            start = at + len(self.step_tag)
+        ends, at = [], text.find(self.step_tag)     # each tag: its last character
+        while at >= 0 and (sal or len(ends) < len(steps)):   # SAL reads every tag (RM:55, 379);
+            ends.append(at + len(self.step_tag) - 1)        # the card one per step
+            at = text.find(self.step_tag, at + len(self.step_tag))
         ids, offsets = self._encode(text, special)
         return ids, self._at_chars(offsets, ends)
 
@@ -233,7 +243,7 @@ class RewardModel:
         if self.kind == "orm":
             texts = [(self._outcome_input(q, text), None) for q, text in pairs]
             return [(s, [s]) for s in self._batched(texts, self._read_outcome)]
-        steps = self.score_paths([(q, ri.split_steps(text)) for q, text in pairs])
+        steps = self.score_paths([(q, ri.steps_of(text, self.prm_input)) for q, text in pairs])
         return [(_aggregate(s, self.agg), s) for s in steps]
 
     def stats(self) -> dict:
@@ -256,8 +266,10 @@ def _read_reading(folder: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise TtxError(f"not valid JSON ({exc.msg})", path=str(path), line=exc.lineno) from None
     if data.get("kind") not in (None, "orm", "prm") or data.get("format") not in (None, "tag",
-                                                                                  "chat", "qwen"):
-        raise TtxError("expected kind orm|prm and format tag|chat|qwen", path=str(path))
+                                                                                  "chat", "qwen") \
+            or data.get("prm_input") not in (None, ri.SAL_INPUT, ri.CARD_INPUT):
+        raise TtxError("expected kind orm|prm, format tag|chat|qwen and prm_input "
+                       f"{ri.SAL_INPUT}|{ri.CARD_INPUT}", path=str(path))
     return data
 
 
@@ -272,12 +284,14 @@ def _head(config: dict, folder: Path) -> str:
                    "*ForTokenClassification)", path=str(folder), field="architectures")
 
 
-def make_scorer(engine, cfg):
-    """The scorer a strategy config asks for: a reward model (loaded here, once per run), or
-    the policy's own numbers."""
+def make_scorer(engine, cfg, default_input: str = ri.CARD_INPUT):
+    """The scorer a strategy config asks for: a reward model (loaded here, once per run; its PRM
+    inputs built as `default_input` unless told otherwise), or the policy's own numbers."""
     if cfg.search.reward_model:
-        device = str(getattr(engine, "device", "cpu"))
-        return RewardModel(cfg.search.reward_model, cfg.search, device)
+        from ttx.engines.base import local
+
+        device = str(local(engine).device) if local(engine) else "cpu"
+        return RewardModel(cfg.search.reward_model, cfg.search, device, default_input)
     return PolicyScorer(cfg.scorer)
 
 

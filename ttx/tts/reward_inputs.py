@@ -14,13 +14,22 @@ exactly the text it is later asked to score.
 - PRM, `qwen` format (Qwen2.5-Math-PRM; a token-classification head): system, user question and
   an assistant turn whose steps are joined by `<extra_0>` with one more at the end; the score of
   step k is P(label 1) at its `<extra_0>`.
-A solution is split into steps at blank lines (search-and-learn's "\\n\\n"); empty steps are
-dropped.
+These are the `model-card` construction (--prm-input): a solution is split into steps at blank
+lines (search-and-learn's "\\n\\n"), each stripped, empty steps dropped.
+
+The `search-and-learn` construction (--prm-input; huggingface/search-and-learn@6f81cac
+src/sal/models/reward_models.py, "RM"): the solution is split at every blank line as it is, empty
+pieces kept (RM:229), so an open beam (its text ends at a blank line) has an empty last step;
+`chat` turns are those pieces (RM:230-236), `qwen` joins them with `<extra_0>` (RM:363), and
+Math-Shepherd's input is `system + "\\n" + question + "\\n" + " " + solution` with " ки" before
+every blank line and one more at the end unless the solution ends with a blank line
+(RM:110-115); every tag in the input is scored (RM:55).
 """
 
 from __future__ import annotations
 
 STEP_SEPARATOR = "\n\n"
+SAL_INPUT, CARD_INPUT = "search-and-learn", "model-card"
 MATH_SHEPHERD_TAG = "ки"
 QWEN_STEP_TAG = "<extra_0>"
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -31,6 +40,21 @@ READING_FILE = "ttx_reward.json"
 def split_steps(text: str) -> list[str]:
     """A solution's steps: the text split at blank lines, empty steps dropped."""
     return [s.strip() for s in text.split(STEP_SEPARATOR) if s.strip()]
+
+
+def steps_of(text: str, construction: str) -> list[str]:
+    """A path's steps as a PRM input construction sees them: search-and-learn's raw pieces
+    (RM:184, 229: text.split("\\n\\n")) or the model card's (split_steps)."""
+    return text.split(STEP_SEPARATOR) if construction == SAL_INPUT else split_steps(text)
+
+
+def sal_tag_text(system: str, question: str, pieces: list[str],
+                 tag: str = MATH_SHEPHERD_TAG) -> str:
+    """search-and-learn's Math-Shepherd input (RM:110-115) from the raw pieces of steps_of."""
+    body = STEP_SEPARATOR.join(pieces).replace(STEP_SEPARATOR, f" {tag}{STEP_SEPARATOR}")
+    if body[-2:] != STEP_SEPARATOR:
+        body += f" {tag}"
+    return f"{system}\n{question}\n {body}"
 
 
 def orm_text(tokenizer, question: str, response: str) -> str:

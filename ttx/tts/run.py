@@ -106,12 +106,14 @@ def fingerprint(cfg: RunConfig, engine: Engine) -> dict:
 def check_lengths(engine: Engine, cfg: RunConfig, problems: list[dict], new_tokens: int) -> None:
     """Refuse, naming the problem, a prompt that with --max-new-tokens exceeds the model's
     positions (engines that know their tokenizer and positions: hf)."""
-    limit = getattr(engine, "max_positions", None)
-    encode = getattr(engine, "encode", None)
-    if not limit or encode is None:
+    from ttx.engines.base import local
+
+    policy = local(engine)
+    if policy is None or not policy.max_positions:
         return
+    limit = policy.max_positions
     for p in problems:
-        n = len(encode(build_prompt(p[cfg.question_field], instruction=cfg.instruction,
+        n = len(policy.encode(build_prompt(p[cfg.question_field], instruction=cfg.instruction,
                                     system=cfg.system, chat=cfg.chat)))
         if n + new_tokens > limit:
             raise TtxError(f"problem {p['id']!r}: its prompt is {n} tokens, and with "

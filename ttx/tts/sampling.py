@@ -12,7 +12,7 @@ from ttx.scoring.answers import extract_answer, majority_vote, normalize_answer
 from ttx.tts.strategy import Outcome, Strategy, StrategyConfig, register
 
 REWARD_KNOBS = ("reward_model", "reward_batch_size", "prm_format", "prm_step_tag",
-                "prm_good_token", "prm_bad_token", "agg")
+                "prm_good_token", "prm_bad_token", "prm_input", "agg")
 
 
 def trace_score(trace: Trace, scorer: str) -> float | None:

@@ -33,7 +33,11 @@ PRM_FORMATS = ("tag", "chat", "qwen")
 
 
 BUDGET_STYLES = ("s1", "ttx")
+AUTO_BUDGETS = ("s1", "cpu")
 BEAM_STYLES = ("search-and-learn", "ttx")
+LOOKAHEAD_SCORING = ("path", "rollout")
+DORA_RULES = ("code", "paper")
+PRM_INPUTS = ("search-and-learn", "model-card")
 
 
 def _knob(default, help, **kw):
@@ -59,8 +63,12 @@ class SearchConfig:
                                             "before this many tokens (ttx style; s1: the minimum "
                                             "of one round, with --num-ignore 0).", type=_NONNEG)
     max_thinking_tokens: int | None = _knob(None, "budget-forcing: the thinking budget (default: "
-                                            "s1's auto rule, --max-new-tokens less 100 kept for "
-                                            "the answer; ttx: --max-new-tokens).", type=_POS)
+                                            "s1: --auto-budget; ttx: --max-new-tokens).",
+                                            type=_POS)
+    auto_budget: str = _knob("s1", "budget-forcing s1 without --max-thinking-tokens: s1's rule "
+                             "(--max-new-tokens less the call's longest prompt, the delimiters "
+                             "and 100) or cpu (less the delimiters and min(100, half), for the "
+                             "small budgets of CPU runs).", type=click.Choice(AUTO_BUDGETS))
     num_ignore: int = _knob(1, "budget-forcing: stops ignored at most K times per trace.",
                             type=_NONNEG)
     ignore_str: str = _knob("Wait", "budget-forcing: appended when a stop is ignored.")
@@ -85,6 +93,11 @@ class SearchConfig:
                      type=click.Choice(AGGREGATIONS))
     lookahead: int = _knob(0, "beam (search-and-learn)/dvts: greedy steps rolled out before a "
                            "step is scored (needs --reward-model).", type=_NONNEG)
+    lookahead_scoring: str = _knob("path", "beam (search-and-learn) with --lookahead: what the "
+                                   "PRM scores: the path alone, the rollout generated but unread "
+                                   "(path: search-and-learn's beam_search.py) or the path with "
+                                   "its rollout (rollout: Snell et al.'s lookahead search, "
+                                   "search-and-learn's DVTS).", type=click.Choice(LOOKAHEAD_SCORING))
     filter_duplicates: bool = _knob(False, "beam (search-and-learn): keep one beam of each text.",
                                     is_flag=True)
     sort_completed: bool = _knob(False, "beam (search-and-learn)/dora: answer from the n best "
@@ -92,6 +105,10 @@ class SearchConfig:
     dora_tau: float = _knob(0.1, "dora: softmax temperature of the quality weight.", type=_POSF)
     dora_alpha: float = _knob(0.01, "dora: temperature of the similarity row-softmax.",
                               type=_POSF)
+    dora_rule: str = _knob("code", "dora: the allocation of DORA's code (code: paths whose "
+                           "quality share rounds to 0 dropped first; behind the paper's numbers) "
+                           "or the paper's eq. 10-13 over every open path (paper: DORA's "
+                           "rebase_diverse module).", type=click.Choice(DORA_RULES))
     embedder: str | None = _knob(None, "dora: a local embedding model folder (default: the "
                                  "policy's hidden states).", type=_DIR)
     # refine
@@ -113,6 +130,15 @@ class SearchConfig:
                                        "(default '+').")
     prm_bad_token: str | None = _knob(None, "PRM: its opposite; '' scores against the whole "
                                       "vocabulary (default '-').")
+    prm_input: str | None = _knob(None, "PRM input built as search-and-learn's PRM classes do "
+                                  "(steps split at every blank line, empty ones kept; "
+                                  "Math-Shepherd: system prompt first, the blank lines kept) or "
+                                  "as the model card (model-card: empty steps dropped) (default: "
+                                  "ttx_reward.json's, else search-and-learn for beam's "
+                                  "search-and-learn style, dvts and dora, else model-card).",
+                                  type=click.Choice(PRM_INPUTS))
+    # the run's system message (--system): search-and-learn's Math-Shepherd input opens with it
+    prm_system: str | None = opt(None, cli=False)
     # openai engine: the tokenizer that applies the chat template to continued traces
     tokenizer: str | None = opt(None, cli=False)
 
@@ -131,19 +157,22 @@ class SearchConfig:
             raise TtxError(f"--min-thinking-tokens {self.min_thinking_tokens} exceeds the maximum "
                            f"({top}: --max-thinking-tokens, else --max-new-tokens)")
         choices = {"agg": AGGREGATIONS, "turn_aggregate": TURN_AGGREGATES,
-                   "budget_style": BUDGET_STYLES}
+                   "budget_style": BUDGET_STYLES, "auto_budget": AUTO_BUDGETS,
+                   "dora_rule": DORA_RULES, "lookahead_scoring": LOOKAHEAD_SCORING}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise TtxError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                f"got {getattr(self, name)!r}")
         if self.beam_style is not None and self.beam_style not in BEAM_STYLES:
             raise TtxError(f"--beam-style must be one of {', '.join(BEAM_STYLES)}")
-        if self.prm_format is not None and self.prm_format not in PRM_FORMATS:
-            raise TtxError(f"--prm-format must be one of {', '.join(PRM_FORMATS)}")
+        optional = {"prm_format": PRM_FORMATS, "prm_input": PRM_INPUTS}
+        for name, allowed in optional.items():
+            if getattr(self, name) is not None and getattr(self, name) not in allowed:
+                raise TtxError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
         if self.dora_tau <= 0 or self.dora_alpha <= 0:
             raise TtxError("--dora-tau and --dora-alpha must be positive")
-        prm = [k for k in ("prm_format", "prm_step_tag", "prm_good_token", "prm_bad_token")
-               if getattr(self, k) is not None]
+        prm = [k for k in ("prm_format", "prm_step_tag", "prm_good_token", "prm_bad_token",
+                           "prm_input") if getattr(self, k) is not None]
         if prm and not self.reward_model:
             raise TtxError(", ".join("--" + k.replace("_", "-") for k in prm)
                            + " set(s) how a process reward model is read: it needs --reward-model")
@@ -169,8 +198,10 @@ def _tokenizer(folder: str):
 
 
 def tokenizer_of(engine, search: SearchConfig):
-    """The policy's tokenizer: the hf engine's own, else the local folder given for it."""
-    tokenizer = getattr(engine, "tokenizer", None)
+    """The policy's tokenizer: a local engine's own, else the local folder given for it."""
+    from ttx.engines.base import local
+
+    tokenizer = local(engine).tokenizer if local(engine) else None
     if tokenizer is None:
         if not search.tokenizer:
             raise TtxError("continuing a trace needs the model's tokenizer: give --model the "
@@ -236,7 +267,9 @@ def think_end(engine, search: SearchConfig) -> tuple[str, bool]:
     style, ttx.tts.budget.)"""
     if search.think_end is not None:
         return search.think_end, bool(search.think_end.strip())
-    tokenizer = getattr(engine, "tokenizer", None)
+    from ttx.engines.base import local
+
+    tokenizer = local(engine).tokenizer if local(engine) else None
     if tokenizer is None and search.tokenizer:
         tokenizer = _tokenizer(search.tokenizer)
     if tokenizer is not None and "</think>" in tokenizer.get_vocab():

@@ -137,5 +137,6 @@ class ProcessVerifier:
 
     def reading(self) -> dict:
         """ttx_reward.json: how tts-run reads this folder."""
-        return {"kind": "prm", "format": "tag", "step_tag": self.tag, "good_token": self.good_text,
-                "bad_token": self.bad_text, "added_tokens": self.added}
+        return {"kind": "prm", "format": "tag", "prm_input": "model-card", "step_tag": self.tag,
+                "good_token": self.good_text, "bad_token": self.bad_text,
+                "added_tokens": self.added}

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from html import escape
 
 from ttx.scoring.render import render_table
 from ttx.viewer.classes import CLASSES
+from ttx.viewer.safe import escape
 from ttx.viewer.svg import accuracy_cost_svg, color
 
 CLASS_SHORT = {"always_correct": "always ✓", "always_wrong": "always ✗", "improved": "improved",

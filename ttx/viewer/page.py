@@ -17,17 +17,19 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from contextlib import contextmanager
-from html import escape
 from importlib import resources
 from pathlib import Path
 
 from ttx.errors import TtxError
-from ttx.io import atomic_path, manifest_path, now_iso, sha256_file, write_manifest
+from ttx.io import atomic_path, manifest_path, now_iso, safe_text, sha256_file, write_manifest
+from ttx.records import refuse_outputs_overlap
+from ttx.redact import redact_secrets
 from ttx.scoring.metrics import gold_answer
-from ttx.scoring.report import ScoreConfig, load_run, regrade_run, score
+from ttx.scoring.report import ScoreConfig, load_run, parse_compare, regrade_run, score, unfinished_note
 from ttx.viewer.classes import CLASSES, check_counts, problem_classes
 from ttx.viewer.overview import manifest_section, overview
 from ttx.viewer.problems import plain, record_view
+from ttx.viewer.safe import escape
 from ttx.viewer.svg import color
 
 SNIPPET = 160                      # characters of the question in the problem list
@@ -84,7 +86,9 @@ def _manifests(runs: Sequence[dict], spool: str | None) -> list[dict]:
                 entry["note"] = f"no manifest beside it ({mp.name})"
                 if mp is not None and mp.is_file():
                     try:
-                        entry["manifest"] = plain(json.loads(mp.read_text(encoding="utf-8")))
+                        # one an older ttx wrote may hold a URL's credentials: never shown
+                        entry["manifest"] = redact_secrets(
+                            plain(json.loads(mp.read_text(encoding="utf-8"))))
                     except (OSError, ValueError) as exc:
                         entry["note"] = f"{mp}: unreadable ({exc})"
                     if entry["manifest"] is not None and not isinstance(entry["manifest"], dict):
@@ -100,20 +104,25 @@ def _ignore_str(manifest: dict | None) -> str | None:
         return None
 
 
-def _memory_items(bank: str | None, manifests: Sequence[dict], wanted: set[str]) -> dict:
-    """The retrieved items' texts, from --memory BANK or the bank a run's manifest names."""
-    from ttx.memory.bank import load_bank
-
-    if not wanted:
-        return {}
+def _banks(bank: str | None, manifests: Sequence[dict]) -> list[str]:
+    """--memory BANK, then the banks the runs' manifests name."""
     banks = [bank] if bank else []
     for e in manifests:
         try:
             banks.append(e["manifest"]["options"]["run"]["memory"])
         except (KeyError, TypeError):
             continue
+    return [b for b in dict.fromkeys(banks) if isinstance(b, str) and b]
+
+
+def _memory_items(bank: str | None, manifests: Sequence[dict], wanted: set[str]) -> dict:
+    """The retrieved items' texts, from --memory BANK or the bank a run's manifest names."""
+    from ttx.memory.bank import load_bank
+
+    if not wanted:
+        return {}
     items = {}
-    for b in dict.fromkeys(x for x in banks if x):
+    for b in _banks(bank, manifests):
         if not os.path.isfile(b):
             if b == bank:
                 raise TtxError("no such file (--memory)", path=b)
@@ -131,6 +140,8 @@ def build_report(inputs: Sequence[str] = (), compare: Sequence[str] = (),
     """Write the page (and its manifest); returns score's result, which the page shows."""
     cfg = cfg or ScoreConfig()
     started = now_iso()
+    given = [*inputs, *(f for spec in compare for f in parse_compare(spec)[1]), memory]
+    refuse_outputs_overlap({"-o": output}, given)
     with _stdin_spooled(inputs, compare) as (ins, comp, spool):
         result = score(ins, comp, cfg, options=options)
         runs = _given_order(result, ins, comp)
@@ -146,9 +157,10 @@ def build_report(inputs: Sequence[str] = (), compare: Sequence[str] = (),
         if spool:
             for r in result["runs"]:
                 r["inputs"] = ["-" if p == spool else p for p in r["inputs"]]
+    refuse_outputs_overlap({"-o": output}, [*given, *_banks(memory, manifests)])
     names = [r["name"] for r in runs]
-    html = render_page(result, names, index, detail_blob, manifests,
-                       title or "ttx report: " + ", ".join(names))
+    html = safe_text(render_page(result, names, index, detail_blob, manifests,   # non-UTF-8
+                                 title or "ttx report: " + ", ".join(names)))   # paths, --title
     if str(output) == "-":
         sys.stdout.write(html)
     else:
@@ -243,7 +255,11 @@ def render_page(result: dict, names: Sequence[str], index: dict, detail: dict,
         f'generated {escape(generated)} by ttx {escape(__version__)}</div></div>',
         '<nav><a href="#overview" data-tab="overview">Overview</a>'
         '<a href="#problems" data-tab="problems">Problems</a>'
-        '<a href="#manifest" data-tab="manifest">Manifest</a></nav></header><main>',
+        '<a href="#manifest" data-tab="manifest">Manifest</a></nav></header>',
+        *(f'<div class="banner unfinished" data-run="{escape(r["name"])}"><b>Unfinished run '
+          f'{escape(r["name"])}</b>: {escape(unfinished_note(r))}.</div>'
+          for r in runs if r.get("unfinished")),
+        "<main>",
         f'<section id="tab-overview" class="tab">{overview(result, names)}</section>',
         '<section id="tab-problems" class="tab" hidden><div class="explorer"><aside>',
         '<div class="filters"><input id="q" type="search" placeholder="search id or text  (/)" '

@@ -94,13 +94,19 @@ def _search(rec: dict, kind: str, traces: list) -> dict | None:
     if not isinstance(block, dict) or not isinstance(block.get("iterations"), list):
         return None
     agg = block.get("agg") if block.get("agg") in ("last", "min", "prod") else "last"
-    tree = search_tree(block["iterations"], traces, agg)
+    tree = search_tree(block["iterations"], traces, agg, tokens=_num(rec.get("completion_tokens")))
     out = {"kind": kind, "params": {k: plain(v) for k, v in block.items() if k != "iterations"},
            "iterations": plain(block["iterations"])}
     if tree is not None:
-        out["tree"] = [[n["parent"], n["depth"], n["score"], n["path"], STATUS[n["status"]],
-                        n["trace"]] for n in tree["nodes"]]
+        if tree["nodes"]:
+            out["tree"] = [[n["parent"], n["depth"], n["score"], n["path"], STATUS[n["status"]],
+                            n["trace"]] for n in tree["nodes"]]
         out["consistent"], out["note"] = tree["consistent"], tree["note"]
+        if not tree["consistent"]:                 # the sentence the page shows
+            what = "only the recorded paths are drawn" if tree["nodes"] else "no tree is drawn"
+            out["warn"] = (f"The search tree is not drawn whole: {tree['note']}; {what}."
+                           if tree["limited"] else f"The iteration log and the traces disagree "
+                           f"({tree['note']}): {what}.")
     return out
 
 

@@ -6,7 +6,18 @@
   var $ = function (s, el) { return (el || document).querySelector(s); };
   var $$ = function (s, el) { return Array.prototype.slice.call((el || document).querySelectorAll(s)); };
   var ESC = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
-  function esc(s) { return String(s).replace(/[&<>"']/g, function (c) { return ESC[c]; }); }
+  /* bidirectional controls shown as <U+202E>, never applied (ttx/viewer/safe.py, the same set) */
+  var BIDI = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+  function visible(s) {
+    return String(s).replace(BIDI, function (c) {
+      return "<U+" + ("000" + c.charCodeAt(0).toString(16).toUpperCase()).slice(-4) + ">";
+    });
+  }
+  function esc(s) { return visible(s).replace(/[&<>"']/g, function (c) { return ESC[c]; }); }
+  /* a fragment typed or pasted by hand may be malformed (%E0%A4%A): taken as it is */
+  function decodeHash(h) { try { return decodeURIComponent(h); } catch (e) { return h; } }
+  function encodeHash(s) { try { return encodeURIComponent(s); } catch (e) { return ""; } }
+  function own(obj, key) { return Object.prototype.hasOwnProperty.call(obj, key); }
 
   var INDEX = JSON.parse($("#ttx-index").textContent);
   var RUNS = INDEX.runs, PROBS = INDEX.problems, CLASSES = INDEX.classes;
@@ -25,7 +36,7 @@
   var SHORT = { always_correct: "✓", always_wrong: "✗", improved: "↑", degraded: "↓", mixed: "~" };
   var STATUS = ["root", "expanded", "complete", "pruned"];
   var ROW = 46;                                   // list row height, px (matches the CSS)
-  var byId = {};
+  var byId = Object.create(null);                 // ids are data: "__proto__" is just an id
   PROBS.forEach(function (p, i) { byId[p.id] = i; });
 
   var state = { run: 0, cls: "", ok: "", dis: false, q: "" };
@@ -54,7 +65,7 @@
     if (name === "problems") { renderList(); if (sel < 0 && view.length) select(0, true); }
   }
   function route() {
-    var h = decodeURIComponent(location.hash.slice(1));
+    var h = decodeHash(location.hash.slice(1));
     if (h.indexOf("problem/") === 0) {
       var i = byId[h.slice(8)];
       show("problems");
@@ -194,7 +205,7 @@
     }
     renderList();
     renderDetail(view[sel]);
-    history.replaceState(null, "", "#problem/" + encodeURIComponent(PROBS[view[sel]].id));
+    history.replaceState(null, "", "#problem/" + encodeHash(PROBS[view[sel]].id));
   }
 
   /* ---------- one problem ---------- */
@@ -361,11 +372,8 @@
       " search" + (Object.keys(s.params).length ? ' <span class="muted">' +
       Object.keys(s.params).map(function (k) { return esc(k) + " " + esc(short(s.params[k])); }).join(" · ") +
       "</span>" : "") + "</h4>";
-    if (s.tree) {
-      if (!s.consistent) h += '<p class="warn">The iteration log and the traces disagree (' +
-        esc(s.note) + "): only the recorded paths are drawn.</p>";
-      h += treeSvg(s.tree, rec.traces);
-    }
+    if (s.warn) h += '<p class="warn">' + esc(s.warn) + "</p>";
+    if (s.tree) h += treeSvg(s.tree, rec.traces);
     h += '<table class="iters"><thead><tr><th>iteration</th><th>candidates</th><th>survivors</th>' +
       "<th>rollouts per survivor</th><th>pruned</th></tr></thead><tbody>";
     (s.iterations || []).forEach(function (it) {
@@ -447,7 +455,7 @@
   function memoryBlock(ids) {
     var items = detail().memory || {};
     return '<div class="block memory"><h4>retrieved memory items</h4><ul>' + ids.map(function (id) {
-      var it = items[id];
+      var it = own(items, id) ? items[id] : null;
       if (!it) return '<li><code>' + esc(id) + '</code> <span class="muted">(text not in the bank ' +
         "given; see --memory)</span></li>";
       return "<li><details><summary><code>" + esc(id) + "</code> " + esc(it.title || "") +

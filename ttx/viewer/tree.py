@@ -46,16 +46,25 @@ def _valid_log(iterations) -> bool:
     return True
 
 
-def search_tree(iterations, traces, agg: str = "last") -> dict | None:
-    """{"nodes": [...], "consistent": bool, "note": str} or None when the record holds no
-    iteration log or no trace with step scores.
+# The page draws at most this many nodes per tree, and this deep (an SVG column per step): a
+# record is a few KB, and a log that claims more (`"rollouts": [1000000000]`) is not drawn.
+MAX_NODES = 5000
+MAX_DEPTH = 400
+
+
+def search_tree(iterations, traces, agg: str = "last", tokens=None) -> dict | None:
+    """{"nodes": [...], "consistent": bool, "note": str, "limited": bool} or None when the
+    record holds no iteration log or no trace with step scores.
 
     Each node: {"parent": index or None, "depth": d, "score": the step score or None (not
     recorded), "path": the path score or None, "status": "root" | "complete" | "expanded" |
     "pruned", "trace": the trace's index for a complete beam, else None}. "expanded": chosen
     and given rollouts; "pruned": open but not chosen (or chosen with no rollouts). With
     `consistent` False the log and the traces disagree (a record of another shape): the nodes
-    are then only the recorded paths.
+    are then only the recorded paths. `limited`: the log claims more steps than the record can
+    justify (each step is at least one of its `tokens`, the record's completion tokens) or
+    than the page draws (MAX_NODES, MAX_DEPTH): the nodes are only the recorded paths, or none
+    when those alone are too many.
     """
     if not _valid_log(iterations) or not isinstance(traces, list):
         return None
@@ -66,11 +75,18 @@ def search_tree(iterations, traces, agg: str = "last") -> dict | None:
             paths.append((ti, [float(x) for x in s]))
     if not paths:
         return None
+    steps = sum(len(s) for _, s in paths)
+    longest = max(len(s) for _, s in paths)
+    if steps >= MAX_NODES or longest > MAX_DEPTH:
+        return {"nodes": [], "consistent": False, "limited": True,
+                "note": f"the recorded paths alone are {steps} steps, up to {longest} deep: more "
+                        f"than the page draws ({MAX_NODES} nodes, {MAX_DEPTH} deep)"}
 
     nodes: list[dict] = [{"parent": None, "depth": 0, "score": None, "path": None,
                           "status": "root", "trace": None}]
-    index: dict[tuple, int] = {(): 0}              # known internal nodes by their score prefix
+    index: dict[tuple, int] = {}                   # known internal nodes by (parent, score)
     children: dict[int, list[int]] = {0: []}
+    at_depth: dict[int, list[int]] = {0: [0]}      # the recorded nodes of each depth
 
     def add(parent: int, depth: int, score, path, status: str, trace=None) -> int:
         nodes.append({"parent": parent, "depth": depth, "score": score, "path": path,
@@ -83,30 +99,42 @@ def search_tree(iterations, traces, agg: str = "last") -> dict | None:
     for ti, s in paths:                            # the recorded paths, one leaf per trace
         parent = 0
         for d in range(1, len(s)):
-            key = tuple(s[:d])
+            key = (parent, s[d - 1])
             if key not in index:
                 index[key] = add(parent, d, s[d - 1], _path_score(s[:d], agg), "expanded")
+                at_depth.setdefault(d, []).append(index[key])
             parent = index[key]
-        add(parent, len(s), s[-1], _path_score(s, agg), "complete", ti)
+        at_depth.setdefault(len(s), []).append(add(parent, len(s), s[-1], _path_score(s, agg),
+                                                   "complete", ti))
 
     known = len(nodes)
     depth_max = len(iterations)
-    consistent, note = True, ""
-    if max(len(s) for _, s in paths) > depth_max:
+    claimed = sum(sum(it["rollouts"]) for it in iterations)
+    consistent, limited, note = True, False, ""
+    if longest > depth_max:
         consistent, note = False, "a trace has more steps than the log has iterations"
+    elif depth_max > MAX_DEPTH or claimed >= MAX_NODES:
+        consistent, limited = False, True
+        note = (f"the log lists {claimed} steps in {depth_max} iterations, more than the page "
+                f"draws ({MAX_NODES} nodes, {MAX_DEPTH} deep)")
+    elif _is_number(tokens) and claimed > tokens:
+        consistent, limited = False, True
+        note = (f"the log lists {claimed} generated steps, more than the record's {tokens:g} "
+                "completion tokens (a step is at least one token)")
     unknown_open: dict[int, list[int]] = {0: []}   # unrecorded open nodes per depth, in order
     if consistent:
         for d, it in enumerate(iterations, start=1):
             alloc = it["rollouts"]
-            parents = [i for i in range(known) if nodes[i]["depth"] == d - 1
-                       and nodes[i]["status"] in ("root", "expanded")]
+            parents = [i for i in at_depth.get(d - 1, [])
+                       if nodes[i]["status"] in ("root", "expanded")]
             parents.sort(key=lambda i: -(nodes[i]["path"] if nodes[i]["path"] is not None
                                          else math.inf))
             slots = _assign(parents, [len(children[i]) for i in parents], alloc)
             if slots is None:
                 consistent, note = False, f"iteration {d}: rollouts do not cover the recorded beams"
                 break
-            spare = [p for p in range(len(alloc)) if p not in slots.values()]
+            taken = set(slots.values())
+            spare = [p for p in range(len(alloc)) if p not in taken]
             pool = unknown_open.get(d - 1, [])
             if len(spare) > len(pool):
                 consistent = False
@@ -122,17 +150,20 @@ def search_tree(iterations, traces, agg: str = "last") -> dict | None:
                 for _ in range(alloc[p] - len(children[node])):
                     unknown_open[d].append(add(node, d, None, None, "pruned"))
         if consistent:
+            open_at: dict[int, int] = {}
+            for n in nodes:
+                if n["status"] != "complete":
+                    open_at[n["depth"]] = open_at.get(n["depth"], 0) + 1
             for d in range(1, depth_max):
                 nxt = iterations[d]
-                open_d = sum(1 for n in nodes if n["depth"] == d and n["status"] != "complete")
-                if isinstance(nxt.get("candidates"), int) and nxt["candidates"] != open_d:
+                if isinstance(nxt.get("candidates"), int) and nxt["candidates"] != open_at.get(d, 0):
                     consistent = False
                     note = (f"iteration {d + 1} lists {nxt['candidates']} candidates; the tree has "
-                            f"{open_d} open beams at depth {d}")
+                            f"{open_at.get(d, 0)} open beams at depth {d}")
                     break
     if not consistent:
         nodes = nodes[:known]
-    return {"nodes": nodes, "consistent": consistent, "note": note}
+    return {"nodes": nodes, "consistent": consistent, "note": note, "limited": limited}
 
 
 def _assign(parents: list[int], need: list[int], alloc: list[int]) -> dict[int, int] | None:

@@ -1,4 +1,4 @@
-"""ttx's float32 CPU kernels (ttx/engines/kernels.c) for the fused decoder (ttx.engines.fused).
+"""ttx's float32 CPU kernels (ttx/engines/cpu/kernels.c) for the fused decoder (ttx.engines.cpu.fused).
 
 - `decode_attention`: at decode shapes torch's bmm-softmax-bmm (and sdpa's kernel alike) runs
   about a hundred tiny products a layer, each dominated by its call's fixed cost; the kernel reads
@@ -10,24 +10,23 @@
 bench/decode_attention.py measures them against torch's ops. The library is compiled on first
 use with the system's C compiler (gcc or clang; AVX2 and FMA, OpenMP) into `$TTX_HOME/native/`
 (under a second; the file's name carries a hash of the source, the flags and the compiler's
-version) and loaded with ctypes. Without a compiler, on a CPU without AVX2, or with
-`TTX_NATIVE=0`, `available()` is False and the fused forward keeps torch's ops.
+version) and loaded with ctypes, by ttx.engines.cpu.native: only from a folder no other user can
+write, and only a file whose SHA-256 matches its build's; a bad one is rebuilt once. Without a
+compiler, on a CPU without AVX2, or with `TTX_NATIVE=0`, `available()` is False and the fused
+forward keeps torch's ops.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
 import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ttx.engines.cpu import native
 from ttx.models import ttx_home
 
 SOURCE = Path(__file__).with_name("kernels.c")
@@ -48,44 +47,20 @@ _SIGNATURES = {   # name: (argument types, result type)
 }
 
 
-def _build(compiler: str) -> Path:
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                             check=True).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode())
-    path = ttx_home() / "native" / f"kernels-{key.hexdigest()[:16]}.so"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-        os.close(fd)
-        try:
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True,
-                           text=True, check=True)
-            os.replace(tmp, path)           # atomic: a concurrent build finds a whole file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return path
-
-
 @functools.cache
 def _library():
-    if os.environ.get("TTX_NATIVE", "1") == "0" \
+    from ttx.engines.cpu import enabled
+
+    if not enabled() or os.environ.get("TTX_NATIVE", "1") == "0" \
             or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None
-    try:
-        library = ctypes.CDLL(str(_build(compiler)))
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = (getattr(exc, "stderr", None) or str(exc)).strip()
-        logging.getLogger(__name__).warning(
-            "ttx's CPU kernels did not build (%s); torch's ops serve instead",
-            detail.splitlines()[0] if detail else exc)
-        return None
-    for name, (args, result) in _SIGNATURES.items():
-        fn = getattr(library, name)
-        fn.argtypes, fn.restype = args, result
+    library, warning = native.load("kernels", SOURCE, FLAGS, _SIGNATURES, ttx_home() / "native")
+    if warning:
+        logging.getLogger(__name__).warning("%s", warning)
+    if library is not None:
+        for name, (args, result) in _SIGNATURES.items():
+            fn = getattr(library, name)
+            fn.argtypes, fn.restype = args, result
     return library
 
 

@@ -73,7 +73,12 @@ class PackedLinear(nn.Linear):
 
 def pack_linears(model: nn.Module) -> int:
     """Swap every plain nn.Linear of `model` (not subclasses: bitsandbytes' 4-bit layers stay)
-    whose weight is float32 or bfloat16 on CPU to PackedLinear; returns how many."""
+    whose weight is float32 or bfloat16 on CPU to PackedLinear; returns how many (none with the
+    fast path off: ttx.engines.cpu.enabled)."""
+    from ttx.engines.cpu import enabled
+
+    if not enabled():
+        return 0
     count = 0
     for module in model.modules():
         w = module.weight if type(module) is nn.Linear else None

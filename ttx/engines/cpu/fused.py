@@ -3,7 +3,7 @@
 The hf engine's model calls spend about a sixth of a float32 decode step in transformers'
 per-module Python (hooks, keyword plumbing, mask building, output classes) beside tensor work,
 and run seven matrices per layer. This forward runs the same arithmetic as transformers'
-modules in four matrices per layer, each a oneDNN-packed copy (ttx.engines.packed): q, k and v
+modules in four matrices per layer, each a oneDNN-packed copy (ttx.engines.cpu.packed): q, k and v
 as one [q + k + v, hidden] matrix, gate and up as one [2 * intermediate, hidden] matrix, then
 o and down. Its logits are transformers' (tests/test_fused.py, float32: within 1e-5, except the
 default model's decode steps within 2e-4, where decode attention's two matmuls round apart from
@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ttx.engines import kernels
+from ttx.engines.cpu import kernels
+from ttx.engines.cpu.packed import PackedLinear, available, pack, packed_linear
 from ttx.engines.kv import GrowingLayer
-from ttx.engines.packed import PackedLinear, available, pack, packed_linear
 
 # the family's classes, by module name: (causal LM, decoder layer, attention, MLP, RMSNorm)
 _FAMILY = {
@@ -194,7 +194,9 @@ class FusedDecoder:
 
     @classmethod
     def build(cls, model) -> "FusedDecoder | None":
-        return cls(model) if supported(model) else None
+        from ttx.engines.cpu import enabled
+
+        return cls(model) if enabled() and supported(model) else None
 
     def refresh(self) -> None:
         """Re-pack when any weight changed since the last packing (another tensor, or an
@@ -209,7 +211,7 @@ class FusedDecoder:
         self.embed = inner.embed_tokens.weight.detach()
         self.norm = (inner.norm.weight.detach(), inner.norm.variance_epsilon)
         self.head = pack(_weight(self.base.lm_head))
-        # float32 runs ttx's C kernels where they build (ttx.engines.kernels), torch's ops
+        # float32 runs ttx's C kernels where they build (ttx.engines.cpu.kernels), torch's ops
         # otherwise; decided with the weights, whose dtype a later call may find changed
         self.native = self.embed.dtype == torch.float32 and kernels.available()
         self.native_attention = self.native and kernels.serves_attention(
@@ -221,7 +223,7 @@ class FusedDecoder:
         """input_ids, positions [rows, q]; mask [rows, cached + q] (1: a real token); `cache` a
         DynamicCache whose layers take the new K/V (ttx.engines.kv); `shared` (source rows,
         columns), where rows hold equal K/V in their leading columns, for the decode attention
-        kernel to read them from one row (ttx.engines.kernels.decode_attention)."""
+        kernel to read them from one row (ttx.engines.cpu.kernels.decode_attention)."""
         rows, q = input_ids.shape
         h = F.embedding(input_ids, self.embed)
         heads, kv, d = self.heads, self.kv_heads, self.head_dim
