@@ -31,9 +31,10 @@ run: setup
 test: setup browser
 	$(PY) -m pytest -q tests
 
-# The fast loop: no default model, no vLLM server, no browser (markers; tests/conftest.py).
+# The fast loop: no default model, no vLLM server, no browser, no whole pipelines (markers;
+# tests/conftest.py).
 test-fast: setup
-	TTX_TEST_FAST=1 $(PY) -m pytest -q -m "not model and not server and not browser" tests
+	TTX_TEST_FAST=1 $(PY) -m pytest -q -m "not model and not server and not browser and not pipeline" tests
 
 test-server: setup
 	$(PY) -m pytest -q tests/server

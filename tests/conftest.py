@@ -1,7 +1,8 @@
 """Shared fixtures: a tiny random Llama (seconds), the real default model (end-to-end tests).
 
 Markers (pyproject.toml): `model` runs the default model's weights, `server` a real vLLM server,
-`browser` headless Chromium. `make test-fast` deselects the three and sets TTX_TEST_FAST=1, under
+`browser` headless Chromium, `pipeline` a whole recipe script end to end (tiny models, but every
+stage). `make test-fast` deselects the four and sets TTX_TEST_FAST=1, under
 which a test that loads the default model's weights without the `model` marker fails, naming
 itself, so the fast loop cannot silently grow slow.
 """
@@ -19,8 +20,11 @@ FAST = os.environ.get("TTX_TEST_FAST") == "1"
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark what needs a browser or a server by the fixtures and folders it uses."""
+    """Mark what needs a browser or a server by the fixtures and folders it uses, and the
+    pipeline tests by name."""
     for item in items:
+        if "pipeline" in item.name:
+            item.add_marker(pytest.mark.pipeline)
         if "page" in getattr(item, "fixturenames", ()) or "browser" in item.name:
             item.add_marker(pytest.mark.browser)
         if "server" in item.path.parts[-2:-1]:

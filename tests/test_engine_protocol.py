@@ -44,7 +44,7 @@ def test_engine_over_a_stages_model_reads_its_weights_at_each_call(tiny_model_di
     params = SamplingParams(max_new_tokens=6, temperature=0.0)
     before = engine.generate(["Tom has"], 1, params)[0].traces[0].token_ids
     with torch.no_grad():                                           # a training step, say
-        model.lm_head.weight[before[0]] -= 100.0
+        model.model.norm.weight.neg_()                              # argmax becomes argmin
     after = engine.generate(["Tom has"], 1, params)[0].traces[0].token_ids
     assert after[0] != before[0]
 

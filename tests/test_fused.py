@@ -233,6 +233,7 @@ def test_fused_engine_follows_weights_changed_between_calls(tiny_model_dir):
     assert same() != before
 
 
+@pytest.mark.model
 def test_fused_forward_on_the_default_model_gives_transformers_logits(default_model_dir):
     from ttx.models import load_model
 

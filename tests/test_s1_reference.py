@@ -151,12 +151,14 @@ def s1_harness(world: World, tok, requests, max_tokens, stop, *, n_ignore, ignor
 
 
 class Engine:
-    """ttx's engine interface over the world (token-id prompts only: s1 never sends text)."""
+    """ttx's engine interface over the world (token-id prompts only: s1 never sends text); a
+    remote engine, so the strategy takes the tokenizer from SearchConfig.tokenizer."""
 
     name = model_name = "scripted"
+    supports_constraints = False
 
     def __init__(self, world, tok):
-        self.world, self.tokenizer = world, tok
+        self.world = world
 
     def generate(self, prompts, n, params):
         counts, per = per_prompt(len(prompts), n, params)
@@ -184,7 +186,8 @@ def _both(tok, questions, scripts, *, max_new_tokens, num_ignore, max_thinking=N
                                                stop=tuple(stop)),
                          search=SearchConfig(num_ignore=num_ignore,
                                              max_thinking_tokens=max_thinking,
-                                             min_thinking_tokens=min_thinking))
+                                             min_thinking_tokens=min_thinking,
+                                             tokenizer=tok.name_or_path))
     prompt_ids = [tok(q, add_special_tokens=False).input_ids for q in questions]
     ref = World(tok, prompt_ids, scripts)
     texts = s1_harness(ref, tok, [list(p) for p in prompt_ids], max_new_tokens, list(stop),
@@ -272,11 +275,11 @@ def test_s1_auto_budget_subtracts_the_longest_prompt(tok):
     assert my_req[0][0][1] == budget and outs[0].extra["budget_forcing"]["thinking_budget"] == budget
     engine = Engine(World(tok, [], []), tok)
     cfg = StrategyConfig(strategy="budget-forcing", params=SamplingParams(max_new_tokens=100),
-                         search=SearchConfig())
+                         search=SearchConfig(tokenizer=tok.name_or_path))
     rules = S1Rules(engine, cfg)
     with pytest.raises(TtxError, match="auto thinking budget .* raise --max-new-tokens"):
         rules.begin([Q2])
-    cfg.search = SearchConfig(auto_budget="cpu")
+    cfg.search = SearchConfig(auto_budget="cpu", tokenizer=tok.name_or_path)
     rules = S1Rules(engine, cfg)
     rules.begin([Q2])
     assert rules.maximum == 100 - (2 + 6 + 1) - 50                    # ttx's CPU rule
@@ -287,7 +290,7 @@ def test_s1_refuses_a_stop_of_several_tokens(tok):
 
     cfg = StrategyConfig(strategy="budget-forcing",
                          params=SamplingParams(max_new_tokens=64, stop=("Final Answer",)),
-                         search=SearchConfig(max_thinking_tokens=8))
+                         search=SearchConfig(max_thinking_tokens=8, tokenizer=tok.name_or_path))
     with pytest.raises(TtxError, match="single tokens .*'Final Answer' is 2 tokens"):
         S1Rules(Engine(World(tok, [], []), tok), cfg)
 

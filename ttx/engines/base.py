@@ -122,6 +122,7 @@ class Generation:
     cached_prompt_tokens: int = 0     # of prompt_tokens, those whose K/V an earlier call kept
 
 
+@runtime_checkable
 class Engine(Protocol):
     """What every engine offers: generation. Both engines declare every attribute here."""
 
