@@ -51,7 +51,7 @@ bench: setup
 	$(PY) bench/report.py
 
 lint: setup
-	$(PY) -m ruff check ttx commands tests bench
+	$(PY) -m ruff check ttx tests bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

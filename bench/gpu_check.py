@@ -55,8 +55,6 @@ VERSIONS = ("torch", "transformers", "tokenizers", "huggingface_hub", "accelerat
             "safetensors", "bitsandbytes", "numpy", "triton", "mamba-ssm", "causal-conv1d",
             "llguidance", "math-verify", "gguf", "click")
 ARCH = ROOT / ".whl" / "smollm2-arch"
-SHIM = ("import sys, ttx; ttx.__path__.append({root!r}); from ttx.commands import cli; "
-        "cli(prog_name='ttx')")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -253,13 +251,8 @@ def _short_commit() -> str | None:
 
 
 def _cli_prefix() -> list[str]:
-    """`-m ttx` where this Python can import the CLI; else (a tree whose CLI package is mapped
-    in by an install, pyproject's package-dir) a shim that adds the tree to ttx's path."""
-    done = subprocess.run([sys.executable, "-c", "import ttx.__main__"], cwd=ROOT,
-                          capture_output=True, text=True, check=False)
-    if done.returncode == 0:
-        return ["-m", "ttx"]
-    return ["-c", SHIM.format(root=str(ROOT))]
+    """How a check runs a stage: `python -m ttx` from the tree (ttx/cli is a plain package)."""
+    return ["-m", "ttx"]
 
 
 # ---- the child: one check ----------------------------------------------------------------------
@@ -346,8 +339,7 @@ def check_env(args, numbers: dict) -> None:
             imports[module] = f"unavailable: {type(exc).__name__}: {text}"[:300]
     numbers["imports"] = imports
     prefix = json.loads(os.environ.get("GPU_CHECK_CLI") or "null") or _cli_prefix()
-    numbers["ttx_cli"] = "python -m ttx" if prefix[:2] == ["-m", "ttx"] else \
-        "shim: ttx.__path__ += [repo] (the tree's CLI package is mapped in by an install)"
+    numbers["ttx_cli"] = " ".join(["python", *prefix])
     import ttx
 
     numbers["ttx_from"] = str(Path(ttx.__file__).parent)

@@ -41,7 +41,7 @@ SMOKE = {"train_problems": 4, "test_problems": 2, "n": 2, "max_new_tokens": 24, 
 
 def ttx(*args) -> float:
     """Run one ttx stage in this process (the real click group); its wall time in seconds."""
-    from ttx.commands import cli
+    from ttx.cli import cli
 
     t0 = time.perf_counter()
     try:

@@ -99,7 +99,7 @@ def run_cli(args, input=None):
     """Run the real `ttx` click group in-process; returns click's Result."""
     from click.testing import CliRunner
 
-    from ttx.commands import cli
+    from ttx.cli import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
 

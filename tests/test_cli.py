@@ -9,15 +9,15 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, run_cli
-from ttx.commands import SUBCOMMANDS, cli
-from ttx.commands.options import option_names
+from ttx.cli import SUBCOMMANDS, cli
+from ttx.cli.options import option_names
 
 STAGES = ["distill-to-mamba", "inplace-ttt-convert", "perk-metatrain", "perk-encode", "tlm-adapt",
           "memory-extract", "tts-run", "score", "report", "verifier-train", "ttrl"]
 
 
 def test_help_lists_every_stage_without_importing_torch():
-    code = ("import sys; from ttx.commands import cli\n"
+    code = ("import sys; from ttx.cli import cli\n"
             "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
             "heavy = [m for m in ('torch', 'transformers', 'numpy') if m in sys.modules]\n"
             "print('HEAVY', heavy)")

@@ -11,7 +11,7 @@ from tests.conftest import REPO
 
 def _modules() -> dict[str, Path]:
     mods = {}
-    for base, prefix in ((REPO / "ttx", "ttx"), (REPO / "commands", "ttx.commands")):
+    for base, prefix in ((REPO / "ttx", "ttx"), (REPO / "commands", "ttx.cli")):
         for f in base.rglob("*.py"):
             parts = [p for p in f.relative_to(base).with_suffix("").parts if p != "__init__"]
             mods[".".join([prefix, *parts])] = f

@@ -22,7 +22,7 @@ def _commands() -> list[list[str]]:
 def test_every_readme_command_names_a_stage_and_its_options():
     import click
 
-    from ttx.commands import cli
+    from ttx.cli import cli
 
     ctx = click.Context(cli)
     for argv in _commands():
@@ -90,7 +90,7 @@ def test_every_documented_command_parses(tmp_path, monkeypatch):
     command line is judged."""
     import click
 
-    from ttx.commands import cli
+    from ttx.cli import cli
 
     monkeypatch.chdir(tmp_path)
     commands = _documented()

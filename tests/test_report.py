@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ttx.commands import cli
+from ttx.cli import cli
 from ttx.scoring.report import ScoreConfig, load_run
 from ttx.viewer import browser
 from ttx.viewer.classes import problem_classes

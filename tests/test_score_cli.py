@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ttx.commands import cli
+from ttx.cli import cli
 from ttx.scoring.answers import answers_equal, extract_answer
 from ttx.scoring.arise import arise_score
 from ttx.scoring.metrics import pass_at_k
@@ -222,7 +222,7 @@ def test_recipe_loads_and_command_line_wins(tmp_path):
 
 
 def test_help_is_light():
-    code = ("import sys\nfrom click.testing import CliRunner\nfrom ttx.commands import cli\n"
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom ttx.cli import cli\n"
             "r = CliRunner().invoke(cli, ['score', '--help'])\nassert r.exit_code == 0, r.output\n"
             "heavy = [m for m in ('torch', 'numpy', 'matplotlib', 'math_verify', 'sympy')"
             " if m in sys.modules]\nassert not heavy, heavy\n")

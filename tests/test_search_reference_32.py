@@ -531,7 +531,7 @@ def test_reward_model_construction_default_and_reading_file(tmp_path, tiny_model
 # --- options ----------------------------------------------------------------------------------
 
 def _build(tmp_path, *args):
-    from ttx.commands.tts_run import command
+    from ttx.cli.tts_run import command
     from ttx.tts.launch import build_run
 
     problems = tmp_path / "p.jsonl"

@@ -391,8 +391,8 @@ def test_bad_options_and_outputs(digits_model_dir, questions, tmp_path):
 def test_help_and_recipe_load():
     import yaml
 
-    from ttx.commands import cli
-    from ttx.commands.options import option_names
+    from ttx.cli import cli
+    from ttx.cli.options import option_names
 
     assert run_cli(["ttrl", "--help"]).exit_code == 0
     recipe = REPO / "recipes" / "ttrl.yaml"

@@ -345,8 +345,8 @@ def test_rollout_labels_through_the_cli(tmp_path, tiny_model_dir):
 
 
 def test_recipe_loads_and_the_pipeline_runs_on_a_tiny_model(tmp_path, tiny_model_dir):
-    from ttx.commands import cli
-    from ttx.commands.options import option_names
+    from ttx.cli import cli
+    from ttx.cli.options import option_names
 
     recipe = REPO / "recipes" / "verifier-train.yaml"
     text = recipe.read_text()

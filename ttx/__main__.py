@@ -1,6 +1,6 @@
 """`python -m ttx` and `accelerate launch -m ttx` entry point."""
 
-from ttx.commands import cli
+from ttx.cli import cli
 
 if __name__ == "__main__":
     cli()

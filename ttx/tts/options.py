@@ -1,4 +1,4 @@
-"""tts-run's option schema (ttx.options): one dataclass per group; commands/tts_run.py generates
+"""tts-run's option schema (ttx.options): one dataclass per group; ttx/cli/tts_run.py generates
 its click options from them and ttx.tts.launch builds the run from the same objects."""
 
 from __future__ import annotations

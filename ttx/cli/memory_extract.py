@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from ttx.commands.options import config_option
+from ttx.cli.options import config_option
 from ttx.engines.options import EngineOptions
 from ttx.memory.extract import ExtractConfig, ExtractIO, ExtractSampling  # light: no torch
 from ttx.options import cli_options

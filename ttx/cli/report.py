@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from ttx.commands.options import compare_options, compared_runs, config_option
+from ttx.cli.options import compare_options, compared_runs, config_option
 from ttx.options import cli_options
 from ttx.scoring.report import ScoreConfig  # score's own schema: the definitions cannot drift
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from ttx.commands.options import config_option
+from ttx.cli.options import config_option
 from ttx.inplace_ttt.config import InplaceTTTConfig
 from ttx.options import cli_options
 

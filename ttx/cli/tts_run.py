@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ttx.commands.options import config_option
+from ttx.cli.options import config_option
 from ttx.engines.options import EngineOptions
 from ttx.options import cli_options
 from ttx.tts.options import (  # light: no torch at import time

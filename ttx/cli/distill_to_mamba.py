@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from ttx.commands.options import config_option
+from ttx.cli.options import config_option
 from ttx.mamba.config import DistillConfig
 from ttx.options import cli_options
 

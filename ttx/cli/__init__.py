@@ -8,7 +8,7 @@ import sys
 
 import click
 
-# name -> (module under ttx.commands, one-line help shown by `ttx --help`)
+# name -> (module under ttx.cli, one-line help shown by `ttx --help`)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tts-run": ("tts_run", "Test-time scaling: sample, vote, search and refine with a model."),
     "score": ("score", "Score tts-run records: accuracy, pass@k, maj@k, tokens, plots."),
@@ -32,7 +32,7 @@ class LazyGroup(click.Group):
         if name not in SUBCOMMANDS:
             return None
         module_name, short_help = SUBCOMMANDS[name]
-        module = importlib.import_module(f"ttx.commands.{module_name}")
+        module = importlib.import_module(f"ttx.cli.{module_name}")
         command = module.command
         command.short_help = short_help
         return command

@@ -11,7 +11,7 @@ import json as json_module
 
 import click
 
-from ttx.commands.options import compare_options, compared_runs, config_option
+from ttx.cli.options import compare_options, compared_runs, config_option
 from ttx.options import cli_options
 from ttx.scoring.report import ScoreConfig  # light: click and the schema only
 

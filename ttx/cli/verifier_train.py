@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from ttx.commands.options import config_option
+from ttx.cli.options import config_option
 from ttx.options import cli_options
 from ttx.verifier.config import VerifierConfig
 
