@@ -25,7 +25,7 @@ def run(engine_kwargs: dict, problems: int) -> dict:
     from ttx.data.arith import generate
     from ttx.engines.base import SamplingParams
     from ttx.engines.hf import HFEngine
-    from ttx.tts.prompts import build_prompt
+    from ttx.prompts import build_prompt
     from ttx.tts.registry import strategy as strategy_class
     from ttx.tts.search import SearchConfig
     from ttx.tts.strategy import StrategyConfig

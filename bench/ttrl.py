@@ -60,8 +60,8 @@ def evaluate(adapter: str | None, problems: list[dict], max_new_tokens: int, k: 
     """Greedy accuracy, maj@k and mean accuracy of the k samples (temperature 0.6, top-p 0.95)."""
     from ttx.engines.base import SamplingParams
     from ttx.engines.hf import HFEngine
+    from ttx.prompts import build_prompt
     from ttx.scoring.answers import answers_equal, extract_answer, majority_vote
-    from ttx.tts.prompts import build_prompt
 
     engine = HFEngine(model=MODEL, adapter=adapter)
     prompts = [build_prompt(p["question"]) for p in problems]

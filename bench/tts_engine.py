@@ -59,7 +59,7 @@ MATMUL_OPS = ("aten::mm", "aten::addmm", "mkldnn::_linear_pointwise")   # F.line
 
 def _prompts():
     from ttx.data.arith import generate
-    from ttx.tts.prompts import build_prompt
+    from ttx.prompts import build_prompt
 
     return [build_prompt(p["question"]) for p in generate(4, 123)]
 
@@ -451,8 +451,8 @@ def ffs_vs_majority(problems: int) -> dict:
     from ttx.data.arith import generate
     from ttx.engines.base import SamplingParams
     from ttx.engines.hf import HFEngine
+    from ttx.prompts import build_prompt
     from ttx.scoring.answers import answers_equal
-    from ttx.tts.prompts import build_prompt
     from ttx.tts.registry import strategy as strategy_class
     from ttx.tts.strategy import StrategyConfig
 

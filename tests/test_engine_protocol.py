@@ -56,3 +56,24 @@ def test_no_stage_probes_an_engine_or_builds_one_for_its_side_effects():
              for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
              if probe.search(line)]
     assert not found, "\n".join(found)
+
+
+def test_no_stage_but_tts_run_imports_the_tts_package_except_to_run_strategies():
+    """Prompts, seeds, reward inputs and problem reading are shared primitives outside ttx/tts;
+    a stage imports ttx.tts only to run or regrade strategies (the allowed modules below)."""
+    allowed = {"ttx.tts.launch", "ttx.tts.options", "ttx.tts.search", "ttx.tts.run",
+               "ttx.tts.strategy", "ttx.tts.sampling", "ttx.tts.registry"}
+    users = {Path("cli/tts_run.py"): {"ttx.tts.options", "ttx.tts.search", "ttx.tts.launch"},
+             Path("tlm/adapt.py"): {"ttx.tts.run", "ttx.tts.strategy"},
+             Path("perk/encode.py"): {"ttx.tts.sampling", "ttx.tts.strategy"},
+             Path("scoring/report.py"): {"ttx.tts.registry"}}
+    found = {}
+    for p in TTX.rglob("*.py"):
+        rel = p.relative_to(TTX)
+        if rel.parts[0] == "tts":
+            continue
+        mods = set(re.findall(r"^\s*from (ttx\.tts[\w.]*) import", p.read_text(encoding="utf-8"),
+                              re.M))
+        if mods:
+            found[rel] = mods
+    assert found == users and set().union(*found.values()) <= allowed, found

@@ -81,7 +81,7 @@ def test_process_model_scores_each_step_from_its_prefix(tiny_model_dir, fmt):
     pair = torch.softmax(logits[:, [rm.good_id, rm.bad_id]], -1)[:, 0]
     assert scores == pytest.approx(pair.tolist(), abs=1e-5)
     if fmt == "tag":           # Math-Shepherd's card: question, " ", steps each + " ки", BOS first
-        from ttx.tts.reward_inputs import tag_text
+        from ttx.reward_inputs import tag_text
 
         text = tag_text(QUESTION, STEPS)
         assert ids == rm.tokenizer(text).input_ids

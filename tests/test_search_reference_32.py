@@ -419,7 +419,7 @@ def test_rlhflow_input_as_search_and_learn_builds_it(tiny_model_dir, text):
     """RM:225-243: the path split at "\\n\\n" as it is (an open beam's empty last piece kept, no
     stripping), the first user turn question + " " + piece 0, each answered by "+"; one score
     per turn, read where its "+" is predicted (RM:257-266)."""
-    from ttx.tts.reward_inputs import steps_of
+    from ttx.reward_inputs import steps_of
 
     rm = _prm(tiny_model_dir, "chat", "search-and-learn")
     conversation = []
@@ -450,7 +450,7 @@ def test_math_shepherd_input_as_search_and_learn_builds_it(tiny_model_dir, text,
     """RM:110-115: system prompt + "\\n" + question + "\\n", then " " and the path with " ки"
     before each blank line (kept) and one at the end unless it ends with a blank line; BOS first
     (RM:49); every tag scored (RM:55)."""
-    from ttx.tts.reward_inputs import steps_of
+    from ttx.reward_inputs import steps_of
 
     rm = _prm(tiny_model_dir, "tag", "search-and-learn", system=SYSTEM)
     prompt = SYSTEM + "\n" + QUESTION + "\n"                         # RM:110

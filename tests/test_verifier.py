@@ -16,7 +16,7 @@ import torch
 from tests.conftest import REPO, run_cli
 from ttx.data.arith import generate
 from ttx.errors import TtxError
-from ttx.tts.reward_inputs import MATH_SHEPHERD_TAG, READING_FILE, split_steps, tag_positions, tag_text
+from ttx.reward_inputs import MATH_SHEPHERD_TAG, READING_FILE, split_steps, tag_positions, tag_text
 from ttx.verifier.data import Example, read_examples, split_problems
 from ttx.verifier.labels import (
     RolloutConfig,
@@ -112,7 +112,7 @@ def test_rollout_labels_from_scripted_completions():
 
 def test_rollouts_through_the_engine_resume_and_refuse_other_traces(tiny_model_dir, tmp_path):
     from ttx.engines.hf import HFEngine
-    from ttx.tts.prompts import build_prompt
+    from ttx.prompts import build_prompt
     from ttx.tts.search import SearchConfig, templated
     from ttx.verifier.labels import _sha
 

@@ -83,6 +83,17 @@ def read_records(path: str | os.PathLike, *, required: Sequence[str] = (),
     return rows
 
 
+def read_problems(path: str | os.PathLike, *, question_field: str = "question",
+                  id_field: str = "id", answer_field: str | None = None,
+                  limit: int | None = None) -> list[dict]:
+    """Problems as every stage that answers them reads them (tts-run, tlm-adapt): the question a
+    non-empty string, the answer present where asked, `id` defaulting to the line number."""
+    required = [question_field] + ([answer_field] if answer_field else [])
+    rows = read_records(path, required=required, strings=[question_field], id_field=id_field,
+                        limit=limit)
+    return [{**row.data, "id": row.data.get(id_field, row.line)} for row in rows]
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths name one file (hard links and symlinks included)."""
     if STDIO in (str(a), str(b)):

@@ -126,6 +126,7 @@ def teacher_completions(examples: list[Example], teacher, tokenizer, out_path, *
     from ttx.engines import engine_over
     from ttx.engines.base import SamplingParams
     from ttx.io import JsonlAppender, read_jsonl, repair_torn_tail
+    from ttx.seeds import call_seed
 
     out_path = Path(out_path)
     done: dict[int, str] = {}
@@ -140,7 +141,7 @@ def teacher_completions(examples: list[Example], teacher, tokenizer, out_path, *
         for start in range(0, len(todo), batch):
             chunk = todo[start:start + batch]
             params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                    seed=seed * 1_000_003 + chunk[0])
+                                    seed=call_seed(seed, chunk[0]))
             gens = engine.generate([examples[i].prompt for i in chunk], 1, params)
             for i, gen in zip(chunk, gens):
                 done[i] = gen.traces[0].text

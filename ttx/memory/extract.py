@@ -355,7 +355,7 @@ def extract_to_bank(engine: Engine, input_path: str, bank_path: str,
     from tqdm import tqdm
 
     from ttx.memory.cheatsheet import update_cheatsheet
-    from ttx.tts.seeds import call_seed
+    from ttx.seeds import call_seed
 
     check_style(cfg.style, cfg.item_format)
     t0 = time.perf_counter()

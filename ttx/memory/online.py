@@ -147,7 +147,7 @@ class Recall:
         from ttx.memory.cheatsheet import update_cheatsheet
         from ttx.memory.extract import ExtractConfig, add_record, attempts_text, extract_items, judge_problems
         from ttx.scoring.answers import answers_equal, extract_answer
-        from ttx.tts.seeds import call_seed
+        from ttx.seeds import call_seed
 
         t0 = time.perf_counter()
         cfg = self.cfg

@@ -167,7 +167,7 @@ def attach_policy(model, cfg: TTRLConfig):
 
 def question_order(count: int, batch: int, steps: int, seed: int) -> list[list[int]]:
     """The questions of each rollout step: a stream of seeded permutations, batch at a time."""
-    from ttx.tts.seeds import call_seed
+    from ttx.seeds import call_seed
 
     stream: list[int] = []
     epoch = 0
@@ -289,10 +289,10 @@ def _run(cfg: TTRLConfig, problems: list[dict], started: str) -> dict:
 def _collector(cfg, engine, tokenizer, model, problems, order, pad_id):
     """collect(step) for the loop, and the per-question records it leaves for on_step."""
     from ttx.engines.base import SamplingParams
+    from ttx.prompts import build_prompt
     from ttx.rl.etmr import tree_rollouts
     from ttx.rl.grpo import sequence_logprobs
-    from ttx.tts.prompts import build_prompt
-    from ttx.tts.seeds import call_seed
+    from ttx.seeds import call_seed
 
     records: dict[int, list[dict]] = {}
     keep = n_train(cfg)

@@ -24,15 +24,15 @@ from ttx.tlm.loss import measure_ce, sample_weight, sequence_ce, tlm_loss
 
 def load_inputs(cfg: TLMConfig, path: str) -> list[dict]:
     """Records as tts-run reads them (same fields, same validation); answers are never read."""
-    from ttx.tts.run import RunConfig, read_problems
+    from ttx.records import read_problems
 
-    return read_problems(RunConfig(input=path, output="-", question_field=cfg.question_field,
-                                   id_field=cfg.id_field, limit=cfg.limit))
+    return read_problems(path, question_field=cfg.question_field, id_field=cfg.id_field,
+                         limit=cfg.limit)
 
 
 def encode(tokenizer, cfg: TLMConfig, problems: list[dict]) -> list[list[int]]:
     """Each input templated exactly as tts-run prompts it (chat template, headers included)."""
-    from ttx.tts.prompts import build_prompt
+    from ttx.prompts import build_prompt
 
     out = []
     for p in problems:

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ttx.seeds import call_seed
 from ttx.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 
 LossOut = Any   # tensor | None | (tensor | None, dict of floats)
@@ -280,7 +281,7 @@ class Trainer:
     def _order(self, n: int, epoch: int) -> list[int]:
         if not self.config.shuffle:
             return list(range(n))
-        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(call_seed(self.config.seed, epoch))
         return torch.randperm(n, generator=g).tolist()
 
     def _shard(self, batches: list) -> list:

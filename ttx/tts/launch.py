@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from ttx.engines.options import EngineOptions
 from ttx.errors import TtxError
+from ttx.prompts import DEFAULT_INSTRUCTION
 from ttx.tts.levels import RepeatRule
 from ttx.tts.options import LevelOptions, MemoryOptions, PromptOptions, RunIO, Sampling, StrategyOptions
-from ttx.tts.prompts import DEFAULT_INSTRUCTION
 from ttx.tts.run import RunConfig, _level_settings, read_problems, run_tts
 from ttx.tts.strategy import Strategy, StrategyConfig
 

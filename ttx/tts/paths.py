@@ -133,10 +133,10 @@ def rescore(scorer, prompts: list, paths: list[Path], agg: str, construction: st
     """Each path's score this iteration. A reward model rescores the whole path (with its
     lookahead rollout when `rollout`) in batched forwards, replacing its step scores, as SAL
     does every iteration (beam_search.py:135-143); its steps are split as `construction` builds
-    PRM inputs (ttx.tts.reward_inputs.steps_of). The policy scorer appends the new step's own
+    PRM inputs (ttx.reward_inputs.steps_of). The policy scorer appends the new step's own
     score."""
     if scorer.is_reward_model:
-        from ttx.tts.reward_inputs import steps_of
+        from ttx.reward_inputs import steps_of
 
         step_lists = scorer.score_paths([
             (question_of(prompts[p.problem]),

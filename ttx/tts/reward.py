@@ -5,7 +5,7 @@ of a step or trace, and `self-certainty`, the mean KL(U || p) (Kang et al. 2025)
 
 `--reward-model PATH`, a local Hugging Face folder, loaded once per run and read by its
 `ttx_reward.json` (written by verifier-train) or else by its architecture; the input conventions
-are in ttx.tts.reward_inputs:
+are in ttx.reward_inputs:
   *ForSequenceClassification  an outcome reward model (ORM): one score per solution, sigmoid of
                               a single logit, else the probability of the last label.
   *ForCausalLM                a process reward model (PRM) predicting a good/bad token per step:
@@ -15,7 +15,7 @@ are in ttx.tts.reward_inputs:
                               joined by <extra_0>, P(label 1) there; one label: its sigmoid, a
                               Skywork-style value head).
 A PRM input is built as search-and-learn's PRM classes build it or as the model card says
-(--prm-input, ttx.tts.reward_inputs): the option, else the folder's ttx_reward.json `prm_input`
+(--prm-input, ttx.reward_inputs): the option, else the folder's ttx_reward.json `prm_input`
 (verifier-train writes `model-card`, the construction it trains on), else the strategy's default.
 A folder that needs its own Python code (trust_remote_code) is refused: ttx never runs it.
 Every scoring call is batched: sequences go through the model in right-padded batches of
@@ -28,8 +28,8 @@ import json
 import math
 from pathlib import Path
 
+from ttx import reward_inputs as ri
 from ttx.errors import TtxError
-from ttx.tts import reward_inputs as ri
 from ttx.tts.search import step_score
 
 

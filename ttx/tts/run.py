@@ -19,10 +19,11 @@ from typing import Protocol
 
 from ttx.engines.base import Engine
 from ttx.errors import TtxError
-from ttx.records import Output, read_records
+from ttx.prompts import DEFAULT_INSTRUCTION, build_prompt
+from ttx.records import Output
+from ttx.records import read_problems as read_input
+from ttx.seeds import call_seed
 from ttx.tts.levels import Levels, RepeatRule
-from ttx.tts.prompts import DEFAULT_INSTRUCTION, build_prompt
-from ttx.tts.seeds import call_seed
 from ttx.tts.strategy import Outcome, Strategy, StrategyConfig
 
 
@@ -76,10 +77,8 @@ class RunHook(Protocol):
 def read_problems(cfg: RunConfig) -> list[dict]:
     """All problems, validated before any generation starts; `id` defaults to the line number."""
     dynamic = cfg.repeats.maximum > cfg.repeats.minimum
-    required = [cfg.question_field] + ([cfg.answer_field] if dynamic else [])
-    rows = read_records(cfg.input, required=required, strings=[cfg.question_field],
-                        id_field=cfg.id_field, limit=cfg.limit)
-    return [{**row.data, "id": row.data.get(cfg.id_field, row.line)} for row in rows]
+    return read_input(cfg.input, question_field=cfg.question_field, id_field=cfg.id_field,
+                      answer_field=cfg.answer_field if dynamic else None, limit=cfg.limit)
 
 
 # RunConfig fields that do not decide what the records hold (a resume may change them)

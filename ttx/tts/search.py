@@ -252,9 +252,9 @@ def step_score(trace: Trace, scorer: str) -> float | None:
 
 def round_seed(seed: int | None, round_index: int) -> int | None:
     """The seed of one engine call within a search (repeatable, different per round)."""
-    if seed is None:
-        return None
-    return (seed * 1_000_003 + 7919 * (round_index + 1)) % (1 << 63)
+    from ttx.seeds import call_seed
+
+    return call_seed(seed, 7919 * (round_index + 1))
 
 
 def think_end(engine, search: SearchConfig) -> tuple[str, bool]:

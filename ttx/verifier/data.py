@@ -43,9 +43,9 @@ class ReadConfig:
 def read_examples(path: str, cfg: ReadConfig | None = None) -> list[Example]:
     """Every usable trace of the file, validated: bad input names file, line and field."""
     from ttx.records import read_records
+    from ttx.reward_inputs import split_steps
     from ttx.scoring.answers import answers_equal, normalize_answer
     from ttx.scoring.metrics import gold_answer
-    from ttx.tts.reward_inputs import split_steps
 
     cfg = cfg or ReadConfig()
     examples: list[Example] = []

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ttx.errors import TtxError
-from ttx.tts.reward_inputs import STEP_SEPARATOR, split_steps
+from ttx.reward_inputs import STEP_SEPARATOR, split_steps
 from ttx.verifier.data import Example
 
 LABEL_TYPES = ("hard", "soft")
@@ -109,14 +109,18 @@ def label_by_rollouts(engine, examples: list[Example], cfg: RolloutConfig, log: 
     derives from --seed and the chunk's index, so a resumed run gets the same labels)."""
     from tqdm import tqdm
 
-    from ttx.engines.base import SamplingParams
+    from ttx.engines.base import SamplingParams, local
     from ttx.io import JsonlAppender, read_jsonl, repair_torn_tail
-    from ttx.tts.prompts import build_prompt
-    from ttx.tts.search import SearchConfig, templated
-    from ttx.tts.seeds import call_seed
+    from ttx.models import render_prompt
+    from ttx.prompts import build_prompt
+    from ttx.seeds import call_seed
 
     if cfg.label_type not in LABEL_TYPES:
         raise TtxError(f"must be hard or soft, got {cfg.label_type!r}", field="--label-type")
+    policy = local(engine)
+    if policy is None:
+        raise TtxError("process labels continue each step prefix as raw templated text, which "
+                       "needs the policy's tokenizer: use --engine hf", field="--engine")
     jobs = []                                  # (example index, step, raw prompt text)
     heads: dict[str, str] = {}
     for i, e in enumerate(examples):
@@ -124,7 +128,7 @@ def label_by_rollouts(engine, examples: list[Example], cfg: RolloutConfig, log: 
         if prefixes and e.question not in heads:
             prompt = build_prompt(e.question, instruction=cfg.instruction, system=cfg.system,
                                   chat=cfg.chat)
-            heads[e.question] = templated(engine, prompt, SearchConfig())
+            heads[e.question] = render_prompt(policy.tokenizer, prompt)
         jobs += [(i, k, heads[e.question] + p) for k, p in enumerate(prefixes)]
     chunks = [jobs[c:c + cfg.chunk] for c in range(0, len(jobs), cfg.chunk)]
     done: dict[int, list[dict]] = {}

@@ -47,7 +47,7 @@ class OutcomeVerifier:
         self.pos_weight = pos_weight
 
     def text(self, question: str, response: str) -> str:
-        from ttx.tts.reward_inputs import orm_text
+        from ttx.reward_inputs import orm_text
 
         return orm_text(self.tokenizer, question, response)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ttx.errors import TtxError
-from ttx.tts.reward_inputs import MATH_SHEPHERD_TAG, tag_positions, tag_text
+from ttx.reward_inputs import MATH_SHEPHERD_TAG, tag_positions, tag_text
 from ttx.verifier.data import Example
 from ttx.verifier.heads import HeadConfig, attach_lora, device_of, pad, pad_id_of, quiet_transformers
 

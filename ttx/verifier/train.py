@@ -52,7 +52,7 @@ def check(cfg: VerifierConfig) -> None:
 def prepare_output(cfg: VerifierConfig) -> bool:
     """Refuse to replace a folder without --overwrite; True when it already holds a finished
     verifier and --resume asked to continue (nothing left to do)."""
-    from ttx.tts.reward_inputs import READING_FILE
+    from ttx.reward_inputs import READING_FILE
 
     out = Path(cfg.output)
     if out.exists() and not out.is_dir():
@@ -160,8 +160,8 @@ def _resume_state(cfg: VerifierConfig, fp: dict) -> dict | None:
 
 def _train(cfg: VerifierConfig, examples: list, held: list | None, base: Path) -> dict:
     from ttx.io import now_iso, plain_modes, write_json, write_jsonl, write_manifest
+    from ttx.reward_inputs import READING_FILE
     from ttx.train import TrainConfig, Trainer
-    from ttx.tts.reward_inputs import READING_FILE
     from ttx.verifier.data import balance, split_problems
     from ttx.verifier.heads import length_batches, plain
 
