@@ -298,12 +298,22 @@ def test_memory_update_recipe_runs_on_a_tiny_model(tmp_path, tip_model_dir):
     assert [rec["memory_ids"] for rec in _records(out)] == [[], [item["id"]]]
 
 
-def test_library_run_with_a_bank_but_no_memory_hook_is_refused(tmp_path):
-    """run_tts leaves memory to its hook (ttx.memory.online.Recall): a RunConfig naming a bank
-    without the hook would silently run without memory, so it is refused."""
-    from ttx.tts.run import RunConfig, run_tts
+def test_the_loop_knows_nothing_of_memory_its_hook_says_what_decides_the_records(tmp_path):
+    """RunConfig has no memory field: the hook (ttx.memory.online.Recall) gives its options to
+    the resume fingerprint under the names they always had, and its bank as an input."""
+    import dataclasses
 
-    cfg = RunConfig(input=str(tmp_path / "p.jsonl"), output=str(tmp_path / "o.jsonl"),
-                    memory=str(tmp_path / "bank.jsonl"))
-    with pytest.raises(TtxError, match="memory hook"):
-        run_tts(None, cfg, problems=[{"id": "1", "question": "q", "answer": "1"}])
+    from ttx.memory.online import Recall
+    from ttx.tts.options import MemoryOptions
+    from ttx.tts.run import RunConfig
+
+    assert not [f.name for f in dataclasses.fields(RunConfig) if "memory" in f.name]
+    run = RunConfig(input=str(tmp_path / "p.jsonl"), output=str(tmp_path / "o.jsonl"))
+    problems = [{"id": "1", "question": "q", "answer": "1"}]
+    off = Recall(MemoryOptions(), run, problems, engine=None)
+    assert off.before(problems[0]) == (None, []) and off.inputs() == [] and not off.one_at_a_time
+    assert set(off.fingerprint()) == {f.name for f in dataclasses.fields(MemoryOptions)}
+    bank = tmp_path / "bank.jsonl"
+    bank.write_text("")
+    on = Recall(MemoryOptions(memory=str(bank), memory_k=3), run, problems, engine=None)
+    assert on.inputs() == [str(bank)] and on.fingerprint()["memory_k"] == 3

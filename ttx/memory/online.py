@@ -24,13 +24,25 @@ DEFAULT_EMBEDDER = "smollm2-135m-instruct"
 _SALT = 7919                                  # extraction seeds differ from generation seeds
 
 
-def check_memory_options(cfg) -> None:
-    """Refuse impossible memory settings before a model is loaded (cfg: ttx.tts.run.RunConfig)."""
+class Settings:
+    """The memory options (ttx.tts.options.MemoryOptions) read together with the run's settings
+    (ttx.tts.run.RunConfig: output, fields, repeats, seed), which know nothing of memory."""
+
+    def __init__(self, memory, run):
+        self._memory, self._run = memory, run
+
+    def __getattr__(self, name: str):
+        return getattr(self._memory if name.startswith("memory") else self._run, name)
+
+
+def check_memory_options(memory, run) -> None:
+    """Refuse impossible memory settings before a model is loaded."""
     from pathlib import Path
 
     from ttx.memory.bank import load_bank
     from ttx.memory.retrieve import RETRIEVERS
 
+    cfg = Settings(memory, run)
     if not cfg.memory:
         if cfg.memory_update:
             raise TtxError("--memory-update needs --memory BANK (created if missing)",
@@ -70,8 +82,10 @@ class Recall:
     """tts-run's memory hook (ttx.tts.run.RunHook): before(problem) -> (memory block or None,
     item ids); after(problem, record) learns online; resume(records) catches up."""
 
-    def __init__(self, cfg, problems: list[dict], engine):
-        self.cfg, self.engine = cfg, engine
+    def __init__(self, memory, run, problems: list[dict], engine):
+        self.memory_options = memory
+        self.cfg, self.engine = Settings(memory, run), engine
+        cfg = self.cfg
         self.problems = {str(p["id"]): p for p in problems}
         self.order = {str(p["id"]): i for i, p in enumerate(problems)}
         self._cache: dict[str, tuple[str | None, list[str]]] = {}
@@ -92,6 +106,15 @@ class Recall:
             from ttx.memory.bank import load_meta
 
             self.extracted = set(load_meta(cfg.memory).get("extracted_from", []))
+
+    def fingerprint(self) -> dict:
+        """The memory options, by the names the resume check has always used."""
+        from dataclasses import asdict
+
+        return asdict(self.memory_options)
+
+    def inputs(self) -> list[str]:
+        return [self.cfg.memory] if self.cfg.memory else []
 
     @property
     def one_at_a_time(self) -> bool:

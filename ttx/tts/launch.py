@@ -26,7 +26,7 @@ def build_run(o: dict) -> tuple[RunConfig, type[Strategy], EngineOptions]:
         raise TtxError("continues an output file: records written to stdout cannot be read back "
                        "(give -o FILE)", field="--resume" if io.resume else "--force-resume")
     choice, levels = build(StrategyOptions, o), build(LevelOptions, o)
-    engine, prompt, memory = build(EngineOptions, o), build(PromptOptions, o), build(MemoryOptions, o)
+    engine, prompt = build(EngineOptions, o), build(PromptOptions, o)
     try:
         parsed_levels = parse_levels(levels.levels) if levels.levels else None
     except ValueError as exc:
@@ -63,7 +63,7 @@ def build_run(o: dict) -> tuple[RunConfig, type[Strategy], EngineOptions]:
                                  else (prompt.instruction or None)),
                     system=prompt.system, chat=prompt.chat, batch_rows=engine.batch_rows,
                     limit=io.limit, resume=io.resume, force_resume=io.force_resume,
-                    progress=io.progress, **vars(memory))
+                    progress=io.progress)
     _level_settings(cfg)                 # impossible level settings fail here too
     return cfg, cls, engine
 
@@ -76,10 +76,15 @@ def run_from_options(o: dict) -> dict:
     refuse_overlap(cfg.output, [cfg.input])   # before anything is read or written
     problems = read_problems(cfg)        # bad input fails here, before a model is loaded
     from ttx.memory.online import Recall, check_memory_options
-    check_memory_options(cfg)            # and so does a bad memory bank or memory option
+    from ttx.options import build
+
+    memory = build(MemoryOptions, o)
+    check_memory_options(memory, cfg)    # and so does a bad memory bank or memory option
     opened = engine.open(cfg.batch_rows)
     try:
-        hooks = (Recall(cfg, problems, opened),) if cfg.memory else ()
+        # the hook always runs (without a bank it adds nothing): its options stay in the
+        # resume fingerprint under the names they always had
+        hooks = (Recall(memory, cfg, problems, opened),)
         summary = run_tts(opened, cfg, problems=problems, options=dict(o), hooks=hooks)
     finally:
         opened.close()

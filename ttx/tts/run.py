@@ -45,21 +45,20 @@ class RunConfig:
     resume: bool = False
     force_resume: bool = False       # resume even when the options differ (mixes records)
     progress: bool = True
-    memory: str | None = None        # a memory bank (ttx memory-extract) to retrieve from
-    memory_k: int = 1                # items per problem (ReasoningBank: k = 1 best); 0: all
-    memory_update: bool = False      # learn online: the bank is updated after each problem
-    memory_style: str = "reasoningbank"
-    memory_item_format: str = "blocks"
-    memory_judge: str = "gold"       # gold where a problem has one, else the model (self)
-    memory_retriever: str = "bm25"   # or embedding (memory_embedder: a local model)
-    memory_embedder: str | None = None
-    memory_extract_tokens: int = 256
 
 
 class RunHook(Protocol):
-    """What a stage adds to the loop (ttx.memory.online.Recall is one)."""
+    """What a stage adds to the loop (ttx.memory.online.Recall is one). The loop's config knows
+    nothing of a hook's options: the hook says what of them decides the records (`fingerprint`)
+    and which files it reads (`inputs`), and the loop's resume check covers both."""
 
     one_at_a_time: bool       # the next problem needs this one's record first (online memory)
+
+    def fingerprint(self) -> dict:
+        """The hook's options that decide the records, by option name."""
+
+    def inputs(self) -> list[str]:
+        """Files the hook reads (hashed for the resume check, refused as the output)."""
 
     def resume(self, records: list[dict]) -> None:
         """The records an earlier session wrote (on --resume), in file order."""
@@ -171,14 +170,14 @@ def run_tts(engine: Engine, cfg: RunConfig, problems: list[dict] | None = None,
     """Run the strategy over every problem, level and repeat; returns the manifest summary."""
     from tqdm import tqdm
 
-    if cfg.memory and not hooks:         # memory lives in its hook, not in this loop
-        raise TtxError("cfg.memory is read by the memory hook: pass "
-                       "hooks=(ttx.memory.online.Recall(cfg, problems, engine),)", field="memory")
     problems = read_problems(cfg) if problems is None else problems
     settings = _level_settings(cfg)
     check_lengths(engine, cfg, problems, max(s.params.max_new_tokens for _, _, s in settings))
-    inputs = [cfg.input] + ([cfg.memory] if cfg.memory else [])
-    out = Output(cfg.output, stage="tts-run", fingerprint=fingerprint(cfg, engine),
+    inputs = [cfg.input] + [path for hook in hooks for path in hook.inputs()]
+    prints = fingerprint(cfg, engine)
+    for hook in hooks:
+        prints.update(hook.fingerprint())
+    out = Output(cfg.output, stage="tts-run", fingerprint=prints,
                  inputs=inputs, resume=cfg.resume, force=cfg.force_resume, key=record_key,
                  check_existing=same_problems(cfg, problems))
     runner = _strategy_class(cfg)(cfg.strategy)
