@@ -147,7 +147,7 @@ def train_converted(ttt_model, tokenizer, output: Path, cfg, source=None):
     trainer, result = train_model(
         ttt_model, batches, output, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, epochs=cfg.epochs,
-        max_steps=cfg.max_steps, grad_accum=cfg.grad_accum, save_every=cfg.save_every,
+        max_steps=cfg.steps, grad_accum=cfg.grad_accum, save_every=cfg.save_every,
         resume=cfg.resume, seed=cfg.seed, trainable=cfg.trainable, progress=cfg.progress,
         fingerprint=fingerprint)
     tokens = sum(len(ids) for ids, _ in sequences)
