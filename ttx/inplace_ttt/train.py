@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from ttx.errors import TtxError
+from ttx.options import resume_may_change
 
 
 def load_documents(path, text_field: str = "text", join_records: int = 1,
@@ -142,8 +143,7 @@ def train_converted(ttt_model, tokenizer, output: Path, cfg, source=None):
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = make_batches(sequences, cfg.batch_size, pad or 0)
     sources = [cfg.train] + ([str(Path(source) / "config.json")] if source else [])
-    fingerprint = stage_fingerprint(asdict(cfg), sources, volatile=(
-        "output", "resume", "overwrite", "progress", "save_every", "device"))
+    fingerprint = stage_fingerprint(asdict(cfg), sources, volatile=resume_may_change(type(cfg)))
     trainer, result = train_model(
         ttt_model, batches, output, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, epochs=cfg.epochs,

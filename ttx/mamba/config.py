@@ -90,7 +90,9 @@ class DistillConfig:
     warmup_ratio: float = T.warmup_ratio(0.05)
     weight_decay: float = T.weight_decay(0.1, "Stage 2 AdamW weight decay (matrices only).")
     max_grad_norm: float = T.max_grad_norm()
-    mixed_precision: str = T.mixed_precision("accelerate mixed precision (bf16 on GPUs; master weights stay float32).")
+    mixed_precision: str = T.mixed_precision(
+        "accelerate mixed precision (bf16 on GPUs; master weights stay float32)."
+    )
     save_every: int = T.save_every(100, "Checkpoint every N steps (for --resume).")
     resume: bool = T.resume("Continue from the newest checkpoint in OUTPUT/train.")
     seed: int = T.seed("Random seed (Mamba init, shuffling, teacher sampling).")

@@ -17,6 +17,7 @@ from pathlib import Path
 from ttx.errors import TtxError
 from ttx.io import now_iso, plain_modes, read_jsonl, write_manifest
 from ttx.mamba.config import DistillConfig
+from ttx.options import resume_may_change
 from ttx.records import stage_fingerprint
 
 
@@ -131,8 +132,7 @@ def run_distill_to_mamba(cfg: DistillConfig) -> dict:
                   max_grad_norm=cfg.max_grad_norm, progress=cfg.progress,
                   fingerprint=stage_fingerprint(
                       asdict(cfg), [p for p in (cfg.input, cfg.eval_input) if p],
-                      volatile=("output", "resume", "overwrite", "progress", "save_every",
-                                "device")))
+                      volatile=resume_may_change(DistillConfig)))
     align_result = distill_result = None
     trainer = None
     if cfg.align_steps > 0 and report["mamba_layers"]:

@@ -74,11 +74,10 @@ class MetaTrainConfig:
     warmup_ratio: float = T.warmup_ratio(0.03, "Share of the outer steps spent warming the learning rate up.")
     schedule: str = T.schedule()
     max_grad_norm: float = T.max_grad_norm(1.0, "Outer gradients are clipped to this global norm.")
-    # a resume with another --save-every is refused here (as before the shared fields)
-    save_every: int = T.save_every(
-        50, "Checkpoint every N outer steps (0: only when stopped early).", resume_may_change=False
+    save_every: int = T.save_every(50, "Checkpoint every N outer steps (0: only when stopped early).")
+    stop_after: int | None = T.stop_after(
+        "Stop (checkpointed) after N outer steps in this run; --resume continues."
     )
-    stop_after: int | None = T.stop_after("Stop (checkpointed) after N outer steps in this run; --resume continues.")
     context_field: str = T.context_field()
     question_field: str = T.question_field()
     answer_field: str = T.answer_field("Record field holding the answer (the outer loss's target).")

@@ -37,13 +37,11 @@ from ttx.io import (
     write_jsonl,
     write_manifest,
 )
+from ttx.options import resume_may_change
 from ttx.records import content_digest
 from ttx.rl.config import TTRLConfig
 from ttx.rl.grpo import GRPOConfig, Rollout
 from ttx.scoring.answers import INVALID_VOTES, answers_equal, extract_answer, vote_key, winner
-
-# Options that do not change what is learned: a resume may differ in them.
-_NOT_STATE = ("input", "output", "resume", "overwrite", "stop_after", "progress", "save_every")
 
 
 @dataclass
@@ -216,7 +214,7 @@ def _run(cfg: TTRLConfig, problems: list[dict], started: str) -> dict:
     if cfg.overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v for k, v in _jsonable(asdict(cfg)).items() if k not in _NOT_STATE}
+    state = {k: v for k, v in _jsonable(asdict(cfg)).items() if k not in resume_may_change(TTRLConfig)}
     state["input"] = content_digest(problems)     # the questions, whatever file held them
     trainer = Trainer(model, TrainConfig(
         fingerprint=state, output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",

@@ -52,17 +52,17 @@ class TLMConfig:
     lora_targets: tuple[str, ...] = T.lora_targets(("q_proj", "v_proj"), show_default=True)
     lr: float = T.lr(5e-5, "AdamW learning rate (the paper: 1e-6 for reasoning data).")
     epochs: int = T.epochs(1, "offline: passes over the inputs.")
+    steps: int | None = T.steps(None, "offline: optimizer steps (default: --epochs over the inputs).")
     threshold: float = opt(3.0, "τ = ln P0: inputs with log-perplexity above it are learned from.", type=float)
     lam: float = opt(0.1, "λ, the sample weight's scale.", flag="--lambda", type=click.FloatRange(min=0))
     stream_block: int = opt(100, "online: inputs per block.", type=_POS)
     max_length: int = opt(4096, "Tokens per input (longer ones are cut).", type=click.IntRange(min=2))
     batch_size: int = T.batch_size(1, "Inputs per micro-batch.")
     grad_accum: int = T.grad_accum(1, "Micro-batches per optimizer step.")
-    warmup_ratio: float = T.warmup_ratio(0.1, "offline: warmup share of the cosine schedule (online is constant).")
-    # a resume with another --save-every is refused here (as before the shared fields)
-    save_every: int = T.save_every(
-        50, "offline: checkpoint every N steps (online: after every block).", resume_may_change=False
+    warmup_ratio: float = T.warmup_ratio(
+        0.1, "offline: warmup share of the cosine schedule (online is constant)."
     )
+    save_every: int = T.save_every(50, "offline: checkpoint every N steps (online: after every block).")
     max_new_tokens: int = opt(512, "--generate: answer length.", type=_POS)
     question_field: str = T.question_field()
     id_field: str = T.id_field()
@@ -72,7 +72,9 @@ class TLMConfig:
     limit: int | None = T.limit("Only the first N inputs.")
     seed: int = T.seed("Seed of the LoRA init, the data order and --generate.", show_default=True)
     resume: bool = T.resume()
-    stop_after: int | None = T.stop_after("Stop after N steps (online: blocks), checkpointed; rerun with --resume.")
+    stop_after: int | None = T.stop_after(
+        "Stop after N steps (online: blocks), checkpointed; rerun with --resume."
+    )
     overwrite: bool = T.overwrite()
     progress: bool = T.progress()
     cli: dict = opt(None, cli=False, resume_may_change=True)

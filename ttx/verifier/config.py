@@ -72,6 +72,7 @@ class VerifierConfig:
     lr: float = T.lr(0.0001)
     weight_decay: float = T.weight_decay(0.0)
     epochs: int = T.epochs(2, "Passes over the training set.")
+    steps: int | None = T.steps(None, "Optimizer steps (default: --epochs over the training set).")
     batch_size: int = T.batch_size(8, "Examples per optimizer step (before --grad-accum).")
     grad_accum: int = T.grad_accum()
     warmup_ratio: float = T.warmup_ratio(0.1)
