@@ -29,7 +29,7 @@ SHARED = ("--lr", "--epochs", "--steps", "--grad-accum", "--batch-size", "--save
 NOT_TAKEN = {
     "tlm-adapt": {"--weight-decay", "--max-grad-norm"},
     "perk-metatrain": {"--grad-accum", "--batch-size"},
-    "inplace-ttt-convert": {"--stop-after", "--lora-r", "--lora-alpha", "--lora-dropout",
+    "inplace-ttt-convert": {"--lora-r", "--lora-alpha", "--lora-dropout",
                             "--lora-targets"},
     "distill-to-mamba": {"--stop-after", "--lora-r", "--lora-alpha", "--lora-dropout",
                          "--lora-targets"},
@@ -152,7 +152,8 @@ PINNED = {
                       "save_every"},
     PerkConfig: set(),
     EncodeConfig: {"input", "output", "limit", "resume", "progress"},
-    InplaceTTTConfig: {"output", "resume", "overwrite", "progress", "save_every", "device"},
+    InplaceTTTConfig: {"output", "resume", "overwrite", "progress", "save_every", "device",
+                       "stop_after"},              # --stop-after is new; the trainer skipped it
     DistillConfig: {"output", "resume", "overwrite", "progress", "save_every", "device"},
     VerifierConfig: {"input", "eval", "output", "model", "resume", "overwrite", "stop_after",
                      "progress", "cli", "save_every", "device"},
