@@ -181,3 +181,22 @@ def test_order_run_names_the_micro_batches_a_step_cap_trains_on(tmp_path, steps)
     trainer = Trainer(torch.nn.Linear(2, 1), cfg)
     trainer.fit(list(range(5)), loss)
     assert trainer.order_run(5, steps) == taken
+
+
+def test_one_padder_right_and_left():
+    from ttx.train.pad import pad
+
+    ids, mask = pad([[1, 2, 3], [4]], 0)
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad([[1, 2], [], [3]], 9, left=True, width=3)
+    assert ids.tolist() == [[9, 1, 2], [9, 9, 9], [9, 9, 3]]
+    assert mask.tolist() == [[0, 1, 1], [0, 0, 0], [0, 0, 1]] and ids.dtype == torch.long
+
+
+def test_one_lora_attach_refuses_a_missing_target():
+    from ttx.train.lora import attach_lora
+
+    model = torch.nn.Sequential()
+    model.add_module("q_proj", torch.nn.Linear(2, 2))
+    with pytest.raises(TtxError, match="no module named v_proj"):
+        attach_lora(model, r=2, alpha=4, dropout=0.0, targets=["q_proj", "v_proj"])

@@ -74,20 +74,14 @@ def make_sequences(tokenizer, items: list[list[str]], max_length: int) -> list[t
 
 def make_batches(sequences, batch_size: int, pad_id: int) -> list[dict]:
     """Right-padded micro-batches: input_ids, attention_mask, labels (-100 on padding), segments."""
-    import torch
+    from ttx.train.pad import pad
 
     batches = []
     for start in range(0, len(sequences), batch_size):
         group = sequences[start:start + batch_size]
-        width = max(len(ids) for ids, _ in group)
-        input_ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        segments = torch.zeros((len(group), width), dtype=torch.long)
-        for i, (ids, segs) in enumerate(group):
-            input_ids[i, :len(ids)] = torch.tensor(ids)
-            mask[i, :len(ids)] = 1
-            segments[i, :len(ids)] = torch.tensor(segs)
-            segments[i, len(ids):] = segs[-1]
+        input_ids, mask = pad([ids for ids, _ in group], pad_id)
+        width = input_ids.shape[1]     # padding continues a row's last segment
+        segments, _ = pad([[*segs, *[segs[-1]] * (width - len(segs))] for _, segs in group], 0)
         labels = input_ids.masked_fill(mask == 0, -100)
         batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
         if bool(segments.any()):

@@ -152,15 +152,10 @@ def attach_policy(model, cfg: TTRLConfig):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    from peft import LoraConfig, get_peft_model
+    from ttx.train.lora import attach_lora
 
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in cfg.lora_targets if t not in names]
-    if missing:
-        raise TtxError(f"the model has no module named {', '.join(missing)}", field="--lora-targets")
-    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                            lora_dropout=cfg.lora_dropout,
-                                            target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
+    return attach_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                       targets=cfg.lora_targets)
 
 
 def question_order(count: int, batch: int, steps: int, seed: int) -> list[list[int]]:

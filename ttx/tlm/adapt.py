@@ -45,16 +45,10 @@ def encode(tokenizer, cfg: TLMConfig, problems: list[dict]) -> list[list[int]]:
 
 
 def attach_lora(model, cfg: TLMConfig):
-    from peft import LoraConfig, get_peft_model
+    from ttx.train.lora import attach_lora as lora
 
-    torch.manual_seed(cfg.seed)
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in cfg.lora_targets if t not in names]
-    if missing:
-        raise TtxError(f"the model has no module named {', '.join(missing)}", field="--lora-targets")
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    return lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                targets=cfg.lora_targets, seed=cfg.seed)
 
 
 def reference_ce(model, sequences: list[list[int]], pad_id: int) -> list[float]:
