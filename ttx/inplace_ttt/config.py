@@ -21,10 +21,7 @@ class InplaceTTTConfig:
     model: str = model_field()
     device: str = device_field(resume_may_change=True)
     dtype: str = dtype_field()
-    output: str = opt(
-        None, "New checkpoint folder (config.json + safetensors + tokenizer).", short="-o", required=True,
-        resume_may_change=True,
-    )
+    output: str = T.output(help="New checkpoint folder (config.json + safetensors + tokenizer).")
     layers: str | None = opt(None, "Converted decoder layers, e.g. 0,6,12 (default: every 6th from 0).")
     chunk: int | None = opt(
         None, "Tokens per fast-weight update, C (default 4096).", type=click.IntRange(min=1)
@@ -47,7 +44,7 @@ class InplaceTTTConfig:
         "Tokens per training sequence (longer documents are cut into windows).",
         type=click.IntRange(min=2),
     )
-    limit: int | None = T.limit("Only the first N training documents.")
+    limit: int | None = T.limit(help="Only the first N training documents.")
     trainable: str = opt(
         "all",
         "all: every parameter (the paper); ttt: only the conv and W_target.",
@@ -63,7 +60,7 @@ class InplaceTTTConfig:
     steps: int | None = T.steps(None, "Optimizer steps (default: epochs).", aliases=("--max-steps",))
     save_every: int = T.save_every(50, "Checkpoint every N steps, for --resume (0: only when stopped early).")
     stop_after: int | None = T.stop_after()
-    resume: bool = T.resume("Continue an interrupted --train run in -o.")
-    seed: int = T.seed("Random seed (W_target init, shuffling).")
+    resume: bool = T.resume(help="Continue an interrupted --train run in -o.")
+    seed: int = T.seed(help="Random seed (W_target init, shuffling).")
     overwrite: bool = T.overwrite()
     progress: bool = T.progress()

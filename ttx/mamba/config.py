@@ -19,10 +19,7 @@ class DistillConfig:
     model: str = model_field()
     device: str = device_field(resume_may_change=True)
     dtype: str = dtype_field()
-    output: str = opt(
-        None, "Folder for the Bamba checkpoint (loads with AutoModelForCausalLM).", short="-o", required=True,
-        resume_may_change=True,
-    )
+    output: str = T.output(help="Folder for the Bamba checkpoint (loads with AutoModelForCausalLM).")
     input: str | None = opt(
         None, "Training JSONL: text, messages, prompt+completion or question+answer records.", short="-i"
     )
@@ -91,10 +88,10 @@ class DistillConfig:
     weight_decay: float = T.weight_decay(0.1, "Stage 2 AdamW weight decay (matrices only).")
     max_grad_norm: float = T.max_grad_norm()
     mixed_precision: str = T.mixed_precision(
-        "accelerate mixed precision (bf16 on GPUs; master weights stay float32)."
+        help="accelerate mixed precision (bf16 on GPUs; master weights stay float32)."
     )
     save_every: int = T.save_every(100, "Checkpoint every N steps (for --resume).")
-    resume: bool = T.resume("Continue from the newest checkpoint in OUTPUT/train.")
-    seed: int = T.seed("Random seed (Mamba init, shuffling, teacher sampling).")
+    resume: bool = T.resume(help="Continue from the newest checkpoint in OUTPUT/train.")
+    seed: int = T.seed(help="Random seed (Mamba init, shuffling, teacher sampling).")
     overwrite: bool = T.overwrite()
-    progress: bool = T.progress("Progress bars on stderr.")
+    progress: bool = T.progress(help="Progress bars on stderr.")

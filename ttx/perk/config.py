@@ -50,17 +50,8 @@ class PerkConfig:
 class MetaTrainConfig:
     """perk-metatrain: the outer loop (AdamW over the LoRA init, inner rates and weighting head)."""
 
-    input: str = opt(
-        None, "Training records JSONL {id, context, question, answer} (path or -).", short="-i", required=True,
-        resume_may_change=True,
-    )
-    output: str = opt(
-        None,
-        "PERK folder: adapter/ (PEFT), perk_state.safetensors, manifest, checkpoints.",
-        short="-o",
-        required=True,
-        resume_may_change=True,
-    )
+    input: str = T.input(help="Training records JSONL {id, context, question, answer} (path or -).")
+    output: str = T.output(help="PERK folder: adapter/ (PEFT), perk_state.safetensors, manifest, checkpoints.")
     perk: PerkConfig = field(default_factory=PerkConfig, metadata={"cli": {"cli": False}})
     device: str = device_field(resume_may_change=True)
     dtype: str = dtype_field()
@@ -76,13 +67,13 @@ class MetaTrainConfig:
     max_grad_norm: float = T.max_grad_norm(1.0, "Outer gradients are clipped to this global norm.")
     save_every: int = T.save_every(50, "Checkpoint every N outer steps (0: only when stopped early).")
     stop_after: int | None = T.stop_after(
-        "Stop (checkpointed) after N outer steps in this run; --resume continues."
+        help="Stop (checkpointed) after N outer steps in this run; --resume continues."
     )
     context_field: str = T.context_field()
     question_field: str = T.question_field()
-    answer_field: str = T.answer_field("Record field holding the answer (the outer loss's target).")
+    answer_field: str = T.answer_field(help="Record field holding the answer (the outer loss's target).")
     limit: int | None = T.limit()
-    seed: int = T.seed("Random seed (LoRA init, shuffling, dropout).")
+    seed: int = T.seed(help="Random seed (LoRA init, shuffling, dropout).")
     resume: bool = T.resume()
     overwrite: bool = T.overwrite()
     progress: bool = T.progress()
@@ -92,10 +83,7 @@ class MetaTrainConfig:
 class EncodeConfig:
     """perk-encode: per record, adapt the meta-learned LoRA on its context, then answer."""
 
-    input: str = opt(
-        None, "Records JSONL {id, context, question[, answer]} (path or -).", short="-i", required=True,
-        resume_may_change=True,
-    )
+    input: str = T.input(help="Records JSONL {id, context, question[, answer]} (path or -).")
     output: str = opt(
         "-", "Answer records JSONL (tts-run format, `ttx score` reads it), appended per record.", short="-o",
         resume_may_change=True,
@@ -119,11 +107,11 @@ class EncodeConfig:
     max_new_tokens: int = opt(
         16, "Tokens per answer (generation also stops at a newline).", type=click.IntRange(min=1)
     )
-    seed: int = T.seed("Seeds the inner loop's LoRA dropout per record.")
-    resume: bool = T.resume("Keep the output and skip ids already in it.")
+    seed: int = T.seed(help="Seeds the inner loop's LoRA dropout per record.")
+    resume: bool = T.resume(help="Keep the output and skip ids already in it.")
     limit: int | None = T.limit(resume_may_change=True)
     context_field: str = T.context_field()
     question_field: str = T.question_field()
-    answer_field: str = T.answer_field("Record field holding the gold answer (scored when present).")
+    answer_field: str = T.answer_field(help="Record field holding the gold answer (scored when present).")
     id_field: str = T.id_field()
     progress: bool = T.progress()

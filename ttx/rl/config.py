@@ -14,20 +14,10 @@ from ttx.train import options as T
 
 @dataclass
 class TTRLConfig:
-    input: str = opt(
-        None,
-        "Questions JSONL (tts-run's format); gold answers, if any, are only logged.",
-        short="-i",
-        required=True,
-        resume_may_change=True,                          # fingerprinted by content instead
-    )
-    output: str = opt(
-        None,
-        "Folder: the PEFT adapter (or, with --full, the model), train_log.jsonl, rollouts.jsonl, "
-        "ttx_manifest.json.",
-        short="-o",
-        required=True,
-        resume_may_change=True,
+    input: str = T.input(help="Questions JSONL (tts-run's format); gold answers, if any, are only logged.")
+    output: str = T.output(
+        help="Folder: the PEFT adapter (or, with --full, the model), train_log.jsonl, rollouts.jsonl, "
+        "ttx_manifest.json."
     )
     model: str = model_field()
     device: str = device_field()
@@ -47,11 +37,7 @@ class TTRLConfig:
         None, "Of those, trained on (default: half the votes, TTRL's 32 of 64).", type=click.IntRange(min=1)
     )
     temperature: float = opt(1.0, "Rollout temperature.", type=click.FloatRange(min=0))
-    top_p: float = opt(
-        1.0,
-        "Nucleus sampling: keep the smallest token set with this much probability.",
-        type=click.FloatRange(min=0, max=1, min_open=True),
-    )
+    top_p: float = T.top_p()
     max_new_tokens: int = opt(3072, "Tokens per sampled response.", type=click.IntRange(min=1))
     batch_size: int = T.batch_size(8, "Questions per rollout step.")
     mini_batch_size: int = opt(1, "Questions per optimizer update.", type=click.IntRange(min=1))
@@ -90,15 +76,15 @@ class TTRLConfig:
         type=click.Choice(["lm-eval", "skip"]),
     )
     question_field: str = T.question_field()
-    answer_field: str = T.answer_field("Gold answers (logged only).")
+    answer_field: str = T.answer_field(help="Gold answers (logged only).")
     id_field: str = T.id_field()
     instruction: str | None = opt(None, "Text appended to each question (as tts-run --instruction).")
     system: str | None = opt(None, "System message (as tts-run --system).")
     chat: bool = opt(True, "Wrap prompts in the model's chat template.", secondary="--no-chat")
-    limit: int | None = T.limit("Only the first N questions.")
+    limit: int | None = T.limit(help="Only the first N questions.")
     seed: int = T.seed()
     save_every: int = T.save_every(5, "Checkpoint every N rollout steps (0: only when stopping early).")
-    resume: bool = T.resume("Continue from the newest checkpoint in the output.")
-    overwrite: bool = T.overwrite("Replace an existing output folder.")
-    stop_after: int | None = T.stop_after("Stop after N rollout steps, checkpointed; rerun with --resume.")
+    resume: bool = T.resume(help="Continue from the newest checkpoint in the output.")
+    overwrite: bool = T.overwrite(help="Replace an existing output folder.")
+    stop_after: int | None = T.stop_after(help="Stop after N rollout steps, checkpointed; rerun with --resume.")
     progress: bool = T.progress()

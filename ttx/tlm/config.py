@@ -18,14 +18,8 @@ _POS = click.IntRange(min=1)
 class TLMConfig:
     """tlm-adapt's options (the command line is generated from them: ttx.options)."""
 
-    input: str = opt(
-        None, "Test inputs JSONL (tts-run's format; answers are never read).", short="-i", required=True,
-        resume_may_change=True,
-    )
-    output: str = opt(
-        None, "Adapter folder (PEFT), with samples.jsonl and ttx_manifest.json.", short="-o", required=True,
-        resume_may_change=True,
-    )
+    input: str = T.input(help="Test inputs JSONL (tts-run's format; answers are never read).")
+    output: str = T.output(help="Adapter folder (PEFT), with samples.jsonl and ttx_manifest.json.")
     mode: str = opt(
         "offline",
         "offline: learn from all inputs, then answer; online: answer each block, then learn from it.",
@@ -69,11 +63,11 @@ class TLMConfig:
     instruction: str | None = opt(None, "Text appended to each question (as tts-run --instruction).")
     system: str | None = opt(None, "System message (as tts-run --system).")
     chat: bool = opt(True, "The chat template (as tts-run).", secondary="--no-chat")
-    limit: int | None = T.limit("Only the first N inputs.")
-    seed: int = T.seed("Seed of the LoRA init, the data order and --generate.", show_default=True)
+    limit: int | None = T.limit(help="Only the first N inputs.")
+    seed: int = T.seed(help="Seed of the LoRA init, the data order and --generate.", show_default=True)
     resume: bool = T.resume()
     stop_after: int | None = T.stop_after(
-        "Stop after N steps (online: blocks), checkpointed; rerun with --resume."
+        help="Stop after N steps (online: blocks), checkpointed; rerun with --resume."
     )
     overwrite: bool = T.overwrite()
     progress: bool = T.progress()

@@ -14,20 +14,8 @@ from ttx.train import options as T
 
 @dataclass
 class VerifierConfig:
-    input: str = opt(
-        None,
-        "Scored tts-run records (ttx score --per-record; any with gold answers).",
-        short="-i",
-        required=True,
-        resume_may_change=True,
-    )
-    output: str = opt(
-        None,
-        "The verifier's folder: HF weights, ttx_reward.json, ttx_manifest.json.",
-        short="-o",
-        required=True,
-        resume_may_change=True,
-    )
+    input: str = T.input(help="Scored tts-run records (ttx score --per-record; any with gold answers).")
+    output: str = T.output(help="The verifier's folder: HF weights, ttx_reward.json, ttx_manifest.json.")
     kind: str = opt(
         "orm",
         "orm: one score per trace; prm: one per step (Math-Shepherd step tags).",
@@ -50,11 +38,7 @@ class VerifierConfig:
         None, "rollout: the policy that completes the prefixes (default: the records' `model`)."
     )
     temperature: float = opt(0.7, "rollout: sampling temperature.", type=click.FloatRange(min=0))
-    top_p: float = opt(
-        1.0,
-        "Nucleus sampling: keep the smallest token set with this much probability.",
-        type=click.FloatRange(min=0, max=1, min_open=True),
-    )
+    top_p: float = T.top_p()
     max_new_tokens: int = opt(256, "rollout: tokens per completion.", type=click.IntRange(min=1))
     batch_rows: int = opt(64, "rollout: completions decoded together.", type=click.IntRange(min=1))
     instruction: str | None = opt(None, "rollout: the --instruction tts-run built the prompts with.")
@@ -97,10 +81,10 @@ class VerifierConfig:
     save_every: int = T.save_every(50, "Checkpoint every N steps; --resume continues from the newest.")
     mixed_precision: str = T.mixed_precision()
     seed: int = T.seed()
-    resume: bool = T.resume("Continue an interrupted run in the output folder (rollouts and checkpoints).")
+    resume: bool = T.resume(help="Continue an interrupted run in the output folder (rollouts and checkpoints).")
     stop_after: int | None = T.stop_after()
-    overwrite: bool = T.overwrite("Replace an existing output folder.")
-    progress: bool = T.progress("Progress bars on stderr.")
+    overwrite: bool = T.overwrite(help="Replace an existing output folder.")
+    progress: bool = T.progress(help="Progress bars on stderr.")
     question_field: str = T.question_field()
     answer_field: str = T.answer_field()
     id_field: str = T.id_field()
