@@ -31,7 +31,7 @@ NOT_TAKEN = {
     "perk-metatrain": {"--grad-accum", "--batch-size"},
     "inplace-ttt-convert": {"--lora-r", "--lora-alpha", "--lora-dropout",
                             "--lora-targets"},
-    "distill-to-mamba": {"--stop-after", "--lora-r", "--lora-alpha", "--lora-dropout",
+    "distill-to-mamba": {"--lora-r", "--lora-alpha", "--lora-dropout",
                          "--lora-targets"},
     "verifier-train": set(),
     "ttrl": {"--grad-accum"},       # its accumulation is --mini-batch-size / --micro-batch-size
@@ -154,7 +154,8 @@ PINNED = {
     EncodeConfig: {"input", "output", "limit", "resume", "progress"},
     InplaceTTTConfig: {"output", "resume", "overwrite", "progress", "save_every", "device",
                        "stop_after"},              # --stop-after is new; the trainer skipped it
-    DistillConfig: {"output", "resume", "overwrite", "progress", "save_every", "device"},
+    DistillConfig: {"output", "resume", "overwrite", "progress", "save_every", "device",
+                    "stop_after"},                 # --stop-after is new; the trainer skipped it
     VerifierConfig: {"input", "eval", "output", "model", "resume", "overwrite", "stop_after",
                      "progress", "cli", "save_every", "device"},
     TTRLConfig: {"input", "output", "resume", "overwrite", "stop_after", "progress", "save_every"},

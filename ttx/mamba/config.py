@@ -91,6 +91,9 @@ class DistillConfig:
         help="accelerate mixed precision (bf16 on GPUs; master weights stay float32)."
     )
     save_every: int = T.save_every(100, "Checkpoint every N steps (for --resume).")
+    stop_after: int | None = T.stop_after(
+        help="Stop after N steps (stage 1 and 2 together), checkpointed; rerun with --resume."
+    )
     resume: bool = T.resume(help="Continue from the newest checkpoint in OUTPUT/train.")
     seed: int = T.seed(help="Random seed (Mamba init, shuffling, teacher sampling).")
     overwrite: bool = T.overwrite()
