@@ -106,6 +106,23 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, tiny_model_d
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_stop_after_then_resume_gives_the_same_weights(tmp_path, tiny_model_dir):
+    """--stop-after (the shared name) stops checkpointed; --resume finishes as one run would."""
+    docs = _docs(tmp_path / "d.jsonl", n=6)
+    common = ["--model", tiny_model_dir, "--layers", "1", "--chunk", "4", "-i", docs,
+              "--max-length", "24", "--steps", "4", "--lr", "1e-3", "--no-progress"]
+    assert run_cli(["inplace-ttt-convert", *common, "-o", tmp_path / "straight"]).exit_code == 0
+    r = run_cli(["inplace-ttt-convert", *common, "-o", tmp_path / "cut", "--stop-after", "3"])
+    assert r.exit_code == 0 and "stopped early" in r.output, r.output
+    assert not (tmp_path / "cut" / "config.json").exists()
+    r = run_cli(["inplace-ttt-convert", *common, "-o", tmp_path / "cut", "--resume"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "cut" / "ttx_manifest.json").read_text())["summary"]
+    assert summary["train"]["resumed_from"] == 3
+    a, b = _conv_weights(tmp_path / "straight"), _conv_weights(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_bad_input_gets_one_clear_line(tmp_path, tiny_model_dir):
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -235,6 +235,28 @@ def test_cli_distills_saves_a_plain_bamba_checkpoint_and_resumes(tmp_path, tiny_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_stop_after_spans_both_stages_and_resume_finishes_the_same(tmp_path, tiny_model_dir, texts):
+    """--stop-after (the shared name) counts stage 1 and 2 steps together; each stop is
+    checkpointed and --resume ends where an uninterrupted run does, bit for bit."""
+    args = ["distill-to-mamba", "-m", tiny_model_dir, "-i", texts, "--attn-layers", "1",
+            "--align-steps", "2", "--steps", "3", "--lr", "1e-3", "--max-length", "32",
+            "--batch-size", "2", "--eval-records", "2", "--save-every", "0", "--no-progress"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run_cli(args + ["-o", full]).exit_code == 0
+    for extra, said in [(["--stop-after", "1"], "stopped after align step 1"),
+                        (["--resume", "--stop-after", "1"], "stopped after align step 2"),
+                        (["--resume", "--stop-after", "2"], "stopped after distill step 2")]:
+        r = run_cli(args + ["-o", cut, *extra])
+        assert r.exit_code == 0 and said in r.output, r.output
+        assert not (cut / "ttx_manifest.json").exists()
+    r = run_cli(args + ["-o", cut, "--resume"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((cut / "ttx_manifest.json").read_text())["summary"]
+    assert (s["align_steps"], s["distill_steps"]) == (2, 3)
+    a, b = _weights(full), _weights(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_teacher_generate_uses_the_teachers_greedy_completions(tmp_path, tiny_model_dir, teacher):
     from ttx.engines.hf import HFEngine
 

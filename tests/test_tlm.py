@@ -91,6 +91,21 @@ def test_offline_adapts_and_the_adapter_loads_everywhere(tiny_model_dir, tmp_pat
     assert [r["traces"][0]["text"] for r in runs] == [a["traces"][0]["text"] for a in answers]
 
 
+def test_steps_caps_the_optimizer_steps(tiny_model_dir, tmp_path):
+    """--steps (the shared name): 6 inputs, 2 per micro-batch, 2 epochs, capped at 4 steps: the
+    second epoch stops after one batch; the summary counts the inputs really seen."""
+    train = _inputs(tmp_path / "in.jsonl", 0, 6)
+    out = tmp_path / "adapter"
+    result = run_cli(["tlm-adapt", "--model", tiny_model_dir, "-i", train, "-o", out, "--lora-r", "4",
+                      "--batch-size", "2", "--epochs", "2", "--steps", "4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    s = json.loads((out / "ttx_manifest.json").read_text())["summary"]
+    assert (s["seen"], s["updates"]) == (8, 4)
+    online = run_cli(["tlm-adapt", "--model", tiny_model_dir, "-i", train, "-o", tmp_path / "b",
+                      "--mode", "online", "--steps", "2"])
+    assert online.exit_code == 2 and "--steps" in online.output and not (tmp_path / "b").exists()
+
+
 def test_nothing_above_the_threshold_means_no_update(tiny_model_dir, tmp_path):
     train = _inputs(tmp_path / "in.jsonl", 0, 3)
     out = tmp_path / "adapter"

@@ -372,3 +372,12 @@ def test_recipe_loads_and_the_pipeline_runs_on_a_tiny_model(tmp_path, tiny_model
     bon = [json.loads(line) for line in (out / "orm-best-of-n.jsonl").read_text().splitlines()]
     assert len(bon) == 2 and all(r["best_of_n"]["scorer"] == "reward-model" and len(r["traces"]) == 4
                                  for r in bon)
+
+
+def test_steps_caps_the_optimizer_steps(tmp_path, tiny_model_dir):
+    """--steps (the shared name) overrides --epochs; train_tokens counts what the steps took."""
+    _, one = _train(tmp_path, tiny_model_dir, "one", "--epochs", "1")
+    _, capped = _train(tmp_path, tiny_model_dir, "capped", "--steps", str(one["steps"]))
+    assert capped["steps"] == one["steps"] and capped["train_tokens"] == one["train_tokens"]
+    _, short = _train(tmp_path, tiny_model_dir, "short", "--steps", "1")
+    assert short["steps"] == 1 and 0 < short["train_tokens"] < one["train_tokens"]

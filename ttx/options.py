@@ -13,7 +13,8 @@ An option whose default is None ("not given": the stage decides) also takes the 
 the command line, which clears a value a --config file set (`--limit none`, `--stop none`). A
 field declared `unset=True` has a real default in the library but reaches the command as None
 when not given, so a stage can tell what the user set (the search knobs: a knob set for a
-strategy that does not read it is refused).
+strategy that does not read it is refused). A field declared `resume_may_change=True` does not
+decide a stage's artefact, so a --resume may give it another value (`resume_may_change(cls)`).
 This module imports only click, so `ttx --help` stays light.
 """
 
@@ -31,15 +32,16 @@ def opt(default: Any = None, help: str = "", *, flag: str | None = None, short: 
         type: Any = None, multiple: bool = False, is_flag: bool = False,
         secondary: str | None = None, envvar: str | None = None, metavar: str | None = None,
         show_default: bool | None = None, required: bool = False, cli: bool = True,
-        unset: bool = False, aliases: tuple[str, ...] = ()):
+        unset: bool = False, aliases: tuple[str, ...] = (), resume_may_change: bool = False):
     """A dataclass field with its command-line form (module docstring)."""
     meta = {"help": help, "flag": flag, "short": short, "type": type, "multiple": multiple,
             "is_flag": is_flag, "secondary": secondary, "envvar": envvar, "metavar": metavar,
             "show_default": show_default, "required": required, "cli": cli, "unset": unset,
             "aliases": tuple(aliases)}
+    metadata = {"cli": meta, "resume_may_change": resume_may_change}
     if multiple:
-        return dataclasses.field(default=tuple(default or ()), metadata={"cli": meta})
-    return dataclasses.field(default=default, metadata={"cli": meta})
+        return dataclasses.field(default=tuple(default or ()), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 class _Clearable(click.ParamType):
@@ -145,3 +147,10 @@ def build(cls, options: dict, /, **overrides):
 def given(cls, params: dict) -> set[str]:
     """The schema fields of `cls` set to something other than None (given by the user)."""
     return {f.name for f in dataclasses.fields(cls) if params.get(f.name) is not None}
+
+
+def resume_may_change(*classes) -> frozenset[str]:
+    """The fields of `classes` declared `resume_may_change=True`: a --resume may change them (they
+    do not decide the artefact); a resume that changes any other is refused."""
+    return frozenset(f.name for cls in classes for f in dataclasses.fields(cls)
+                     if f.metadata.get("resume_may_change"))

@@ -25,6 +25,10 @@ def command(**options):
 
     cfg = build(DistillConfig, options)
     s = run_distill_to_mamba(cfg)
+    if "stopped_in" in s:
+        click.echo(f"distill-to-mamba: stopped after {s['stopped_in']} step {s['stopped_at_step']} "
+                   f"(checkpoint in {cfg.output}/train); continue with --resume", err=True)
+        return
     f = s["final"]
     tail = (f" final KL(s||t) {f['kl_reverse']:.4f}, ppl {f['ppl_student']:.2f} "
             f"(teacher {f['ppl_teacher']:.2f})" if f else "")

@@ -11,13 +11,13 @@ from ttx.options import opt
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def model_field(default: str = "smollm2-135m-instruct"):
+def model_field(default: str = "smollm2-135m-instruct", **kw):
     """The --model option every stage that loads a model declares."""
-    return opt(default, "Model alias, Hugging Face folder, or .gguf file.", short="-m")
+    return opt(default, "Model alias, Hugging Face folder, or .gguf file.", short="-m", **kw)
 
 
-def device_field():
-    return opt("auto", "cpu, cuda, cuda:N or auto (cuda when present).")
+def device_field(**kw):
+    return opt("auto", "cpu, cuda, cuda:N or auto (cuda when present).", **kw)
 
 
 def dtype_field():

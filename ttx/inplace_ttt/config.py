@@ -9,6 +9,7 @@ import click
 
 from ttx.engines.options import device_field, dtype_field, model_field
 from ttx.options import opt
+from ttx.train import options as T
 
 
 @dataclass
@@ -18,11 +19,9 @@ class InplaceTTTConfig:
     that is already converted keeps its own values, and a given one that differs is refused."""
 
     model: str = model_field()
-    device: str = device_field()
+    device: str = device_field(resume_may_change=True)
     dtype: str = dtype_field()
-    output: str = opt(
-        None, "New checkpoint folder (config.json + safetensors + tokenizer).", short="-o", required=True
-    )
+    output: str = T.output(help="New checkpoint folder (config.json + safetensors + tokenizer).")
     layers: str | None = opt(None, "Converted decoder layers, e.g. 0,6,12 (default: every 6th from 0).")
     chunk: int | None = opt(
         None, "Tokens per fast-weight update, C (default 4096).", type=click.IntRange(min=1)
@@ -45,31 +44,23 @@ class InplaceTTTConfig:
         "Tokens per training sequence (longer documents are cut into windows).",
         type=click.IntRange(min=2),
     )
-    limit: int | None = opt(None, "Only the first N training documents.", type=click.IntRange(min=1))
+    limit: int | None = T.limit(help="Only the first N training documents.")
     trainable: str = opt(
         "all",
         "all: every parameter (the paper); ttt: only the conv and W_target.",
         type=click.Choice(["all", "ttt"]),
     )
-    lr: float = opt(
-        5e-06, "Peak learning rate (AdamW; linear warm-up, then cosine decay).", type=click.FloatRange(min=0)
-    )
-    warmup_ratio: float = opt(
-        0.02, "Share of the steps spent warming the learning rate up.", type=click.FloatRange(min=0, max=1)
-    )
-    weight_decay: float = opt(0.1, "AdamW weight decay (matrices only).", type=click.FloatRange(min=0))
-    max_grad_norm: float = opt(1.0, "Gradients are clipped to this global norm.", type=click.FloatRange(min=0))
-    batch_size: int = opt(1, "Sequences per micro-batch.", type=click.IntRange(min=1))
-    grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.", type=click.IntRange(min=1))
-    epochs: int = opt(1, "Passes over the training sequences.", type=click.IntRange(min=1))
-    max_steps: int | None = opt(None, "Optimizer steps (default: epochs).", type=click.IntRange(min=1))
-    save_every: int = opt(50, "Checkpoint every N steps, for --resume (0: never).", type=click.IntRange(min=0))
-    resume: bool = opt(False, "Continue an interrupted --train run in -o.", is_flag=True)
-    seed: int = opt(0, "Random seed (W_target init, shuffling).", type=int)
-    overwrite: bool = opt(
-        False,
-        "Replace the output folder if it already holds something (default: refused; --resume "
-        "continues an interrupted run).",
-        is_flag=True,
-    )
-    progress: bool = opt(True, "Progress bar on stderr.", secondary="--no-progress")
+    lr: float = T.lr(5e-06, type=click.FloatRange(min=0))
+    warmup_ratio: float = T.warmup_ratio(0.02)
+    weight_decay: float = T.weight_decay(0.1, "AdamW weight decay (matrices only).")
+    max_grad_norm: float = T.max_grad_norm()
+    batch_size: int = T.batch_size(1)
+    grad_accum: int = T.grad_accum()
+    epochs: int = T.epochs(1, "Passes over the training sequences.")
+    steps: int | None = T.steps(None, "Optimizer steps (default: epochs).", aliases=("--max-steps",))
+    save_every: int = T.save_every(50, "Checkpoint every N steps, for --resume (0: only when stopped early).")
+    stop_after: int | None = T.stop_after()
+    resume: bool = T.resume(help="Continue an interrupted --train run in -o.")
+    seed: int = T.seed(help="Random seed (W_target init, shuffling).")
+    overwrite: bool = T.overwrite()
+    progress: bool = T.progress()

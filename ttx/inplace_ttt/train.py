@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from ttx.errors import TtxError
+from ttx.options import resume_may_change
 
 
 def load_documents(path, text_field: str = "text", join_records: int = 1,
@@ -73,20 +74,14 @@ def make_sequences(tokenizer, items: list[list[str]], max_length: int) -> list[t
 
 def make_batches(sequences, batch_size: int, pad_id: int) -> list[dict]:
     """Right-padded micro-batches: input_ids, attention_mask, labels (-100 on padding), segments."""
-    import torch
+    from ttx.train.pad import pad
 
     batches = []
     for start in range(0, len(sequences), batch_size):
         group = sequences[start:start + batch_size]
-        width = max(len(ids) for ids, _ in group)
-        input_ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        segments = torch.zeros((len(group), width), dtype=torch.long)
-        for i, (ids, segs) in enumerate(group):
-            input_ids[i, :len(ids)] = torch.tensor(ids)
-            mask[i, :len(ids)] = 1
-            segments[i, :len(ids)] = torch.tensor(segs)
-            segments[i, len(ids):] = segs[-1]
+        input_ids, mask = pad([ids for ids, _ in group], pad_id)
+        width = input_ids.shape[1]     # padding continues a row's last segment
+        segments, _ = pad([[*segs, *[segs[-1]] * (width - len(segs))] for _, segs in group], 0)
         labels = input_ids.masked_fill(mask == 0, -100)
         batch = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
         if bool(segments.any()):
@@ -109,7 +104,7 @@ def lm_loss(module, batch):
 def train_model(model, batches: list[dict], output_dir: Path, *, lr=5e-6, warmup_ratio=0.02,
                 weight_decay=0.1, max_grad_norm=1.0, epochs=1, max_steps=None, grad_accum=1,
                 save_every=0, resume=False, seed=0, trainable="all", progress=True,
-                desc="inplace-ttt", fingerprint=None):
+                desc="inplace-ttt", fingerprint=None, stop_after=None):
     """Train `model` (converted or plain: the bench trains both the same way) in place."""
     from ttx.train import TrainConfig, Trainer
 
@@ -120,7 +115,7 @@ def train_model(model, batches: list[dict], output_dir: Path, *, lr=5e-6, warmup
     cfg = TrainConfig(output_dir=Path(output_dir), lr=lr, weight_decay=weight_decay,
                       schedule="cosine", warmup_ratio=warmup_ratio, max_steps=max_steps,
                       epochs=epochs, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
-                      save_every=save_every, seed=seed, resume=resume, desc=desc,
+                      save_every=save_every, seed=seed, resume=resume, stop_after=stop_after, desc=desc,
                       progress=progress, fingerprint=fingerprint or {})
     trainer = Trainer(model, cfg)
     result = trainer.fit(batches, lm_loss)
@@ -142,14 +137,13 @@ def train_converted(ttt_model, tokenizer, output: Path, cfg, source=None):
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = make_batches(sequences, cfg.batch_size, pad or 0)
     sources = [cfg.train] + ([str(Path(source) / "config.json")] if source else [])
-    fingerprint = stage_fingerprint(asdict(cfg), sources, volatile=(
-        "output", "resume", "overwrite", "progress", "save_every", "device"))
+    fingerprint = stage_fingerprint(asdict(cfg), sources, volatile=resume_may_change(type(cfg)))
     trainer, result = train_model(
         ttt_model, batches, output, lr=cfg.lr, warmup_ratio=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, epochs=cfg.epochs,
-        max_steps=cfg.max_steps, grad_accum=cfg.grad_accum, save_every=cfg.save_every,
+        max_steps=cfg.steps, grad_accum=cfg.grad_accum, save_every=cfg.save_every,
         resume=cfg.resume, seed=cfg.seed, trainable=cfg.trainable, progress=cfg.progress,
-        fingerprint=fingerprint)
+        fingerprint=fingerprint, stop_after=cfg.stop_after)
     tokens = sum(len(ids) for ids, _ in sequences)
     stats = {"documents": len(items), "sequences": len(sequences), "tokens": tokens,
              "steps": result.steps, "finished": result.finished,

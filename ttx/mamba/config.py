@@ -9,6 +9,7 @@ import click
 
 from ttx.engines.options import device_field, dtype_field, model_field
 from ttx.options import opt
+from ttx.train import options as T
 
 
 @dataclass
@@ -16,11 +17,9 @@ class DistillConfig:
     """Which layers become Mamba-2, the two distillation stages (M1 / MambaInLlama), and data."""
 
     model: str = model_field()
-    device: str = device_field()
+    device: str = device_field(resume_may_change=True)
     dtype: str = dtype_field()
-    output: str = opt(
-        None, "Folder for the Bamba checkpoint (loads with AutoModelForCausalLM).", short="-o", required=True
-    )
+    output: str = T.output(help="Folder for the Bamba checkpoint (loads with AutoModelForCausalLM).")
     input: str | None = opt(
         None, "Training JSONL: text, messages, prompt+completion or question+answer records.", short="-i"
     )
@@ -56,12 +55,11 @@ class DistillConfig:
         "Stage 1 learning rate (per-layer hidden-state MSE).",
         type=click.FloatRange(min=0, min_open=True),
     )
-    steps: int | None = opt(
-        None,
-        "Stage 2 optimizer steps (default: --epochs over the data; 0: no stage 2).",
+    steps: int | None = T.steps(
+        None, "Stage 2 optimizer steps (default: --epochs over the data; 0: no stage 2).",
         type=click.IntRange(min=0),
     )
-    epochs: int = opt(1, "Stage 2 passes over the data (without --steps).", type=click.IntRange(min=1))
+    epochs: int = T.epochs(1, "Stage 2 passes over the data (without --steps).")
     kl: str = opt(
         "reverse",
         "reverse: KL(student||teacher), mode seeking (M1).",
@@ -82,29 +80,21 @@ class DistillConfig:
         0.7, "--teacher-generate: sampling temperature (0: greedy).", type=click.FloatRange(min=0)
     )
     max_length: int = opt(512, "Tokens per sequence (longer ones are cut).", type=click.IntRange(min=8))
-    batch_size: int = opt(4, "Sequences per micro-batch.", type=click.IntRange(min=1))
-    grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.", type=click.IntRange(min=1))
-    lr: float = opt(1e-05, "Stage 2 peak learning rate (AdamW).", type=click.FloatRange(min=0, min_open=True))
-    schedule: str = opt(
-        "cosine", "Learning-rate shape after warm-up.", type=click.Choice(["cosine", "linear", "constant"])
+    batch_size: int = T.batch_size(4)
+    grad_accum: int = T.grad_accum()
+    lr: float = T.lr(1e-05, "Stage 2 peak learning rate (AdamW).")
+    schedule: str = T.schedule()
+    warmup_ratio: float = T.warmup_ratio(0.05)
+    weight_decay: float = T.weight_decay(0.1, "Stage 2 AdamW weight decay (matrices only).")
+    max_grad_norm: float = T.max_grad_norm()
+    mixed_precision: str = T.mixed_precision(
+        help="accelerate mixed precision (bf16 on GPUs; master weights stay float32)."
     )
-    warmup_ratio: float = opt(
-        0.05, "Share of the steps spent warming the learning rate up.", type=click.FloatRange(min=0, max=1)
+    save_every: int = T.save_every(100, "Checkpoint every N steps (for --resume).")
+    stop_after: int | None = T.stop_after(
+        help="Stop after N steps (stage 1 and 2 together), checkpointed; rerun with --resume."
     )
-    weight_decay: float = opt(0.1, "Stage 2 AdamW weight decay (matrices only).", type=click.FloatRange(min=0))
-    max_grad_norm: float = opt(1.0, "Gradients are clipped to this global norm.", type=click.FloatRange(min=0))
-    mixed_precision: str = opt(
-        "no",
-        "accelerate mixed precision (bf16 on GPUs; master weights stay float32).",
-        type=click.Choice(["no", "bf16", "fp16"]),
-    )
-    save_every: int = opt(100, "Checkpoint every N steps (for --resume).", type=click.IntRange(min=0))
-    resume: bool = opt(False, "Continue from the newest checkpoint in OUTPUT/train.", secondary="--no-resume")
-    seed: int = opt(0, "Random seed (Mamba init, shuffling, teacher sampling).", type=int)
-    overwrite: bool = opt(
-        False,
-        "Replace the output folder if it already holds something (default: refused; --resume "
-        "continues an interrupted run).",
-        is_flag=True,
-    )
-    progress: bool = opt(True, "Progress bars on stderr.", secondary="--no-progress")
+    resume: bool = T.resume(help="Continue from the newest checkpoint in OUTPUT/train.")
+    seed: int = T.seed(help="Random seed (Mamba init, shuffling, teacher sampling).")
+    overwrite: bool = T.overwrite()
+    progress: bool = T.progress(help="Progress bars on stderr.")

@@ -93,19 +93,13 @@ def tokenize(example: Example, tokenizer, max_length: int) -> tuple[list[int], l
 
 def make_batches(sequences: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int) -> list:
     """Right-padded micro-batches in input order: dicts of input_ids, attention_mask, labels."""
-    import torch
+    from ttx.train.pad import pad
 
     batches = []
     for start in range(0, len(sequences), batch_size):
         group = sequences[start:start + batch_size]
-        width = max(len(ids) for ids, _ in group)
-        input_ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(group), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for row, (ids, labs) in enumerate(group):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            labels[row, :len(labs)] = torch.tensor(labs)
-            mask[row, :len(ids)] = 1
+        input_ids, mask = pad([ids for ids, _ in group], pad_id)
+        labels, _ = pad([labs for _, labs in group], IGNORE, width=input_ids.shape[1])
         batches.append({"input_ids": input_ids, "attention_mask": mask, "labels": labels})
     return batches
 

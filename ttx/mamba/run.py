@@ -17,6 +17,7 @@ from pathlib import Path
 from ttx.errors import TtxError
 from ttx.io import now_iso, plain_modes, read_jsonl, write_manifest
 from ttx.mamba.config import DistillConfig
+from ttx.options import resume_may_change
 from ttx.records import stage_fingerprint
 
 
@@ -131,23 +132,31 @@ def run_distill_to_mamba(cfg: DistillConfig) -> dict:
                   max_grad_norm=cfg.max_grad_norm, progress=cfg.progress,
                   fingerprint=stage_fingerprint(
                       asdict(cfg), [p for p in (cfg.input, cfg.eval_input) if p],
-                      volatile=("output", "resume", "overwrite", "progress", "save_every",
-                                "device")))
+                      volatile=resume_may_change(DistillConfig)))
     align_result = distill_result = None
     trainer = None
+    budget = cfg.stop_after                 # steps this run may take, both stages together
     if cfg.align_steps > 0 and report["mamba_layers"]:
         tc = TrainConfig(output_dir=work / "align", lr=cfg.align_lr, weight_decay=0.0,
-                         max_steps=cfg.align_steps, desc="align", **common)
+                         max_steps=cfg.align_steps, desc="align", stop_after=budget, **common)
         align_result, _ = run_align(student, teacher, train_batches, tc,
                                                 report["mamba_layers"])
+        if not align_result.finished:
+            return _stopped("align", align_result, output)
+        budget = _left(budget, align_result)
         metrics["aligned"] = evaluate(student, teacher, eval_batches, teacher.device, cached)
         _log(f"after stage 1 ({align_result.steps} steps): {_fmt(metrics['aligned'])}")
     if train_steps is None or train_steps > 0:
+        if budget == 0:                     # stage 1 took them all: stage 2 starts on --resume
+            return _stopped("align", align_result, output)
         tc = TrainConfig(output_dir=work / "distill", lr=cfg.lr, weight_decay=cfg.weight_decay,
-                         max_steps=train_steps, epochs=cfg.epochs, desc="distill", **common)
+                         max_steps=train_steps, epochs=cfg.epochs, desc="distill",
+                         stop_after=budget, **common)
         distill_result, trainer = run_distill(
             student, teacher, train_batches, tc, kind=cfg.kl, kl_weight=cfg.kl_weight,
             temperature=cfg.temperature, freeze_mlp=cfg.freeze_mlp)
+        if not distill_result.finished:
+            return _stopped("distill", distill_result, output)
         student = trainer.unwrapped
         metrics["distilled"] = evaluate(student, teacher, eval_batches, teacher.device, cached)
         _log(f"after stage 2 ({distill_result.steps} steps): {_fmt(metrics['distilled'])}")
@@ -177,6 +186,16 @@ def run_distill_to_mamba(cfg: DistillConfig) -> dict:
                        summary=summary)
     state.wait_for_everyone()
     return summary
+
+
+def _left(budget: int | None, result) -> int | None:
+    """--stop-after's steps left after a stage took its own in this run."""
+    return None if budget is None else budget - (result.steps - (result.resumed_from or 0))
+
+
+def _stopped(stage: str, result, output: Path) -> dict:
+    """--stop-after ended the run in `stage`, checkpointed under OUTPUT/train: --resume goes on."""
+    return {"stopped_in": stage, "stopped_at_step": result.steps, "output": str(output)}
 
 
 def _last(result):

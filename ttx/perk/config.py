@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 import click
 
 from ttx.engines.options import device_field, dtype_field, model_field
-from ttx.options import CSV, opt
+from ttx.options import opt
+from ttx.train import options as T
 
 # every attention and MLP projection of Llama-like models (the paper: all of them)
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGETS = T.ALL_PROJECTIONS
 
 
 @dataclass
@@ -20,17 +21,15 @@ class PerkConfig:
     """What is meta-learned and how the inner loop runs (saved with the PERK folder)."""
 
     model: str = model_field()
-    lora_r: int = opt(
-        256,
-        "LoRA rank (rsLoRA scaling alpha / sqrt(r)); the paper's 256 is slow on a CPU.",
-        type=click.IntRange(min=1),
-    )
-    lora_alpha: float = opt(16.0, "LoRA scale numerator (rsLoRA: alpha / sqrt(r)).", type=float)
-    lora_dropout: float = opt(
+    lora_r: int = T.lora_r(256, "LoRA rank (rsLoRA scaling alpha / sqrt(r)); the paper's 256 is slow on a CPU.")
+    lora_alpha: float = T.lora_alpha(16.0, "LoRA scale numerator (rsLoRA: alpha / sqrt(r)).", type=float)
+    lora_dropout: float = T.lora_dropout(
         0.1, "Dropout on the LoRA input (inner loop).", type=click.FloatRange(0, 1, max_open=True)
     )
-    target_modules: tuple[str, ...] = opt(
-        DEFAULT_TARGETS, "Comma-separated projections that get a LoRA.", type=CSV
+    # the shared --lora-targets name; --target-modules (this field's name) stays an alias
+    target_modules: tuple[str, ...] = T.lora_targets(
+        DEFAULT_TARGETS, "Comma-separated projections that get a LoRA.", flag="--lora-targets",
+        aliases=("--target-modules",),
     )
     inner_steps: int = opt(4, "Inner gradient steps on the LoRA per context.", type=click.IntRange(min=1))
     unroll: int = opt(
@@ -51,70 +50,43 @@ class PerkConfig:
 class MetaTrainConfig:
     """perk-metatrain: the outer loop (AdamW over the LoRA init, inner rates and weighting head)."""
 
-    input: str = opt(
-        None, "Training records JSONL {id, context, question, answer} (path or -).", short="-i", required=True
-    )
-    output: str = opt(
-        None,
-        "PERK folder: adapter/ (PEFT), perk_state.safetensors, manifest, checkpoints.",
-        short="-o",
-        required=True,
-    )
+    input: str = T.input(help="Training records JSONL {id, context, question, answer} (path or -).")
+    output: str = T.output(help="PERK folder: adapter/ (PEFT), perk_state.safetensors, manifest, checkpoints.")
     perk: PerkConfig = field(default_factory=PerkConfig, metadata={"cli": {"cli": False}})
-    device: str = device_field()
+    device: str = device_field(resume_may_change=True)
     dtype: str = dtype_field()
     inner_grad_accum: int = opt(
         1, "Split a context's segments into this many gradient-accumulation parts.", type=click.IntRange(min=1)
     )
-    steps: int | None = opt(None, "Outer steps (default: --epochs).", type=click.IntRange(min=1))
-    epochs: int = opt(1, "Passes over the records (one record per outer step).", type=click.IntRange(min=1))
-    lr: float = opt(
-        1e-05, "Outer AdamW learning rate (the paper's).", type=click.FloatRange(min=0, min_open=True)
+    steps: int | None = T.steps(None, "Outer steps (default: --epochs).")
+    epochs: int = T.epochs(1, "Passes over the records (one record per outer step).")
+    lr: float = T.lr(1e-05, "Outer AdamW learning rate (the paper's).")
+    weight_decay: float = T.weight_decay(0.01, "Outer AdamW weight decay.")
+    warmup_ratio: float = T.warmup_ratio(0.03, "Share of the outer steps spent warming the learning rate up.")
+    schedule: str = T.schedule()
+    max_grad_norm: float = T.max_grad_norm(1.0, "Outer gradients are clipped to this global norm.")
+    save_every: int = T.save_every(50, "Checkpoint every N outer steps (0: only when stopped early).")
+    stop_after: int | None = T.stop_after(
+        help="Stop (checkpointed) after N outer steps in this run; --resume continues."
     )
-    weight_decay: float = opt(0.01, "Outer AdamW weight decay.", type=click.FloatRange(min=0))
-    warmup_ratio: float = opt(
-        0.03, "Share of the outer steps spent warming the learning rate up.", type=click.FloatRange(0, 1)
-    )
-    schedule: str = opt(
-        "cosine", "Learning-rate shape after warm-up.", type=click.Choice(["cosine", "linear", "constant"])
-    )
-    max_grad_norm: float = opt(
-        1.0, "Outer gradients are clipped to this global norm.", type=click.FloatRange(min=0)
-    )
-    save_every: int = opt(
-        50, "Checkpoint every N outer steps (0: only when stopped early).", type=click.IntRange(min=0)
-    )
-    stop_after: int | None = opt(
-        None,
-        "Stop (checkpointed) after N outer steps in this run; --resume continues.",
-        type=click.IntRange(min=1),
-    )
-    context_field: str = opt("context", "Record field holding the long context.")
-    question_field: str = opt("question", "Record field holding the question.")
-    answer_field: str = opt("answer", "Record field holding the answer (the outer loss's target).")
-    limit: int | None = opt(None, "Only the first N records.", type=click.IntRange(min=1))
-    seed: int = opt(0, "Random seed (LoRA init, shuffling, dropout).", type=int)
-    resume: bool = opt(
-        False, "Continue from the newest checkpoint in the output folder.", secondary="--no-resume"
-    )
-    overwrite: bool = opt(
-        False,
-        "Replace the output folder if it already holds something (default: refused; --resume "
-        "continues an interrupted run).",
-        is_flag=True,
-    )
-    progress: bool = opt(True, "Progress bar on stderr.", secondary="--no-progress")
+    context_field: str = T.context_field()
+    question_field: str = T.question_field()
+    answer_field: str = T.answer_field(help="Record field holding the answer (the outer loss's target).")
+    limit: int | None = T.limit()
+    seed: int = T.seed(help="Random seed (LoRA init, shuffling, dropout).")
+    resume: bool = T.resume()
+    overwrite: bool = T.overwrite()
+    progress: bool = T.progress()
 
 
 @dataclass
 class EncodeConfig:
     """perk-encode: per record, adapt the meta-learned LoRA on its context, then answer."""
 
-    input: str = opt(
-        None, "Records JSONL {id, context, question[, answer]} (path or -).", short="-i", required=True
-    )
+    input: str = T.input(help="Records JSONL {id, context, question[, answer]} (path or -).")
     output: str = opt(
-        "-", "Answer records JSONL (tts-run format, `ttx score` reads it), appended per record.", short="-o"
+        "-", "Answer records JSONL (tts-run format, `ttx score` reads it), appended per record.", short="-o",
+        resume_may_change=True,
     )
     perk: str = opt(
         None,
@@ -135,11 +107,11 @@ class EncodeConfig:
     max_new_tokens: int = opt(
         16, "Tokens per answer (generation also stops at a newline).", type=click.IntRange(min=1)
     )
-    seed: int = opt(0, "Seeds the inner loop's LoRA dropout per record.", type=int)
-    resume: bool = opt(False, "Keep the output and skip ids already in it.", secondary="--no-resume")
-    limit: int | None = opt(None, "Only the first N records.", type=click.IntRange(min=1))
-    context_field: str = opt("context", "Record field holding the long context.")
-    question_field: str = opt("question", "Record field holding the question.")
-    answer_field: str = opt("answer", "Record field holding the gold answer (scored when present).")
-    id_field: str = opt("id", "Record field holding the id.")
-    progress: bool = opt(True, "Progress bar on stderr.", secondary="--no-progress")
+    seed: int = T.seed(help="Seeds the inner loop's LoRA dropout per record.")
+    resume: bool = T.resume(help="Keep the output and skip ids already in it.")
+    limit: int | None = T.limit(resume_may_change=True)
+    context_field: str = T.context_field()
+    question_field: str = T.question_field()
+    answer_field: str = T.answer_field(help="Record field holding the gold answer (scored when present).")
+    id_field: str = T.id_field()
+    progress: bool = T.progress()

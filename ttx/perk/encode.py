@@ -14,6 +14,7 @@ import zlib
 from dataclasses import asdict
 from pathlib import Path
 
+from ttx.options import resume_may_change
 from ttx.perk.config import EncodeConfig
 from ttx.records import Output, refuse_overlap, stage_fingerprint
 
@@ -96,7 +97,7 @@ def encode(cfg: EncodeConfig, options: dict | None = None, module=None, tokenize
     if module is None:
         module, tokenizer = load_perk(cfg)
     fingerprint = stage_fingerprint(asdict(cfg), [str(Path(cfg.perk) / "perk_state.safetensors")],
-                                    volatile=("input", "output", "limit", "resume", "progress"))
+                                    volatile=resume_may_change(EncodeConfig))
     out = Output(cfg.output, stage=STAGE, fingerprint=fingerprint, inputs=[cfg.input],
                  resume=cfg.resume, key=lambda r: str(r.get(cfg.id_field)))
     todo = [r for r in records if not out.has(str(r[cfg.id_field]))]

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ttx.errors import TtxError
 from ttx.io import now_iso, write_manifest
-from ttx.perk.config import MetaTrainConfig
+from ttx.options import resume_may_change
+from ttx.perk.config import MetaTrainConfig, PerkConfig
 
 STAGE = "perk-metatrain"
 
@@ -54,8 +55,7 @@ def _fingerprint(cfg) -> dict:
     from ttx.records import stage_fingerprint
 
     flat = {**{k: v for k, v in asdict(cfg).items() if k != "perk"}, **asdict(cfg.perk)}
-    return stage_fingerprint(flat, [cfg.input], volatile=(
-        "input", "output", "resume", "stop_after", "progress", "device", "cli", "overwrite"))
+    return stage_fingerprint(flat, [cfg.input], volatile=resume_may_change(MetaTrainConfig, PerkConfig))
 
 
 def tokenize(records: list[dict], tokenizer, cfg: MetaTrainConfig) -> list[Example]:

@@ -61,16 +61,15 @@ class PerkModule(nn.Module):
 
 def build(base_model, cfg: PerkConfig) -> PerkModule:
     """A fresh PERK module around a loaded base model (LoRA B = 0, so it starts as the base)."""
-    from peft import LoraConfig, get_peft_model
+    from ttx.train.lora import attach_lora, module_names
 
-    names = {n.rsplit(".", 1)[-1] for n, _ in base_model.named_modules()}
-    targets = [t for t in cfg.target_modules if t in names]
+    names = module_names(base_model)
+    targets = [t for t in cfg.target_modules if t in names]      # those the model has
     if not targets:
         raise TtxError(f"none of the target modules {', '.join(cfg.target_modules)} exist in "
                        "this model", field="target_modules")
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, use_rslora=True, bias="none", task_type="CAUSAL_LM")
-    return PerkModule(get_peft_model(base_model, lora), cfg)
+    return PerkModule(attach_lora(base_model, r=cfg.lora_r, alpha=cfg.lora_alpha,
+                                  dropout=cfg.lora_dropout, targets=targets, rslora=True), cfg)
 
 
 def save(module: PerkModule, folder: Path, base_folder: Path | None = None) -> None:

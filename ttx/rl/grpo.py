@@ -114,17 +114,10 @@ def pad_left(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]
     """Left-padded prompt+response rows, so every response ends at the last column.
 
     Returns (ids [B, W], attention mask [B, W], response mask [B, K]) with K the longest response."""
-    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
-    k = max(len(r) for r in responses)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    resp = torch.zeros((len(prompts), k), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        row = list(p) + list(r)
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
-        if r:
-            resp[i, k - len(r):] = 1
+    from ttx.train.pad import pad
+
+    ids, mask = pad([[*p, *r] for p, r in zip(prompts, responses)], pad_id, left=True)
+    _, resp = pad(responses, 0, left=True)
     return ids, mask, resp
 
 

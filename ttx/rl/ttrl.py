@@ -37,13 +37,11 @@ from ttx.io import (
     write_jsonl,
     write_manifest,
 )
+from ttx.options import resume_may_change
 from ttx.records import content_digest
 from ttx.rl.config import TTRLConfig
 from ttx.rl.grpo import GRPOConfig, Rollout
 from ttx.scoring.answers import INVALID_VOTES, answers_equal, extract_answer, vote_key, winner
-
-# Options that do not change what is learned: a resume may differ in them.
-_NOT_STATE = ("input", "output", "resume", "overwrite", "stop_after", "progress", "save_every")
 
 
 @dataclass
@@ -154,15 +152,10 @@ def attach_policy(model, cfg: TTRLConfig):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    from peft import LoraConfig, get_peft_model
+    from ttx.train.lora import attach_lora
 
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in cfg.lora_targets if t not in names]
-    if missing:
-        raise TtxError(f"the model has no module named {', '.join(missing)}", field="--lora-targets")
-    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                            lora_dropout=cfg.lora_dropout,
-                                            target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
+    return attach_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                       targets=cfg.lora_targets)
 
 
 def question_order(count: int, batch: int, steps: int, seed: int) -> list[list[int]]:
@@ -216,7 +209,7 @@ def _run(cfg: TTRLConfig, problems: list[dict], started: str) -> dict:
     if cfg.overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v for k, v in _jsonable(asdict(cfg)).items() if k not in _NOT_STATE}
+    state = {k: v for k, v in _jsonable(asdict(cfg)).items() if k not in resume_may_change(TTRLConfig)}
     state["input"] = content_digest(problems)     # the questions, whatever file held them
     trainer = Trainer(model, TrainConfig(
         fingerprint=state, output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",

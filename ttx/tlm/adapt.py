@@ -18,6 +18,7 @@ import torch
 from ttx.errors import TtxError
 from ttx.io import now_iso, plain_modes, write_jsonl, write_manifest
 from ttx.models import render_prompt
+from ttx.options import resume_may_change
 from ttx.tlm.config import TLMConfig
 from ttx.tlm.loss import measure_ce, sample_weight, sequence_ce, tlm_loss
 
@@ -44,16 +45,10 @@ def encode(tokenizer, cfg: TLMConfig, problems: list[dict]) -> list[list[int]]:
 
 
 def attach_lora(model, cfg: TLMConfig):
-    from peft import LoraConfig, get_peft_model
+    from ttx.train.lora import attach_lora as lora
 
-    torch.manual_seed(cfg.seed)
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in cfg.lora_targets if t not in names]
-    if missing:
-        raise TtxError(f"the model has no module named {', '.join(missing)}", field="--lora-targets")
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    return lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                targets=cfg.lora_targets, seed=cfg.seed)
 
 
 def reference_ce(model, sequences: list[list[int]], pad_id: int) -> list[float]:
@@ -72,6 +67,8 @@ def run_tlm(cfg: TLMConfig) -> dict:
 
     if cfg.mode not in ("offline", "online"):
         raise TtxError(f"unknown mode {cfg.mode!r} (offline or online)", field="--mode")
+    if cfg.mode == "online" and cfg.steps is not None:
+        raise TtxError("applies to --mode offline: online learns each block once", field="--steps")
     started = now_iso()
     problems = load_inputs(cfg, cfg.input)              # bad input fails before the model loads
     evals = {path: load_inputs(cfg, path) for path in cfg.eval}
@@ -102,17 +99,16 @@ def _adapt(cfg: TLMConfig, problems: list[dict], evals: dict, out, started: str)
 
     from ttx.records import content_digest, stage_fingerprint
 
-    fingerprint = stage_fingerprint(asdict(cfg), volatile=(
-        "input", "output", "resume", "stop_after", "progress", "cli", "generate", "eval",
-        "device", "overwrite"))
+    fingerprint = stage_fingerprint(asdict(cfg), volatile=resume_may_change(TLMConfig))
     fingerprint["input"] = content_digest(problems)    # the inputs, whatever file held them
     trainer = Trainer(model, TrainConfig(fingerprint=fingerprint,
         output_dir=out, lr=cfg.lr, schedule="constant" if online else "cosine",
-        warmup_ratio=0.0 if online else cfg.warmup_ratio, epochs=cfg.epochs,
+        warmup_ratio=0.0 if online else cfg.warmup_ratio, epochs=cfg.epochs, max_steps=cfg.steps,
         grad_accum=cfg.grad_accum, max_grad_norm=None, save_every=0 if online else cfg.save_every,
         seed=cfg.seed, resume=cfg.resume, stop_after=None if online else cfg.stop_after,
         desc=f"tlm-adapt {cfg.mode}", progress=cfg.progress))
     t0 = time.perf_counter()
+    seen = len(problems) * (cfg.epochs if not online else 1)
     if online:
         ce_ref, answered = _online(cfg, trainer, model, tokenizer, problems, sequences, pad_id)
         if ce_ref is None:
@@ -123,6 +119,8 @@ def _adapt(cfg: TLMConfig, problems: list[dict], evals: dict, out, started: str)
                    for i in range(0, len(sequences), cfg.batch_size)]
         if not trainer.fit(batches, _loss_fn(cfg, sequences, ce_ref, pad_id)).finished:
             return {"stopped_at_step": trainer.step_count, "output": str(out)}
+        if cfg.steps is not None:                      # the inputs the capped steps took
+            seen = sum(len(batches[i]) for i in trainer.order_run(len(batches), trainer.step_count))
         answered = 0
     train_s = time.perf_counter() - t0
     result = trainer.result
@@ -150,7 +148,7 @@ def _adapt(cfg: TLMConfig, problems: list[dict], evals: dict, out, started: str)
         answered = _answer(cfg, model, tokenizer, problems, resume=cfg.resume)
     selected = sum(s["selected"] for s in samples)
     summary = {
-        "seen": len(samples) * (cfg.epochs if not online else 1), "selected": selected,
+        "seen": seen, "selected": selected,
         "backward_passes": backward, "skipped_backward": skipped,
         "skipped_fraction": round(skipped / max(1, backward + skipped), 4),
         "updates": result.updates,

@@ -28,13 +28,9 @@ def tlm_loss(ce: torch.Tensor, ce_ref: torch.Tensor, threshold: float = 3.0,
 
 def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded input ids and attention mask."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    return ids, mask
+    from ttx.train.pad import pad
+
+    return pad(sequences, pad_id)
 
 
 def sequence_ce(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:

@@ -24,15 +24,21 @@ from typing import Any
 
 import torch
 
+from ttx.options import resume_may_change
 from ttx.seeds import call_seed
 from ttx.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
 
 LossOut = Any   # tensor | None | (tensor | None, dict of floats)
 
 
+def _may_change(default=None):
+    """A TrainConfig field a resume may change (it does not decide the weights)."""
+    return field(default=default, metadata={"resume_may_change": True})
+
+
 @dataclass
 class TrainConfig:
-    output_dir: Path
+    output_dir: Path = field(metadata={"resume_may_change": True})
     lr: float = 5e-5
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -42,23 +48,18 @@ class TrainConfig:
     epochs: int = 1
     grad_accum: int = 1
     max_grad_norm: float | None = 1.0
-    save_every: int = 0                  # checkpoint every N steps (0: only when stopping early)
-    keep_checkpoints: int = 2
+    save_every: int = _may_change(0)     # checkpoint every N steps (0: only when stopping early)
+    keep_checkpoints: int = _may_change(2)
     seed: int = 0
     shuffle: bool = False                # reshuffle micro-batches each epoch (seeded)
     mixed_precision: str = "no"          # no | fp16 | bf16 (accelerate)
-    resume: bool = False
-    stop_after: int | None = None        # stop after N steps in this invocation (checkpointed)
-    desc: str = "train"
-    progress: bool = True
+    resume: bool = _may_change(False)
+    stop_after: int | None = _may_change(None)   # stop after N steps in this invocation (checkpointed)
+    desc: str = _may_change("train")
+    progress: bool = _may_change(True)
     # what else decides the training (the stage's input hashes, model, LoRA shape...): a resume
     # with other values is refused, naming the option
     fingerprint: dict = field(default_factory=dict)
-
-
-# TrainConfig fields a resume may change (they do not decide the weights)
-_RESUMABLE = {"output_dir", "resume", "stop_after", "desc", "progress", "save_every",
-              "keep_checkpoints"}
 
 
 @dataclass
@@ -158,7 +159,7 @@ class Trainer:
         flat_now = {**{k: v for k, v in now.items() if k != "fingerprint"},
                     **(now.get("fingerprint") or {})}
         for name in sorted(set(flat_saved) | set(flat_now)):
-            if name in _RESUMABLE:
+            if name in resume_may_change(TrainConfig):
                 continue
             if flat_saved.get(name) != flat_now.get(name):
                 raise TtxError(f"--resume with a different {_flag(name)}: the checkpoint was "
@@ -236,6 +237,18 @@ class Trainer:
         self.result.finished = self.step_count >= total
         self.result.wall_s += time.perf_counter() - t0
         return self.result
+
+    def order_run(self, n: int, steps: int) -> list[int]:
+        """The micro-batches (indices into fit's list, one process) that fit's first `steps` steps
+        take, in order: what a stage capped by max_steps really trained on."""
+        ga = self.config.grad_accum
+        per_epoch = math.ceil(n / ga)
+        out: list[int] = []
+        for epoch in range(math.ceil(steps / per_epoch) if n else 0):
+            order = self._order(n, epoch)
+            windows = min(per_epoch, steps - epoch * per_epoch)
+            out += order[:windows * ga]
+        return out
 
     def flush(self) -> None:
         """Finish a partly filled window now (the end of an epoch or of an online block)."""

@@ -8,23 +8,14 @@ from dataclasses import dataclass
 import click
 
 from ttx.engines.options import device_field, dtype_field, model_field
-from ttx.options import CSV, opt
+from ttx.options import opt
+from ttx.train import options as T
 
 
 @dataclass
 class VerifierConfig:
-    input: str = opt(
-        None,
-        "Scored tts-run records (ttx score --per-record; any with gold answers).",
-        short="-i",
-        required=True,
-    )
-    output: str = opt(
-        None,
-        "The verifier's folder: HF weights, ttx_reward.json, ttx_manifest.json.",
-        short="-o",
-        required=True,
-    )
+    input: str = T.input(help="Scored tts-run records (ttx score --per-record; any with gold answers).")
+    output: str = T.output(help="The verifier's folder: HF weights, ttx_reward.json, ttx_manifest.json.")
     kind: str = opt(
         "orm",
         "orm: one score per trace; prm: one per step (Math-Shepherd step tags).",
@@ -47,46 +38,29 @@ class VerifierConfig:
         None, "rollout: the policy that completes the prefixes (default: the records' `model`)."
     )
     temperature: float = opt(0.7, "rollout: sampling temperature.", type=click.FloatRange(min=0))
-    top_p: float = opt(
-        1.0,
-        "Nucleus sampling: keep the smallest token set with this much probability.",
-        type=click.FloatRange(min=0, max=1, min_open=True),
-    )
+    top_p: float = T.top_p()
     max_new_tokens: int = opt(256, "rollout: tokens per completion.", type=click.IntRange(min=1))
     batch_rows: int = opt(64, "rollout: completions decoded together.", type=click.IntRange(min=1))
     instruction: str | None = opt(None, "rollout: the --instruction tts-run built the prompts with.")
     system: str | None = opt(None, "rollout: the --system message tts-run used.")
     chat: bool = opt(True, "rollout: whether tts-run used the chat template.", secondary="--no-chat")
-    model: str = model_field()
-    device: str = device_field()
+    model: str = model_field(resume_may_change=True)     # fingerprinted by content instead
+    device: str = device_field(resume_may_change=True)
     dtype: str = dtype_field()
-    lora_r: int = opt(
+    lora_r: int = T.lora_r(
         16, "LoRA rank (merged into the saved weights); 0 trains every weight.", type=click.IntRange(min=0)
     )
-    lora_alpha: int = opt(
-        32, "LoRA scale numerator (the update is scaled by alpha / r).", type=click.IntRange(min=1)
-    )
-    lora_dropout: float = opt(0.0, "Dropout on the LoRA input.", type=click.FloatRange(min=0, max=1))
-    lora_targets: tuple[str, ...] = opt(
-        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        "Comma-separated module names that get LoRA.",
-        type=CSV,
-    )
-    lr: float = opt(
-        0.0001,
-        "Peak learning rate (AdamW; linear warm-up, then cosine decay).",
-        type=click.FloatRange(min=0, min_open=True),
-    )
-    weight_decay: float = opt(0.0, "AdamW weight decay.", type=click.FloatRange(min=0))
-    epochs: int = opt(2, "Passes over the training set.", type=click.IntRange(min=1))
-    batch_size: int = opt(8, "Examples per optimizer step (before --grad-accum).", type=click.IntRange(min=1))
-    grad_accum: int = opt(1, "Micro-batches accumulated per optimizer step.", type=click.IntRange(min=1))
-    warmup_ratio: float = opt(
-        0.1, "Share of the steps spent warming the learning rate up.", type=click.FloatRange(min=0, max=1)
-    )
-    max_grad_norm: float = opt(
-        1.0, "Gradients are clipped to this global norm.", type=click.FloatRange(min=0, min_open=True)
-    )
+    lora_alpha: int = T.lora_alpha()
+    lora_dropout: float = T.lora_dropout()
+    lora_targets: tuple[str, ...] = T.lora_targets()
+    lr: float = T.lr(0.0001)
+    weight_decay: float = T.weight_decay(0.0)
+    epochs: int = T.epochs(2, "Passes over the training set.")
+    steps: int | None = T.steps(None, "Optimizer steps (default: --epochs over the training set).")
+    batch_size: int = T.batch_size(8, "Examples per optimizer step (before --grad-accum).")
+    grad_accum: int = T.grad_accum()
+    warmup_ratio: float = T.warmup_ratio(0.1)
+    max_grad_norm: float = T.max_grad_norm(type=click.FloatRange(min=0, min_open=True))
     max_length: int = opt(
         1024,
         "Tokens per input: a longer ORM input is left out, a PRM input is cut.",
@@ -99,28 +73,19 @@ class VerifierConfig:
         None,
         "Held-out scored records (default: --eval-fraction of the problems).",
         type=click.Path(exists=False, file_okay=True, dir_okay=False),
+        resume_may_change=True,                          # fingerprinted by content instead
     )
     eval_fraction: float = opt(
         0.2, "Share of problems held out for AUC and accuracy.", type=click.FloatRange(min=0, max=1)
     )
-    save_every: int = opt(
-        50, "Checkpoint every N steps; --resume continues from the newest.", type=click.IntRange(min=0)
-    )
-    mixed_precision: str = opt(
-        "no", "Autocast dtype for training (no: the weights' dtype).", type=click.Choice(["no", "bf16", "fp16"])
-    )
-    seed: int = opt(0, "Random seed (sampling, shuffling, LoRA init).", type=int)
-    resume: bool = opt(
-        False,
-        "Continue an interrupted run in the output folder (rollouts and checkpoints).",
-        secondary="--no-resume",
-    )
-    stop_after: int | None = opt(
-        None, "Stop after N steps, checkpointed; rerun with --resume.", type=click.IntRange(min=1)
-    )
-    overwrite: bool = opt(False, "Replace an existing output folder.", is_flag=True)
-    progress: bool = opt(True, "Progress bars on stderr.", secondary="--no-progress")
-    question_field: str = opt("question", "Record field holding the question.")
-    answer_field: str = opt("answer", "Record field holding the gold answer.")
-    id_field: str = opt("id", "Record field holding the id.")
-    cli: dict = opt(None, cli=False)  # the options the user gave (set by the command)
+    save_every: int = T.save_every(50, "Checkpoint every N steps; --resume continues from the newest.")
+    mixed_precision: str = T.mixed_precision()
+    seed: int = T.seed()
+    resume: bool = T.resume(help="Continue an interrupted run in the output folder (rollouts and checkpoints).")
+    stop_after: int | None = T.stop_after()
+    overwrite: bool = T.overwrite(help="Replace an existing output folder.")
+    progress: bool = T.progress(help="Progress bars on stderr.")
+    question_field: str = T.question_field()
+    answer_field: str = T.answer_field()
+    id_field: str = T.id_field()
+    cli: dict = opt(None, cli=False, resume_may_change=True)  # the options the user gave (set by the command)

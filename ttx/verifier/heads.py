@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ttx.errors import TtxError
-
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -29,16 +27,10 @@ def attach_lora(model, cfg: HeadConfig, task_type: str):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    from peft import LoraConfig, get_peft_model
+    from ttx.train.lora import attach_lora as lora
 
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in cfg.lora_targets if t not in names]
-    if missing:
-        raise TtxError(f"the model has no module named {', '.join(missing)}", field="--lora-targets")
-    torch.manual_seed(cfg.seed)
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_targets), task_type=task_type)
-    return get_peft_model(model, lora)
+    return lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                targets=cfg.lora_targets, task_type=task_type, seed=cfg.seed)
 
 
 def plain(model):
@@ -60,12 +52,9 @@ def length_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[
 
 def pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded input ids and attention mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
+    from ttx.train.pad import pad as pad_rows
+
+    ids, mask = pad_rows(rows, pad_id)
     return ids.to(device), mask.to(device)
 
 

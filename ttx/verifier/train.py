@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ttx.errors import TtxError
+from ttx.options import resume_may_change
 from ttx.verifier.config import VerifierConfig
 from ttx.verifier.heads import HeadConfig
 
@@ -75,9 +76,6 @@ def prepare_output(cfg: VerifierConfig) -> bool:
                    "replaces it", path=cfg.output)
 
 
-# options that do not decide the verifier: a --resume may change them
-VOLATILE = ("input", "eval", "output", "model", "resume", "overwrite", "stop_after", "progress",
-            "cli", "save_every", "device")
 
 
 def run_verifier_train(cfg: VerifierConfig) -> dict:
@@ -128,7 +126,7 @@ def fingerprint(cfg: VerifierConfig, base: Path, examples: list, held: list | No
     from ttx.models import model_key
     from ttx.records import content_digest, stage_fingerprint
 
-    fp = stage_fingerprint(asdict(cfg), volatile=VOLATILE)
+    fp = stage_fingerprint(asdict(cfg), volatile=resume_may_change(VerifierConfig))
     fp["model"] = model_key(base)
     fp["input"] = content_digest([asdict(e) for e in examples])
     fp["eval"] = None if held is None else content_digest([asdict(e) for e in held])
@@ -203,7 +201,7 @@ def _train(cfg: VerifierConfig, examples: list, held: list | None, base: Path) -
                        path=cfg.input)
     trainer = Trainer(verifier.model, TrainConfig(
         fingerprint=fp, output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",
-        warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs, grad_accum=cfg.grad_accum,
+        warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs, max_steps=cfg.steps, grad_accum=cfg.grad_accum,
         max_grad_norm=cfg.max_grad_norm, save_every=cfg.save_every, seed=cfg.seed, shuffle=True,
         mixed_precision=cfg.mixed_precision, resume=cfg.resume, stop_after=cfg.stop_after,
         desc=f"verifier-train {cfg.kind}", progress=cfg.progress))
@@ -234,7 +232,7 @@ def _train(cfg: VerifierConfig, examples: list, held: list | None, base: Path) -
         "steps": result.steps, "updates": result.updates,
         "train_loss_first": _r(result.losses[0]) if result.losses else None,
         "train_loss_last": _r(result.losses[-1]) if result.losses else None,
-        "train_tokens": sum(len(it.ids) for it in items) * cfg.epochs,
+        "train_tokens": _train_tokens(cfg, trainer, items, batches),
         "train_s": round(train_s, 2), "rollouts": rollout_cost, "reading": reading,
     }
     write_manifest(out, stage="verifier-train", options=_options(cfg, base), inputs=inputs,
@@ -244,6 +242,14 @@ def _train(cfg: VerifierConfig, examples: list, held: list | None, base: Path) -
     trainer.remove_checkpoints()
     trainer.accelerator.wait_for_everyone()
     return summary
+
+
+def _train_tokens(cfg: VerifierConfig, trainer, items: list, batches: list) -> int:
+    """Tokens trained on: --epochs passes, or what the --steps cap took."""
+    if cfg.steps is None:
+        return sum(len(it.ids) for it in items) * cfg.epochs
+    run = trainer.order_run(len(batches), trainer.step_count)
+    return sum(len(items[i].ids) for b in run for i in batches[b])
 
 
 def _options(cfg: VerifierConfig, base: Path) -> dict:
