@@ -166,6 +166,16 @@ def append_line(fd: int, line: str, path: str | os.PathLike, sync: bool = True) 
                        "intact; free some space, then rerun with --resume", path=str(path)) from None
 
 
+def append_record(fd: int | None, record: dict, path: str | os.PathLike) -> None:
+    """One JSONL record: to stdout when `fd` is None, else whole and synced (append_line)."""
+    line = json.dumps(record, ensure_ascii=False) + "\n"
+    if fd is None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+    else:
+        append_line(fd, line, path)
+
+
 class JsonlAppender:
     """Append records one by one, each synced whole, so an interrupted run can resume."""
 
@@ -182,12 +192,7 @@ class JsonlAppender:
                 raise TtxError(f"cannot write ({exc.strerror})", path=self.path) from None
 
     def write(self, record: dict) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        if self._fd is None:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-        else:
-            append_line(self._fd, line, self.path)
+        append_record(self._fd, record, self.path)
 
     def close(self) -> None:
         if self._fd is not None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 from ttx.errors import TtxError
 from ttx.io import (
     STDIO,
-    append_line,
+    append_record,
     iter_jsonl,
     manifest_path,
     now_iso,
@@ -263,12 +262,7 @@ class Output:
     def write(self, record: dict) -> None:
         """Append one record, synced; a failed write (a full disk) is one TtxError and leaves
         the records before it whole (ttx.io.append_line)."""
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        if self._fd is None:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-        else:
-            append_line(self._fd, line, self.path)
+        append_record(self._fd, record, self.path)
         if self.key is not None:
             self.keys.add(self.key(record))
 

@@ -290,7 +290,8 @@ def make_scorer(engine, cfg, default_input: str = ri.CARD_INPUT):
     if cfg.search.reward_model:
         from ttx.engines.base import local
 
-        device = str(local(engine).device) if local(engine) else "cpu"
+        policy = local(engine)
+        device = str(policy.device) if policy else "cpu"
         return RewardModel(cfg.search.reward_model, cfg.search, device, default_input)
     return PolicyScorer(cfg.scorer)
 

@@ -201,7 +201,8 @@ def tokenizer_of(engine, search: SearchConfig):
     """The policy's tokenizer: a local engine's own, else the local folder given for it."""
     from ttx.engines.base import local
 
-    tokenizer = local(engine).tokenizer if local(engine) else None
+    policy = local(engine)
+    tokenizer = policy.tokenizer if policy else None
     if tokenizer is None:
         if not search.tokenizer:
             raise TtxError("continuing a trace needs the model's tokenizer: give --model the "
@@ -269,7 +270,8 @@ def think_end(engine, search: SearchConfig) -> tuple[str, bool]:
         return search.think_end, bool(search.think_end.strip())
     from ttx.engines.base import local
 
-    tokenizer = local(engine).tokenizer if local(engine) else None
+    policy = local(engine)
+    tokenizer = policy.tokenizer if policy else None
     if tokenizer is None and search.tokenizer:
         tokenizer = _tokenizer(search.tokenizer)
     if tokenizer is not None and "</think>" in tokenizer.get_vocab():
