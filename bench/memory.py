@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     from ttx.io import write_jsonl
     from ttx.memory.bank import load_bank
     from ttx.memory.extract import ExtractConfig, extract_to_bank
-    from ttx.scoring.report import score
+    from ttx.score import score
 
     if args.threads:
         import torch

@@ -87,7 +87,7 @@ box.dispatchEvent(new Event('input'));
 
 def measure(page: Path, loads: int, query: str) -> dict:
 
-    from ttx.viewer.browser import chromium
+    from ttx.report.browser import chromium
 
     rows = []
     for _ in range(loads):                     # each load in a fresh browser: nothing cached
@@ -123,9 +123,9 @@ def screenshots(folder: Path, problem: str) -> None:
     """The overview and one problem of a report on bench/strategies.py's real runs."""
     import os
 
-    from ttx.scoring.report import ScoreConfig
-    from ttx.viewer.browser import chromium
-    from ttx.viewer.page import build_report
+    from ttx.report.browser import chromium
+    from ttx.report.page import build_report
+    from ttx.score import ScoreConfig
 
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -162,8 +162,8 @@ def main(argv=None) -> dict:
         screenshots(Path(args.screenshots), args.shot_problem)
         return {}
 
-    from ttx.scoring.report import ScoreConfig
-    from ttx.viewer.page import build_report
+    from ttx.report.page import build_report
+    from ttx.score import ScoreConfig
 
     with tempfile.TemporaryDirectory(prefix="ttx-bench-report-") as tmp:
         runs = Path(tmp) / "runs.jsonl"
@@ -199,7 +199,7 @@ def main(argv=None) -> dict:
 def _chromium_version() -> str | None:
     import subprocess
 
-    from ttx.viewer.browser import CHROMIUM
+    from ttx.report.browser import CHROMIUM
 
     try:
         return subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True,

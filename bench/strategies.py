@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     from ttx.data.arith import generate
     from ttx.engines.base import SamplingParams
     from ttx.engines.hf import HFEngine
-    from ttx.scoring.report import score
+    from ttx.score import score
     from ttx.tts.levels import parse_levels
     from ttx.tts.run import RunConfig, run_tts
     from ttx.tts.search import SearchConfig

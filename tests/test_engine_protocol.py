@@ -66,7 +66,7 @@ def test_no_stage_but_tts_run_imports_the_tts_package_except_to_run_strategies()
     users = {Path("cli/tts_run.py"): {"ttx.tts.options", "ttx.tts.search", "ttx.tts.launch"},
              Path("tlm/adapt.py"): {"ttx.tts.run", "ttx.tts.strategy"},
              Path("perk/encode.py"): {"ttx.tts.sampling", "ttx.tts.strategy"},
-             Path("scoring/report.py"): {"ttx.tts.registry"}}
+             Path("score.py"): {"ttx.tts.registry"}}
     found = {}
     for p in TTX.rglob("*.py"):
         rel = p.relative_to(TTX)

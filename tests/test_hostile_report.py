@@ -204,7 +204,7 @@ def _beam(rollouts, step_scores=(0.5, 0.6), tokens=50) -> dict:
 def test_search_tree_is_bounded(rollouts, scores, tokens, words):
     import time
 
-    from ttx.viewer.tree import MAX_NODES, search_tree
+    from ttx.report.tree import MAX_NODES, search_tree
 
     rec = _beam(rollouts, scores, tokens)
     start = time.perf_counter()
@@ -216,7 +216,7 @@ def test_search_tree_is_bounded(rollouts, scores, tokens, words):
 
 
 def test_the_token_bound_keeps_every_real_tree():
-    from ttx.viewer.tree import search_tree
+    from ttx.report.tree import search_tree
 
     data = Path(__file__).resolve().parent / "data" / "report"
     for kind in ("beam", "dora"):
@@ -255,7 +255,7 @@ def _outside_scripts(html: str) -> str:
 
 
 def test_bidi_controls_are_shown_never_applied_in_the_page(tmp_path):
-    from ttx.viewer.safe import BIDI
+    from ttx.report.safe import BIDI
 
     run = _write(tmp_path / f"runs{RLO}lnosj.jsonl", [_record(f"invoice{RLO}gnp.exe"),
                                                       _record("b", pred="5")])
@@ -282,7 +282,7 @@ def _node(snippet: str):
         pytest.skip("node is not installed")
     from importlib import resources
 
-    js = resources.files("ttx.viewer").joinpath("report.js").read_text(encoding="utf-8")
+    js = resources.files("ttx.report").joinpath("report.js").read_text(encoding="utf-8")
     helpers = js[js.index("  var ESC = "):js.index("  function own(")]
     out = subprocess.run(["node", "-e", helpers + f"\nconsole.log(JSON.stringify({snippet}));"],
                          capture_output=True, text=True, timeout=30)
@@ -301,7 +301,7 @@ def test_page_script_escapes_bidi_and_tolerates_a_malformed_fragment():
 def test_page_script_routes_through_the_tolerant_helpers():
     from importlib import resources
 
-    js = resources.files("ttx.viewer").joinpath("report.js").read_text(encoding="utf-8")
+    js = resources.files("ttx.report").joinpath("report.js").read_text(encoding="utf-8")
     body = js[js.index("  function own("):]
     assert "decodeURIComponent" not in body and "encodeURIComponent" not in body
     assert "decodeHash(location.hash" in body and "Object.create(null)" in body

@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from ttx.cli import cli
-from ttx.scoring.report import ScoreConfig, load_run
-from ttx.viewer import browser
-from ttx.viewer.classes import problem_classes
-from ttx.viewer.tree import search_tree
+from ttx.report import browser
+from ttx.report.classes import problem_classes
+from ttx.report.tree import search_tree
+from ttx.score import ScoreConfig, load_run
 
 DATA = Path(__file__).resolve().parent / "data" / "report"
 SCRIPT = "</script><b>not bold</b>"

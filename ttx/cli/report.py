@@ -14,7 +14,7 @@ import click
 
 from ttx.cli.options import compare_options, compared_runs, config_option
 from ttx.options import cli_options
-from ttx.scoring.report import ScoreConfig  # score's own schema: the definitions cannot drift
+from ttx.score import ScoreConfig  # score's own schema: the definitions cannot drift
 
 
 @click.command(name="report")
@@ -37,7 +37,7 @@ def command(ctx, input, compare, more_runs, output, title, question_field, memor
             **score_options):
     """Write one self-contained HTML page to look at runs: scores, traces, votes, trees."""
     from ttx.options import build
-    from ttx.viewer.page import build_report
+    from ttx.report.page import build_report
 
     cfg = build(ScoreConfig, score_options)
     compare, options = compared_runs(ctx, compare, more_runs)

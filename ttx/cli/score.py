@@ -13,7 +13,7 @@ import click
 
 from ttx.cli.options import compare_options, compared_runs, config_option
 from ttx.options import cli_options
-from ttx.scoring.report import ScoreConfig  # light: click and the schema only
+from ttx.score import ScoreConfig  # light: click and the schema only
 
 
 @click.command(name="score")
@@ -35,8 +35,8 @@ def command(ctx, input, compare, more_runs, json, per_record, plot, **options):
     """Score tts-run records: accuracy, pass@k, maj@k, tokens, ARISE, plots."""
     from ttx.io import json_safe
     from ttx.options import build
+    from ttx.score import score
     from ttx.scoring.render import render_table
-    from ttx.scoring.report import score
 
     compare, given = compared_runs(ctx, compare, more_runs)
     result = score(input, compare, build(ScoreConfig, options), per_record=per_record, plot=plot,

@@ -71,7 +71,7 @@ def _run_block(run: dict) -> str:
                           "model " + ", ".join(run["model"]) if run["model"] else "") if part)
     lines = [head, _table(headers, rows, [False] + [True] * (len(headers) - 1)), ""]
     if run.get("unfinished"):
-        from ttx.scoring.report import unfinished_note
+        from ttx.score import unfinished_note
 
         lines.insert(1, f"UNFINISHED: {unfinished_note(run)}")
     basis = (f"{cost['token_basis']} tokens" if cost["kind"] == "tokens"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from ttx.report.tree import search_tree
 from ttx.scoring.answers import answers_equal, normalize_answer, vote_key
 from ttx.scoring.metrics import gold_answer, trace_preds
-from ttx.viewer.tree import search_tree
 
 # record fields the page shows in their own place; everything else goes to "other fields"
 RECORD_FIELDS = {"id", "question", "strategy", "n", "level_key", "level", "repeat", "traces",

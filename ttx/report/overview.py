@@ -1,15 +1,15 @@
 """The report's static parts as HTML: the summary table, the plot, each run's levels and
-ARISE, and the manifests. Every number comes from score's result (ttx.scoring.report.score)."""
+ARISE, and the manifests. Every number comes from score's result (ttx.score.score)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 
+from ttx.report.classes import CLASSES
+from ttx.report.safe import escape
+from ttx.report.svg import accuracy_cost_svg, color
 from ttx.scoring.render import render_table
-from ttx.viewer.classes import CLASSES
-from ttx.viewer.safe import escape
-from ttx.viewer.svg import accuracy_cost_svg, color
 
 CLASS_SHORT = {"always_correct": "always ✓", "always_wrong": "always ✗", "improved": "improved",
                "degraded": "degraded", "mixed": "mixed"}

@@ -24,13 +24,13 @@ from ttx.errors import TtxError
 from ttx.io import atomic_path, manifest_path, now_iso, safe_text, sha256_file, write_manifest
 from ttx.records import refuse_outputs_overlap
 from ttx.redact import redact_secrets
+from ttx.report.classes import CLASSES, check_counts, problem_classes
+from ttx.report.overview import manifest_section, overview
+from ttx.report.problems import plain, record_view
+from ttx.report.safe import escape
+from ttx.report.svg import color
+from ttx.score import ScoreConfig, load_run, parse_compare, regrade_run, score, unfinished_note
 from ttx.scoring.metrics import gold_answer
-from ttx.scoring.report import ScoreConfig, load_run, parse_compare, regrade_run, score, unfinished_note
-from ttx.viewer.classes import CLASSES, check_counts, problem_classes
-from ttx.viewer.overview import manifest_section, overview
-from ttx.viewer.problems import plain, record_view
-from ttx.viewer.safe import escape
-from ttx.viewer.svg import color
 
 SNIPPET = 160                      # characters of the question in the problem list
 
@@ -235,7 +235,7 @@ def _script_json(obj) -> str:
 
 
 def _asset(name: str) -> str:
-    return resources.files("ttx.viewer").joinpath(name).read_text(encoding="utf-8")
+    return resources.files("ttx.report").joinpath(name).read_text(encoding="utf-8")
 
 
 def render_page(result: dict, names: Sequence[str], index: dict, detail: dict,

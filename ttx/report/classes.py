@@ -3,7 +3,7 @@
 `ttx score` reports how many problems are always correct, always wrong, improved, degraded or
 mixed (ttx.scoring.arise.arise_summary), not which. The report needs which, so it rebuilds the
 same curves with the same functions (record_correct -> problem_curves -> classify) on the same
-loaded run (ttx.scoring.report.load_run) and checks its counts against score's.
+loaded run (ttx.score.load_run) and checks its counts against score's.
 """
 
 from __future__ import annotations
