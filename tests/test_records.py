@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from ttx.errors import TtxError
-from ttx.io import manifest_path
+from ttx.io import manifest_path, output_dir, resume_log
 from ttx.options import CSV, build, cli_options, given, opt
 from ttx.records import Output, read_records, refuse_overlap, stage_fingerprint
 
@@ -111,6 +111,42 @@ def test_resume_refuses_a_changed_input_and_a_missing_manifest(tmp_path):
     manifest_path(out).unlink()
     with pytest.raises(TtxError, match="needs the manifest"):
         _output(out, resume=True)
+
+
+def test_output_dir_one_rule_for_every_stage(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(TtxError, match="is not a folder"):
+        output_dir(tmp_path / "f")
+    assert output_dir(tmp_path / "new") == tmp_path / "new"      # missing: fine, not created
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(TtxError, match="exists and is not empty"):
+        output_dir(foreign, own=("checkpoints",))
+    with pytest.raises(TtxError, match="not deleting it"):        # --overwrite spares it
+        output_dir(foreign, overwrite=True, own=("checkpoints",), stage="ttrl")
+    with pytest.raises(TtxError, match="no run here to resume"):
+        output_dir(foreign, resume=True, own=("checkpoints",), stage="ttrl")
+    assert os.listdir(foreign) == ["notes.txt"]
+    ours = tmp_path / "ours"
+    (ours / "checkpoints").mkdir(parents=True)
+    assert output_dir(ours, resume=True, own=("checkpoints",)) == ours
+    output_dir(ours, overwrite=True, own=("checkpoints",), empty=False)
+    assert (ours / "checkpoints").is_dir()                          # the caller empties it later
+    output_dir(ours, overwrite=True, own=("checkpoints",))
+    assert not ours.exists()
+
+
+def test_resume_log_cuts_a_torn_tail_and_rows_past_the_checkpoint(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    assert resume_log(log) == []
+    log.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"st')
+    assert resume_log(log) == [{"step": 1}, {"step": 2}, {"step": 3}]
+    assert resume_log(log, keep=lambda r: r["step"] <= 2) == [{"step": 1}, {"step": 2}]
+    assert log.read_text() == '{"step": 1}\n{"step": 2}\n'
+    log.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(TtxError, match=r"train_log.jsonl:2: not valid JSON"):   # named
+        resume_log(log)
 
 
 def test_manifest_says_running_until_a_summary_closes_it(tmp_path):

@@ -11,7 +11,7 @@ import platform
 import re
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,23 @@ def repair_torn_tail(path: Path) -> None:
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         os.truncate(path, data.rfind(b"\n") + 1)   # in place: complete lines are never rewritten
+
+
+def resume_log(path: str | os.PathLike, keep: Callable[[dict], bool] | None = None) -> list[dict]:
+    """The rows of a log that a resumed run continues (one helper for every stage's logs): a
+    torn last line is cut, a malformed whole line is refused (naming file and line), and with
+    `keep` the rows it rejects (past the checkpoint resumed from) are dropped from the file."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    repair_torn_tail(path)
+    rows = read_jsonl(path)
+    if keep is not None:
+        kept = [r for r in rows if keep(r)]
+        if len(kept) != len(rows):
+            write_jsonl(path, kept)
+        rows = kept
+    return rows
 
 
 def append_line(fd: int, line: str, path: str | os.PathLike, sync: bool = True) -> None:
@@ -272,19 +289,33 @@ def _umask() -> int:
     return mask
 
 
-def output_dir(path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> Path:
+def output_dir(path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+               own: Sequence[str] = (), stage: str = "this stage", empty: bool = True) -> Path:
     """The folder a stage writes its artefact into, by one rule for every stage: a file there is
     refused; a folder that holds something is refused unless --resume continues its run or
-    --overwrite replaces it (emptied here, after the inputs were read)."""
+    --overwrite replaces it (emptied here, after the inputs were read, unless `empty=False`: the
+    caller empties it later). With `own` (names the stage writes), a folder holding none of them
+    is neither resumed nor deleted: --overwrite never removes what another tool wrote."""
     import shutil
 
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise TtxError("exists and is not a folder", path=str(out))
-    if out.is_dir() and any(out.iterdir()) and not resume:
-        if not overwrite:
-            raise TtxError("the output folder is not empty: --resume continues its run, "
-                           "--overwrite replaces it, or choose another folder", path=str(out))
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    ours = not own or any((out / name).exists() for name in own)
+    if resume:
+        if not ours:
+            raise TtxError(f"holds nothing {stage} writes: there is no run here to resume; "
+                           "choose another -o", path=str(out))
+        return out
+    if not overwrite:
+        raise TtxError("exists and is not empty: --resume continues its run, --overwrite "
+                       "replaces it, or choose another folder", path=str(out))
+    if not ours:
+        raise TtxError(f"holds nothing {stage} writes ({', '.join(own)}): not deleting it; "
+                       "remove it yourself or choose another -o", path=str(out))
+    if empty:
         try:
             shutil.rmtree(out)
         except OSError as exc:

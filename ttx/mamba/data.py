@@ -119,14 +119,11 @@ def teacher_completions(examples: list[Example], teacher, tokenizer, out_path, *
 
     from ttx.engines import engine_over
     from ttx.engines.base import SamplingParams
-    from ttx.io import JsonlAppender, read_jsonl, repair_torn_tail
+    from ttx.io import JsonlAppender, resume_log
     from ttx.seeds import call_seed
 
     out_path = Path(out_path)
-    done: dict[int, str] = {}
-    if out_path.exists():
-        repair_torn_tail(out_path)
-        done = {int(r["index"]): r["completion"] for r in read_jsonl(out_path)}
+    done = {int(r["index"]): r["completion"] for r in resume_log(out_path)}
     engine = engine_over(teacher, tokenizer, name="teacher", max_batch_rows=batch)
     todo = [i for i in range(len(examples)) if i not in done]
     bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="teacher-generate",

@@ -31,10 +31,10 @@ from ttx.errors import TtxError
 from ttx.io import (
     JsonlAppender,
     now_iso,
+    output_dir,
     plain_modes,
     read_jsonl,
-    repair_torn_tail,
-    write_jsonl,
+    resume_log,
     write_manifest,
 )
 from ttx.options import resume_may_change
@@ -117,6 +117,10 @@ def check_options(cfg: TTRLConfig) -> None:
         raise TtxError("sampling needs a temperature above 0", field="--temperature")
 
 
+# what marks a folder as ttrl's own (--overwrite deletes only such a folder)
+OWN_FILES = ("ttx_manifest.json", "checkpoints", "train_log.jsonl")
+
+
 def n_train(cfg: TTRLConfig) -> int:
     if cfg.n_train is not None:
         return cfg.n_train
@@ -125,22 +129,13 @@ def n_train(cfg: TTRLConfig) -> int:
 
 
 def prepare_output(cfg: TTRLConfig) -> Path:
-    """Refuse to replace an existing output unless told to; nothing is removed here."""
-    out = Path(cfg.output)
-    if out.exists() and not out.is_dir():
-        raise TtxError("exists and is not a folder", path=cfg.output)
-    if not out.exists() or not any(out.iterdir()):
-        return out
-    ours = any((out / name).exists() for name in ("ttx_manifest.json", "checkpoints", "train_log.jsonl"))
-    if cfg.overwrite:
-        if not ours:
-            raise TtxError("is not a ttx ttrl output; not removing it", path=cfg.output)
-        return out
-    if cfg.resume:
-        if (out / "ttx_manifest.json").exists() and not (out / "checkpoints").exists():
-            raise TtxError("holds a finished run; --overwrite to train again", path=cfg.output)
-        return out
-    raise TtxError("exists; --resume to continue it or --overwrite to replace it", path=cfg.output)
+    """The output folder by ttx.io.output_dir's rule (emptied by _run, after the model loads); a
+    finished run is not resumed."""
+    out = output_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite, own=OWN_FILES,
+                     stage="ttrl", empty=False)
+    if cfg.resume and (out / "ttx_manifest.json").exists() and not (out / "checkpoints").exists():
+        raise TtxError("holds a finished run; --overwrite to train again", path=cfg.output)
+    return out
 
 
 def attach_policy(model, cfg: TTRLConfig):
@@ -232,9 +227,7 @@ def _run(cfg: TTRLConfig, problems: list[dict], started: str) -> dict:
     def on_resume(start: int) -> None:
         if start == 0:                              # nothing to continue: no rows may stay behind
             (out / "train_log.jsonl").unlink(missing_ok=True)
-        if log.exists():
-            repair_torn_tail(log)
-            write_jsonl(log, [r for r in read_jsonl(log) if r["step"] <= start])
+        resume_log(log, keep=lambda r: r["step"] <= start)
 
     def on_step(step: int, rollouts: list[Rollout], metrics: dict) -> None:
         with JsonlAppender(log, resume=True) as w:

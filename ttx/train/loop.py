@@ -320,18 +320,11 @@ class Trainer:
             os.close(fd)
 
     def _truncate_log(self, step: int) -> None:
-        import json
+        from ttx.io import resume_log
 
-        if not self.is_main or not self._log_path.exists():
-            return
-        keep = []
-        for line in self._log_path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    keep.append(line)
-            except (ValueError, KeyError):
-                break                        # a torn last line from the interrupted run
-        self._log_path.write_text("".join(f"{line}\n" for line in keep))
+        if self.is_main:                     # rows past the checkpoint resumed from go
+            resume_log(self._log_path, keep=lambda r: isinstance(r.get("step"), int)
+                       and r["step"] <= step)
 
 
 class _nullcontext:

@@ -110,7 +110,7 @@ def label_by_rollouts(engine, examples: list[Example], cfg: RolloutConfig, log: 
     from tqdm import tqdm
 
     from ttx.engines.base import SamplingParams, local
-    from ttx.io import JsonlAppender, read_jsonl, repair_torn_tail
+    from ttx.io import JsonlAppender, resume_log
     from ttx.models import render_prompt
     from ttx.prompts import build_prompt
     from ttx.seeds import call_seed
@@ -132,9 +132,8 @@ def label_by_rollouts(engine, examples: list[Example], cfg: RolloutConfig, log: 
         jobs += [(i, k, heads[e.question] + p) for k, p in enumerate(prefixes)]
     chunks = [jobs[c:c + cfg.chunk] for c in range(0, len(jobs), cfg.chunk)]
     done: dict[int, list[dict]] = {}
-    if log is not None and resume and log.exists():
-        repair_torn_tail(log)
-        for row in read_jsonl(log):
+    if log is not None and resume:
+        for row in resume_log(log):
             done.setdefault(int(row["chunk"]), []).append(row)
     cost = RolloutCost(prefixes=len(jobs))
     texts: dict[tuple[int, int], list[str]] = {}

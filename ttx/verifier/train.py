@@ -11,7 +11,6 @@ ORM: ttx.verifier.orm (a sequence-classification head, one sigmoid label). PRM: 
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -51,29 +50,14 @@ def check(cfg: VerifierConfig) -> None:
 
 
 def prepare_output(cfg: VerifierConfig) -> bool:
-    """Refuse to replace a folder without --overwrite; True when it already holds a finished
+    """The output folder by ttx.io.output_dir's rule; True when it already holds a finished
     verifier and --resume asked to continue (nothing left to do)."""
+    from ttx.io import output_dir
     from ttx.reward_inputs import READING_FILE
 
-    out = Path(cfg.output)
-    if out.exists() and not out.is_dir():
-        raise TtxError("exists and is not a folder", path=cfg.output)
-    if not out.exists() or not any(out.iterdir()):
-        return False
-    if cfg.overwrite:
-        if not any((out / name).exists() for name in OWN_FILES):
-            raise TtxError("holds nothing verifier-train writes (no ttx_manifest.json, "
-                           "train_log.jsonl, checkpoints/, rollouts.jsonl): not deleting it; "
-                           "remove it yourself or choose another -o", path=cfg.output)
-        shutil.rmtree(out)
-        return False
-    if cfg.resume:
-        if not any((out / name).exists() for name in OWN_FILES):
-            raise TtxError("holds nothing verifier-train writes: there is no run here to "
-                           "resume; choose another -o", path=cfg.output)
-        return (out / READING_FILE).is_file() and (out / "ttx_manifest.json").is_file()
-    raise TtxError("exists and is not empty: --resume continues the run in it, --overwrite "
-                   "replaces it", path=cfg.output)
+    out = output_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite, own=OWN_FILES,
+                     stage="verifier-train")
+    return cfg.resume and (out / READING_FILE).is_file() and (out / "ttx_manifest.json").is_file()
 
 
 
