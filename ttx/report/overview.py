@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ttx.report.classes import CLASSES
 from ttx.report.safe import escape
 from ttx.report.svg import accuracy_cost_svg, color
-from ttx.scoring.render import render_table
+from ttx.scoring.render import fmt_number, render_table, vs_first_levels
 
 CLASS_SHORT = {"always_correct": "always ✓", "always_wrong": "always ✗", "improved": "improved",
                "degraded": "degraded", "mixed": "mixed"}
@@ -18,19 +18,7 @@ CLASS_LABELS = {"always_correct": "always correct", "always_wrong": "always wron
 
 
 def _num(x, kind: str = "") -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return str(x).lower()
-    if isinstance(x, int):
-        return f"{x:,}"
-    if kind == "tok":
-        return f"{x:,.1f}"
-    if kind == "signed":
-        return f"{x:+.4f}"
-    if kind == "slope":
-        return f"{x:.3g}"
-    return f"{x:.3f}" if x == 0 or abs(x) >= 0.001 else f"{x:.2e}"
+    return fmt_number(x, kind, grouped=True, none="–")
 
 
 def _ci(value, ci) -> str:
@@ -173,17 +161,8 @@ def run_block(run: dict, names: Sequence[str]) -> str:
                         "</details>" if sev else "") + "</li>")
     if run.get("vs_first"):
         vs = run["vs_first"]
-        rows = []
-        for level, metrics in vs["levels"].items():
-            acc = metrics.get("accuracy")
-            if not acc:
-                continue
-            ci = acc["ci"]
-            verdict = ("" if not ci else " (interval excludes 0)" if ci[0] > 0 or ci[1] < 0
-                       else " (interval includes 0: not distinguishable from noise)")
-            span = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
-            rows.append(f"<li>level {escape(level)}: accuracy {acc['difference']:+.3f}{span} "
-                        f"over {acc['n_problems']} problems{verdict}</li>")
+        rows = [f"<li>level {escape(level)}: {text.replace('  (', ' (')}</li>"
+                for level, text in vs_first_levels(run, sep=", ")]
         parts.append(f"<li>vs {escape(vs['run'])} (paired over shared problems, 95% CI):"
                      f"<ul>{''.join(rows) or '<li>no level in common</li>'}</ul></li>")
     aside = run["set_aside"]["no_gold_answer"]

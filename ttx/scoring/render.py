@@ -9,13 +9,20 @@ from ttx.io import safe_text
 from ttx.scoring import arise as ar
 
 
-def _fmt(x, kind: str = "") -> str:
+def fmt_number(x, kind: str = "", *, grouped: bool = False, none: str = "-") -> str:
+    """A table cell: ints whole (`grouped`: 1,234), `tok` one decimal, `signed` +0.0123,
+    `slope` 3 significant digits, else 3 decimals (tiny values in e-notation); shared by
+    `ttx score`'s text tables and `ttx report`'s HTML ones."""
     if x is None:
-        return "-"
-    if isinstance(x, int):  # bool too
-        return str(x)
+        return none
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, int):
+        return f"{x:,}" if grouped else str(x)
     if kind == "tok":
-        return f"{x:.1f}"
+        return f"{x:,.1f}" if grouped else f"{x:.1f}"
+    if kind == "signed":
+        return f"{x:+.4f}"
     if kind == "slope":
         return f"{x:.3g}"
     return f"{x:.3f}" if x == 0 or abs(x) >= 0.001 else f"{x:.2e}"
@@ -60,10 +67,10 @@ def _run_block(run: dict) -> str:
     rows = []
     total = [{"level": "all", "value": None, **run["summary"]}] if len(run["levels"]) > 1 else []
     for row in [*run["levels"], *total]:
-        rows.append([str(row["level"]), _fmt(row.get("value")), _fmt(row["n_records"]),
+        rows.append([str(row["level"]), fmt_number(row.get("value")), fmt_number(row["n_records"]),
                      _with_ci(row["accuracy"], row.get("accuracy_ci")),
                      *(_with_ci(row.get(k), row.get(f"{k}_ci")) for k in ks),
-                     *(_fmt(row.get(key), kind) for key, _, kind in _METRIC_COLS + cost_cols)])
+                     *(fmt_number(row.get(key), kind) for key, _, kind in _METRIC_COLS + cost_cols)])
     a = run["arise"]
     head = f"run {run['name']}: " + "; ".join(
         part for part in (", ".join("<stdin>" if p == "-" else p for p in run["inputs"]),
@@ -86,11 +93,11 @@ def _run_block(run: dict) -> str:
     lines.append(f"problems: always correct {a['always_correct']}, always wrong "
                  f"{a['always_wrong']}, improved {a['improved']}, degraded {a['degraded']}, "
                  f"mixed {a['mixed']}")
-    lines.append(f"slope {_fmt(a['slope'], 'slope')} accuracy/cost (dataset, as ARISE's "
-                 f"reference; mean of per-problem slopes {_fmt(a['slope_per_problem'], 'slope')});"
-                 f"  s1: control {_fmt(run['s1']['control'])}, scaling "
-                 f"{_fmt(run['s1']['scaling'], 'slope')} accuracy/cost, performance "
-                 f"{_fmt(run['s1']['performance'])}")
+    lines.append(f"slope {fmt_number(a['slope'], 'slope')} accuracy/cost (dataset, as ARISE's "
+                 f"reference; mean of per-problem slopes {fmt_number(a['slope_per_problem'], 'slope')});"
+                 f"  s1: control {fmt_number(run['s1']['control'])}, scaling "
+                 f"{fmt_number(run['s1']['scaling'], 'slope')} accuracy/cost, performance "
+                 f"{fmt_number(run['s1']['performance'])}")
     if run["ttspm"]:
         t = run["ttspm"]
         lines.append(f"TTSPM fit F(N) = {t['f_max']:.3f} (1 - (1 - {t['p']:.3f})^N): gains "
@@ -115,20 +122,26 @@ def _run_block(run: dict) -> str:
     return "\n".join(lines)
 
 
-def _vs_first_lines(run: dict) -> list[str]:
-    vs = run["vs_first"]
-    out = [f"vs {vs['run']} (paired over shared problems, 95% CI):"]
-    for level, metrics in vs["levels"].items():
+def vs_first_levels(run: dict, sep: str = ",") -> list[tuple[str, str]]:
+    """(level, "accuracy +0.033 [-0.010,+0.080] over 30 problems (verdict)") for each level of
+    the paired comparison with the first run; shared by `ttx score` and `ttx report`."""
+    out = []
+    for level, metrics in run["vs_first"]["levels"].items():
         acc = metrics.get("accuracy")
         if not acc:
             continue
         ci = acc["ci"]
         verdict = ("" if not ci else "  (interval excludes 0)" if ci[0] > 0 or ci[1] < 0
                    else "  (interval includes 0: not distinguishable from noise)")
-        span = f" [{ci[0]:+.3f},{ci[1]:+.3f}]" if ci else ""
-        out.append(f"  level {level}: accuracy {acc['difference']:+.3f}{span} over "
-                   f"{acc['n_problems']} problems{verdict}")
+        span = f" [{ci[0]:+.3f}{sep}{ci[1]:+.3f}]" if ci else ""
+        out.append((level, f"accuracy {acc['difference']:+.3f}{span} over "
+                           f"{acc['n_problems']} problems{verdict}"))
     return out
+
+
+def _vs_first_lines(run: dict) -> list[str]:
+    return ([f"vs {run['vs_first']['run']} (paired over shared problems, 95% CI):"]
+            + [f"  level {level}: {text}" for level, text in vs_first_levels(run)])
 
 
 def render_table(result: dict) -> str:
@@ -140,9 +153,9 @@ def render_table(result: dict) -> str:
                    "degraded", "severe"]
         rows = [[str(r["rank"]), r["name"] + (" (UNFINISHED)" if r.get("unfinished") else ""),
                  f"{r['arise']['arise']:+.4f}",
-                 f"{r['arise']['arise_std']:.4f}", _fmt(r["arise"]["slope"], "slope"),
-                 _fmt(r["s1"]["performance"]),
-                 _fmt(r["summary"]["mean_completion_tokens"], "tok"),
+                 f"{r['arise']['arise_std']:.4f}", fmt_number(r["arise"]["slope"], "slope"),
+                 fmt_number(r["s1"]["performance"]),
+                 fmt_number(r["summary"]["mean_completion_tokens"], "tok"),
                  str(r["arise"]["improved"]), str(r["arise"]["degraded"]),
                  str(r["arise"]["n_severe"])] for r in runs]
         parts.append("runs ranked by ARISE (higher is better)\n"
