@@ -275,3 +275,19 @@ def test_best_of_n_and_beam_with_judge_self(tmp_path, tiny_model_dir):
             assert t["score"] == t["step_scores"][-1]                       # --agg last
     summary = json.loads((tmp_path / "beam.jsonl.manifest.json").read_text())["summary"]
     assert summary["judge_calls"] > 0 and summary["judge_completion_tokens"] > 0
+
+
+def test_dvts_with_a_judge_folder(tmp_path, tiny_model_dir):
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in generate(1, 6)))
+    out = tmp_path / "dvts.jsonl"
+    result = run_cli(["tts-run", "--model", tiny_model_dir, "-i", problems, "-o", out,
+                      "--strategy", "dvts", "--n", "4", "--beam-width", "2", "--temperature",
+                      "1.0", "--step-tokens", "3", "--max-steps", "2", "--max-new-tokens", "8",
+                      "--reward-model", f"judge:{tiny_model_dir}", "--judge-scale", "yes-no",
+                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    [r] = map(json.loads, out.read_text().splitlines())
+    assert all(0 < s < 1 for t in r["traces"] for s in t["step_scores"])
+    summary = json.loads((tmp_path / "dvts.jsonl.manifest.json").read_text())["summary"]
+    assert summary["judge_calls"] > 0 and summary["judge_unparsed"] == 0

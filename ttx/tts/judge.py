@@ -12,8 +12,8 @@ The judge reads the question and a (partial) solution and answers in one of two 
           llm_tts/scorers/step_scorer_llm_critic.py _parse_value_output) with yes/no as its labels
           and correct / incorrect, wrong as their synonyms; unmatched text gets its 0.0.
           Score: P(yes) from the answer's log-probabilities where the engine returns them
-          (exp(log p) of "Yes", else 1 - exp(log p) of "No": the model's own probability of the
-          label it gave), else 1 or 0.
+          (p of "Yes", else 1 - p of "No", p the probability of the label's first token as the
+          engine reports it), else 1 or 0.
 
 An answer that does not parse is never an error: it is counted (`judge_unparsed` in the run's
 manifest) and scored as the reference scores it. Where the engine honours output constraints
@@ -213,7 +213,7 @@ class Judge:
             self.counts["judge_unparsed"] += 1
             return YES_NO_FALLBACK
         if trace.logprobs and trace.text.strip().lower() in YES_NO_LABELS:
-            p = math.exp(sum(trace.logprobs))
+            p = math.exp(trace.logprobs[0])        # the label's first token (EOS may follow)
             return p if label == 1.0 else 1.0 - p
         return label
 

@@ -51,15 +51,17 @@ _POSF = click.FloatRange(min=0, min_open=True)
 _DIR = click.Path(exists=True, file_okay=False)
 
 
-class _RewardModel(click.ParamType):
+class _RewardModel(click.Path):
     """A reward model folder, or `judge:...` (checked by SearchConfig.validate)."""
 
-    name = "folder|judge:..."
+    def __init__(self):
+        super().__init__(exists=True, file_okay=False)
+        self.name = "folder|judge:..."
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and value.startswith("judge:"):
             return value
-        return _DIR.convert(value, param, ctx)
+        return super().convert(value, param, ctx)
 
 
 @dataclass
