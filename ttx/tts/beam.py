@@ -90,6 +90,7 @@ class StepSearch(Strategy):
 
     def close(self):
         self.stats.update(self.scorer.stats())
+        self.scorer.close()
 
     def step_params(self, cfg, cap: int):
         """(params of an inner step, params of the last step to EOS)."""

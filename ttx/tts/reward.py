@@ -49,6 +49,9 @@ class PolicyScorer:
     def stats(self) -> dict:
         return {}
 
+    def close(self) -> None:
+        pass
+
 
 def _aggregate(scores: list[float], agg: str) -> float | None:
     """search-and-learn's aggregate_scores (src/sal/utils/score.py:33-43)."""
@@ -249,6 +252,9 @@ class RewardModel:
     def stats(self) -> dict:
         return {"reward_forwards": self.forwards, "reward_sequences": self.sequences}
 
+    def close(self) -> None:
+        pass
+
 
 def _read_config(folder: Path) -> dict:
     """config.json, after ttx.models.check_folder's refusals (remote code, pickles)."""
@@ -285,8 +291,13 @@ def _head(config: dict, folder: Path) -> str:
 
 
 def make_scorer(engine, cfg, default_input: str = ri.CARD_INPUT):
-    """The scorer a strategy config asks for: a reward model (loaded here, once per run; its PRM
-    inputs built as `default_input` unless told otherwise), or the policy's own numbers."""
+    """The scorer a strategy config asks for: an LLM judge (`judge:...`, ttx.tts.judge), a reward
+    model (loaded here, once per run; its PRM inputs built as `default_input` unless told
+    otherwise), or the policy's own numbers."""
+    if cfg.search.reward_model and cfg.search.reward_model.startswith("judge:"):
+        from ttx.tts.judge import open_judge
+
+        return open_judge(engine, cfg.search)
     if cfg.search.reward_model:
         from ttx.engines.base import local
 

@@ -12,7 +12,8 @@ from ttx.scoring.answers import extract_answer, majority_vote, normalize_answer
 from ttx.tts.strategy import Outcome, Strategy, StrategyConfig, register
 
 REWARD_KNOBS = ("reward_model", "reward_batch_size", "prm_format", "prm_step_tag",
-                "prm_good_token", "prm_bad_token", "prm_input", "agg")
+                "prm_good_token", "prm_bad_token", "prm_input", "agg",
+                "judge_scale")
 
 
 def trace_score(trace: Trace, scorer: str) -> float | None:
@@ -171,6 +172,7 @@ class BestOfN(_Sampling):
 
     def close(self):
         self.stats.update(self.scorer.stats())
+        self.scorer.close()
 
     def params(self, cfg):
         return replace(cfg.params, logprobs=True)

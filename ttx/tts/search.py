@@ -38,6 +38,7 @@ BEAM_STYLES = ("search-and-learn", "ttx")
 LOOKAHEAD_SCORING = ("path", "rollout")
 DORA_RULES = ("code", "paper")
 PRM_INPUTS = ("search-and-learn", "model-card")
+JUDGE_SCALES = ("0-10", "yes-no")      # ttx.tts.judge.SCALES
 
 
 def _knob(default, help, **kw):
@@ -48,6 +49,19 @@ _POS = click.IntRange(min=1)
 _NONNEG = click.IntRange(min=0)
 _POSF = click.FloatRange(min=0, min_open=True)
 _DIR = click.Path(exists=True, file_okay=False)
+
+
+class _RewardModel(click.Path):
+    """A reward model folder, or `judge:...` (checked by SearchConfig.validate)."""
+
+    def __init__(self):
+        super().__init__(exists=True, file_okay=False)
+        self.name = "folder|judge:..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.startswith("judge:"):
+            return value
+        return super().convert(value, param, ctx)
 
 
 @dataclass
@@ -117,8 +131,10 @@ class SearchConfig:
                                 "turns.", type=click.Choice(TURN_AGGREGATES))
     # reward model scorer (best-of-n, beam, dvts, dora)
     reward_model: str | None = _knob(None, "best-of-n/beam/dvts/dora: a local outcome or process "
-                                     "reward model (replaces --scorer); loaded once per run.",
-                                     type=_DIR)
+                                     "reward model (replaces --scorer); loaded once per run; "
+                                     "or an LLM judge: judge:self (the policy), judge:FOLDER, "
+                                     "judge:http(s)://server/v1.",
+                                     type=_RewardModel())
     reward_batch_size: int = _knob(8, "Sequences per reward-model forward.", type=_POS)
     prm_format: str | None = _knob(None, "PRM input: steps followed by a tag (Math-Shepherd), "
                                    "chat turns (RLHFlow) or <extra_0>-joined steps "
@@ -141,6 +157,11 @@ class SearchConfig:
     prm_system: str | None = opt(None, cli=False)
     # openai engine: the tokenizer that applies the chat template to continued traces
     tokenizer: str | None = opt(None, cli=False)
+    # judge scorer (--reward-model judge:...)
+    judge_scale: str | None = _knob(None, "--reward-model judge:...: the judge's answer, a 0-10 "
+                                    "rating (its_hub's LLMJudge, score = rating / 10) or yes-no "
+                                    "(score = P(yes)) (default: 0-10).",
+                                    type=click.Choice(JUDGE_SCALES))
 
     def validate(self, max_new_tokens: int) -> None:
         """Value checks common to every strategy; each error names the option."""
@@ -173,9 +194,23 @@ class SearchConfig:
             raise TtxError("--dora-tau and --dora-alpha must be positive")
         prm = [k for k in ("prm_format", "prm_step_tag", "prm_good_token", "prm_bad_token",
                            "prm_input") if getattr(self, k) is not None]
+        judge = bool(self.reward_model) and self.reward_model.startswith("judge:")
         if prm and not self.reward_model:
             raise TtxError(", ".join("--" + k.replace("_", "-") for k in prm)
                            + " set(s) how a process reward model is read: it needs --reward-model")
+        if prm and judge:
+            raise TtxError(", ".join("--" + k.replace("_", "-") for k in prm)
+                           + " set(s) how a process reward model is read: a judge reads none")
+        if self.judge_scale is not None and self.judge_scale not in JUDGE_SCALES:
+            raise TtxError(f"--judge-scale must be one of {', '.join(JUDGE_SCALES)}, got "
+                           f"{self.judge_scale!r}")
+        if self.judge_scale is not None and not judge:
+            raise TtxError("--judge-scale sets how an LLM judge answers: it needs --reward-model "
+                           "judge:self|judge:FOLDER|judge:URL")
+        if judge:
+            from ttx.tts.judge import parse_spec
+
+            parse_spec(self.reward_model)
 
 
 def local_tokenizer(model: str, strategy: str) -> str:
