@@ -316,6 +316,13 @@ def test_skywork_multi_line_step_is_read_at_its_last_line(skywork_prm_dir, skywo
     [ref] = skywork_readme_scores(*skywork_reference, [(QUESTION, "\n".join(steps))])
     assert len(ref) == 5
     assert got == pytest.approx([ref[1], ref[2], ref[4]], abs=1e-5)
+    # search-and-learn's pieces (--prm-input): an open path's empty last piece is a lone step
+    # token, as the reference gives an empty line (io_utils.py:11-15)
+    sal = RewardModel(str(skywork_prm_dir), SearchConfig(reward_model=str(skywork_prm_dir),
+                                                         prm_input="search-and-learn"))
+    [(_, got)] = sal.score_texts([(QUESTION, "\n\n".join(STEPS[:2]) + "\n\n")])
+    [ref] = skywork_readme_scores(*skywork_reference, [(QUESTION, "\n".join(STEPS[:2]) + "\n")])
+    assert len(ref) == 3 and got == pytest.approx(ref, abs=1e-5)
 
 
 def test_batched_native_scores_equal_one_by_one(qwen_prm_dir, skywork_prm_dir):
