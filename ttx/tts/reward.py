@@ -125,6 +125,10 @@ class RewardModel:
         except (OSError, ValueError, KeyError) as exc:
             raise TtxError(f"cannot load the reward model ({str(exc).splitlines()[0]})",
                            path=str(folder), field="--reward-model") from None
+        if self.format == "skywork" and self.tokenizer.bos_token is None:
+            raise TtxError("the skywork PRM input opens with the tokenizer's bos_token, which "
+                           "this tokenizer does not set (tokenizer_config.json)",
+                           path=str(folder), field="bos_token")
         from ttx.engines.cpu.packed import pack_linears
 
         pack_linears(self.model)             # frozen; on CPU its matmuls run on packed weights
@@ -321,8 +325,8 @@ def _head(config: dict, folder: Path) -> str:
             if a.endswith(suffix):
                 return suffix
     raise TtxError(f"architecture {', '.join(archs) or '(none)'} is not a reward model "
-                   "(expected *ForSequenceClassification, *ForCausalLM, *ForTokenClassification "
-                   f"or {' or '.join(ri.NATIVE_PRMS)})", path=str(folder), field="architectures")
+                   "(expected *ForSequenceClassification, *ForCausalLM, *ForTokenClassification, "
+                   f"{' or '.join(ri.NATIVE_PRMS)})", path=str(folder), field="architectures")
 
 
 def make_scorer(engine, cfg, default_input: str = ri.CARD_INPUT):
