@@ -143,16 +143,17 @@ def test_bad_reward_models(tiny_model_dir, tmp_path):
                            num_hidden_layers=1, num_attention_heads=2)).save_pretrained(tmp_path / "b")
     with pytest.raises(TtxError, match="not a reward model"):
         RewardModel(str(tmp_path / "b"), SearchConfig())
-    # a PRM that ships its own modelling code (Qwen2ForProcessRewardModel) is refused
+    # a PRM that ships its own modelling code, and has no ttx class, is refused (ttx's own
+    # Qwen2.5-Math-PRM and Skywork-PRM classes: tests/test_prm_models.py)
     import shutil
 
     remote = tmp_path / "remote"
     shutil.copytree(tiny_model_dir, remote)
     config = json.loads((remote / "config.json").read_text())
-    config.update(architectures=["Qwen2ForProcessRewardModel"],
-                  auto_map={"AutoModel": "modeling_qwen2_rm.Qwen2ForProcessRewardModel"})
+    config.update(architectures=["InternLM2ForProcessRewardModel"],
+                  auto_map={"AutoModel": "modeling_internlm2.InternLM2ForProcessRewardModel"})
     (remote / "config.json").write_text(json.dumps(config))
-    (remote / "modeling_qwen2_rm.py").write_text("raise SystemExit('remote code ran')\n")
+    (remote / "modeling_internlm2.py").write_text("raise SystemExit('remote code ran')\n")
     with pytest.raises(TtxError, match="never runs"):
         RewardModel(str(remote), SearchConfig())
 

@@ -49,10 +49,11 @@ def resolve_model(spec: str | os.PathLike) -> Path:
                    path=spec)
 
 
-def check_folder(folder: Path, what: str = "model") -> dict:
+def check_folder(folder: Path, what: str = "model", native=()) -> dict:
     """Refuse, in one line, a folder ttx must not or cannot load: no (valid) config.json, a
-    config that names its own Python code (auto_map: ttx never runs a folder's code), or weights
-    that are not safetensors (a pickle can run code when loaded). Returns the config."""
+    config that names its own Python code (auto_map: ttx never runs a folder's code; unless its
+    architectures are all `native`, ones ttx has its own classes for), or weights that are not
+    safetensors (a pickle can run code when loaded). Returns the config."""
     import json
 
     path = folder / "config.json"
@@ -64,7 +65,8 @@ def check_folder(folder: Path, what: str = "model") -> dict:
         raise TtxError(f"not valid JSON ({getattr(exc, 'msg', exc)})", path=str(path)) from None
     if not isinstance(config, dict):
         raise TtxError("expected a JSON object", path=str(path))
-    if config.get("auto_map"):
+    archs = config.get("architectures") or []
+    if config.get("auto_map") and not (archs and all(a in native for a in archs)):
         raise TtxError(f"this {what} needs its folder's own Python code (auto_map, "
                        "trust_remote_code), which ttx never runs: use a model transformers loads "
                        "itself, or convert its weights into one", path=str(folder),

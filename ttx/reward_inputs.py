@@ -14,6 +14,12 @@ exactly the text it is later asked to score.
 - PRM, `qwen` format (Qwen2.5-Math-PRM; a token-classification head): system, user question and
   an assistant turn whose steps are joined by `<extra_0>` with one more at the end; the score of
   step k is P(label 1) at its `<extra_0>`.
+- PRM, `skywork` format (Skywork-o1-Open-PRM; a value head, SkyworkAI/skywork-o1-prm-inference
+  model_utils/io_utils.py:4-23 prepare_input): `bos_token + question + "\n"` encoded, then each
+  line of the response encoded alone and followed by the step token ("\n"); the steps are
+  joined by it, one per line. The score of step k is the sigmoid of the value at the step token
+  closing its last line (io_utils.py:43-53; every line is a step to the model, ttx reads the one
+  that ends each of its steps).
 These are the `model-card` construction (--prm-input): a solution is split into steps at blank
 lines (search-and-learn's "\\n\\n"), each stripped, empty steps dropped.
 
@@ -28,10 +34,16 @@ every blank line and one more at the end unless the solution ends with a blank l
 
 from __future__ import annotations
 
+from ttx.errors import TtxError
+
 STEP_SEPARATOR = "\n\n"
 SAL_INPUT, CARD_INPUT = "search-and-learn", "model-card"
 MATH_SHEPHERD_TAG = "ки"
 QWEN_STEP_TAG = "<extra_0>"
+SKYWORK_STEP_TAG = "\n"     # the README's prepare_input(..., step_token="\n")
+# Architectures whose checkpoints ship remote code and which ttx loads with its own classes
+# (ttx.prm_models): the format that reads each.
+NATIVE_PRMS = {"Qwen2ForProcessRewardModel": "qwen", "Qwen2ForPrmModel": "skywork"}
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 # Written beside a reward model's weights (by verifier-train, or by hand): how to read it.
 READING_FILE = "ttx_reward.json"
@@ -88,3 +100,20 @@ def qwen_text(tokenizer, question: str, steps: list[str]) -> str:
                 {"role": "user", "content": question},
                 {"role": "assistant", "content": QWEN_STEP_TAG.join(steps) + QWEN_STEP_TAG}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+
+
+def skywork_ids(tokenizer, question: str, steps: list[str],
+                tag: str = SKYWORK_STEP_TAG) -> tuple[list[int], list[int]]:
+    """Skywork's input ids (io_utils.py:4-23 on the response tag.join(steps)) and, per step, the
+    position of the step token closing its last line."""
+    if tokenizer.bos_token is None:
+        raise TtxError("the Skywork PRM input opens with the tokenizer's bos_token, which this "
+                       "tokenizer does not set", field="bos_token")
+    ids = tokenizer.encode(tokenizer.bos_token + question + "\n")
+    tag_id = tokenizer.encode(tag)[-1]
+    positions = []
+    for step in steps:
+        for line in step.split(tag):
+            ids += (tokenizer.encode(line) if line else []) + [tag_id]
+        positions.append(len(ids) - 1)
+    return ids, positions

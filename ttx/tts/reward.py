@@ -14,10 +14,16 @@ are in ttx.reward_inputs:
   *ForTokenClassification     a PRM with a per-token head (Qwen2.5-Math-PRM style, `qwen`: steps
                               joined by <extra_0>, P(label 1) there; one label: its sigmoid, a
                               Skywork-style value head).
+  Qwen2ForProcessRewardModel  Qwen2.5-Math-PRM itself (`qwen`), and
+  Qwen2ForPrmModel            Skywork-o1-Open-PRM (`skywork`: steps one per line, the sigmoid
+                              of its value head at each step's closing newline): their folders
+                              ask for remote code; ttx loads them with its own classes
+                              (ttx.prm_models) and never runs the folder's.
 A PRM input is built as search-and-learn's PRM classes build it or as the model card says
 (--prm-input, ttx.reward_inputs): the option, else the folder's ttx_reward.json `prm_input`
 (verifier-train writes `model-card`, the construction it trains on), else the strategy's default.
-A folder that needs its own Python code (trust_remote_code) is refused: ttx never runs it.
+Any other folder that needs its own Python code (trust_remote_code) is refused: ttx never runs
+it.
 Every scoring call is batched: sequences go through the model in right-padded batches of
 --reward-batch-size, one forward per batch.
 """
@@ -30,7 +36,7 @@ from pathlib import Path
 
 from ttx import reward_inputs as ri
 from ttx.errors import TtxError
-from ttx.tts.search import step_score
+from ttx.tts.search import PRM_FORMATS, step_score
 
 
 class PolicyScorer:
@@ -66,6 +72,7 @@ def _aggregate(scores: list[float], agg: str) -> float | None:
 
 _HEADS = {"ForSequenceClassification": "orm", "ForCausalLM": "prm", "ForTokenClassification": "prm"}
 _DEFAULT_FORMAT = {"ForCausalLM": "tag", "ForTokenClassification": "qwen"}
+_DEFAULT_TAG = {"qwen": ri.QWEN_STEP_TAG, "skywork": ri.SKYWORK_STEP_TAG}
 
 
 class RewardModel:
@@ -80,12 +87,13 @@ class RewardModel:
         folder = Path(path)
         config = _read_config(folder)
         reading = _read_reading(folder)
-        self.head = _head(config, folder)
+        self.native = _native(config, folder)
+        self.head = "ForTokenClassification" if self.native else _head(config, folder)
         self.kind = reading.get("kind") or _HEADS[self.head]
         self.format = (search.prm_format or reading.get("format")
-                       or _DEFAULT_FORMAT.get(self.head))
+                       or ri.NATIVE_PRMS.get(self.native) or _DEFAULT_FORMAT.get(self.head))
         self.step_tag = (search.prm_step_tag or reading.get("step_tag")
-                         or (ri.QWEN_STEP_TAG if self.format == "qwen" else ri.MATH_SHEPHERD_TAG))
+                         or _DEFAULT_TAG.get(self.format, ri.MATH_SHEPHERD_TAG))
         self.good = search.prm_good_token or reading.get("good_token") or "+"
         self.bad = (search.prm_bad_token if search.prm_bad_token is not None
                     else reading.get("bad_token", "-"))
@@ -112,11 +120,18 @@ class RewardModel:
                 "ForTokenClassification": AutoModelForTokenClassification}[self.head]
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-            self.model = auto.from_pretrained(folder, dtype=torch.float32,
-                                              trust_remote_code=False).to(self.device).eval()
+            if self.native:
+                self.model = _load_native(self.native, folder).to(self.device).eval()
+            else:
+                self.model = auto.from_pretrained(folder, dtype=torch.float32,
+                                                  trust_remote_code=False).to(self.device).eval()
         except (OSError, ValueError, KeyError) as exc:
             raise TtxError(f"cannot load the reward model ({str(exc).splitlines()[0]})",
                            path=str(folder), field="--reward-model") from None
+        if self.format == "skywork" and self.tokenizer.bos_token is None:
+            raise TtxError("the skywork PRM input opens with the tokenizer's bos_token, which "
+                           "this tokenizer does not set (tokenizer_config.json)",
+                           path=str(folder), field="bos_token")
         from ttx.engines.cpu.packed import pack_linears
 
         pack_linears(self.model)             # frozen; on CPU its matmuls run on packed weights
@@ -165,6 +180,8 @@ class RewardModel:
             chars = [c + k * shift for k, c in enumerate(chars)]
             ids, offsets = self._encode(text, special=False)
             return ids, [p - 1 for p in self._at_chars(offsets, chars)]   # predicts the "+"
+        if self.format == "skywork":
+            return ri.skywork_ids(self.tokenizer, question, steps, self.step_tag)
         if self.format == "qwen":
             text = ri.qwen_text(self.tokenizer, question, steps)
             special = False
@@ -260,7 +277,7 @@ def _read_config(folder: Path) -> dict:
     """config.json, after ttx.models.check_folder's refusals (remote code, pickles)."""
     from ttx.models import check_folder
 
-    return check_folder(folder, "reward model")
+    return check_folder(folder, "reward model", native=ri.NATIVE_PRMS)
 
 
 def _read_reading(folder: Path) -> dict:
@@ -271,12 +288,40 @@ def _read_reading(folder: Path) -> dict:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise TtxError(f"not valid JSON ({exc.msg})", path=str(path), line=exc.lineno) from None
-    if data.get("kind") not in (None, "orm", "prm") or data.get("format") not in (None, "tag",
-                                                                                  "chat", "qwen") \
+    if data.get("kind") not in (None, "orm", "prm") \
+            or data.get("format") not in (None, *PRM_FORMATS) \
             or data.get("prm_input") not in (None, ri.SAL_INPUT, ri.CARD_INPUT):
-        raise TtxError("expected kind orm|prm, format tag|chat|qwen and prm_input "
+        raise TtxError(f"expected kind orm|prm, format {'|'.join(PRM_FORMATS)} and prm_input "
                        f"{ri.SAL_INPUT}|{ri.CARD_INPUT}", path=str(path))
     return data
+
+
+def _native(config: dict, folder: Path) -> str | None:
+    """The architecture name when ttx has its own class for it (ttx.prm_models), which reads a
+    qwen2 config only."""
+    archs = config.get("architectures") or []
+    name = next((a for a in archs if a in ri.NATIVE_PRMS), None)
+    if name and config.get("model_type") != "qwen2":
+        raise TtxError(f"{name} expects model_type qwen2, got {config.get('model_type')!r}",
+                       path=str(folder), field="model_type")
+    return name
+
+
+def _load_native(name: str, folder: Path):
+    """ttx's class for `name` from the folder's safetensors; a checkpoint lacking any of its head
+    or decoder weights is refused, naming them (they would be left random)."""
+    import torch
+
+    from ttx.prm_models import NATIVE
+
+    model, info = NATIVE[name].from_pretrained(folder, dtype=torch.float32, use_safetensors=True,
+                                               output_loading_info=True)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise TtxError(f"not a {name} checkpoint: no {', '.join(missing[:3])}"
+                       f"{' ...' if len(missing) > 3 else ''} in its weights",
+                       path=str(folder), field="--reward-model")
+    return model
 
 
 def _head(config: dict, folder: Path) -> str:
@@ -286,8 +331,8 @@ def _head(config: dict, folder: Path) -> str:
             if a.endswith(suffix):
                 return suffix
     raise TtxError(f"architecture {', '.join(archs) or '(none)'} is not a reward model "
-                   "(expected *ForSequenceClassification, *ForCausalLM or "
-                   "*ForTokenClassification)", path=str(folder), field="architectures")
+                   "(expected *ForSequenceClassification, *ForCausalLM, *ForTokenClassification, "
+                   f"{' or '.join(ri.NATIVE_PRMS)})", path=str(folder), field="architectures")
 
 
 def make_scorer(engine, cfg, default_input: str = ri.CARD_INPUT):

@@ -29,7 +29,7 @@ from ttx.scoring.answers import extract_answer
 STEP_SEPARATOR = "\n\n"              # a reasoning step ends at a blank line (search-and-learn)
 AGGREGATIONS = ("last", "min", "prod")
 TURN_AGGREGATES = ("last", "majority")
-PRM_FORMATS = ("tag", "chat", "qwen")
+PRM_FORMATS = ("tag", "chat", "qwen", "skywork")
 
 
 BUDGET_STYLES = ("s1", "ttx")
@@ -138,10 +138,11 @@ class SearchConfig:
     reward_batch_size: int = _knob(8, "Sequences per reward-model forward.", type=_POS)
     prm_format: str | None = _knob(None, "PRM input: steps followed by a tag (Math-Shepherd), "
                                    "chat turns (RLHFlow) or <extra_0>-joined steps "
-                                   "(Qwen2.5-Math-PRM) (default: ttx_reward.json, else by "
-                                   "architecture).", type=click.Choice(PRM_FORMATS))
+                                   "(Qwen2.5-Math-PRM) or steps one per line after BOS and the "
+                                   "question (Skywork-o1-Open-PRM) (default: ttx_reward.json, "
+                                   "else by architecture).", type=click.Choice(PRM_FORMATS))
     prm_step_tag: str | None = _knob(None, "PRM: text after each step, scored there (default "
-                                     "'ки').")
+                                     "'ки'; qwen '<extra_0>', skywork a newline).")
     prm_good_token: str | None = _knob(None, "PRM: the token whose probability is the score "
                                        "(default '+').")
     prm_bad_token: str | None = _knob(None, "PRM: its opposite; '' scores against the whole "
