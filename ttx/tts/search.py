@@ -38,6 +38,7 @@ BEAM_STYLES = ("search-and-learn", "ttx")
 LOOKAHEAD_SCORING = ("path", "rollout")
 DORA_RULES = ("code", "paper")
 PRM_INPUTS = ("search-and-learn", "model-card")
+ADAPTIVE_RULES = ("beta", "dirichlet", "entropy", "majority", "random", "its-hub-beta")
 
 
 def _knob(default, help, **kw):
@@ -141,6 +142,18 @@ class SearchConfig:
     prm_system: str | None = opt(None, cli=False)
     # openai engine: the tokenizer that applies the chat template to continued traces
     tokenizer: str | None = opt(None, cli=False)
+    # adaptive-consistency
+    adaptive_rule: str = _knob("beta", "adaptive-consistency: the stopping rule after each "
+                               "batch (AdaptiveConsistency's beta, its default; dirichlet, "
+                               "entropy, majority, random; its-hub-beta: beta checked from 2 "
+                               "answers on).", type=click.Choice(ADAPTIVE_RULES))
+    adaptive_threshold: float | None = _knob(None, "adaptive-consistency: the rule's threshold "
+                                             "(default the reference's: beta, dirichlet, "
+                                             "its-hub-beta 0.95; entropy 0.75 (stop at or "
+                                             "below); majority 0.8; random 0.1).",
+                                             type=float)
+    adaptive_batch: int = _knob(1, "adaptive-consistency: traces drawn per problem between "
+                                "checks (the reference's step_size 1).", type=_POS)
 
     def validate(self, max_new_tokens: int) -> None:
         """Value checks common to every strategy; each error names the option."""
