@@ -363,3 +363,25 @@ def test_tiny_model_levels_and_resume(tmp_path, tiny_model_dir):
     strip = lambda rs: [{k: v for k, v in r.items()  # noqa: E731
                          if k not in ("wall_s", "cached_prefill_tokens")} for r in rs]
     assert strip(_records(part)) == strip(records)
+
+
+def test_the_documented_commands_parse():
+    """docs/tts-run.md's adaptive-consistency commands and recipe name real tts-run options."""
+    import re
+    import shlex
+
+    import click
+
+    from tests.conftest import REPO
+    from ttx.cli import cli
+
+    text = (REPO / "docs" / "tts-run.md").read_text(encoding="utf-8")
+    section = text[text.index("### adaptive-consistency"):text.index("### Reward models")]
+    commands = re.findall(r"^(ttx tts-run .+)$", section, re.M)
+    recipe = (REPO / "recipes" / "tts-run-adaptive-consistency.yaml").read_text()
+    commands += [line.lstrip("# ") for line in recipe.splitlines() if "ttx tts-run" in line]
+    assert len(commands) >= 5
+    command = cli.get_command(click.Context(cli), "tts-run")
+    flags = {o for p in command.params for o in p.opts + p.secondary_opts}
+    for argv in map(shlex.split, commands):
+        assert [a for a in argv[2:] if a.startswith("-") and a not in flags] == [], argv
