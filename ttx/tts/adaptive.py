@@ -7,7 +7,10 @@ majority of what was drawn returned) with scripts/run_eval.py:107 (step_size 1) 
 adaptive_consistency/stopping_criterias.py (ttx.tts.stopping). `--n` is the reference's
 `max_gens`, `--adaptive-batch` its `step_size`. Problems stop independently: every round is one
 engine call for the problems still open, each drawing min(batch, n - drawn) traces with the
-round's own seed (ttx.tts.search.round_seed).
+round's own seed (ttx.tts.search.round_seed). The default rule is the library's, Beta
+(adaptive_consistency/main.py:23, README "the default stopping criteria"). its_hub's
+BetaSelfConsistency checks after every arriving response (BSC:110-131): --adaptive-batch 1; its
+answers without a projection vote as one class, as ttx's default --invalid-votes lm-eval.
 """
 
 from __future__ import annotations
