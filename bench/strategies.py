@@ -9,7 +9,8 @@ mean nothing, its forward count is what is measured: one per batch now, one per 
 before), and bench/results/strategies_previous.json holds the previous session's table.
 
 One run, the same problems (ttx.data.arith, seed 0) and the same engine for every strategy:
-greedy, majority, best-of-n (logprob), ffs, budget-forcing, beam, dora and refine. Each sampling
+greedy, majority, best-of-n (logprob), ffs, budget-forcing, beam, dora, refine and
+adaptive-consistency (n = 8 at most, stopped early by its Beta rule). Each sampling
 strategy runs at temperature 0.4 over its natural scaling axis (n, the thinking budget, or turns)
 up to a comparable budget (n = 4, or 192 thinking tokens, or 3 turns), so the table compares
 accuracy against mean completion and sequential tokens, and ARISE measures how each one scales.
@@ -51,6 +52,9 @@ RUNS = {
     "refine": ("refine", 1, "turns=1,2,3", {}),
     "beam-prm": ("beam", 4, "n=4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4,
                                     "reward_model": "DEFAULT", "prm_format": "tag"}),
+    # n is the maximum: Beta's rule cannot stop before 4 unanimous answers, so n = 8 is where it
+    # can save draws (drawn < n in the records)
+    "adaptive-consistency": ("adaptive-consistency", 8, "n=4,8", {"adaptive_batch": 2}),
 }
 SEARCH = ("budget-forcing", "budget-forcing-ttx", "beam", "dvts", "dora", "refine")
 

@@ -61,6 +61,7 @@ _STRATEGY_ARGS = {
     "dvts": ["--n", "4", "--beam-width", "2", "--step-tokens", "8", "--max-steps", "2"],
     "dora": ["--n", "4", "--step-tokens", "8", "--max-steps", "2", "--embedder", "{model}"],
     "refine": ["--n", "2", "--turns", "2"],
+    "adaptive-consistency": ["--n", "4", "--adaptive-batch", "2"],
 }
 
 
@@ -100,3 +101,32 @@ def test_every_strategy_through_the_server(tmp_path, base_url, tokenizer, strate
             assert (t["finish_reason"] != "length") or t["completion_tokens"] == 24
         assert served["completion_tokens"] == sum(t["completion_tokens"]
                                                   for t in served["traces"]) or strategy == "refine"
+
+
+def test_adaptive_consistency_stops_a_settled_problem_on_the_server(base_url, tokenizer):
+    """Each batch is one request per open problem with its round's seed: at temperature 0 the
+    served model agrees with itself, so Beta's rule stops at 4 of 8 (P = 31/32 >= 0.95), and
+    the same seeds give the same traces again."""
+    from ttx.tts.adaptive import AdaptiveConsistency
+    from ttx.tts.search import SearchConfig
+    from ttx.tts.strategy import StrategyConfig
+
+    cfg = StrategyConfig(strategy="adaptive-consistency", n=8,
+                         params=SamplingParams(max_new_tokens=16, temperature=0.0, seed=3),
+                         search=SearchConfig(adaptive_batch=2))
+    runs = []
+    for _ in range(2):
+        engine = OpenAIEngine(base_url=base_url)
+        [outcome] = AdaptiveConsistency(cfg).run(engine, [CHAT], cfg)
+        engine.close()
+        runs.append(outcome)
+    o = runs[0]
+    assert o.extra["drawn"] == 4 and o.extra["stopped"] == "settled" and o.extra["rounds"] == 2
+    assert o.completion_tokens == sum(t["completion_tokens"] for t in o.traces)
+    assert [t["text"] for t in runs[1].traces] == [t["text"] for t in o.traces]
+    cfg.params.temperature = 1.0
+    cfg.search.adaptive_rule, cfg.search.adaptive_threshold = "majority", 1.0
+    engine = OpenAIEngine(base_url=base_url)
+    [hot] = AdaptiveConsistency(cfg).run(engine, [CHAT], cfg)
+    engine.close()
+    assert hot.extra["drawn"] <= 8 and len(hot.traces) == hot.extra["drawn"]

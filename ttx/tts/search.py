@@ -39,6 +39,7 @@ LOOKAHEAD_SCORING = ("path", "rollout")
 DORA_RULES = ("code", "paper")
 PRM_INPUTS = ("search-and-learn", "model-card")
 JUDGE_SCALES = ("0-10", "yes-no")      # ttx.tts.judge.SCALES
+ADAPTIVE_RULES = ("beta", "dirichlet", "entropy", "majority", "random", "its-hub-beta")
 
 
 def _knob(default, help, **kw):
@@ -163,6 +164,18 @@ class SearchConfig:
                                     "rating (its_hub's LLMJudge, score = rating / 10) or yes-no "
                                     "(score = P(yes)) (default: 0-10).",
                                     type=click.Choice(JUDGE_SCALES))
+    # adaptive-consistency
+    adaptive_rule: str = _knob("beta", "adaptive-consistency: the stopping rule after each "
+                               "batch (AdaptiveConsistency's beta, its default; dirichlet, "
+                               "entropy, majority, random; its-hub-beta: beta checked from 2 "
+                               "answers on).", type=click.Choice(ADAPTIVE_RULES))
+    adaptive_threshold: float | None = _knob(None, "adaptive-consistency: the rule's threshold "
+                                             "(default the reference's: beta, dirichlet, "
+                                             "its-hub-beta 0.95; entropy 0.75 (stop at or "
+                                             "below); majority 0.8; random 0.1).",
+                                             type=float)
+    adaptive_batch: int = _knob(1, "adaptive-consistency: traces drawn per problem between "
+                                "checks (the reference's step_size 1).", type=_POS)
 
     def validate(self, max_new_tokens: int) -> None:
         """Value checks common to every strategy; each error names the option."""
