@@ -1,0 +1,261 @@
+"""DeepConf (arXiv 2508.15260) against its reference code, facebookresearch/deepconf@675529d.
+
+The reference's rules are written out below with file and line (deepconf/utils.py,
+deepconf/wrapper.py, deepconf/processors.py) and driven on the same scripted token confidences as
+ttx: the same group confidences, thresholds, survivors, early stops and answers."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import deque
+
+import numpy as np
+import pytest
+
+from ttx.engines.base import ConfidenceStop, Generation, SamplingParams, Trace
+from ttx.tts import deepconf as dc
+from ttx.tts.search import SearchConfig
+from ttx.tts.strategy import StrategyConfig
+
+# ---------------------------------------------------------------- the reference, written out
+
+
+def ref_compute_least_grouped(confs, group_size):          # utils.py:53-62
+    if len(confs) < group_size:
+        return [sum(confs) / len(confs)] if confs else [0]
+    return [sum(confs[i:i + group_size]) / group_size
+            for i in range(len(confs) - group_size + 1)]   # (utils.py:61 rounds to 3 places)
+
+
+def ref_tail(confs, tail_tokens=2048):                    # utils.py:104-113
+    tail = confs[-tail_tokens:] if len(confs) > tail_tokens else confs
+    return float(np.mean(tail)) if tail else 0.0
+
+
+def ref_bottom_window(confs, window_size=2048, bottom_percent=0.1):   # utils.py:116-147
+    if not confs:
+        return 0.0
+    if len(confs) < window_size:
+        return float(np.mean(confs))
+    means = [sum(confs[i:i + window_size]) / window_size
+             for i in range(len(confs) - window_size + 1)]
+    if bottom_percent == -1:
+        return min(means)
+    num_bottom = max(1, int(len(means) * bottom_percent))
+    if num_bottom == 1:
+        return min(means)
+    return float(np.mean(np.partition(means, num_bottom - 1)[:num_bottom]))
+
+
+def ref_filter_top(confs, top_percent):                   # utils.py:150-179 (indices kept)
+    threshold = np.percentile(confs, (1 - top_percent) * 100)
+    return [i for i, c in enumerate(confs) if c >= threshold]
+
+
+def ref_weighted_vote(answers, weights):                  # utils.py:76-90
+    totals = {}
+    for a, w in zip(answers, weights):
+        if a is not None:
+            totals[str(a)] = totals.get(str(a), 0.0) + float(w)
+    return max(totals.keys(), key=lambda x: totals[x]) if totals else None
+
+
+class RefProcessor:                                       # processors.py:15-55 (EOS forced)
+    def __init__(self, threshold, group_size):
+        self.threshold, self.size = threshold, group_size
+        self.group, self.total = deque(maxlen=group_size), 0.0
+
+    def stops(self, conf) -> bool:
+        if len(self.group) < self.size:
+            self.group.append(conf)
+            self.total += conf
+        else:
+            self.total -= self.group.popleft()
+            self.group.append(conf)
+            self.total += conf
+        return len(self.group) >= self.size and self.total / len(self.group) < self.threshold
+
+
+def ref_online(warmup, final, answers_w, answers_f, percentile_eta, window):
+    """wrapper.py:204-252 and 304-337: conf_bar, the early stops, the vote."""
+    min_w = [min(ref_compute_least_grouped(c, window)) for c in warmup]
+    conf_bar = float(np.percentile(min_w, 100 - percentile_eta))         # wrapper.py:208
+    cut = []
+    for confs in final:                                   # processors.py:51: stop at that token
+        proc = RefProcessor(conf_bar, window)
+        end = next((i + 1 for i, c in enumerate(confs) if proc.stops(c)), len(confs))
+        cut.append(confs[:end])
+    min_f = [min(ref_compute_least_grouped(c, window)) for c in cut]
+    stopped = [m < conf_bar for m in min_f]               # wrapper.py:250-252
+    answers, weights = [], []
+    for m, a in zip(min_w, answers_w):                    # wrapper.py:312-316
+        if m >= conf_bar and a:
+            answers.append(a)
+            weights.append(m)
+    for m, s, a, confs, full in zip(min_f, stopped, answers_f, cut, final):   # 319-325
+        if not s and a:
+            answers.append(a)
+            weights.append(m)
+    return conf_bar, [len(c) for c in cut], stopped, ref_weighted_vote(answers, weights)
+
+
+# ---------------------------------------------------------------- scripted worlds
+
+
+def _confs(rng, length, level):
+    return [round(level + rng.uniform(-0.4, 0.4), 3) for _ in range(length)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_trace_confidences_match_the_reference(seed):
+    rng = random.Random(seed)
+    for _ in range(20):
+        window = rng.choice([1, 3, 8, 16])
+        confs = _confs(rng, rng.randint(1, 60), rng.uniform(0.5, 3))
+        ref_groups = ref_compute_least_grouped(confs, window)
+        assert dc.group_confidences(confs, window) == pytest.approx(ref_groups)
+        assert dc.trace_confidence(confs, "lowest", window) == pytest.approx(
+            ref_bottom_window(confs, window, -1))
+        assert dc.trace_confidence(confs, "lowest", window) == pytest.approx(min(ref_groups))
+        assert dc.trace_confidence(confs, "bottom10", window) == pytest.approx(
+            ref_bottom_window(confs, window, 0.1))
+        assert dc.trace_confidence(confs, "tail", window) == pytest.approx(ref_tail(confs, window))
+    assert dc.trace_confidence([], "lowest", 4) == 0.0 == ref_bottom_window([], 4)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_offline_filter_and_vote_match_the_reference(seed):
+    rng = random.Random(100 + seed)
+    for _ in range(20):
+        k = rng.randint(1, 40)
+        confs = [round(rng.uniform(0, 5), 3) for _ in range(k)]
+        answers = [rng.choice(["1", "2", "3", "4"]) for _ in range(k)]
+        for variant, top in (("low", 0.1), ("high", 0.9)):
+            kept = dc.keep_top(confs, dc.ETA[variant])
+            assert kept == ref_filter_top(confs, top)
+            q = rng.uniform(0, 100)
+            assert dc.percentile(confs, q) == pytest.approx(float(np.percentile(confs, q)))
+            pred, _ = dc.weighted_vote([answers[i] for i in kept], [confs[i] for i in kept])
+            assert pred == ref_weighted_vote([answers[i] for i in kept], [confs[i] for i in kept])
+
+
+class ScriptedEngine:
+    """Traces of scripted token confidences; honours SamplingParams.confidence as the reference's
+    logits processor does (processors.py:51), token by token (test-only)."""
+
+    def __init__(self, script):
+        self.script = script        # prompt -> list of (confs, answer), taken in order
+        self.taken = {}
+        self.calls = []
+
+    def generate(self, prompts, n, params):
+        counts = [n] * len(prompts) if isinstance(n, int) else list(n)
+        per = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        self.calls.append((list(prompts), counts, [p.confidence for p in per]))
+        gens = []
+        for prompt, k, p in zip(prompts, counts, per):
+            traces = []
+            for _ in range(k):
+                i = self.taken.get(prompt, 0)
+                self.taken[prompt] = i + 1
+                confs, answer = self.script[prompt][i]
+                rule, out, total, reason = p.confidence, [], 0.0, "stop"
+                for c in confs:
+                    out.append(c)
+                    total += c - (out[-rule.window - 1] if len(out) > rule.window else 0.0)
+                    if (rule.threshold is not None and len(out) >= rule.window
+                            and total / rule.window < rule.threshold and len(out) < len(confs)):
+                        reason = "cancelled"
+                        break
+                text = f"so \\boxed{{{answer}}}" if reason == "stop" else "so"
+                traces.append(Trace(text=text, completion_tokens=len(out), finish_reason=reason,
+                                    confidences=out))
+            gens.append(Generation(traces=traces, prompt_tokens=3))
+        return gens
+
+
+def _world(rng, traces, window):
+    out = []
+    for _ in range(traces):
+        level = rng.uniform(0.5, 3.0)
+        confs = _confs(rng, rng.randint(window, 4 * window), level)
+        if rng.random() < 0.3:                  # a dip somewhere: a low window
+            at = rng.randint(0, len(confs) - window)
+            confs[at:at + window] = [round(c - 1.5, 3) for c in confs[at:at + window]]
+        answer = "7" if level > 1.6 else rng.choice(["3", "5"])
+        out.append((confs, answer))
+    return out
+
+
+@pytest.mark.parametrize("variant", ["low", "high"])
+@pytest.mark.parametrize("seed", range(4))
+def test_online_matches_the_reference_threshold_stops_and_vote(variant, seed):
+    """No consensus stop (tau above 1, as the reference code): one warm-up call, then the rest."""
+    rng = random.Random(seed)
+    window, warm, n = 4, 6, 20
+    script = {"q": _world(rng, n, window)}
+    engine = ScriptedEngine(script)
+    search = SearchConfig(deepconf_variant=variant, deepconf_warmup=warm, deepconf_round=n,
+                          deepconf_window=window, deepconf_consensus=2.0)
+    cfg = StrategyConfig(strategy="deepconf", n=n, params=SamplingParams(temperature=0.6),
+                         search=search)
+    out = dc.DeepConf(cfg).run(engine, ["q"], cfg)[0]
+    eta = dc.ETA[variant]
+    confs = [c for c, _ in script["q"]]
+    answers = [a for _, a in script["q"]]
+    bar, lengths, stopped, answer = ref_online(confs[:warm], confs[warm:], answers[:warm],
+                                               answers[warm:], eta, window)
+    info = out.extra["deepconf"]
+    assert info["threshold"] == pytest.approx(bar)
+    assert [t["completion_tokens"] for t in out.traces[warm:]] == lengths
+    # the engine cancelled exactly the traces the reference's processor cut short
+    cut = [n_ < len(c) for n_, c in zip(lengths, confs[warm:])]
+    assert [t["stopped"] for t in out.traces[warm:]] == cut
+    assert [not t["votes"] for t in out.traces[warm:]] == [s or not a for s, a in
+                                                           zip(stopped, answers[warm:])]
+    assert out.pred == answer
+    assert out.completion_tokens == sum(len(c) for c in confs[:warm]) + sum(lengths)
+    assert engine.calls[1][2][0].threshold == pytest.approx(bar)
+    assert engine.calls[0][2][0] == ConfidenceStop(top_k=20, window=window)
+    # ttx score --regrade recomputes the same prediction from the record
+    record = {"strategy": "deepconf", "traces": out.traces, **out.extra}
+    assert dc.DeepConf.aggregate(record, [t["pred"] for t in out.traces], "lm-eval") == answer
+
+
+def test_online_consensus_stops_sampling():
+    """Paper Algorithm 2: no more rounds once beta = V(best)/sum V >= tau."""
+    good = [([2.0] * 5, "7")] * 12
+    engine = ScriptedEngine({"q": good})
+    search = SearchConfig(deepconf_warmup=4, deepconf_round=2, deepconf_window=2)
+    cfg = StrategyConfig(strategy="deepconf", n=12, params=SamplingParams(temperature=0.6),
+                         search=search)
+    out = dc.DeepConf(cfg).run(engine, ["q"], cfg)[0]
+    assert len(engine.calls) == 1 and len(out.traces) == 4
+    assert out.extra["deepconf"]["consensus_stop"] is True and out.pred == "7"
+    # split votes: sampling goes on, round by round, to n
+    mixed = [([2.0] * 5, str(i % 3)) for i in range(12)]
+    engine = ScriptedEngine({"q": mixed})
+    out = dc.DeepConf(cfg).run(engine, ["q"], cfg)[0]
+    assert [c[1] for c in engine.calls] == [[4], [2], [2], [2], [2]]
+    assert len(out.traces) == 12 and out.extra["deepconf"]["consensus_stop"] is False
+    assert out.sequential_tokens == 5 * 5
+
+
+def test_offline_keeps_the_top_eta_and_regrades():
+    rng = random.Random(3)
+    script = {"q": _world(rng, 10, 3)}
+    engine = ScriptedEngine(script)
+    search = SearchConfig(deepconf_mode="offline", deepconf_variant="low", deepconf_window=3,
+                          deepconf_measure="tail")
+    cfg = StrategyConfig(strategy="deepconf", n=10, params=SamplingParams(temperature=0.6),
+                         search=search)
+    out = dc.DeepConf(cfg).run(engine, ["q"], cfg)[0]
+    confs = [ref_tail(c, 3) for c, _ in script["q"]]
+    kept = ref_filter_top(confs, 0.1)
+    assert [i for i, t in enumerate(out.traces) if t["votes"]] == kept
+    answers = [a for _, a in script["q"]]
+    assert out.pred == ref_weighted_vote([answers[i] for i in kept], [confs[i] for i in kept])
+    assert engine.calls == [(["q"], [10], [ConfidenceStop(window=3)])]
+    record = json.loads(json.dumps({"strategy": "deepconf", "traces": out.traces, **out.extra}))
+    assert dc.DeepConf.aggregate(record, [t["pred"] for t in out.traces], "lm-eval") == out.pred
