@@ -259,3 +259,122 @@ def test_offline_keeps_the_top_eta_and_regrades():
     assert engine.calls == [(["q"], [10], [ConfidenceStop(window=3)])]
     record = json.loads(json.dumps({"strategy": "deepconf", "traces": out.traces, **out.extra}))
     assert dc.DeepConf.aggregate(record, [t["pred"] for t in out.traces], "lm-eval") == out.pred
+
+
+# ---------------------------------------------------------------- engines
+
+
+def _full_forward_confidences(engine, prompt_ids, trace, k):
+    """C_i of each generated token from one forward pass over prompt + trace (temperature 1)."""
+    import torch
+
+    ids = torch.tensor([prompt_ids + trace.token_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(engine.model(ids).logits[0].float(), -1)
+    top = logp.topk(k, dim=-1).values
+    steps = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(trace.token_ids))
+    return [-top[pos].sum().item() / k for pos in steps]
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_hf_engine_records_confidence_and_cancels_below_the_window_threshold(tiny_model_dir,
+                                                                             packed):
+    """The hf engine (fused CPU path and transformers' forward) records C_i token by token and
+    cancels a trace at the first full window whose mean is below the threshold (processors.py:51),
+    its tokens counted."""
+    from ttx.engines.hf import HFEngine
+
+    engine = HFEngine(model=str(tiny_model_dir), device="cpu", packed_weights=packed)
+    prompt = "Tom has 3 apples and buys 5 more."
+    ids = engine.encode(prompt)
+    rule = ConfidenceStop(5, 4)
+
+    def one(seed, rule):        # one row: the same draws until the cut
+        return engine.generate([prompt], 1, SamplingParams(
+            max_new_tokens=24, temperature=1.0, seed=seed, confidence=rule))[0].traces[0]
+    free = [one(seed, rule) for seed in range(6)]
+    for trace in free:
+        assert trace.finish_reason in ("stop", "length")
+        assert len(trace.confidences) == trace.completion_tokens
+        assert trace.confidences == pytest.approx(
+            _full_forward_confidences(engine, ids, trace, 5), abs=1e-3)
+    # a threshold amid the traces' window means: each trace cut where its window first dips
+    means = [m for t in free for m in dc.group_confidences(t.confidences, 4)]
+    bar = float(np.median(means))
+    stopped = 0
+    for seed, full in enumerate(free):
+        trace = one(seed, ConfidenceStop(5, 4, threshold=bar))
+        groups = dc.group_confidences(full.confidences, 4)
+        first_low = next((i + 4 for i, m in enumerate(groups) if m < bar), None)
+        assert trace.token_ids == full.token_ids[:len(trace.token_ids)]
+        if first_low is not None and first_low < full.completion_tokens:
+            assert trace.finish_reason == "cancelled" and trace.finish_order is None
+            assert trace.completion_tokens == first_low == len(trace.confidences)
+            stopped += 1
+        else:
+            assert trace.finish_reason == full.finish_reason
+            assert trace.token_ids == full.token_ids
+    assert stopped >= 1
+    engine.close()
+
+
+def _top_event(index, top, finish=None):
+    """One streamed /completions token with its top log-probabilities (vLLM's `logprobs: k`)."""
+    return {"choices": [{"index": index, "text": "t", "finish_reason": finish,
+                         "logprobs": {"token_logprobs": [top[0]], "tokens": ["t"],
+                                      "top_logprobs": [{f"x{j}": v for j, v in enumerate(top)}]}}]}
+
+
+def test_openai_engine_asks_top_logprobs_and_closes_the_stream_of_a_low_trace():
+    from tests.test_openai_faults import FaultServer, stream
+    from ttx.engines.openai import OpenAIEngine
+
+    server = FaultServer()
+    try:
+        high, low = [-0.1, -2.0, -3.0], [-1.0, -1.1, -1.2]        # C = 1.7 and 1.1
+        # trace 0 stays confident; trace 1 dips: its window of 2 falls below 1.3 at token 3
+        server.steps = [stream([_top_event(0, high)] * 4 + [_top_event(0, high, "stop")]),
+                        stream([_top_event(0, high), _top_event(0, low), _top_event(0, low)]
+                               + [_top_event(0, high)] * 5 + [_top_event(0, high, "stop")])]
+        engine = OpenAIEngine(base_url=server.url, model="m", concurrency=1, max_retries=0)
+        rule = ConfidenceStop(top_k=3, window=2, threshold=1.3)
+        gen = engine.generate(["q"], 2, SamplingParams(max_new_tokens=16, temperature=0.7,
+                                                       seed=1, confidence=rule))[0]
+        bodies = server.posts()
+        assert [b["n"] for b in bodies] == [1, 1] and all(b["stream"] for b in bodies)
+        assert all(b["logprobs"] == 3 for b in bodies)
+        first, second = gen.traces
+        assert first.finish_reason == "stop" and first.completion_tokens == 5
+        assert first.confidences == pytest.approx([1.7] * 5)
+        assert second.finish_reason == "cancelled" and second.completion_tokens == 3
+        assert second.confidences == pytest.approx([1.7, 1.1, 1.1])
+        engine.close()
+    finally:
+        server.close()
+
+
+def test_openai_engine_chat_top_logprobs_without_a_threshold_keep_n_per_request():
+    from tests.test_openai_faults import FaultServer, stream
+    from ttx.engines.openai import OpenAIEngine
+
+    def chat(index, top, finish=None):
+        return {"choices": [{"index": index, "delta": {"content": "t"}, "finish_reason": finish,
+                             "logprobs": {"content": [{"token": "t", "logprob": top[0],
+                                                       "top_logprobs": [{"token": f"x{j}",
+                                                                         "logprob": v}
+                                                                        for j, v in
+                                                                        enumerate(top)]}]}}]}
+    server = FaultServer()
+    try:
+        server.steps = [stream([chat(0, [-0.5, -1.5]), chat(1, [-0.2, -0.4]),
+                                chat(0, [-0.5, -1.5], "stop"), chat(1, [-0.2, -0.4], "stop")])]
+        engine = OpenAIEngine(base_url=server.url, model="m", max_retries=0)
+        gen = engine.generate([[{"role": "user", "content": "q"}]], 2, SamplingParams(
+            max_new_tokens=8, temperature=0.7, confidence=ConfidenceStop(top_k=2)))[0]
+        body = server.posts()[0]
+        assert body["n"] == 2 and body["top_logprobs"] == 2 and body["stream"]
+        assert [t.confidences for t in gen.traces] == [pytest.approx([1.0, 1.0]),
+                                                       pytest.approx([0.3, 0.3])]
+        engine.close()
+    finally:
+        server.close()
