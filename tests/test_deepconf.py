@@ -378,3 +378,99 @@ def test_openai_engine_chat_top_logprobs_without_a_threshold_keep_n_per_request(
         engine.close()
     finally:
         server.close()
+
+
+# ---------------------------------------------------------------- tts-run end to end
+
+
+def _rounded(x):
+    if isinstance(x, float):
+        return round(x, 6)
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return x
+
+
+def _run(model, problems, out, *extra):
+    from tests.conftest import run_cli
+
+    return run_cli(["tts-run", "--model", model, "-i", problems, "-o", out, "--strategy",
+                    "deepconf", "--max-new-tokens", "10", "--temperature", "1.0",
+                    "--no-progress", *extra])
+
+
+def test_tts_run_deepconf_levels_resume_and_regrade(tmp_path, tiny_model_dir):
+    from tests.conftest import run_cli
+    from ttx.data.arith import generate
+    from ttx.tts.registry import regrade_record
+
+    problems = tmp_path / "p.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in generate(3, 5)))
+    args = ("--levels", "n=2,4", "--deepconf-warmup", "2", "--deepconf-round", "1",
+            "--deepconf-window", "3", "--deepconf-top-k", "5", "--deepconf-variant", "low",
+            "--batch-rows", "4")
+    whole = tmp_path / "whole.jsonl"
+    result = _run(tiny_model_dir, problems, whole, *args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in whole.read_text().splitlines()]
+    assert len(records) == 3 * 2
+    stopped = 0
+    for r in records:
+        info = r["deepconf"]
+        assert info["mode"] == "online" and info["warmup"] == 2 and info["eta"] == 10.0
+        warm = [t for t in r["traces"] if t["phase"] == "warmup"]
+        assert len(warm) == 2 and 2 <= len(r["traces"]) <= r["n"]
+        assert info["threshold"] == pytest.approx(
+            float(np.percentile([t["confidence"] for t in warm], 90)))
+        for t in r["traces"]:
+            assert t["votes"] == bool(t["pred"] and not t["stopped"]
+                                      and t["confidence"] >= info["threshold"])
+            stopped += t["stopped"]
+            assert t["finish_reason"] == ("cancelled" if t["stopped"] else t["finish_reason"])
+        assert r["completion_tokens"] == sum(t["completion_tokens"] for t in r["traces"])
+        assert r["sequential_tokens"] <= r["completion_tokens"]
+        assert regrade_record(r)["pred"] == r["pred"]
+    assert stopped >= 1, "a window of 3 on a random model should cut some trace"
+    # an interrupted run resumes to the same records
+    part = tmp_path / "part.jsonl"
+    lines = whole.read_text().splitlines(keepends=True)
+    part.write_text("".join(lines[:3]) + lines[3][:40])
+    (tmp_path / "part.jsonl.manifest.json").write_text(
+        (tmp_path / "whole.jsonl.manifest.json").read_text())
+    result = _run(tiny_model_dir, problems, part, *args, "--resume")
+    assert result.exit_code == 0, result.output
+    # (the hf engine's prefix reuse moves confidences by ~1e-8 between sessions: rounded)
+    strip = lambda rs: [_rounded({k: v for k, v in r.items() if k != "wall_s"})  # noqa: E731
+                        for r in rs]
+    assert strip([json.loads(x) for x in part.read_text().splitlines()]) == strip(records)
+    score = run_cli(["score", "-i", whole, "--regrade", "--json"])
+    assert score.exit_code == 0, score.output
+
+
+@pytest.mark.parametrize("extra,expected", [
+    (("--deepconf-mode", "offline", "--deepconf-warmup", "4"),
+     "--deepconf-warmup does not apply to --deepconf-mode offline"),
+    (("--deepconf-measure", "tail"), "--deepconf-measure does not apply to --deepconf-mode online"),
+    (("--temperature", "0"), "--temperature must be > 0"),
+    (("--deepconf-window", "0"), "--deepconf-window"),
+    (("--deepconf-variant", "mid"), "--deepconf-variant"),
+])
+def test_bad_deepconf_options_are_one_line_before_a_model_loads(tmp_path, extra, expected):
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"id": "a", "question": "1+1?", "answer": "2"}) + "\n")
+    result = _run(str(tmp_path / "no-such-model"), problems, tmp_path / "o.jsonl", *extra)
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and "no-such-model" not in result.output
+
+
+def test_deepconf_knobs_are_refused_by_other_strategies(tmp_path):
+    from tests.conftest import run_cli
+
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"id": "a", "question": "1+1?", "answer": "2"}) + "\n")
+    result = run_cli(["tts-run", "--model", tmp_path / "none", "-i", problems, "-o",
+                      tmp_path / "o.jsonl", "--strategy", "majority", "--deepconf-window", "8"])
+    assert result.exit_code == 2 and "--deepconf-window does not apply to --strategy majority" \
+        in result.output
