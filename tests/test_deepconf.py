@@ -93,7 +93,7 @@ def ref_online(warmup, final, answers_w, answers_f, percentile_eta, window):
         if m >= conf_bar and a:
             answers.append(a)
             weights.append(m)
-    for m, s, a, confs, full in zip(min_f, stopped, answers_f, cut, final):   # 319-325
+    for m, s, a in zip(min_f, stopped, answers_f):   # wrapper.py:319-325
         if not s and a:
             answers.append(a)
             weights.append(m)
