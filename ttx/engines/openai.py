@@ -29,6 +29,12 @@ streamed log-probability entries). finish_order numbers traces in the order they
 non-streamed request, whose n choices are decoded in lockstep, that is the order of their token
 counts (ties by index).
 
+DeepConf (params.confidence, a ConfidenceStop) streams with `logprobs: k` (/completions) or
+`top_logprobs: k` (/chat); each token's confidence is -(1/k) x the sum of the k largest top
+log-probabilities streamed for it (Trace.confidences). With a threshold every trace is its own
+request, so one trace's stream can be closed alone once its window confidence falls below it:
+that trace comes back "cancelled" with the tokens received.
+
 At temperature 0 the n traces are identical (and vLLM refuses n > 1), so one is generated and
 copied n times; each copy counts its tokens, as n greedy sequences would.
 
@@ -939,7 +945,9 @@ def _order_by_length(traces: list[Trace]) -> None:
 def _copies(trace: Trace, n: int, stop_after: int | None) -> list[Trace]:
     """n copies of a greedy trace; with FFS, those past the k-th count as cancelled."""
     copies = [dataclasses.replace(trace, token_ids=list(trace.token_ids),
-                                  logprobs=None if trace.logprobs is None else list(trace.logprobs))
+                                  logprobs=None if trace.logprobs is None else list(trace.logprobs),
+                                  confidences=None if trace.confidences is None
+                                  else list(trace.confidences))
               for _ in range(n)]
     for i, t in enumerate(copies):
         if t.finish_reason == "cancelled" or (stop_after is not None and i >= stop_after):
