@@ -474,3 +474,36 @@ def test_deepconf_knobs_are_refused_by_other_strategies(tmp_path):
                       tmp_path / "o.jsonl", "--strategy", "majority", "--deepconf-window", "8"])
     assert result.exit_code == 2 and "--deepconf-window does not apply to --strategy majority" \
         in result.output
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_engine_stop_rules_match_the_reference_processor(seed):
+    """Both engines' per-token rule (hf _low_confidence, openai _Partial) stops at the token where
+    the reference's logits processor forces EOS (processors.py:36-55), on scripted confidences."""
+    from ttx.engines.hf import _low_confidence, _Row
+    from ttx.engines.openai import _Partial
+
+    rng = random.Random(seed)
+    outcomes = set()
+    for _ in range(30):
+        window = rng.choice([1, 2, 5, 9])
+        confs = [round(rng.uniform(0.2, 3.0), 3) for _ in range(rng.randint(1, 40))]
+        bar = rng.uniform(0.8, 2.2)
+        proc = RefProcessor(bar, window)
+        want = next((i for i, c in enumerate(confs) if proc.stops(c)), None)
+        rule = ConfidenceStop(top_k=1, window=window, threshold=bar)
+        row = _Row(prompt=0)
+        assert next((i for i, c in enumerate(confs) if _low_confidence(row, c, rule)),
+                    None) == want
+        part = _Partial(100, rule)
+        got = None
+        for i, c in enumerate(confs):
+            part.add({"index": 0, "text": "t", "logprobs": {"token_logprobs": [-c],
+                                                            "top_logprobs": [{"t": -c}]}})
+            if part.low_confidence():
+                got = i
+                break
+        assert got == want
+        assert part.confidences == pytest.approx(confs[:len(part.confidences)])
+        outcomes.add(want is None)
+    assert outcomes == {True, False}        # both stopped and unstopped traces were checked
