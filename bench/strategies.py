@@ -9,7 +9,7 @@ mean nothing, its forward count is what is measured: one per batch now, one per 
 before), and bench/results/strategies_previous.json holds the previous session's table.
 
 One run, the same problems (ttx.data.arith, seed 0) and the same engine for every strategy:
-greedy, majority, best-of-n (logprob), ffs, budget-forcing, beam, dora, refine and
+greedy, majority, best-of-n (logprob), ffs, budget-forcing, beam, dora, refine, deepconf and
 adaptive-consistency (n = 8 at most, stopped early by its Beta rule). Each sampling
 strategy runs at temperature 0.4 over its natural scaling axis (n, the thinking budget, or turns)
 up to a comparable budget (n = 4, or 192 thinking tokens, or 3 turns), so the table compares
@@ -50,6 +50,10 @@ RUNS = {
     "dvts": ("dvts", 4, "n=2,4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4}),
     "dora": ("dora", 4, "n=2,4", {"step_tokens": 64, "max_steps": 4}),
     "refine": ("refine", 1, "turns=1,2,3", {}),
+    # DeepConf online: 2 warm-up traces set the threshold, then one trace per round (the
+    # consensus checked between them); a 32-token window fits 192-token traces
+    "deepconf": ("deepconf", 4, "n=2,4", {"deepconf_warmup": 2, "deepconf_round": 1,
+                                          "deepconf_window": 32}),
     "beam-prm": ("beam", 4, "n=4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4,
                                     "reward_model": "DEFAULT", "prm_format": "tag"}),
     # n is the maximum: Beta's rule cannot stop before 4 unanimous answers, so n = 8 is where it

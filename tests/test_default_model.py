@@ -136,3 +136,25 @@ def test_search_strategies_answer_unseen_problems(tmp_path, strategy, args, fiel
     continued = [r for r in records if r["rounds"] > 1]
     assert continued, "no problem reached a second round: the test no longer tests continuation"
     assert all(r["cached_prefill_tokens"] > 0 for r in continued)   # continuations reuse K/V
+
+
+def test_deepconf_online_on_the_default_model(tmp_path):
+    """DeepConf online on the default model: warm-up, threshold, cancelled traces counted."""
+    problems = tmp_path / "unseen.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in generate(2, seed=4242)))
+    out = tmp_path / "deepconf.jsonl"
+    result = run_cli(["tts-run", "-i", problems, "-o", out, "--strategy", "deepconf", "--n", "4",
+                      "--deepconf-warmup", "2", "--deepconf-round", "1", "--deepconf-window", "16",
+                      "--deepconf-variant", "low", "--max-new-tokens", "64", "--temperature",
+                      "0.6", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        info = r["deepconf"]
+        assert info["warmup"] == 2 and 2 <= len(r["traces"]) <= 4 and info["threshold"] > 0
+        assert r["completion_tokens"] == sum(t["completion_tokens"] for t in r["traces"])
+        for t in r["traces"]:
+            assert t["stopped"] == (t["finish_reason"] == "cancelled")
+            assert t["votes"] == bool(t["pred"] and not t["stopped"]
+                                      and t["confidence"] >= info["threshold"])

@@ -78,6 +78,25 @@ class Constraint:
         return json.dumps([self.kind, self.spec], sort_keys=True)
 
 
+@dataclass(frozen=True)
+class ConfidenceStop:
+    """DeepConf's per-token confidence (arXiv 2508.15260 eq. 2) and its early stop (Algorithm 2).
+
+    Every generated token i records C_i = -(1/k) * sum of the top-k log-probabilities of the
+    distribution it was sampled from (temperature 1) in Trace.confidences. With a threshold, a
+    trace whose group confidence (the mean of C over its last `window` tokens, eq. 3) falls below
+    it is cancelled in the engine: it stops generating, finish_reason "cancelled", its tokens
+    counted (facebookresearch/deepconf deepconf/processors.py:41-54 checks the same full window)."""
+
+    top_k: int = 20
+    window: int = 2048
+    threshold: float | None = None
+
+    def __post_init__(self):
+        if self.top_k < 1 or self.window < 1:
+            raise ValueError("ConfidenceStop.top_k and .window must be >= 1")
+
+
 @dataclass
 class SamplingParams:
     max_new_tokens: int = 512
@@ -97,6 +116,9 @@ class SamplingParams:
     stop_after_finished: int | None = None
     # The completion must match this (a JSON schema, a regex or a choice list); None: free text.
     constraint: Constraint | None = None
+    # DeepConf: record per-token confidence; with a threshold, cancel a trace whose sliding-window
+    # confidence falls below it. Per prompt (each prompt has its own threshold).
+    confidence: ConfidenceStop | None = None
 
 
 @dataclass
@@ -110,6 +132,7 @@ class Trace:
     finish_order: int | None = None             # 0 for the first trace of its prompt to finish
     stop_string: str | None = None              # the stop string that ended it (None: EOS/length)
     stop_token: int | None = None               # the stop_token_ids entry that ended it
+    confidences: list[float] | None = None      # DeepConf token confidence C_i (ConfidenceStop)
 
 
 @dataclass
@@ -171,7 +194,7 @@ def local(engine) -> LocalEngine | None:
 
 # Fields that may differ between the prompts of one call; the others are shared by the batch.
 PER_PROMPT_FIELDS = ("max_new_tokens", "min_new_tokens", "stop", "stop_token_ids", "ignore_eos",
-                     "constraint")
+                     "constraint", "confidence")
 
 
 def per_prompt(count: int, n: int | Sequence[int],

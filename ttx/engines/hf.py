@@ -27,6 +27,8 @@ class _Row:
     stop: str | None = None          # the stop string that ended the row
     stop_token: int | None = None    # the stop token (SamplingParams.stop_token_ids) that did
     guide: object = None             # the row's constraint matcher (ttx.engines.constrain.Guide)
+    confidences: list[float] = field(default_factory=list)   # DeepConf C_i (ConfidenceStop)
+    window_sum: float = 0.0          # sum of the last `window` confidences
 
 
 class HFEngine:
@@ -266,6 +268,7 @@ class HFEngine:
                 chosen = logp.gather(1, tokens[:, None]).squeeze(1).tolist()
                 # Self-certainty: KL(U || p) = -log V - mean_j log p_j (Kang et al. 2025, eq. 4)
                 certainty = (-math.log(logp.shape[-1]) - logp.mean(-1)).tolist()
+            confs = self._confidences(logits, live, rows, per)
             token_list = tokens.tolist()
             keep: list[int] = []
             for b, r in enumerate(live):
@@ -275,7 +278,12 @@ class HFEngine:
                 if params.logprobs:
                     row.logprobs.append(chosen[b])
                     row.certainty.append(certainty[b])
+                low = confs is not None and _low_confidence(row, confs[b],
+                                                            per[row.prompt].confidence)
                 reason, text = self._finish(row, tok, per[row.prompt])
+                if reason is None and low:      # DeepConf: cancelled, its tokens counted
+                    done(r, self._trace(row, None, "cancelled", None))
+                    continue
                 if reason is None:
                     keep.append(b)
                     continue
@@ -333,6 +341,20 @@ class HFEngine:
             probs = torch.zeros_like(probs).scatter(1, order, sorted_p)
         return _inverse_cdf(probs, torch.rand((probs.shape[0], 1), generator=generator,
                                               dtype=torch.float64, device=probs.device))
+
+    @staticmethod
+    def _confidences(logits: torch.Tensor, live: list[int], rows: list[_Row],
+                     per: list[SamplingParams]) -> list[float | None] | None:
+        """Each live row's DeepConf token confidence -(1/k) sum of its top-k log-probabilities
+        (temperature 1; arXiv 2508.15260 eq. 2), None for rows that do not ask for it."""
+        wanted = [per[rows[r].prompt].confidence for r in live]
+        if all(c is None for c in wanted):
+            return None
+        most = max(c.top_k for c in wanted if c is not None)
+        top = torch.log_softmax(logits, dim=-1).topk(min(most, logits.shape[-1]), dim=-1).values
+        top = top.double().cumsum(-1).tolist()
+        return [None if c is None else -top[b][min(c.top_k, len(top[b])) - 1]
+                / min(c.top_k, len(top[b])) for b, c in enumerate(wanted)]
 
     def _suppress_eos(self, logits: torch.Tensor, live: list[int], rows: list[_Row],
                       per: list[SamplingParams]) -> torch.Tensor:
@@ -417,7 +439,22 @@ class HFEngine:
                      token_ids=list(row.ids),
                      logprobs=list(row.logprobs) if row.logprobs else None,
                      self_certainty=list(row.certainty) if row.certainty else None,
-                     finish_order=order, stop_string=row.stop, stop_token=row.stop_token)
+                     finish_order=order, stop_string=row.stop, stop_token=row.stop_token,
+                     confidences=list(row.confidences) if row.confidences else None)
+
+
+def _low_confidence(row: _Row, conf: float | None, rule) -> bool:
+    """Record the row's token confidence; whether its group confidence (the mean over the last
+    `window` tokens, once that many exist) fell below the rule's threshold (deepconf
+    processors.py:43-51: a running window sum, the check only on a full window)."""
+    if conf is None:
+        return False
+    row.confidences.append(conf)
+    row.window_sum += conf
+    if len(row.confidences) > rule.window:
+        row.window_sum -= row.confidences[-rule.window - 1]
+    return (rule.threshold is not None and len(row.confidences) >= rule.window
+            and row.window_sum / rule.window < rule.threshold)
 
 
 _BLOCK = 256        # vocabulary entries per block of the two-level inverse CDF

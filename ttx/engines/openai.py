@@ -29,6 +29,12 @@ streamed log-probability entries). finish_order numbers traces in the order they
 non-streamed request, whose n choices are decoded in lockstep, that is the order of their token
 counts (ties by index).
 
+DeepConf (params.confidence, a ConfidenceStop) streams with `logprobs: k` (/completions) or
+`top_logprobs: k` (/chat); each token's confidence is -(1/k) x the sum of the k largest top
+log-probabilities streamed for it (Trace.confidences). With a threshold every trace is its own
+request, so one trace's stream can be closed alone once its window confidence falls below it:
+that trace comes back "cancelled" with the tokens received.
+
 At temperature 0 the n traces are identical (and vLLM refuses n > 1), so one is generated and
 copied n times; each copy counts its tokens, as n greedy sequences would.
 
@@ -401,9 +407,10 @@ class OpenAIEngine:
         raw = isinstance(prompt, (str, TokenPrompt))
         body.update(_constraint_body("/completions" if raw else "/chat/completions",
                                      params.constraint))
+        top = params.confidence.top_k if params.confidence is not None else 0
         if raw:
             path = "/completions"
-            body["logprobs"] = 0            # the sampled token's log-probability only
+            body["logprobs"] = top          # the sampled token's (and DeepConf's top-k)
             if isinstance(prompt, TokenPrompt):
                 body["prompt"] = list(prompt.ids)   # a token-id prompt (OpenAI's API, vLLM)
                 body["return_token_ids"] = True     # vLLM: continue from the sampled ids
@@ -413,7 +420,7 @@ class OpenAIEngine:
             path = "/chat/completions"
             body["messages"] = prompt
             body["logprobs"] = True
-            body["top_logprobs"] = 0
+            body["top_logprobs"] = top
         if stream:
             body["stream"] = True
             # continuous_usage_stats (vLLM) reports prompt_tokens on every chunk, so a stream
@@ -477,7 +484,7 @@ class OpenAIEngine:
         most = _max_tokens(body, params)
 
         def call():
-            parts = [_Partial(most) for _ in range(n)]
+            parts = [_Partial(most, params.confidence) for _ in range(n)]
             counted = []      # the finish orders this attempt took from the prompt's count
             try:
                 self._read_stream(path, body, parts, counted, state, k, params.constraint)
@@ -515,7 +522,8 @@ class OpenAIEngine:
                                 token_ids=p.token_ids,
                                 logprobs=p.logprobs if params.logprobs else None,
                                 finish_order=p.order, stop_string=p.stop_string,
-                                stop_token=p.stop_token))
+                                stop_token=p.stop_token,
+                                confidences=p.confidences if params.confidence else None))
         with state.lock:
             state.traces[first:first + len(traces)] = traces
         return len(traces)
@@ -587,6 +595,8 @@ class OpenAIEngine:
                 continue
             part = parts[index]
             part.add(c)
+            if part.low_confidence():
+                return True         # DeepConf: close the stream (one trace per request, see _run)
             if part.finish_reason is not None and part.order is None:
                 part.order, prompt_done = state.finish(k)
                 counted.append(part.order)
@@ -601,10 +611,11 @@ class OpenAIEngine:
         """Fill state.traces[first:first+n], in one request where the server allows."""
         with state.lock:
             state.start = time.perf_counter() if state.start is None else state.start
-        request = self._stream if params.stop_after_finished is not None else self._complete
+        streamed = params.stop_after_finished is not None or params.confidence is not None
+        request = self._stream if streamed else self._complete
         done = 0
         while done < n:
-            ask = 1 if self._one_per_request else n - done
+            ask = 1 if self._one_per_request or _cancels_one(params) else n - done
             index = first + done
             # Trace i of a prompt gets seed + i when asked alone, so traces differ yet repeat.
             seed = None if params.seed is None else params.seed + index
@@ -639,9 +650,11 @@ class OpenAIEngine:
         asked = [min(k, 1) if p.temperature == 0 else k for k, p in zip(counts, each)]
         states = [_PromptState(a) for a in asked]
         # One unit of work per prompt (or per trace, for a server that ignores n).
-        units = [(p, first, 1 if self._one_per_request else asked[p])
+        # A DeepConf stop cancels one trace by closing its stream: one trace per request.
+        single = [self._one_per_request or _cancels_one(p) for p in each]
+        units = [(p, first, 1 if single[p] else asked[p])
                  for p in range(len(prompts))
-                 for first in range(0, asked[p], 1 if self._one_per_request else max(asked[p], 1))]
+                 for first in range(0, asked[p], 1 if single[p] else max(asked[p], 1))]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(units)))) as pool:
             futures = [pool.submit(self._run, prompts[p], min(per, asked[p] - first), first,
                                    each[p], states[p]) for p, first, per in units]
@@ -679,8 +692,11 @@ class OpenAIEngine:
 class _Partial:
     """One streamed choice as it arrives."""
 
-    def __init__(self, most: int):
+    def __init__(self, most: int, confidence=None):
         self.most = most                 # the request's max_tokens: no choice has more
+        self.confidence = confidence     # SamplingParams.confidence (DeepConf)
+        self.confidences: list[float] = []
+        self.window_sum = 0.0
         self.text: list[str] = []
         self.logprobs: list[float] = []
         self.token_ids: list[int] = []
@@ -709,6 +725,9 @@ class _Partial:
         if logprobs is not None:
             self.logprobs.extend(logprobs)
             self.has_logprobs = True
+        if self.confidence is not None:
+            for top in _choice_top_logprobs(c):
+                self._add_confidence(_token_confidence(top, self.confidence.top_k))
         # Per-token entries count exactly; without them, one delta per token (llama.cpp does so).
         if self.token_ids:
             self.tokens = len(self.token_ids)
@@ -722,6 +741,50 @@ class _Partial:
             self.finish_reason = c["finish_reason"]
             self.stop_string = _stop_string(c)
             self.stop_token = _stop_token(c)
+
+
+    def _add_confidence(self, conf: float) -> None:
+        """Keep C_i and the sum of the last `window` of them (deepconf processors.py:43-49)."""
+        self.confidences.append(conf)
+        self.window_sum += conf
+        if len(self.confidences) > self.confidence.window:
+            self.window_sum -= self.confidences[-self.confidence.window - 1]
+
+    def low_confidence(self) -> bool:
+        """Whether this unfinished choice's group confidence fell below the DeepConf threshold
+        (checked on a full window, deepconf processors.py:51)."""
+        rule = self.confidence
+        if rule is None or rule.threshold is None or self.finish_reason is not None:
+            return False
+        return (len(self.confidences) >= rule.window
+                and self.window_sum / rule.window < rule.threshold)
+
+
+def _cancels_one(params: SamplingParams) -> bool:
+    """Whether a trace of these params may be cancelled alone (a DeepConf threshold)."""
+    return params.confidence is not None and params.confidence.threshold is not None
+
+
+def _choice_top_logprobs(c: dict) -> list[list[float]]:
+    """Per token of a choice or chunk, the top log-probabilities the server returned
+    (/completions: `top_logprobs` dicts; /chat: each entry's `top_logprobs` list)."""
+    lp = c.get("logprobs")
+    if not lp:
+        return []
+    if "content" in lp:
+        entries = [e.get("top_logprobs") or [] for e in lp["content"] or []]
+        return [[_logprob(x["logprob"]) for x in e] for e in entries]
+    return [[_logprob(x) for x in (d or {}).values()] for d in lp.get("top_logprobs") or []]
+
+
+def _token_confidence(top: list[float], k: int) -> float:
+    """C_i = -(1/k) * sum of the k largest log-probabilities (arXiv 2508.15260 eq. 2); fewer
+    entries (a server that merged equal token strings) average what there is, as deepconf
+    utils.py:48 averages the entries vLLM returned."""
+    best = sorted(top, reverse=True)[:k]
+    if not best:
+        raise _Malformed("a token has no top log-probabilities")
+    return -sum(best) / len(best)
 
 
 def _valid_choice(c, streamed: bool) -> dict:
@@ -882,7 +945,9 @@ def _order_by_length(traces: list[Trace]) -> None:
 def _copies(trace: Trace, n: int, stop_after: int | None) -> list[Trace]:
     """n copies of a greedy trace; with FFS, those past the k-th count as cancelled."""
     copies = [dataclasses.replace(trace, token_ids=list(trace.token_ids),
-                                  logprobs=None if trace.logprobs is None else list(trace.logprobs))
+                                  logprobs=None if trace.logprobs is None else list(trace.logprobs),
+                                  confidences=None if trace.confidences is None
+                                  else list(trace.confidences))
               for _ in range(n)]
     for i, t in enumerate(copies):
         if t.finish_reason == "cancelled" or (stop_after is not None and i >= stop_after):

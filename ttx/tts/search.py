@@ -40,6 +40,9 @@ DORA_RULES = ("code", "paper")
 PRM_INPUTS = ("search-and-learn", "model-card")
 JUDGE_SCALES = ("0-10", "yes-no")      # ttx.tts.judge.SCALES
 ADAPTIVE_RULES = ("beta", "dirichlet", "entropy", "majority", "random", "its-hub-beta")
+DEEPCONF_MODES = ("online", "offline")
+DEEPCONF_VARIANTS = ("low", "high")
+DEEPCONF_MEASURES = ("lowest", "bottom10", "tail")
 
 
 def _knob(default, help, **kw):
@@ -176,6 +179,30 @@ class SearchConfig:
                                              type=float)
     adaptive_batch: int = _knob(1, "adaptive-consistency: traces drawn per problem between "
                                 "checks (the reference's step_size 1).", type=_POS)
+    # deepconf (Deep Think with Confidence, arXiv 2508.15260; facebookresearch/deepconf)
+    deepconf_mode: str = _knob("online", "deepconf: online (warm-up traces set a threshold; "
+                               "later traces whose window confidence falls below it are "
+                               "cancelled; consensus stop) or offline (n traces, keep the most "
+                               "confident, weighted vote).", type=click.Choice(DEEPCONF_MODES))
+    deepconf_variant: str = _knob("high", "deepconf: low keeps the top 10% by confidence (eta "
+                                  "10), high the top 90% (eta 90; the reference's default).",
+                                  type=click.Choice(DEEPCONF_VARIANTS))
+    deepconf_warmup: int = _knob(16, "deepconf online: warm-up traces N_init that set the "
+                                 "threshold (at most --n).", type=_POS)
+    deepconf_round: int | None = _knob(None, "deepconf online: traces per prompt per round "
+                                       "after the warm-up; the consensus is checked between "
+                                       "rounds (default: --deepconf-warmup).", type=_POS)
+    deepconf_window: int = _knob(2048, "deepconf: group size, the sliding window of token "
+                                 "confidences (and the tail's length).", type=_POS)
+    deepconf_top_k: int = _knob(20, "deepconf: k, the top log-probabilities each token's "
+                                "confidence averages.", type=_POS)
+    deepconf_consensus: float = _knob(0.95, "deepconf online: stop sampling once the weighted "
+                                      "majority's share of the votes reaches tau (above 1: "
+                                      "never, as the reference code).", type=_POSF)
+    deepconf_measure: str = _knob("bottom10", "deepconf offline: the trace confidence that "
+                                  "filters and weighs: lowest group, mean of the bottom 10% "
+                                  "groups, or the tail (online always uses the lowest group).",
+                                  type=click.Choice(DEEPCONF_MEASURES))
 
     def validate(self, max_new_tokens: int) -> None:
         """Value checks common to every strategy; each error names the option."""
