@@ -51,8 +51,13 @@ RUNS = {
     "refine": ("refine", 1, "turns=1,2,3", {}),
     "beam-prm": ("beam", 4, "n=4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4,
                                     "reward_model": "DEFAULT", "prm_format": "tag"}),
+    # particle filtering / particle Gibbs (its_hub), weighted by the policy's logprob score
+    "particle-filter": ("particle-filter", 4, "n=2,4", {"step_tokens": 64, "max_steps": 4}),
+    "particle-gibbs": ("particle-gibbs", 4, "n=2,4", {"step_tokens": 64, "max_steps": 4,
+                                                      "pg_sweeps": 2}),
 }
 SEARCH = ("budget-forcing", "budget-forcing-ttx", "beam", "dvts", "dora", "refine")
+SEARCH += ("particle-filter", "particle-gibbs")
 
 
 def main(argv=None) -> None:
