@@ -117,3 +117,51 @@ def test_bad_input_is_refused_before_a_model_loads(tmp_path, args, message):
                       _problems(tmp_path, 1), "-o", out, "--no-progress", *args])
     assert result.exit_code == 2 and message in result.output, result.output
     assert out.read_text() == '{"keep": 1}\n'
+
+
+def test_particle_gibbs_with_a_process_reward_model(tmp_path, eos_model_dir, tiny_model_dir):
+    """A PRM weighs the particles (the tiny model read as a Math-Shepherd PRM, model-card
+    input)."""
+    out = tmp_path / "o.jsonl"
+    result = run_cli(["tts-run", "--model", eos_model_dir, "-i", _problems(tmp_path, 2), "-o",
+                      out, "--strategy", "particle-gibbs", "--n", "3", "--reward-model",
+                      tiny_model_dir, "--prm-good-token", "+", "--prm-input", "model-card",
+                      *ARGS])
+    assert result.exit_code == 0, result.output
+    for r in _records(out):
+        for t in r["traces"]:
+            if t["score"] is None:                             # nothing to score: weight 0
+                assert t["log_weight"] == pytest.approx(math.log(1e-7 / (1 - 1e-7)))
+            else:
+                assert t["score"] == t["step_scores"][-1]      # --agg last
+                assert t["log_weight"] == pytest.approx(math.log(t["score"] / (1 - t["score"])))
+        assert len(r["particles"]["sweeps"]) == 2
+        best = max(range(3), key=lambda k: (r["traces"][k]["log_weight"], -k))
+        assert r["pred"] == r["traces"][best]["pred"]
+
+
+def test_a_path_with_no_scored_step_gets_the_lowest_weight():
+    """A reward model that returns no step score for a path (a model-card PRM input of an empty
+    path): the particle's score is none and its weight that of score 0, clipped."""
+    from tests.search_script import ScriptedEngine, ScriptedPRM, unit
+    from ttx.engines.base import SamplingParams
+    from ttx.tts.particles import ParticleFilter
+    from ttx.tts.search import SearchConfig
+    from ttx.tts.strategy import StrategyConfig
+
+    class Silent(ScriptedPRM):
+        def score_paths(self, paths):
+            scores = super().score_paths(paths)
+            return [[] if unit("".join(steps)) < 0.5 else s for (_, steps), s in zip(paths, scores)]
+
+    cfg = StrategyConfig(strategy="particle-filter", n=6,
+                         params=SamplingParams(max_new_tokens=64, temperature=1.0, seed=1),
+                         search=SearchConfig(max_steps=3))
+    runner = ParticleFilter(cfg)
+    runner.scorer = Silent()
+    [out] = runner.run(ScriptedEngine(), ["P|"], cfg)
+    low = math.log(1e-7 / (1 - 1e-7))
+    first = out.extra["particles"]["sweeps"][0]["iterations"][0]["log_weights"]
+    assert first.count(pytest.approx(low)) == sum(unit(f"s1.{j}") < 0.5 for j in range(6))
+    assert 0 < first.count(pytest.approx(low)) < 6
+    assert all(t["log_weight"] == pytest.approx(low) for t in out.traces if t["score"] is None)

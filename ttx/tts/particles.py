@@ -162,7 +162,9 @@ class ParticleSearch(StepSearch):
                 for p, child, score in zip(live, children, scores):          # PG:136-170
                     p.path = child
                     p.step_tokens.append(child.segment.completion_tokens)
-                    p.log_weights.append(log_weight(score))
+                    # a path with no step to score (empty): the lowest weight, as the
+                    # policy scorer's 0 for an empty step
+                    p.log_weights.append(log_weight(0.0 if score == -math.inf else score))
                 for i in sorted({p.path.problem for p in live}):   # PG:203: not all stopped
                     self._resample(states[i], it + 1, s.pf_temperature)
             for st in states:
