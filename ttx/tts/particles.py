@@ -6,7 +6,8 @@ ParticleGibbs (Red-Hat-AI-Innovation-Team/its_hub@e4d00d1 its_hub/algorithms/par
 A particle is a partial solution grown one step at a time (a step ends at a blank line, as beam's).
 Every iteration, each unstopped particle gets one new step and its whole path is scored (PG:98-172:
 a stopped particle is neither extended nor rescored); its log weight is the inverse sigmoid of that
-score (PG:52-56, clipped to [1e-7, 1 - 1e-7]), the scores of a path's steps aggregated by --agg.
+score (PG:52-56, clipped to [1e-7, 1 - 1e-7]), the scores of a path's steps aggregated by --agg
+(a path with no step to score, an empty one, weighs as score 0).
 Then --n less the reference particles are drawn, with replacement, from all particles (stopped
 ones included, with their final weight) by softmax(log weight / --pf-temperature) (PG:207-221,
 PIS:310; random.choices); a drawn reference particle longer than the iteration is cut back to it
