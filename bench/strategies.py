@@ -59,8 +59,13 @@ RUNS = {
     # n is the maximum: Beta's rule cannot stop before 4 unanimous answers, so n = 8 is where it
     # can save draws (drawn < n in the records)
     "adaptive-consistency": ("adaptive-consistency", 8, "n=4,8", {"adaptive_batch": 2}),
+    # particle filtering / particle Gibbs (its_hub), weighted by the policy's logprob score
+    "particle-filter": ("particle-filter", 4, "n=2,4", {"step_tokens": 64, "max_steps": 4}),
+    "particle-gibbs": ("particle-gibbs", 4, "n=2,4", {"step_tokens": 64, "max_steps": 4,
+                                                      "pg_sweeps": 2}),
 }
 SEARCH = ("budget-forcing", "budget-forcing-ttx", "beam", "dvts", "dora", "refine")
+SEARCH += ("particle-filter", "particle-gibbs")
 
 
 def main(argv=None) -> None:

@@ -116,6 +116,8 @@ STEPS = ["--system", "Solve the problem step by step. Use this format:\n\n## Ste
     ("dora", STEPS, "dora"),
     ("refine", ["--n", "2", "--turns", "2"], "refine"),
     ("adaptive-consistency", ["--n", "6", "--adaptive-batch", "2"], "adaptive"),
+    ("particle-filter", STEPS, "particles"),
+    ("particle-gibbs", [*STEPS, "--pg-sweeps", "2"], "particles"),
 ])
 def test_search_strategies_answer_unseen_problems(tmp_path, strategy, args, field):
     """Each search strategy on the default model: two unseen problems, their bookkeeping."""

@@ -62,6 +62,8 @@ _STRATEGY_ARGS = {
     "dora": ["--n", "4", "--step-tokens", "8", "--max-steps", "2", "--embedder", "{model}"],
     "refine": ["--n", "2", "--turns", "2"],
     "adaptive-consistency": ["--n", "4", "--adaptive-batch", "2"],
+    "particle-filter": ["--n", "3", "--step-tokens", "8", "--max-steps", "2"],
+    "particle-gibbs": ["--n", "3", "--step-tokens", "8", "--max-steps", "2", "--pg-sweeps", "2"],
 }
 
 
@@ -95,7 +97,8 @@ def test_every_strategy_through_the_server(tmp_path, base_url, tokenizer, strate
     assert set(served) == set(local)
     assert {k for t in served["traces"] for k in t} == {k for t in local["traces"] for k in t}
     assert served["completion_tokens"] >= sum(
-        t["completion_tokens"] for t in served["traces"] if strategy not in ("beam", "dora"))
+        t["completion_tokens"] for t in served["traces"]
+        if strategy not in ("beam", "dora", "particle-filter", "particle-gibbs"))
     if strategy in ("greedy", "majority", "best-of-n", "ffs", "refine"):
         for t in served["traces"]:
             assert (t["finish_reason"] != "length") or t["completion_tokens"] == 24
@@ -130,3 +133,23 @@ def test_adaptive_consistency_stops_a_settled_problem_on_the_server(base_url, to
     [hot] = AdaptiveConsistency(cfg).run(engine, [CHAT], cfg)
     engine.close()
     assert hot.extra["drawn"] <= 8 and len(hot.traces) == hot.extra["drawn"]
+
+
+def test_particle_gibbs_through_the_server(tmp_path, base_url, tokenizer):
+    """particle-gibbs over /v1/completions: the record's sweeps, weights and ancestry, and the
+    answer the highest-weight particle's."""
+    import math
+
+    r = _cli_run(tmp_path, "particle-gibbs", ["--engine", "openai", "--base-url", base_url],
+                 "pg")
+    info = r["particles"]
+    assert len(r["traces"]) == 3 and len(info["sweeps"]) == 2
+    for k, sweep in enumerate(info["sweeps"]):
+        for it in sweep["iterations"]:
+            assert math.isclose(sum(it["weights"]), 1.0, rel_tol=1e-9)
+            assert len(it["ancestors"]) == 3 - (1 if k else 0)
+        assert len(sweep["references"]) == 1
+    weights = [t["log_weight"] for t in r["traces"]]
+    assert r["pred"] == r["traces"][weights.index(max(weights))]["pred"]
+    assert [t["reference"] for t in r["traces"]] == [False, False, True]
+    assert r["completion_tokens"] >= r["sequential_tokens"] > 0

@@ -3,6 +3,7 @@ subclass, and its import below."""
 
 from __future__ import annotations
 
+import ttx.tts.particles  # noqa: F401  (particle-filter, particle-gibbs)
 from ttx.tts import budget, dora, dvts, refine, sampling  # noqa: F401  (each registers its own)
 from ttx.tts.adaptive import AdaptiveConsistency  # noqa: F401
 from ttx.tts.beam import Beam  # noqa: F401

@@ -203,6 +203,17 @@ class SearchConfig:
                                   "filters and weighs: lowest group, mean of the bottom 10% "
                                   "groups, or the tail (online always uses the lowest group).",
                                   type=click.Choice(DEEPCONF_MEASURES))
+    # particle-filter / particle-gibbs (Puri et al. 2025; its_hub's ParticleGibbs: ttx.tts.particles)
+    pf_temperature: float = _knob(1.0, "particle-filter/-gibbs: softmax temperature of the "
+                                  "resampling weights, softmax(logit(score) / T) (the paper's "
+                                  "softmax_temp; its_hub: 1).", type=_POSF)
+    pf_select: str = _knob("argmax", "particle-filter/-gibbs: the answer: the highest-weight "
+                           "particle of the last sweep (argmax) or one drawn by weight (sample).",
+                           type=click.Choice(("argmax", "sample")))
+    pg_sweeps: int = _knob(2, "particle-gibbs: sweeps; each after the first keeps reference "
+                           "particles drawn from the previous one.", type=_POS)
+    pg_ref_particles: int = _knob(1, "particle-gibbs: reference particles kept from one sweep "
+                                  "to the next (fewer than --n).", type=_POS)
 
     def validate(self, max_new_tokens: int) -> None:
         """Value checks common to every strategy; each error names the option."""
@@ -252,6 +263,15 @@ class SearchConfig:
             from ttx.tts.judge import parse_spec
 
             parse_spec(self.reward_model)
+        # particle-filter / particle-gibbs
+        if not self.pf_temperature > 0:
+            raise TtxError(f"--pf-temperature must be positive, got {self.pf_temperature}")
+        if self.pf_select not in ("argmax", "sample"):
+            raise TtxError(f"--pf-select must be one of argmax, sample, got {self.pf_select!r}")
+        for name in ("pg_sweeps", "pg_ref_particles"):
+            if getattr(self, name) < 1:
+                raise TtxError(f"--{name.replace('_', '-')} must be positive, "
+                               f"got {getattr(self, name)}")
 
 
 def local_tokenizer(model: str, strategy: str) -> str:
