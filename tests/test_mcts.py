@@ -1,0 +1,89 @@
+"""--strategy mcts on a tiny model end to end (levels, resume, the record's tree) and its bad
+input; the algorithm is pinned to openr's vanila_mcts in test_mcts_reference.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+from ttx.data.arith import generate
+from ttx.tts.mcts import MCTS
+
+
+def _problems(tmp_path, n=2):
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in generate(n, 3)))
+    return path
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+ARGS = ("--strategy", "mcts", "--levels", "n=1,3", "--mcts-width", "3", "--mcts-depth", "3",
+        "--max-new-tokens", "16", "--temperature", "1.0", "--batch-rows", "6", "--no-progress")
+
+
+def test_mcts_levels_and_resume(tmp_path, eos_model_dir, one_torch_thread):
+    problems = _problems(tmp_path)
+    whole = tmp_path / "whole.jsonl"
+    result = run_cli(["tts-run", "--model", eos_model_dir, "-i", problems, "-o", whole, *ARGS])
+    assert result.exit_code == 0, result.output
+    records = _records(whole)
+    assert len(records) == 2 * 2
+    for r in records:
+        n = {1: 1, 2: 3}[r["level"]]
+        info = r["mcts"]
+        assert r["n"] == n and len(r["traces"]) == n == len(info["paths"])
+        nodes = info["nodes"]
+        assert nodes[0]["parent"] is None and nodes[0]["visits"] == n
+        for k, nd in enumerate(nodes[1:], start=1):       # visits: the sum over the children
+            kids = [c for c in nodes if c["parent"] == k]
+            if kids and not nd["terminal"]:
+                assert nd["visits"] >= sum(c["visits"] for c in kids)
+            assert 0 <= nd["parent"] < k and isinstance(nd["step"], str)   # "": EOS at once
+        for t, p in zip(r["traces"], info["paths"]):
+            path = p["nodes"]
+            assert path[0] == 0 and all(nodes[b]["parent"] == a for a, b in zip(path, path[1:]))
+            assert t["text"] == "".join(nodes[k]["step"] for k in path[1:])
+            assert t["ended"] in ("final", "depth", "no-step")
+        assert r["completion_tokens"] >= max(t["completion_tokens"] for t in r["traces"])
+        assert r["sequential_tokens"] <= r["completion_tokens"] and r["rounds"] >= 1
+        assert r["pred"] == MCTS.aggregate(r, [t["pred"] for t in r["traces"]], "lm-eval")
+    # an interruption after 1 record, with a torn last line, resumes to the same records
+    part = tmp_path / "part.jsonl"
+    lines = whole.read_text().splitlines(keepends=True)
+    part.write_text(lines[0] + lines[1][:50])
+    (tmp_path / "part.jsonl.manifest.json").write_text(
+        (tmp_path / "whole.jsonl.manifest.json").read_text())
+    result = run_cli(["tts-run", "--model", eos_model_dir, "-i", problems, "-o", part, *ARGS,
+                      "--resume"])
+    assert result.exit_code == 0, result.output
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_s"} for r in rs]  # noqa: E731
+    assert strip(_records(part)) == strip(_records(whole))
+    regraded = run_cli(["score", "-i", whole, "--regrade", "--json"])
+    assert regraded.exit_code == 0, regraded.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategy", "beam", "--mcts-width", "3"], "--mcts-width does not apply to --strategy "
+                                                  "beam (it applies to mcts)"),
+    (["--strategy", "mcts", "--beam-width", "2"], "--beam-width does not apply to --strategy mcts"),
+    (["--strategy", "mcts", "--max-steps", "3"], "--max-steps does not apply to --strategy mcts"),
+    (["--strategy", "mcts", "--mcts-c-base", "0"], "--mcts-c-base"),
+    (["--strategy", "mcts", "--mcts-c-puct", "-1"], "--mcts-c-puct"),
+    (["--strategy", "mcts", "--mcts-width", "0"], "--mcts-width"),
+    (["--strategy", "mcts", "--mcts-answer", "best"], "--mcts-answer"),
+    (["--strategy", "mcts", "--prm-format", "tag"], "needs --reward-model"),
+    (["--strategy", "mcts", "--engine", "openai", "--scorer", "self-certainty"],
+     "self-certainty needs the full token distribution"),
+])
+def test_mcts_bad_input_fails_before_any_output(tmp_path, args, message):
+    out = tmp_path / "o.jsonl"
+    out.write_text('{"keep": 1}\n')
+    result = run_cli(["tts-run", "--model", tmp_path / "no-model-needed", "-i",
+                      _problems(tmp_path, 1), "-o", out, "--no-progress", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert out.read_text() == '{"keep": 1}\n'
