@@ -87,3 +87,69 @@ def test_mcts_bad_input_fails_before_any_output(tmp_path, args, message):
                       _problems(tmp_path, 1), "-o", out, "--no-progress", *args])
     assert result.exit_code == 2 and message in result.output, result.output
     assert out.read_text() == '{"keep": 1}\n'
+
+
+# ---------- the tree in `ttx report` ----------
+
+def _scripted_record():
+    from tests.search_script import ScriptedPRM
+    from tests.test_mcts_reference import World, _cfg
+
+    cfg = _cfg(6, mcts_width=3, mcts_depth=4)
+    runner = MCTS(cfg)
+    runner.scorer = ScriptedPRM()
+    [out] = runner.run(World(eos_rate=0.3), ["A|"], cfg)
+    return {"id": "q", "answer": "1", "strategy": "mcts", "n": 6, "traces": out.traces,
+            "pred": out.pred, "completion_tokens": out.completion_tokens, **out.extra}
+
+
+def test_kept_tree_draws_every_node_with_its_visits_and_value():
+    from ttx.report.problems import STATUS, record_view
+    from ttx.report.tree import kept_tree
+
+    rec = _scripted_record()
+    nodes = rec["mcts"]["nodes"]
+    tree = kept_tree(nodes, rec["traces"])
+    assert tree["consistent"] and len(tree["nodes"]) == len(nodes)
+    for i, (n, kept) in enumerate(zip(tree["nodes"], nodes)):
+        assert n["parent"] == kept["parent"] and n["visits"] == kept["visits"]
+        assert n["score"] == kept["value0"] and n["path"] == kept["value"]
+        depth, p = 0, kept["parent"]
+        while p is not None:
+            depth, p = depth + 1, nodes[p]["parent"]
+        assert n["depth"] == depth
+        has_kids = any(k["parent"] == i for k in nodes)
+        ended = any(t["node"] == i for t in rec["traces"])
+        assert n["status"] == ("root" if i == 0 else "expanded" if has_kids
+                               else "complete" if kept["terminal"] or ended else "pruned")
+    # every path's leaf carries its trace: the first path that ended there
+    for t in rec["traces"]:
+        first = next(j for j, u in enumerate(rec["traces"]) if u["node"] == t["node"])
+        assert tree["nodes"][t["node"]]["trace"] == first
+    view = record_view(rec, True, "r", 1, answer_field="answer", invalid="lm-eval",
+                       level_key=None)
+    [search] = view["search"]
+    assert search["kind"] == "mcts" and search["iterations"] == []
+    assert "nodes" not in search["params"] and search["params"]["width"] == 3
+    assert [row[6] for row in search["tree"]] == [n["visits"] for n in nodes]
+    assert [row[4] for row in search["tree"]] == [STATUS[n["status"]] for n in tree["nodes"]]
+    assert "mcts" not in view["x"]
+
+
+@pytest.mark.parametrize("nodes, words", [
+    ([{"parent": None, "visits": 1}, {"parent": 1, "visits": 0}], "node 1"),
+    ([{"parent": 0, "visits": 1}], "node 0"),
+    ([{"parent": None, "visits": -1}], "node 0"),
+    ([{"parent": None, "visits": 1}, "x"], "node 1"),
+])
+def test_kept_tree_refuses_a_tree_it_cannot_draw(nodes, words):
+    from ttx.report.problems import record_view
+    from ttx.report.tree import kept_tree
+
+    tree = kept_tree(nodes, [])
+    assert not tree["consistent"] and tree["nodes"] == [] and words in tree["note"]
+    rec = {"id": "q", "answer": "1", "strategy": "mcts", "traces": [], "pred": None,
+           "mcts": {"nodes": nodes}}
+    view = record_view(rec, False, "r", 1, answer_field="answer", invalid="lm-eval",
+                       level_key=None)
+    assert "not drawn" in view["search"][0]["warn"] and "tree" not in view["search"][0]
