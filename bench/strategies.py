@@ -51,6 +51,8 @@ RUNS = {
     "refine": ("refine", 1, "turns=1,2,3", {}),
     "beam-prm": ("beam", 4, "n=4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4,
                                     "reward_model": "DEFAULT", "prm_format": "tag"}),
+    # a step cut off by its cap is dropped (openr): each step gets the whole --max-new-tokens
+    "mcts": ("mcts", 4, "n=2,4", {"mcts_width": 3, "mcts_depth": 4}),
 }
 SEARCH = ("budget-forcing", "budget-forcing-ttx", "beam", "dvts", "dora", "refine")
 
