@@ -153,3 +153,33 @@ def test_kept_tree_refuses_a_tree_it_cannot_draw(nodes, words):
     view = record_view(rec, False, "r", 1, answer_field="answer", invalid="lm-eval",
                        level_key=None)
     assert "not drawn" in view["search"][0]["warn"] and "tree" not in view["search"][0]
+
+
+def test_mcts_values_nodes_with_a_process_reward_model(tmp_path, eos_model_dir, one_torch_thread):
+    """Each node's value when made is the PRM's last step score of the path through it
+    (openr tree.py:679-714, prm-last), read back here from the same model."""
+    from ttx.reward_inputs import steps_of
+    from ttx.tts.reward import RewardModel
+    from ttx.tts.search import SearchConfig
+
+    problems = _problems(tmp_path, 1)
+    out = tmp_path / "o.jsonl"
+    result = run_cli(["tts-run", "--model", eos_model_dir, "-i", problems, "-o", out,
+                      "--strategy", "mcts", "--n", "3", "--mcts-width", "3", "--mcts-depth", "2",
+                      "--max-new-tokens", "16", "--temperature", "1.0", "--mcts-answer", "max",
+                      "--reward-model", eos_model_dir, "--prm-good-token", "+", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    [r] = _records(out)
+    nodes = r["mcts"]["nodes"]
+    texts = [""]
+    for nd in nodes[1:]:
+        texts.append(texts[nd["parent"]] + nd["step"])
+    rm = RewardModel(str(eos_model_dir), SearchConfig(reward_model=str(eos_model_dir),
+                                                      prm_good_token="+"))
+    scores = rm.score_paths([(r["question"], steps_of(t, "model-card")) for t in texts[1:]])
+    for nd, s in zip(nodes[1:], scores):
+        assert nd["value0"] == pytest.approx(s[-1] if s else 0.0, abs=1e-5)
+    for t in r["traces"]:
+        assert t["score"] == pytest.approx(nodes[t["node"]]["value0"], abs=1e-12)
+    answered = [t for t in r["traces"] if t["pred"] is not None]         # V:34-43 over valid ones
+    assert r["pred"] == (max(answered, key=lambda t: t["score"])["pred"] if answered else None)
