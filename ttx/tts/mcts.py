@@ -27,8 +27,10 @@ best path score, PRM_*_MAX, :34-43) or `vote` (path scores summed per answer, PR
 Batching: every problem walks its own tree; each engine call expands one node of each problem
 whose walk needs one, so a round's sequential tokens are the longest step of that call.
 What ttx does differently: the step text is kept as generated (openr strips a final step and
-appends the separator, base_env's MATH Env.post_process_act), and no Dirichlet noise is added
-(vanila_mcts adds none; T:291-292 is get_next_action's).
+appends the separator, envs/MATH/env.py post_process_act), no Dirichlet noise is added
+(vanila_mcts adds none; T:291-292 is get_next_action's), and the root's steps are sampled once
+(openr samples them twice, in the Env's constructor and again in vanila_mcts' reset, T:338, and
+keeps the second).
 """
 
 from __future__ import annotations
