@@ -63,6 +63,8 @@ RUNS = {
     "particle-filter": ("particle-filter", 4, "n=2,4", {"step_tokens": 64, "max_steps": 4}),
     "particle-gibbs": ("particle-gibbs", 4, "n=2,4", {"step_tokens": 64, "max_steps": 4,
                                                       "pg_sweeps": 2}),
+    # a step cut off by its cap is dropped (openr): each step gets the whole --max-new-tokens
+    "mcts": ("mcts", 4, "n=2,4", {"mcts_width": 3, "mcts_depth": 4}),
 }
 SEARCH = ("budget-forcing", "budget-forcing-ttx", "beam", "dvts", "dora", "refine")
 SEARCH += ("particle-filter", "particle-gibbs")

@@ -160,3 +160,27 @@ def test_deepconf_online_on_the_default_model(tmp_path):
             assert t["stopped"] == (t["finish_reason"] == "cancelled")
             assert t["votes"] == bool(t["pred"] and not t["stopped"]
                                       and t["confidence"] >= info["threshold"])
+
+
+@pytest.mark.model
+def test_mcts_answers_unseen_problems(tmp_path):
+    """--strategy mcts on the default model: paths deeper than one step, continued through the
+    engine's prefix reuse, the tree's visits adding up to --n."""
+    problems = tmp_path / "unseen.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in generate(2, seed=4242)))
+    out = tmp_path / "mcts.jsonl"
+    result = run_cli(["tts-run", "-i", problems, "-o", out, "--strategy", "mcts", *STEPS[:2],
+                      "--n", "3", "--mcts-width", "2", "--mcts-depth", "3", "--step-tokens", "40",
+                      "--max-new-tokens", "48", "--temperature", "0.4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        nodes = r["mcts"]["nodes"]
+        assert r["strategy"] == "mcts" and nodes[0]["visits"] == 3 == len(r["traces"])
+        assert sum(nd["visits"] for nd in nodes if nd["parent"] == 0) == 3
+        assert r["completion_tokens"] >= r["sequential_tokens"] > 0
+        assert r["prefill_tokens"] >= r["prompt_tokens"] > 0
+    deep = [r for r in records if max(t["steps"] for t in r["traces"]) > 1]
+    assert deep, "no path went past its first step: the test no longer tests continuation"
+    assert all(r["cached_prefill_tokens"] > 0 for r in deep)       # continuations reuse K/V

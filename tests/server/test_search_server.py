@@ -153,3 +153,35 @@ def test_particle_gibbs_through_the_server(tmp_path, base_url, tokenizer):
     assert r["pred"] == r["traces"][weights.index(max(weights))]["pred"]
     assert [t["reference"] for t in r["traces"]] == [False, False, True]
     assert r["completion_tokens"] >= r["sequential_tokens"] > 0
+
+
+def test_mcts_through_the_server(tmp_path, base_url, tokenizer):
+    """--strategy mcts with --engine openai: raw templated text continued through
+    /v1/completions, the priors from the server's log-probabilities, the same record shape as
+    the hf engine's."""
+    import json
+
+    from tests.conftest import run_cli
+
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"id": "a", "question": "What is 3 + 4?", "answer": "7"}) + "\n")
+    records = {}
+    for name, engine_args in (("openai", ["--engine", "openai", "--base-url", base_url]),
+                              ("hf", ["--engine", "hf"])):
+        out = tmp_path / f"{name}.jsonl"
+        result = run_cli(["tts-run", "-i", problems, "-o", out, "--strategy", "mcts", "--n", "3",
+                          "--mcts-width", "3", "--mcts-depth", "3", "--max-new-tokens", "48",
+                          "--temperature", "0.7", "--seed", "3", "--no-progress", *engine_args])
+        assert result.exit_code == 0, result.output
+        [records[name]] = [json.loads(line) for line in out.read_text().splitlines()]
+    served, local = records["openai"], records["hf"]
+    assert set(served) == set(local) and set(served["mcts"]) == set(local["mcts"])
+    nodes = served["mcts"]["nodes"]
+    assert len(served["traces"]) == 3 and nodes[0]["visits"] == 3
+    kids = [nd for nd in nodes if nd["parent"] == 0]
+    assert kids and sum(nd["prior"] for nd in kids) == pytest.approx(1.0)
+    assert all(0 < nd["prior"] <= 1 for nd in nodes[1:])
+    for t in served["traces"]:
+        assert t["text"] and t["completion_tokens"] <= 48 * 3
+    assert served["completion_tokens"] >= max(t["completion_tokens"] for t in served["traces"])
+    assert served["prefill_tokens"] >= served["prompt_tokens"] > 10

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ttx.report.tree import search_tree
+from ttx.report.tree import kept_tree, search_tree
 from ttx.scoring.answers import answers_equal, normalize_answer, vote_key
 from ttx.scoring.metrics import gold_answer, trace_preds
 
@@ -91,6 +91,8 @@ def _trace(t, pred, grade: Grader) -> dict:
 
 def _search(rec: dict, kind: str, traces: list) -> dict | None:
     block = rec.get(kind)
+    if isinstance(block, dict) and isinstance(block.get("nodes"), list):
+        return _kept(block, kind, traces)
     if not isinstance(block, dict) or not isinstance(block.get("iterations"), list):
         return None
     agg = block.get("agg") if block.get("agg") in ("last", "min", "prod") else "last"
@@ -107,6 +109,21 @@ def _search(rec: dict, kind: str, traces: list) -> dict | None:
             out["warn"] = (f"The search tree is not drawn whole: {tree['note']}; {what}."
                            if tree["limited"] else f"The iteration log and the traces disagree "
                            f"({tree['note']}): {what}.")
+    return out
+
+
+def _kept(block: dict, kind: str, traces: list) -> dict:
+    """A search whose record keeps its tree whole (mcts): nodes with visits and values."""
+    tree = kept_tree(block["nodes"], traces)
+    out = {"kind": kind, "iterations": [],
+           "params": {k: plain(v) for k, v in block.items() if k not in ("nodes", "paths")}}
+    if tree is not None:
+        if tree["nodes"]:
+            out["tree"] = [[n["parent"], n["depth"], n["score"], n["path"], STATUS[n["status"]],
+                            n["trace"], n["visits"]] for n in tree["nodes"]]
+        out["consistent"], out["note"] = tree["consistent"], tree["note"]
+        if not tree["consistent"]:
+            out["warn"] = f"The search tree is not drawn: {tree['note']}."
     return out
 
 

@@ -374,6 +374,7 @@
       "</span>" : "") + "</h4>";
     if (s.warn) h += '<p class="warn">' + esc(s.warn) + "</p>";
     if (s.tree) h += treeSvg(s.tree, rec.traces);
+    if (!(s.iterations || []).length) return h + "</div>";     // a tree kept whole (mcts)
     h += '<table class="iters"><thead><tr><th>iteration</th><th>candidates</th><th>survivors</th>' +
       "<th>rollouts per survivor</th><th>pruned</th></tr></thead><tbody>";
     (s.iterations || []).forEach(function (it) {
@@ -415,7 +416,9 @@
       var cls = "tree-node s-" + st + (t ? (t.ok ? " right" : " wrong") : "");
       var tip = st === "root" ? "the prompt" : "step " + nd[1] + " · " + (nd[2] === null ?
         "not recorded (" + (st === "pruned" ? "pruned" : "expanded, no finished descendant") + ")" :
-        "step score " + nd[2].toFixed(4) + " · path score " + nd[3].toFixed(4) + " · " + st);
+        (nd.length > 6 ? "value when made " + nd[2].toFixed(4) + " · mean value " + nd[3].toFixed(4) :
+        "step score " + nd[2].toFixed(4) + " · path score " + nd[3].toFixed(4)) + " · " + st);
+      if (nd.length > 6) tip += " · " + nd[6] + " visit" + (nd[6] === 1 ? "" : "s");
       if (t) tip += " · trace #" + nd[5] + " pred " + (t.pred === null ? "none" : t.pred) + (t.ok ? " ✓" : " ✗");
       out += '<g class="' + cls + '" data-status="' + st + '"' + (nd[5] !== null ? ' data-trace="' + nd[5] + '"' : "") +
         "><title>" + esc(tip) + '</title><circle cx="' + px(i) + '" cy="' + py(i) + '" r="' +
@@ -427,7 +430,7 @@
       if (t) {
         out += '<text class="lb" x="' + (px(i) + 10) + '" y="' + (py(i) + 4) + '">#' + nd[5] + " " +
           esc(t.pred === null ? "none" : String(t.pred).slice(0, 16)) + " " + (t.ok ? "✓" : "✗") +
-          " (" + nd[2].toFixed(2) + ")</text>";
+          " (" + (nd[2] === null ? "–" : nd[2].toFixed(2)) + ")</text>";
       }
       out += "</g>";
     }

@@ -179,3 +179,48 @@ def _assign(parents: list[int], need: list[int], alloc: list[int]) -> dict[int, 
         out[node] = p
         p += 1
     return out
+
+
+def kept_tree(nodes, traces) -> dict | None:
+    """The tree a record keeps whole (mcts: ttx.tts.mcts), in search_tree's node shape plus
+    "visits" and "value": each node {"parent", "step", "value0" (its reward when made),
+    "visits", "value" (its mean backed-up value), "terminal"}, a parent before its children.
+    "score" is value0 and "path" the mean value; a node with children is "expanded", one where
+    a path ended "complete" (its trace: the first path that ended there, the traces' "node"),
+    as is a terminal one, the others "pruned" (made, never expanded). None when `nodes` is not such a list."""
+    if not isinstance(nodes, list) or not nodes:
+        return None
+    if len(nodes) >= MAX_NODES:
+        return {"nodes": [], "consistent": False, "limited": True,
+                "note": f"the tree has {len(nodes)} nodes: more than the page draws ({MAX_NODES})"}
+    ends: dict[int, int] = {}
+    for ti, t in enumerate(traces if isinstance(traces, list) else []):
+        k = t.get("node") if isinstance(t, dict) else None
+        if isinstance(k, int) and not isinstance(k, bool):
+            ends.setdefault(k, ti)
+    out, parents = [], set()
+    for i, nd in enumerate(nodes):
+        p = nd.get("parent") if isinstance(nd, dict) else "bad"
+        ok = (p is None) == (i == 0) and (p is None or (isinstance(p, int)
+                                                        and not isinstance(p, bool) and 0 <= p < i))
+        visits = nd.get("visits") if isinstance(nd, dict) else None
+        if not ok or not (isinstance(visits, int) and not isinstance(visits, bool) and visits >= 0):
+            return {"nodes": [], "consistent": False, "limited": False,
+                    "note": f"node {i} has no valid parent or visit count"}
+        depth = 0 if p is None else out[p]["depth"] + 1
+        if depth > MAX_DEPTH:
+            return {"nodes": [], "consistent": False, "limited": True,
+                    "note": f"the tree is deeper than the page draws ({MAX_DEPTH})"}
+        parents.add(p)
+        out.append({"parent": p, "depth": depth,
+                    "score": float(nd["value0"]) if _is_number(nd.get("value0")) else None,
+                    "path": float(nd["value"]) if _is_number(nd.get("value")) else None,
+                    "status": "root" if p is None else "complete"
+                    if nd.get("terminal") is True or i in ends else "pruned",
+                    "trace": ends.get(i), "visits": visits})
+    for i in parents - {None, 0}:                   # a path cut short may end at an inner node
+        out[i]["status"] = "expanded"
+    for n in out:                                   # the page prints both or neither
+        if n["score"] is None or n["path"] is None:
+            n["score"] = n["path"] = None
+    return {"nodes": out, "consistent": True, "note": "", "limited": False}

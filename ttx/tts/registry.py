@@ -8,6 +8,7 @@ from ttx.tts import budget, dora, dvts, refine, sampling  # noqa: F401  (each re
 from ttx.tts.adaptive import AdaptiveConsistency  # noqa: F401
 from ttx.tts.beam import Beam  # noqa: F401
 from ttx.tts.deepconf import DeepConf  # noqa: F401
+from ttx.tts.mcts import MCTS  # noqa: F401
 from ttx.tts.strategy import _REGISTRY, Strategy
 
 STRATEGIES: tuple[str, ...] = tuple(sorted(_REGISTRY, key=lambda name: _REGISTRY[name].rank))

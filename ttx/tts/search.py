@@ -43,6 +43,7 @@ ADAPTIVE_RULES = ("beta", "dirichlet", "entropy", "majority", "random", "its-hub
 DEEPCONF_MODES = ("online", "offline")
 DEEPCONF_VARIANTS = ("low", "high")
 DEEPCONF_MEASURES = ("lowest", "bottom10", "tail")
+MCTS_ANSWERS = ("majority", "max", "vote")
 
 
 def _knob(default, help, **kw):
@@ -214,6 +215,20 @@ class SearchConfig:
                            "particles drawn from the previous one.", type=_POS)
     pg_ref_particles: int = _knob(1, "particle-gibbs: reference particles kept from one sweep "
                                   "to the next (fewer than --n).", type=_POS)
+    # mcts (openr's vanila_mcts: openreasoner/openr reason/guided_search/tree.py)
+    mcts_width: int = _knob(4, "mcts: steps sampled per expansion (openr's tree_max_width; its "
+                            "vanila_mcts.sh uses 4); duplicates and cut-off steps are dropped.",
+                            type=_POS)
+    mcts_depth: int = _knob(50, "mcts: steps a path may take (openr's tree_max_depth; "
+                            "vanila_mcts.sh: 50); a path that reaches it ends there.", type=_POS)
+    mcts_c_puct: float = _knob(1.25, "mcts: PUCT exploration constant (openr's pb_c_init).",
+                               type=click.FloatRange(min=0))
+    mcts_c_base: float = _knob(19652.0, "mcts: PUCT base (openr's pb_c_base): the exploration "
+                               "weight grows as log((N + base + 1) / base).", type=_POSF)
+    mcts_answer: str = _knob("majority", "mcts: the answer from the --n paths: a majority vote, "
+                             "the best scored path (max), or scores summed per answer (vote) "
+                             "(openr's reranking: majority_vote, prm_*_max, prm_*_vote).",
+                             type=click.Choice(MCTS_ANSWERS))
 
     def validate(self, max_new_tokens: int) -> None:
         """Value checks common to every strategy; each error names the option."""
@@ -244,6 +259,12 @@ class SearchConfig:
                 raise TtxError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}")
         if self.dora_tau <= 0 or self.dora_alpha <= 0:
             raise TtxError("--dora-tau and --dora-alpha must be positive")
+        if self.mcts_answer not in MCTS_ANSWERS:
+            raise TtxError(f"--mcts-answer must be one of {', '.join(MCTS_ANSWERS)}")
+        if not (self.mcts_width >= 1 and self.mcts_depth >= 1 and self.mcts_c_puct >= 0
+                and self.mcts_c_base > 0):
+            raise TtxError("--mcts-width and --mcts-depth must be positive, --mcts-c-puct >= 0 "
+                           "and --mcts-c-base > 0")
         prm = [k for k in ("prm_format", "prm_step_tag", "prm_good_token", "prm_bad_token",
                            "prm_input") if getattr(self, k) is not None]
         judge = bool(self.reward_model) and self.reward_model.startswith("judge:")
