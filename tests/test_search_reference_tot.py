@@ -178,21 +178,24 @@ def test_tot_accounts_for_value_prompts():
     assert out.prompt_tokens == len("P|")
 
 
-def test_tot_tree_is_drawn_from_the_record():
-    """The record's iteration log and traces rebuild the search tree (ttx.report.tree):
-    one node per generated state, the kept ones expanded."""
+@pytest.mark.parametrize("k,b,e,steps,eos_rate", [(3, 2, 2, 3, 0.0), (2, 5, 3, 4, 0.0),
+                                                   (3, 2, 3, 4, 0.3)])
+def test_tot_tree_is_drawn_from_the_record(k, b, e, steps, eos_rate):
+    """The record's iteration log and traces rebuild the whole search tree (ttx.report.tree):
+    one node per generated state, the kept open ones expanded, every finished one a leaf; the
+    traces' node ids keep apart kept siblings of equal value (the first case has two)."""
     from ttx.report.tree import search_tree
 
-    world = ToTWorld(True)
-    out = _run_tot(world, 3, 2, 2, 3)
+    world = ToTWorld(True, eos_rate=eos_rate)
+    out = _run_tot(world, k, b, e, steps)
     tot = out.extra["tot"]
     tree = search_tree(tot["iterations"], out.traces, "last", tokens=out.completion_tokens)
-    assert tree is not None
+    assert tree["consistent"], tree["note"]
     made = sum(k for call in world.calls for _, k, _ in call)
-    if tree["consistent"]:
-        assert len(tree["nodes"]) == 1 + made
-    else:       # two kept siblings of equal value: the rebuild cannot tell them apart
-        assert "disagree" not in tree["note"] or tree["nodes"]
+    assert len(tree["nodes"]) == 1 + made
+    assert sum(n["status"] == "complete" for n in tree["nodes"]) == len(out.traces)
+    expanded = sum(n["status"] in ("root", "expanded") for n in tree["nodes"])
+    assert expanded == sum(it["survivors"] for it in tot["iterations"])
 
 
 def test_tot_aggregate_is_the_top_state():

@@ -81,6 +81,7 @@ class ToT(Strategy):
         spent = [{"value_prompts": 0, "value_prompt_tokens": 0, "value_completion_tokens": 0}
                  for _ in prompts]
         made = [1 for _ in prompts]             # open nodes of the depth before (the root)
+        nodes = {id(p): [] for states in kept for p in states}   # node ids along each path
         rounds = 0
         for depth in range(s.tot_depth):
             last = depth == s.tot_depth - 1
@@ -110,6 +111,7 @@ class ToT(Strategy):
                         candidates[i].append(state)
                         continue
                     for child in next(children):
+                        nodes[id(child)] = nodes[id(state)] + [len(nodes)]
                         trace = child.segment
                         # open: a step that ended at the blank line or at the step's cap
                         child.completed = last or child.tokens >= params.max_new_tokens or not (
@@ -134,7 +136,7 @@ class ToT(Strategy):
         outcomes = []
         for i in range(len(prompts)):
             rank = {id(p): r for r, p in enumerate(kept[i])}
-            traces = [p.trace("last", rank=rank.get(id(p))) for p in done[i]]
+            traces = [p.trace("last", rank=rank.get(id(p)), nodes=nodes[id(p)]) for p in done[i]]
             top = kept[i][0] if kept[i] else None
             pred = traces[[id(p) for p in done[i]].index(id(top))]["pred"] \
                 if top is not None and top.completed else None
