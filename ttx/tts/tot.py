@@ -18,6 +18,7 @@ early once every kept state has finished.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 from ttx.engines.base import Constraint
@@ -82,6 +83,7 @@ class ToT(Strategy):
                  for _ in prompts]
         made = [1 for _ in prompts]             # open nodes of the depth before (the root)
         nodes = {id(p): [] for states in kept for p in states}   # node ids along each path
+        serial = itertools.count(1)
         rounds = 0
         for depth in range(s.tot_depth):
             last = depth == s.tot_depth - 1
@@ -111,7 +113,7 @@ class ToT(Strategy):
                         candidates[i].append(state)
                         continue
                     for child in next(children):
-                        nodes[id(child)] = nodes[id(state)] + [len(nodes)]
+                        nodes[id(child)] = nodes[id(state)] + [next(serial)]
                         trace = child.segment
                         # open: a step that ended at the blank line or at the step's cap
                         child.completed = last or child.tokens >= params.max_new_tokens or not (
