@@ -2,7 +2,8 @@
 
 A record keeps every complete beam as a trace with its `step_scores` (one per step, the path's
 scores copied from its parent, so two traces with a common ancestor share the same leading
-floats; a trace's `nodes`, where the search records them (tot), name the steps' nodes instead) and the iteration log `iterations: [{step, candidates, survivors, rollouts}]`
+floats; a trace's `nodes`, where the search records them (tot), name the steps' nodes
+instead) and the iteration log `iterations: [{step, candidates, survivors, rollouts}]`
 (ttx.tts.beam.run_beam): iteration d expands `survivors` open beams of depth d-1, the k-th best
 by path score getting rollouts[k] children at depth d.
 

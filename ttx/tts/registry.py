@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ttx.tts import budget, dora, dvts, refine, sampling  # noqa: F401  (each registers its own)
 from ttx.tts.beam import Beam  # noqa: F401
-from ttx.tts.tot import ToT  # noqa: F401
 from ttx.tts.strategy import _REGISTRY, Strategy
+from ttx.tts.tot import ToT  # noqa: F401
 
 STRATEGIES: tuple[str, ...] = tuple(sorted(_REGISTRY, key=lambda name: _REGISTRY[name].rank))
 SCORERS = ("logprob", "self-certainty")

@@ -7,7 +7,8 @@ n_evaluate_sample answers is read from its last line and the value is the sum of
 over them (G24:89-91: impossible 0.001, likely 1, sure 20; any other last line adds 0). A
 finished state without an answer is worth 0 (G24:87-88: a last-depth trajectory with no
 "answer" line). The prompt texts below are ttx's, written for GSM8K in the style of
-`value_last_step_prompt` (few-shot, "Judge:" then the word); the worked examples are ttx's own.
+`value_last_step_prompt` (few-shot, "Judge:" then the word on its own line; the prompt ends at
+that line, so a judge held to the words writes the word alone); the examples are ttx's own.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ VALUE_MAP = {"impossible": 0.001, "likely": 1, "sure": 20}     # G24:90
 PARTIAL_WORDS = ("sure", "likely", "impossible")
 FINAL_WORDS = ("sure", "impossible")
 
-PARTIAL_PROMPT = """Evaluate if the steps so far can lead to the correct answer of the question (sure/likely/impossible)
+PARTIAL_PROMPT = ("Evaluate if the steps so far can lead to the correct answer of the question "
+                  "(sure/likely/impossible)\n") + """\
 Question: Tom has 3 boxes with 4 apples each. He eats 2 apples. How many apples are left?
 Steps: 3 boxes with 4 apples each hold 3 * 4 = 12 apples.
 Judge:
@@ -41,11 +43,13 @@ Judge:
 impossible
 Question: {question}
 Steps: {steps}
-Judge:"""
+Judge:
+"""
 
-FINAL_PROMPT = """Given a question and a solution, give a judgement (sure/impossible) if the solution's answer is correct.
+FINAL_PROMPT = ("Given a question and a solution, give a judgement (sure/impossible) if the "
+                "solution's answer is correct.\n") + """\
 Question: Tom has 3 boxes with 4 apples each. He eats 2 apples. How many apples are left?
-Solution: The boxes hold 3 * 4 = 12 apples. After eating 2, 12 - 2 = 10 are left. The answer is 10.
+Solution: The boxes hold 3 * 4 = 12 apples. 12 - 2 = 10 are left. The answer is 10.
 Judge:
 sure
 Question: Jim had $50 and spent $18 on lunch. How much money does he have now?
@@ -62,7 +66,8 @@ Judge:
 impossible
 Question: {question}
 Solution: {steps}
-Judge:"""
+Judge:
+"""
 
 
 def value_prompt(question: str, steps: str, final: bool) -> str:
