@@ -61,6 +61,8 @@ _STRATEGY_ARGS = {
     "dvts": ["--n", "4", "--beam-width", "2", "--step-tokens", "8", "--max-steps", "2"],
     "dora": ["--n", "4", "--step-tokens", "8", "--max-steps", "2", "--embedder", "{model}"],
     "refine": ["--n", "2", "--turns", "2"],
+    "tot": ["--n", "2", "--tot-breadth", "2", "--tot-evaluations", "2", "--tot-depth", "2",
+            "--tot-step-tokens", "8"],
 }
 
 
@@ -94,9 +96,27 @@ def test_every_strategy_through_the_server(tmp_path, base_url, tokenizer, strate
     assert set(served) == set(local)
     assert {k for t in served["traces"] for k in t} == {k for t in local["traces"] for k in t}
     assert served["completion_tokens"] >= sum(
-        t["completion_tokens"] for t in served["traces"] if strategy not in ("beam", "dora"))
+        t["completion_tokens"] for t in served["traces"] if strategy not in ("beam", "dora", "tot"))
     if strategy in ("greedy", "majority", "best-of-n", "ffs", "refine"):
         for t in served["traces"]:
             assert (t["finish_reason"] != "length") or t["completion_tokens"] == 24
         assert served["completion_tokens"] == sum(t["completion_tokens"]
                                                   for t in served["traces"]) or strategy == "refine"
+
+
+def test_tot_judgements_through_the_server(tmp_path, base_url, tokenizer):
+    """tot's value prompts go to /v1/chat/completions held to the judgement words (vLLM's
+    structured_outputs choice): every value is a sum of the value map over the answers (0: a
+    duplicate state or a finished one without an answer), and they are counted as tokens."""
+    import itertools
+
+    from ttx.tts.tot_value import VALUE_MAP
+
+    record = _cli_run(tmp_path, "tot", ["--engine", "openai", "--base-url", base_url], "openai")
+    judged = {round(sum(VALUE_MAP[w] for w in ws), 6)
+              for ws in itertools.combinations_with_replacement(VALUE_MAP, 2)} | {0}
+    tot = record["tot"]
+    for it in tot["iterations"]:
+        assert {round(v, 6) for v in it["values"]} <= judged
+    assert tot["value_prompts"] >= 2 and tot["value_completion_tokens"] >= 2 * tot["value_prompts"]
+    assert record["prefill_tokens"] >= tot["value_prompt_tokens"] > 0

@@ -2,7 +2,7 @@
 
 The rule is princeton-nlp/tree-of-thought-llm@ab40034 src/tot/tasks/game24.py:75-92 ("G24"): an
 unfinished state is judged sure/likely/impossible (prompts/game24.py:66-105, `value_prompt`), a
-finished one sure/impossible (prompts/game24.py:107-135, `value_last_step_prompt`); each of the
+finished one sure/impossible (prompts/game24.py:107-134, `value_last_step_prompt`); each of the
 n_evaluate_sample answers is read from its last line and the value is the sum of the value map
 over them (G24:89-91: impossible 0.001, likely 1, sure 20; any other last line adds 0). A
 finished state without an answer is worth 0 (G24:87-88: a last-depth trajectory with no
