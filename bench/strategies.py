@@ -49,6 +49,8 @@ RUNS = {
     "dvts": ("dvts", 4, "n=2,4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4}),
     "dora": ("dora", 4, "n=2,4", {"step_tokens": 64, "max_steps": 4}),
     "refine": ("refine", 1, "turns=1,2,3", {}),
+    "tot": ("tot", 2, "n=1,2", {"tot_breadth": 2, "tot_evaluations": 2, "tot_depth": 4,
+                                "tot_step_tokens": 64}),
     "beam-prm": ("beam", 4, "n=4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4,
                                     "reward_model": "DEFAULT", "prm_format": "tag"}),
 }

@@ -51,6 +51,7 @@ def test_tot_levels_and_resume(tmp_path, tiny_model_dir):
         for it in log:               # the hf engine held every judgement to the words
             assert {round(v, 6) for v in it["values"]} <= _judged(2)
             assert len(it["kept"]) == min(2, len(it["values"]))
+        assert any(v > 0 for it in log for v in it["values"])      # words, not prose
         ranked = sorted((t for t in r["traces"] if t["rank"] is not None), key=lambda t: t["rank"])
         assert 1 <= len(ranked) <= 2 and r["pred"] == ranked[0]["pred"]
         assert tot["value_prompts"] >= len(log) and tot["value_completion_tokens"] >= 2

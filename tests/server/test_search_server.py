@@ -118,5 +118,6 @@ def test_tot_judgements_through_the_server(tmp_path, base_url, tokenizer):
     tot = record["tot"]
     for it in tot["iterations"]:
         assert {round(v, 6) for v in it["values"]} <= judged
+    assert any(v > 0 for it in tot["iterations"] for v in it["values"])   # words, not prose
     assert tot["value_prompts"] >= 2 and tot["value_completion_tokens"] >= 2 * tot["value_prompts"]
     assert record["prefill_tokens"] >= tot["value_prompt_tokens"] > 0
