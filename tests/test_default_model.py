@@ -115,6 +115,8 @@ STEPS = ["--system", "Solve the problem step by step. Use this format:\n\n## Ste
     ("dvts", [*STEPS, "--beam-width", "2"], "dvts"),
     ("dora", STEPS, "dora"),
     ("refine", ["--n", "2", "--turns", "2"], "refine"),
+    ("tot", [*STEPS[:2], "--n", "2", "--tot-breadth", "2", "--tot-evaluations", "2",
+             "--tot-depth", "2", "--tot-step-tokens", "32"], "tot"),
 ])
 def test_search_strategies_answer_unseen_problems(tmp_path, strategy, args, field):
     """Each search strategy on the default model: two unseen problems, their bookkeeping."""
