@@ -92,3 +92,23 @@ def test_tot_bad_input_is_refused(tmp_path, extra, words):
                       *extra])
     assert result.exit_code == 2 and words in result.output, result.output
     assert not out.exists()
+
+
+def test_value_prompt_replaces_the_user_turn():
+    """A chat problem's value prompt keeps its system turn and replaces the user turn with the
+    judge's prompt (the question and the state's steps); a raw-text problem's is the text."""
+    from ttx.tts.paths import Path
+    from ttx.tts.search import question_of
+    from ttx.tts.tot import _value_request
+    from ttx.tts.tot_value import FINAL_PROMPT, PARTIAL_PROMPT
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 3+4?"}]
+    state = Path(problem=0, text="3 + 4 = 7.\n\n")
+    key, request = _value_request(chat, question_of(chat), state)
+    assert request[0] == chat[0] and request[1]["role"] == "user" and len(request) == 2
+    assert request[1]["content"] == key == PARTIAL_PROMPT.format(question="What is 3+4?",
+                                                                 steps="3 + 4 = 7.")
+    assert key.endswith("Judge:\n")
+    state.completed = True
+    key, request = _value_request("Question: What is 3+4?\nAnswer:", "What is 3+4?", state)
+    assert request == key == FINAL_PROMPT.format(question="What is 3+4?", steps="3 + 4 = 7.")
