@@ -54,6 +54,8 @@ RUNS = {
     # consensus checked between them); a 32-token window fits 192-token traces
     "deepconf": ("deepconf", 4, "n=2,4", {"deepconf_warmup": 2, "deepconf_round": 1,
                                           "deepconf_window": 32}),
+    "tot": ("tot", 2, "n=1,2", {"tot_breadth": 2, "tot_evaluations": 2, "tot_depth": 4,
+                                "tot_step_tokens": 64}),
     "beam-prm": ("beam", 4, "n=4", {"beam_width": 2, "step_tokens": 64, "max_steps": 4,
                                     "reward_model": "DEFAULT", "prm_format": "tag"}),
     # n is the maximum: Beta's rule cannot stop before 4 unanimous answers, so n = 8 is where it

@@ -118,6 +118,8 @@ STEPS = ["--system", "Solve the problem step by step. Use this format:\n\n## Ste
     ("adaptive-consistency", ["--n", "6", "--adaptive-batch", "2"], "adaptive"),
     ("particle-filter", STEPS, "particles"),
     ("particle-gibbs", [*STEPS, "--pg-sweeps", "2"], "particles"),
+    ("tot", [*STEPS[:2], "--n", "2", "--tot-breadth", "2", "--tot-evaluations", "2",
+             "--tot-depth", "2", "--tot-step-tokens", "32"], "tot"),
 ])
 def test_search_strategies_answer_unseen_problems(tmp_path, strategy, args, field):
     """Each search strategy on the default model: two unseen problems, their bookkeeping."""

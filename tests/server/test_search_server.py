@@ -64,6 +64,8 @@ _STRATEGY_ARGS = {
     "adaptive-consistency": ["--n", "4", "--adaptive-batch", "2"],
     "particle-filter": ["--n", "3", "--step-tokens", "8", "--max-steps", "2"],
     "particle-gibbs": ["--n", "3", "--step-tokens", "8", "--max-steps", "2", "--pg-sweeps", "2"],
+    "tot": ["--n", "2", "--tot-breadth", "2", "--tot-evaluations", "2", "--tot-depth", "2",
+            "--tot-step-tokens", "8"],
 }
 
 
@@ -98,7 +100,7 @@ def test_every_strategy_through_the_server(tmp_path, base_url, tokenizer, strate
     assert {k for t in served["traces"] for k in t} == {k for t in local["traces"] for k in t}
     assert served["completion_tokens"] >= sum(
         t["completion_tokens"] for t in served["traces"]
-        if strategy not in ("beam", "dora", "particle-filter", "particle-gibbs"))
+        if strategy not in ("beam", "dora", "particle-filter", "particle-gibbs", "tot"))
     if strategy in ("greedy", "majority", "best-of-n", "ffs", "refine"):
         for t in served["traces"]:
             assert (t["finish_reason"] != "length") or t["completion_tokens"] == 24
@@ -185,3 +187,22 @@ def test_mcts_through_the_server(tmp_path, base_url, tokenizer):
         assert t["text"] and t["completion_tokens"] <= 48 * 3
     assert served["completion_tokens"] >= max(t["completion_tokens"] for t in served["traces"])
     assert served["prefill_tokens"] >= served["prompt_tokens"] > 10
+
+
+def test_tot_judgements_through_the_server(tmp_path, base_url, tokenizer):
+    """tot's value prompts go to /v1/chat/completions held to the judgement words (vLLM's
+    structured_outputs choice): every value is a sum of the value map over the answers (0: a
+    duplicate state or a finished one without an answer), and they are counted as tokens."""
+    import itertools
+
+    from ttx.tts.tot_value import VALUE_MAP
+
+    record = _cli_run(tmp_path, "tot", ["--engine", "openai", "--base-url", base_url], "openai")
+    judged = {round(sum(VALUE_MAP[w] for w in ws), 6)
+              for ws in itertools.combinations_with_replacement(VALUE_MAP, 2)} | {0}
+    tot = record["tot"]
+    for it in tot["iterations"]:
+        assert {round(v, 6) for v in it["values"]} <= judged
+    assert any(v > 0 for it in tot["iterations"] for v in it["values"])   # words, not prose
+    assert tot["value_prompts"] >= 2 and tot["value_completion_tokens"] >= 2 * tot["value_prompts"]
+    assert record["prefill_tokens"] >= tot["value_prompt_tokens"] > 0

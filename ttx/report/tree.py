@@ -2,7 +2,8 @@
 
 A record keeps every complete beam as a trace with its `step_scores` (one per step, the path's
 scores copied from its parent, so two traces with a common ancestor share the same leading
-floats) and the iteration log `iterations: [{step, candidates, survivors, rollouts}]`
+floats; a trace's `nodes`, where the search records them (tot), name the steps' nodes
+instead) and the iteration log `iterations: [{step, candidates, survivors, rollouts}]`
 (ttx.tts.beam.run_beam): iteration d expands `survivors` open beams of depth d-1, the k-th best
 by path score getting rollouts[k] children at depth d.
 
@@ -72,11 +73,14 @@ def search_tree(iterations, traces, agg: str = "last", tokens=None) -> dict | No
     for ti, t in enumerate(traces):
         s = t.get("step_scores") if isinstance(t, dict) else None
         if isinstance(s, list) and s and all(_is_number(x) for x in s):
-            paths.append((ti, [float(x) for x in s]))
+            ids = t.get("nodes")            # tot: the path's node ids (equal values are common)
+            ids = ids if isinstance(ids, list) and len(ids) == len(s) and all(
+                isinstance(i, int) and not isinstance(i, bool) for i in ids) else None
+            paths.append((ti, [float(x) for x in s], ids))
     if not paths:
         return None
-    steps = sum(len(s) for _, s in paths)
-    longest = max(len(s) for _, s in paths)
+    steps = sum(len(s) for _, s, _ in paths)
+    longest = max(len(s) for _, s, _ in paths)
     if steps >= MAX_NODES or longest > MAX_DEPTH:
         return {"nodes": [], "consistent": False, "limited": True,
                 "note": f"the recorded paths alone are {steps} steps, up to {longest} deep: more "
@@ -96,10 +100,10 @@ def search_tree(iterations, traces, agg: str = "last", tokens=None) -> dict | No
         children[i] = []
         return i
 
-    for ti, s in paths:                            # the recorded paths, one leaf per trace
+    for ti, s, ids in paths:                       # the recorded paths, one leaf per trace
         parent = 0
         for d in range(1, len(s)):
-            key = (parent, s[d - 1])
+            key = (parent, s[d - 1] if ids is None else ("node", ids[d - 1]))
             if key not in index:
                 index[key] = add(parent, d, s[d - 1], _path_score(s[:d], agg), "expanded")
                 at_depth.setdefault(d, []).append(index[key])

@@ -10,6 +10,7 @@ from ttx.tts.beam import Beam  # noqa: F401
 from ttx.tts.deepconf import DeepConf  # noqa: F401
 from ttx.tts.mcts import MCTS  # noqa: F401
 from ttx.tts.strategy import _REGISTRY, Strategy
+from ttx.tts.tot import ToT  # noqa: F401
 
 STRATEGIES: tuple[str, ...] = tuple(sorted(_REGISTRY, key=lambda name: _REGISTRY[name].rank))
 SCORERS = ("logprob", "self-certainty")

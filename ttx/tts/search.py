@@ -229,6 +229,14 @@ class SearchConfig:
                              "the best scored path (max), or scores summed per answer (vote) "
                              "(openr's reranking: majority_vote, prm_*_max, prm_*_vote).",
                              type=click.Choice(MCTS_ANSWERS))
+    # tot (Tree of Thoughts BFS, princeton-nlp/tree-of-thought-llm; defaults: scripts/game24/bfs.sh)
+    tot_breadth: int = _knob(5, "tot: b, the states kept at each depth (n_select_sample).",
+                             type=_POS)
+    tot_evaluations: int = _knob(3, "tot: value prompts sampled per state (n_evaluate_sample).",
+                                 type=_POS)
+    tot_depth: int = _knob(4, "tot: depths (steps); the last runs to EOS.", type=_POS)
+    tot_step_tokens: int = _knob(64, "tot: a step ends at a blank line or after this many "
+                                 "tokens.", type=_POS)
 
     def validate(self, max_new_tokens: int) -> None:
         """Value checks common to every strategy; each error names the option."""
