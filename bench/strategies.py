@@ -9,8 +9,9 @@ mean nothing, its forward count is what is measured: one per batch now, one per 
 before), and bench/results/strategies_previous.json holds the previous session's table.
 
 One run, the same problems (ttx.data.arith, seed 0) and the same engine for every strategy:
-greedy, majority, best-of-n (logprob), ffs, budget-forcing, beam, dora, refine, deepconf and
-adaptive-consistency (n = 8 at most, stopped early by its Beta rule). Each sampling
+greedy, majority, best-of-n (logprob), ffs, budget-forcing, beam, dvts, dora, refine, deepconf,
+tot, adaptive-consistency (n = 8 at most, stopped early by its Beta rule), particle-filter,
+particle-gibbs and mcts. Each sampling
 strategy runs at temperature 0.4 over its natural scaling axis (n, the thinking budget, or turns)
 up to a comparable budget (n = 4, or 192 thinking tokens, or 3 turns), so the table compares
 accuracy against mean completion and sequential tokens, and ARISE measures how each one scales.

@@ -35,7 +35,7 @@ def threshold_of(search) -> float:
 @register
 class AdaptiveConsistency(Strategy):
     name = "adaptive-consistency"
-    rank = 10
+    rank = 5
     summary = ("Self-consistency in small batches per problem, each stopped once a Beta/"
                "Dirichlet/entropy/majority rule says its majority is settled (--n: the maximum).")
     knobs = ("adaptive_rule", "adaptive_threshold", "adaptive_batch")

@@ -127,7 +127,7 @@ def expand(engine, prefixes, beams: list[Path], params, seed, it, accounts, last
 @register
 class Beam(StepSearch):
     name = "beam"
-    rank = 6
+    rank = 8
     summary = ("Step-level beam search: n beams, the n/M best by a PRM (or the policy) "
                "continue (search-and-learn, or ttx's expansion).")
     knobs = ("beam_style", "agg", "lookahead_scoring") + TREE_KNOBS + (

@@ -342,7 +342,7 @@ def continue_rounds(engine, rules, prefixes: list[str], thoughts: list[Thought],
 @register
 class BudgetForcing(Strategy):
     name = "budget-forcing"
-    rank = 5
+    rank = 7
     summary = ("s1 budget forcing: ignore early stops with 'Wait', cut at the thinking budget, "
                "then answer; n traces vote.")
     knobs = ("budget_style", "auto_budget", "min_thinking_tokens", "max_thinking_tokens", "num_ignore",

@@ -123,7 +123,7 @@ def offline_votes(traces: list[dict], preds: list[str | None], eta: float) -> li
 @register
 class DeepConf(Strategy):
     name = "deepconf"
-    rank = 10
+    rank = 6
     summary = ("DeepConf: confidence-filtered, confidence-weighted vote; online, warm-up traces "
                "set a threshold below which later traces are cancelled in the engine.")
     knobs = ("deepconf_mode", "deepconf_variant", "deepconf_warmup", "deepconf_round",

@@ -100,7 +100,7 @@ def dora_allocation(scores, embeddings, n: int, tau: float = 0.1, alpha: float =
 @register
 class DORA(StepSearch):
     name = "dora"
-    rank = 8
+    rank = 10
     summary = ("DORA: n rollouts per step split among all open paths by PRM quality x "
                "semantic uniqueness.")
     knobs = ("agg", "dora_tau", "dora_alpha", "dora_rule", "embedder") + tuple(

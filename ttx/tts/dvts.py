@@ -21,7 +21,7 @@ from ttx.tts.strategy import register
 @register
 class DVTS(StepSearch):
     name = "dvts"
-    rank = 7
+    rank = 9
     summary = ("Diverse verifier tree search: n/M independent subtrees, each a greedy beam of "
                "width M (search-and-learn).")
     knobs = ("agg",) + tuple(k for k in TREE_KNOBS if k not in ("filter_duplicates",

@@ -151,7 +151,7 @@ def _expand(tree: list[Node], at: int):
 @register
 class MCTS(StepSearch):
     name = "mcts"
-    rank = 10
+    rank = 13
     summary = ("Monte Carlo tree search over steps: --n paths by PUCT, values from a PRM (or "
                "the policy), the answer voted or best-valued (openr's vanila_mcts).")
     knobs = ("mcts_width", "mcts_depth", "mcts_c_puct", "mcts_c_base", "mcts_answer",

@@ -31,7 +31,7 @@ def next_prompt(prompt, solution: str):
 @register
 class Refine(Strategy):
     name = "refine"
-    rank = 9
+    rank = 15
     summary = "Self-refinement: T turns of answer, then check-and-correct (n traces vote per turn)."
     knobs = ("turns", "turn_aggregate")
     axes = ("n", "max_new_tokens", "turns")

@@ -43,7 +43,7 @@ def _value_request(prompt, question: str, path: Path):
 @register
 class ToT(Strategy):
     name = "tot"
-    rank = 10
+    rank = 14
     summary = ("Tree of Thoughts BFS: k = n sampled next steps per kept state, valued by the "
                "model's own sure/likely/impossible judgements, the b best kept "
                "(princeton-nlp/tree-of-thought-llm).")
