@@ -52,6 +52,13 @@ class Group:
     # per-token statistics of the current policy at the sampling temperature, computed on demand:
     # token_stats() -> [{"entropy": [H_t], "self_certainty": [lse(z_t) - mean_v z_t,v]}] per response
     token_stats: Callable[[], list[dict[str, list[float]]]] = field(repr=False, default=lambda: [])
+    # for rewards that sample more (MRT's forced answers): the rollout engine (ttx.engines),
+    # the tokenizer, the step's SamplingParams and a seed of this group (derive sub-seeds from it
+    # with ttx.seeds.call_seed so a resume regenerates the same samples); None in unit tests
+    engine: object = field(repr=False, default=None)
+    tokenizer: object = field(repr=False, default=None)
+    params: object = field(repr=False, default=None)
+    seed: int = 0
 
 
 @dataclass
@@ -63,6 +70,9 @@ class Scored:
     rewards: list[float]
     record: dict = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    # per response (same length as rewards) or None: merged into each trained Rollout.info, where
+    # an advantage estimator can read it (MRT's episode boundaries and progress, for example)
+    infos: list[dict] | None = None
 
 
 class Reward:
@@ -79,6 +89,11 @@ class Reward:
 
     def check(self, problems: list[Problem]) -> None:
         """Refuse bad input before a model loads (a TtxError naming the option/record)."""
+
+    def prompt(self, problem: Problem, step: int, text: str) -> str:
+        """The prompt to sample from for this problem at this step (`text`: the built prompt);
+        a plug-in drawing start states from a buffer (TTT-Discover) returns another."""
+        return text
 
     def score(self, group: Group) -> Scored:
         raise NotImplementedError
