@@ -83,6 +83,7 @@ class Reward:
     label_free = False                 # True: the collapse indicators are logged
     kl_default = 0.001                 # β of the KL term when --kl-coef is not given
     options: tuple[str, ...] = ()      # RLConfig fields this plug-in owns
+    summary: tuple[str, ...] = ()      # rollouts.jsonl record fields the manifest's per-step summary means
 
     def __init__(self, cfg):
         self.cfg = cfg

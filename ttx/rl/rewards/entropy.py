@@ -33,6 +33,7 @@ def label_free_metrics(group: Group, stats: list[dict]) -> tuple[dict, dict]:
 class EntropyReward(Reward):
     name = "entropy"
     label_free = True
+    summary = ("answer_diversity", "mean_entropy", "accuracy")
     kl_default = 0.005
 
     def score(self, group: Group) -> Scored:

@@ -25,6 +25,7 @@ class GoldReward(Reward):
     name = "gold"
     needs_gold = True
     kl_default = 0.001                    # verl's kl_loss_coef, as for TTRL
+    summary = ("accuracy",)
 
     def check(self, problems: list[Problem]) -> None:
         require_gold(problems, self.cfg, self.name)

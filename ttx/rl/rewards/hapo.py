@@ -33,6 +33,7 @@ class HAPOReward(Reward):
     needs_gold = True
     kl_default = 0.04                     # TRL GRPOConfig's beta, which HAPO's train_grpo.py keeps
     options = ("hapo_weight",)
+    summary = ("accuracy", "correct_length")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -48,10 +49,12 @@ class HAPOReward(Reward):
         rewards = [c + self.cfg.hapo_weight * length_reward(n, h, c >= 1.0) for c, n in zip(correct, lens)]
         right = [n for c, n in zip(correct, lens) if c >= 1.0]
         acc = sum(correct) / len(correct)
+        record = {"accuracy": round(acc, 6), "history": h, "lengths": lens}
         metrics = {"accuracy": acc}
         if right:
             metrics["correct_length"] = sum(right) / len(right)
-        return Scored(rewards, {"accuracy": round(acc, 6), "history": h, "lengths": lens}, metrics)
+            record["correct_length"] = round(metrics["correct_length"], 2)
+        return Scored(rewards, record, metrics)
 
     def end_step(self, step: int, groups: list[Group], scored: list[Scored]) -> dict[str, float]:
         for g in groups:

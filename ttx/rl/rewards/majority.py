@@ -53,6 +53,7 @@ class MajorityReward(Reward):
     name = "majority"
     kl_default = 0.001                    # TTRL's release (verl kl_loss_coef 0.001)
     options = ("invalid_votes",)
+    summary = ("majority_ratio", "label_accuracy", "reward_accuracy")
 
     def score(self, group: Group) -> Scored:
         vote = majority_rewards(group.texts, self.cfg.invalid_votes)

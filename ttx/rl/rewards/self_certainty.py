@@ -18,6 +18,7 @@ from ttx.rl.rewards.entropy import label_free_metrics
 class SelfCertaintyReward(Reward):
     name = "self-certainty"
     label_free = True
+    summary = ("answer_diversity", "mean_entropy", "accuracy")
     kl_default = 0.005                    # open-r1-intuitor recipes/Qwen2.5-3B/intuitor/config_demo.yaml:15
 
     def score(self, group: Group) -> Scored:
