@@ -147,6 +147,8 @@ def run_rl(cfg: RLConfig, *, stage: str = "rl", options: dict | None = None) -> 
         raise TtxError(f"{stage} runs in one process: multi-process rollouts are not implemented")
     problems = read_questions(cfg, gold_used=stage != "ttrl")   # bad input fails before anything is written
     reward.check(problems)                                       # (gold answers, ...) before a model loads
+    if options is None:            # the fingerprint keeps --kl-coef as given: a resume names --reward
+        options = asdict(cfg)
     if cfg.kl_coef is None:
         cfg = replace(cfg, kl_coef=reward.kl_default)
     from ttx.records import folder_lock
@@ -179,7 +181,7 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
     if cfg.overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    fields = options if options is not None else asdict(cfg)
+    fields = options
     state = {k: v for k, v in _jsonable(fields).items() if k not in resume_may_change(RLConfig)}
     state["input"] = content_digest([asdict(p) for p in problems])   # the questions, whatever file held them
     trainer = Trainer(model, TrainConfig(
