@@ -301,3 +301,38 @@ def test_help_and_recipes_load():
         ctx = command.make_context("rl", ["--config", str(recipe), "-i", "x", "-o", "y"],
                                    resilient_parsing=True)
         assert all(ctx.default_map[names[k.replace("-", "_")]] == v for k, v in data.items()), recipe
+
+
+def test_etmr_and_ear_work_with_another_reward(digits_model_dir, gold_questions, tmp_path):  # noqa: F811
+    out = tmp_path / "etmr"
+    result = run_cli(_common(digits_model_dir, gold_questions, "entropy") + [
+        "--etmr", "--etmr-trees", "2", "--etmr-forks", "1", "--etmr-branches", "2", "--ear",
+        "--max-new-tokens", "3", "--steps", "1", "-o", out])
+    assert result.exit_code == 0, result.output
+    recs = _lines(out / "rollouts.jsonl")
+    assert all(r["votes"] == 6 and len(r["trained_leaves"]) == 4 and "answer_diversity" in r for r in recs)
+
+
+@pytest.mark.model
+def test_hapo_on_the_default_model_writes_an_adapter_tts_run_uses(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ttx.data.arith import generate
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(p) + "\n" for p in generate(2, seed=0)))
+    out = tmp_path / "hapo"
+    result = run_cli(["rl", "--reward", "hapo", "-i", questions, "-o", out, "--n", "4", "--batch-size", "2",
+                      "--max-new-tokens", "48", "--temperature", "0.7", "--lr", "1e-4", "--steps", "2",
+                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    recs = _lines(out / "rollouts.jsonl")
+    assert len(recs) == 4 and all("history" in r and len(r["lengths"]) == 4 for r in recs)
+    assert all("history_known" in row for row in _lines(out / "train_log.jsonl"))
+    manifest = json.loads((out / "ttx_manifest.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(manifest["options"]["base_model_folder"])
+    PeftModel.from_pretrained(base, str(out))
+    ran = run_cli(["tts-run", "--adapter", out, "-i", questions, "-o", tmp_path / "after.jsonl",
+                   "--strategy", "greedy", "--max-new-tokens", "16", "--no-progress"])
+    assert ran.exit_code == 0, ran.output
