@@ -143,6 +143,19 @@ def test_gold_reward_grades_with_ttx_scoring():
     assert load_reward("gold")(SimpleNamespace()).score(g).rewards == [1.0, 1.0, 0.0, 0.0]
 
 
+def test_a_reward_that_is_not_finite_is_a_named_error():
+    from ttx.errors import TtxError
+    from ttx.rl.plugins import Scored
+    from ttx.rl.stage import _check_scored
+
+    q = Problem(key="0", id="q7", question="q")
+    _check_scored(Scored([1.0, -0.5]), 2, "x", q)
+    with pytest.raises(TtxError, match=r"--reward x gave a reward that is not finite \(nan\) to question 'q7'"):
+        _check_scored(Scored([1.0, float("nan")]), 2, "x", q)
+    with pytest.raises(TtxError, match="1 rewards for 2 responses"):
+        _check_scored(Scored([1.0]), 2, "x", q)
+
+
 # -- advantages ----------------------------------------------------------------------------------
 
 def test_registries_and_the_grpo_estimator():
