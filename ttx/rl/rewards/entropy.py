@@ -1,6 +1,7 @@
-"""`--reward entropy`: negative trajectory entropy, the label-free reward the TTRL authors study
-(internal-feedback / URLVR rewards, e.g. Zhang et al. 2025 "No Free Lunch", RENT by Prabhudesai
-et al. 2025): r(o) = −(1/|o|) Σ_t H(p_θ(· | q, o_<t)), the policy's token entropies at the
+"""`--reward entropy`: negative trajectory entropy, one of the label-free (URLVR) rewards the TTRL
+authors study (ttx issue 36; the same reward as RENT, Prabhudesai et al. 2025, and the
+trajectory-level entropy minimisation of Agarwal et al. 2025; no reference code was read for it):
+r(o) = −(1/|o|) Σ_t H(p_θ(· | q, o_<t)), the policy's token entropies at the
 sampling temperature (the entropies ttx.rl.grpo computes). Label-free RL collapses (entropy and
 answer diversity fall to zero): the KL default is 0.005 (Intuitor's β, our choice here) and the
 collapse indicators are logged: answer_diversity (distinct answers / responses) and
