@@ -116,7 +116,7 @@ def test_token_stats_match_intuitors_self_certainty_and_the_entropy(tiny_model_d
         assert stats[i]["self_certainty"] == pytest.approx((torch.logsumexp(z, -1) - z.mean(-1)).tolist(),
                                                            abs=1e-4)
         assert stats[i]["entropy"] == pytest.approx(ent[i, -len(r):].tolist(), abs=1e-5)
-        # KL(U || p) = -log V - mean_v log p_v = the self-certainty - log V (Intuitor eq. 4)
+        # KL(U || p) = -log V - mean_v log p_v = the self-certainty - log V (Intuitor's self-certainty)
         kl = (-math.log(z.shape[-1]) - torch.log_softmax(z, -1).mean(-1)).tolist()
         assert [s - math.log(z.shape[-1]) for s in stats[i]["self_certainty"]] == pytest.approx(kl, abs=1e-4)
     assert stats[2] == {"entropy": [], "self_certainty": []}

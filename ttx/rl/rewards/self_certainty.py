@@ -1,5 +1,5 @@
-"""`--reward self-certainty`: Intuitor's label-free reward (Zhao et al. 2025, arXiv 2505.19590,
-eq. 4): the mean over the response of KL(U ‖ p_θ(· | q, o_<t)),
+"""`--reward self-certainty`: Intuitor's label-free reward (Zhao et al. 2025, arXiv 2505.19590):
+the mean over the response of KL(U ‖ p_θ(· | q, o_<t)),
 
     r(o) = (1/|o|) Σ_t [logsumexp_v z_t,v − (1/V) Σ_v z_t,v]   (− log V, a constant, dropped),
 
