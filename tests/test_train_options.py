@@ -16,7 +16,7 @@ from ttx.mamba.config import DistillConfig
 from ttx.options import opt, resume_may_change
 from ttx.perk.config import EncodeConfig, MetaTrainConfig, PerkConfig
 from ttx.records import check_fingerprint, stage_fingerprint
-from ttx.rl.config import TTRLConfig
+from ttx.rl.config import RLConfig, TTRLConfig
 from ttx.tlm.config import TLMConfig
 from ttx.train import TrainConfig, Trainer
 from ttx.verifier.config import VerifierConfig
@@ -35,10 +35,12 @@ NOT_TAKEN = {
                          "--lora-targets"},
     "verifier-train": set(),
     "ttrl": {"--grad-accum"},       # its accumulation is --mini-batch-size / --micro-batch-size
+    "rl": {"--grad-accum"},         # ttrl's stage
 }
 OLD_SPELLINGS = {"inplace-ttt-convert": {"--max-steps": "steps"},
                  "perk-metatrain": {"--target-modules": "target_modules"},
-                 "ttrl": {"--episodes": "episodes", "--epochs": "episodes"}}
+                 "ttrl": {"--episodes": "episodes", "--epochs": "episodes"},
+                 "rl": {"--episodes": "episodes", "--epochs": "episodes"}}
 
 
 def _flags(name: str) -> dict[str, str]:
@@ -75,7 +77,7 @@ def test_old_spellings_parse_to_the_same_option(tmp_path):
 
 
 SCHEMAS = [TLMConfig, MetaTrainConfig, PerkConfig, EncodeConfig, InplaceTTTConfig, DistillConfig,
-           VerifierConfig, TTRLConfig]
+           VerifierConfig, TTRLConfig, RLConfig]
 
 
 def _other(value):
@@ -159,6 +161,7 @@ PINNED = {
     VerifierConfig: {"input", "eval", "output", "model", "resume", "overwrite", "stop_after",
                      "progress", "cli", "save_every", "device"},
     TTRLConfig: {"input", "output", "resume", "overwrite", "stop_after", "progress", "save_every"},
+    RLConfig: {"input", "output", "resume", "overwrite", "stop_after", "progress", "save_every"},
 }
 
 

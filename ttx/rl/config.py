@@ -88,3 +88,34 @@ class TTRLConfig:
     overwrite: bool = T.overwrite(help="Replace an existing output folder.")
     stop_after: int | None = T.stop_after(help="Stop after N rollout steps, checkpointed; rerun with --resume.")
     progress: bool = T.progress()
+
+
+def _reward_choice():
+    from ttx.rl.plugins import reward_names
+
+    return click.Choice(reward_names())
+
+
+def _advantage_choice():
+    from ttx.rl.plugins import advantage_names
+
+    return click.Choice(advantage_names())
+
+
+@dataclass
+class RLConfig(TTRLConfig):
+    """`ttx rl`'s options: ttrl's, the plug-ins' names, and each plug-in's own options (one block
+    per plug-in below; a plug-in lists the fields it owns in its `options`, ttx.rl.plugins)."""
+
+    answer_field: str = T.answer_field(help="Gold answers (rewards that need them refuse records without).")
+    kl_coef: float | None = opt(
+        None,
+        "β of the k3 KL to the initial policy (0: no reference pass; default: the reward's, "
+        "0.001 for majority and gold, 0.005 for label-free rewards, 0.04 for hapo).",
+        type=click.FloatRange(min=0),
+    )
+    reward: str = opt("majority", "Reward plug-in (ttx/rl/rewards/).", type=_reward_choice())
+    advantage: str = opt("grpo", "Advantage estimator plug-in (ttx/rl/advantages/).", type=_advantage_choice())
+    # -- hapo
+    hapo_weight: float = opt(1.0, "hapo: w, the weight of the length reward (HAPO's w_lr).",
+                             type=click.FloatRange(min=0))

@@ -38,6 +38,9 @@ class Rollout:
     old_logprobs: list[float] | None = None     # log π_old per response token (at sampling time)
     ref_logprobs: list[float] | None = None     # log π_ref per response token (KL term)
     entropies: list[float] | None = None        # H of π_old per response token
+    # per-token advantages (one per response token, e.g. MRT's per-episode ones); when set the
+    # loss uses them instead of broadcasting `advantage` over the response
+    token_advantages: list[float] | None = None
     info: dict = field(default_factory=dict)    # what the stage wants to keep (text, answer, ...)
 
     def mean_entropy(self) -> float:
@@ -210,6 +213,13 @@ def grpo_loss(model, batch: Sequence[Rollout], cfg: GRPOConfig, pad_id: int
     k = mask.shape[1]
     old = _pad_values([r.old_logprobs for r in batch], k, logp.device)
     adv = torch.tensor([r.advantage for r in batch], dtype=torch.float32, device=logp.device)
+    if any(r.token_advantages is not None for r in batch):
+        for r in batch:
+            if r.token_advantages is not None and len(r.token_advantages) != len(r.response_ids):
+                raise ValueError(f"{len(r.token_advantages)} token advantages for a response of "
+                                 f"{len(r.response_ids)} tokens")
+        adv = _pad_values([r.token_advantages if r.token_advantages is not None
+                           else [r.advantage] * len(r.response_ids) for r in batch], k, logp.device)
     loss, stats = policy_loss(logp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.clip_c)
     stats["pg_loss"] = float(loss.detach())
     if cfg.kl_coef:

@@ -45,7 +45,9 @@ def run_loop(trainer, model, grpo: GRPOConfig, loop: LoopConfig, *, pad_id: int,
              reference: Callable[[], AbstractContextManager] | None = None,
              shape: Callable[[list[Rollout]], None] | None = None,
              on_step: Callable[[int, list[Rollout], dict], None] | None = None,
-             on_resume: Callable[[int], None] | None = None, state: dict | None = None) -> dict:
+             on_resume: Callable[[int], None] | None = None, state: dict | None = None,
+             advantages: Callable[[list[Rollout]], dict] | None = None,
+             plugin_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None) -> dict:
     """Run rollout steps [start, loop.steps); returns {"start", "done", "stopped"}.
 
     reference(): a context in which the yielded model is the reference policy (needed when
@@ -53,7 +55,9 @@ def run_loop(trainer, model, grpo: GRPOConfig, loop: LoopConfig, *, pad_id: int,
     on_step(step, rollouts, metrics): called once a step's updates are made, before its checkpoint.
     on_resume(start): called before the first step with its index (0 for a fresh start), so the
     stage can cut its own logs back. state: saved in every checkpoint; a resume whose saved state
-    differs is refused."""
+    differs is refused. advantages(trained): sets the advantages in place (default: GRPO's group
+    normalisation) and returns numbers for the step's log row. plugin_state: (get, set) of the
+    plug-ins' state across steps, saved in every checkpoint and set back on resume."""
     from tqdm import tqdm
 
     if grpo.kl_coef and reference is None:
@@ -70,6 +74,8 @@ def run_loop(trainer, model, grpo: GRPOConfig, loop: LoopConfig, *, pad_id: int,
                                "the same options or without --resume",
                                path=str(trainer.output_dir / "checkpoints"))
             start = int(extras["rollout_step"])
+            if plugin_state is not None:
+                plugin_state[1](extras.get("plugins") or {})
     if on_resume is not None:
         on_resume(start)
     bar = tqdm(total=loop.steps, initial=start, desc=loop.desc, unit="step", file=sys.stderr,
@@ -84,12 +90,16 @@ def run_loop(trainer, model, grpo: GRPOConfig, loop: LoopConfig, *, pad_id: int,
             with reference() as ref:
                 score_rollouts(ref, micro, pad_id, grpo.temperature, reference=True)
         trained = [r for u in micro for r in u]
-        for r, a in zip(trained, group_advantages([r.reward for r in trained], [r.group for r in trained],
-                                                  grpo.eps)):
-            r.advantage = a
+        adv_metrics = {}
+        if advantages is not None:
+            adv_metrics = advantages(trained) or {}
+        else:
+            for r, a in zip(trained, group_advantages([r.reward for r in trained],
+                                                      [r.group for r in trained], grpo.eps)):
+                r.advantage = a
         if shape is not None:
             shape(trained)
-        row = {"rollout_step": step + 1, **metrics, **_batch_metrics(trained)}
+        row = {"rollout_step": step + 1, **metrics, **adv_metrics, **_batch_metrics(trained)}
         for _ in range(grpo.epochs):
             for update in updates:
                 _update(trainer, update, grpo, pad_id, row)
@@ -98,13 +108,20 @@ def run_loop(trainer, model, grpo: GRPOConfig, loop: LoopConfig, *, pad_id: int,
         bar.update(1)
         done = step + 1
         if loop.stop_after is not None and done - start >= loop.stop_after and done < loop.steps:
-            trainer.save(extras={"rollout_step": done, "state": state})
+            trainer.save(extras=_extras(done, state, plugin_state))
             stopped = True
             break
         if loop.save_every and done % loop.save_every == 0 and done < loop.steps:
-            trainer.save(extras={"rollout_step": done, "state": state})
+            trainer.save(extras=_extras(done, state, plugin_state))
     bar.close()
     return {"start": start, "done": done, "stopped": stopped}
+
+
+def _extras(done: int, state: dict | None, plugin_state) -> dict:
+    extras = {"rollout_step": done, "state": state}
+    if plugin_state is not None:
+        extras["plugins"] = plugin_state[0]()
+    return extras
 
 
 def _batch_metrics(trained: list[Rollout]) -> dict[str, float]:

@@ -1,0 +1,1 @@
+"""Advantage estimators of `ttx rl`, one file each (ttx.rl.plugins)."""

@@ -1,0 +1,1 @@
+"""Reward plug-ins of `ttx rl`, one file each (ttx.rl.plugins)."""
