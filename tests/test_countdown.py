@@ -75,8 +75,8 @@ def test_finite_check_and_fields():
     for bad in (math.nan, math.inf, -math.inf, None):
         with pytest.raises(TtxError, match="reward"):
             check_finite(bad, "record 3, sample 1")
-    assert problem_fields({"numbers": [1, 2], "target": 3}, "record 1") == ([1, 2], 3)
-    with pytest.raises(TtxError, match="numbers"):
-        problem_fields({"target": 3}, "record 1")
-    with pytest.raises(TtxError, match="target"):
-        problem_fields({"numbers": [1, 2], "target": "3"}, "record 1")
+    assert problem_fields({"numbers": [1, 2], "target": 3}) == ([1, 2], 3)
+    with pytest.raises(TtxError, match="q.jsonl:4: field 'numbers'"):
+        problem_fields({"target": 3}, "q.jsonl", 4)
+    with pytest.raises(TtxError, match="field 'target'"):
+        problem_fields({"numbers": [1, 2], "target": "3"})

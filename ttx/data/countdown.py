@@ -137,14 +137,15 @@ def check_finite(reward: float, where: str) -> float:
     return float(reward)
 
 
-def problem_fields(record: dict, where: str) -> tuple[list[int], int]:
-    """(numbers, target) of a record, or a TtxError naming the record and the field."""
+def problem_fields(record: dict, path: str | None = None, line: int | None = None) -> tuple[list[int], int]:
+    """(numbers, target) of a record, or a TtxError naming the file, line and field."""
     numbers, target = record.get("numbers"), record.get("target")
     if not (isinstance(numbers, list) and numbers and all(type(x) is int for x in numbers)):
-        raise TtxError(f"{where} needs 'numbers', a list of integers (ttx.data.countdown's format)",
+        raise TtxError("expected a list of integers (ttx.data.countdown's format)", path=path, line=line,
                        field="numbers")
     if type(target) is not int:
-        raise TtxError(f"{where} needs 'target', an integer (ttx.data.countdown's format)", field="target")
+        raise TtxError("expected an integer (ttx.data.countdown's format)", path=path, line=line,
+                       field="target")
     return numbers, target
 
 

@@ -71,10 +71,10 @@ def is_constant(rewards: Sequence[float]) -> bool:
     return all(x == rewards[0] for x in rewards)
 
 
-def group_entropic(rewards: Sequence[float], groups: Sequence[int]
+def group_entropic(rewards: Sequence[float], groups: Sequence[int], beta: float | None = None
                    ) -> tuple[list[float | None], dict[int, float]]:
     """Per-sample advantages (None for the samples of a dropped, constant-reward group) and β per
-    kept group."""
+    kept group: solved for (beta None) or the fixed `beta`."""
     members: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
@@ -84,7 +84,7 @@ def group_entropic(rewards: Sequence[float], groups: Sequence[int]
         rs = [float(rewards[i]) for i in idx]
         if is_constant(rs):
             continue
-        betas[g] = solve_beta(rs)
+        betas[g] = solve_beta(rs) if beta is None else _f32(beta)
         for i, a in zip(idx, entropic_advantages(rs, betas[g])):
             out[i] = a
     return out, betas
