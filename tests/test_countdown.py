@@ -66,6 +66,8 @@ def test_extraction_forms():
     assert extract_expression("\\boxed{25 + 7 × 3} and Answer: 4 + 3") == "4 + 3"   # the last one
     assert extract_expression("answer: 3 + 4 = 7") == "3 + 4"
     assert extract_expression("no expression here") is None
+    assert extract_expression("let me see\n (3 + 4) * 25 ") == "(3 + 4) * 25"   # a bare last line
+    assert extract_expression("3 + 4 apples") is None and extract_expression("+ -") is None
     assert score_response("I think\nAnswer: 3*25+7", [3, 7, 25, 4], 83).distance == 1.0
     assert score_response("nothing", [3, 7, 25, 4], 83).reward == 0.0
 

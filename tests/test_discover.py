@@ -106,8 +106,10 @@ def test_discover_reward_buffer_and_prompts(countdown):
     # the next step starts from PUCT's pick, shown in the prompt
     [pick] = buf.select(1)
     prompts, _, _ = _step(plugin, [p0], 1, lambda p: ["Answer: 1"])
-    assert pick.text and prompts[0].startswith(p0.question) and pick.text in prompts[0]
-    assert f"closer to {target}" in prompts[0]
+    [message] = prompts[0]                               # built as the stage builds (chat messages)
+    body = message["content"]
+    assert message["role"] == "user" and pick.text and body.startswith(p0.question) and pick.text in body
+    assert f"closer to {target}" in body
 
 
 def test_discover_state_round_trips_exactly(countdown):
@@ -142,3 +144,70 @@ def test_discover_non_finite_reward_is_named(countdown, monkeypatch):
     monkeypatch.setattr(cd, "score_response", lambda *a: cd.Score("1", 1.0, 0.0, math.nan))
     with pytest.raises(TtxError, match="reward of problem 'countdown-0-0', response 0 is nan"):
         plugin.score(_group(problems[0], ["Answer: 1"]))
+
+
+# -- end to end on a tiny model -------------------------------------------------------------------
+
+from tests.conftest import run_cli  # noqa: E402
+from tests.test_ttrl import digits_model_dir  # noqa: E402,F401  (a tiny model that answers digits)
+
+
+@pytest.fixture
+def digit_problems(tmp_path):
+    """Problems whose numbers hold the digits the tiny model favours (4, 7), so some one-token
+    answers are valid and the rewards of a group differ."""
+    path = tmp_path / "cd.jsonl"
+    write_jsonl(path, [
+        {"id": "a", "question": "Reach 11 with 4, 7, 2, 5.", "numbers": [4, 7, 2, 5], "target": 11},
+        {"id": "b", "question": "Reach 20 with 7, 4, 1, 8.", "numbers": [7, 4, 1, 8], "target": 20}])
+    return path
+
+
+def _cli(model, problems):
+    return ["rl", "--reward", "discover", "--advantage", "entropic", "--model", model, "-i", problems,
+            "--n", "8", "--n-train", "8", "--batch-size", "2", "--max-new-tokens", "1", "--lr", "1e-2",
+            "--steps", "4", "--save-every", "1", "--no-progress"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_end_to_end_resume_is_bit_exact(digits_model_dir, digit_problems, tmp_path):  # noqa: F811
+    from safetensors.torch import load_file
+
+    common = _cli(digits_model_dir, digit_problems)
+    whole = run_cli(common + ["-o", tmp_path / "whole"])
+    assert whole.exit_code == 0, whole.output
+    log = [json.loads(x) for x in (tmp_path / "whole" / "train_log.jsonl").read_text().splitlines()]
+    steps = {}
+    for row in log:                         # the last row of each rollout step
+        steps[row["rollout_step"]] = row
+    rows = [steps[k] for k in sorted(steps)]
+    assert [r["samples"] for r in rows] == [16.0, 32.0, 48.0, 64.0]
+    best = [r["best_so_far"] for r in rows]
+    assert best == sorted(best) and best[-1] > 0 and all(r["entropic_beta"] > 0 for r in rows)
+    manifest = json.loads((tmp_path / "whole" / "ttx_manifest.json").read_text())
+    buffers = manifest["summary"]["plugin_state"]["reward"]["buffers"]
+    assert set(buffers) == {"0", "1"} and all(len(b["states"]) > 1 for b in buffers.values())
+    recs = [json.loads(x) for x in (tmp_path / "whole" / "rollouts.jsonl").read_text().splitlines()]
+    assert any(r["start"]["text"] for r in recs)       # later groups start from an archived answer
+
+    first = run_cli(common + ["-o", tmp_path / "cut", "--stop-after", "2"])
+    assert first.exit_code == 0 and "continue with --resume" in first.output
+    refused = run_cli(common + ["-o", tmp_path / "cut", "--resume", "--discover-c", "2"])
+    assert refused.exit_code == 2 and "different --discover-c" in refused.output
+    again = run_cli(common + ["-o", tmp_path / "cut", "--resume"])
+    assert again.exit_code == 0, again.output
+    a = load_file(str(tmp_path / "whole" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("rollouts.jsonl", "train_log.jsonl"):
+        assert (tmp_path / "whole" / name).read_text() == (tmp_path / "cut" / name).read_text()
+    assert json.loads((tmp_path / "cut" / "ttx_manifest.json").read_text())["summary"]["plugin_state"] == \
+        manifest["summary"]["plugin_state"]
+
+
+def test_bad_input_is_refused_before_a_model_loads(tmp_path):
+    path = tmp_path / "q.jsonl"
+    write_jsonl(path, [{"id": "a", "question": "reach 10", "numbers": [1, 2]}])
+    result = run_cli(["rl", "--reward", "discover", "--model", tmp_path / "no-such-model", "-i", path,
+                      "-o", tmp_path / "out"])
+    assert result.exit_code == 2 and "q.jsonl:1: field 'target'" in result.output

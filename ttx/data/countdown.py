@@ -1,7 +1,9 @@
 """Countdown-style problems with a continuous score: reach a target T with a few given numbers.
 
 A problem gives k numbers and a target T; an answer is an arithmetic expression over + − × ÷ and
-parentheses that uses each given number at most once. Its score is how close its value comes to T,
+parentheses that uses each given number at most once (found as the response's last `Answer: …`,
+`<answer>…</answer>` or `\\boxed{…}`, else as a last line that is nothing but an expression). Its
+score is how close its value comes to T,
 
     d = |value − T|,   reward = 1 / (1 + d)      (1 for an exact hit, toward 0 far away)
 
@@ -58,7 +60,7 @@ def generate(n: int = 30, seed: int = 0, k: int = 4, low: int = 1, high: int = 2
                 break
         assert score_expression(solution, numbers, target).distance == 0
         question = (f"Using the numbers {', '.join(map(str, numbers))}, write an arithmetic expression "
-                    f"whose value is as close as possible to {target}.")
+                    f"whose value is as close as possible to {target}. {INSTRUCTION}")
         problems.append({"id": f"countdown-{seed}-{i}", "question": question, "numbers": numbers,
                          "target": target, "solution": solution})
     return problems
@@ -78,17 +80,22 @@ class Score:
 
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>|\\boxed\{([^{}]*)\}|answer\s*[:=]\s*([^\n]*)", re.I | re.S)
+_BARE = re.compile(r"[\d\s+\-*/×÷−().]*\d[\d\s+\-*/×÷−().]*")
 _OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
         ast.Div: lambda a, b: a / b}
 
 
 def extract_expression(text: str) -> str | None:
-    """The last `<answer>…</answer>` (TinyZero's Countdown format), `\\boxed{…}` or `Answer: …` line."""
+    """The last `<answer>…</answer>` (TinyZero's Countdown format), `\\boxed{…}` or `Answer: …` line;
+    without any, the last line when it is nothing but an arithmetic expression."""
     found = None
     for m in _ANSWER.finditer(text):
         found = next(g for g in m.groups() if g is not None)
     if found is None:
-        return None
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        if not lines or not _BARE.fullmatch(lines[-1].strip()):
+            return None
+        found = lines[-1]
     expr = found.strip().rstrip(".").strip()
     if "=" in expr:              # "3 + 4 = 7": the left side is the expression
         expr = expr.split("=")[0].strip()

@@ -27,6 +27,7 @@ from ttx.rl.plugins import Group, Problem, Reward, Scored
 class DiscoverReward(Reward):
     name = "discover"
     options = ("discover_c", "discover_topk", "discover_buffer")
+    summary = ("reward_max", "best_so_far")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -61,9 +62,11 @@ class DiscoverReward(Reward):
             self.buffers[key] = PUCTBuffer(cfg.discover_c, cfg.discover_topk, cfg.discover_buffer)
         return self.buffers[key]
 
-    def prompt(self, problem: Problem, step: int, text: str) -> str:
-        """The question, or the question with the earlier answer PUCT starts this group from."""
+    def prompt(self, problem: Problem, step: int, text):
+        """The built prompt for the empty start state; otherwise the question with the earlier
+        answer PUCT starts this group from, built the same way (--instruction, --system, --chat)."""
         from ttx.data.countdown import score_expression
+        from ttx.prompts import build_prompt
 
         [start] = self._buffer(problem.key).select(1)
         self.starts[problem.key] = start
@@ -71,11 +74,13 @@ class DiscoverReward(Reward):
             return text
         numbers, target = self.tasks[problem.key]
         now = score_expression(start.text, numbers, target)
-        lines = [text, "", f"A previous answer: {start.text} = {now.value:g}, off by {now.distance:g}."]
+        lines = [problem.question, "",
+                 f"A previous answer: {start.text} = {now.value:g}, off by {now.distance:g}."]
         if start.parent_values and start.parent_values[0] > 0:
             lines.append(f"The answer it improved on was off by {1 / start.parent_values[0] - 1:g}.")
         lines.append(f"Find an expression closer to {target}.")
-        return "\n".join(lines)
+        return build_prompt("\n".join(lines), instruction=self.cfg.instruction, system=self.cfg.system,
+                            chat=self.cfg.chat)
 
     def score(self, group: Group) -> Scored:
         from ttx.data.countdown import check_finite, score_response
@@ -86,8 +91,9 @@ class DiscoverReward(Reward):
                    for i, s in enumerate(scores)]
         start = self.starts.get(group.problem.key)
         valid = [s for s in scores if s.valid]
-        record = {"start": None if start is None else {"id": start.id, "text": start.text,
-                                                       "value": start.value},
+        best = max(self.best.get(group.problem.key, 0.0), *rewards)
+        where = None if start is None else {"id": start.id, "text": start.text, "value": start.value}
+        record = {"reward_max": max(rewards), "best_so_far": best, "start": where,
                   "expressions": [s.expression for s in scores],
                   "distances": [s.distance for s in scores]}
         metrics = {"valid": len(valid) / len(scores), "reward_max": max(rewards)}
