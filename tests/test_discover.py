@@ -211,3 +211,20 @@ def test_bad_input_is_refused_before_a_model_loads(tmp_path):
     result = run_cli(["rl", "--reward", "discover", "--model", tmp_path / "no-such-model", "-i", path,
                       "-o", tmp_path / "out"])
     assert result.exit_code == 2 and "q.jsonl:1: field 'target'" in result.output
+
+
+def test_recipe_loads_as_option_defaults():
+    import yaml
+
+    from tests.conftest import REPO
+    from ttx.cli import cli
+    from ttx.cli.options import option_names
+
+    recipe = REPO / "recipes" / "rl-discover.yaml"
+    assert "ttx rl --config recipes/rl-discover.yaml" in recipe.read_text().splitlines()[1]
+    command = cli.get_command(None, "rl")
+    names = option_names(command)
+    data = yaml.safe_load(recipe.read_text())
+    ctx = command.make_context("rl", ["--config", str(recipe), "-i", "x.jsonl"], resilient_parsing=True)
+    for key, value in data.items():
+        assert ctx.default_map[names[key]] == value

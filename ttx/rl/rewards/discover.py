@@ -26,6 +26,7 @@ from ttx.rl.plugins import Group, Problem, Reward, Scored
 
 class DiscoverReward(Reward):
     name = "discover"
+    kl_default = 0.0                      # the reference's kl_penalty_coef (recipes/ttt/train.py:41)
     options = ("discover_c", "discover_topk", "discover_buffer")
     summary = ("reward_max", "best_so_far")
 
