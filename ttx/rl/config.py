@@ -119,3 +119,12 @@ class RLConfig(TTRLConfig):
     # -- hapo
     hapo_weight: float = opt(1.0, "hapo: w, the weight of the length reward (HAPO's w_lr).",
                              type=click.FloatRange(min=0))
+    # -- discover (TTT-Discover: rewards/discover.py, advantages/entropic.py)
+    discover_c: float = opt(1.0, "discover: c, the PUCT exploration weight (TTT-Discover's puct_c).",
+                            type=click.FloatRange(min=0))
+    discover_topk: int = opt(2, "discover: children kept per archived state (0: all).",
+                             type=click.IntRange(min=0))
+    discover_buffer: int = opt(1000, "discover: states kept per problem's archive.", type=click.IntRange(min=1))
+    entropic_beta: float | None = opt(
+        None, "entropic: a fixed β (default: per group, so that KL(q_β || uniform) = ln 2).",
+        type=click.FloatRange(min=0, min_open=True))
