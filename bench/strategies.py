@@ -16,7 +16,8 @@ strategy runs at temperature 0.4 over its natural scaling axis (n, the thinking 
 up to a comparable budget (n = 4, or 192 thinking tokens, or 3 turns), so the table compares
 accuracy against mean completion and sequential tokens, and ARISE measures how each one scales.
 Records go to bench/results/strategies/<name>.jsonl (rewritten on every run);
-writes bench/results/strategies.json and bench/results/strategies.png (accuracy vs tokens).
+writes bench/results/strategies.json and bench/results/strategies.png (accuracy vs tokens); `--name X
+--only ...` writes X.json and X/ instead (a subset beside the full table).
 Sized for 2 shared CPU cores: 16 problems, at most 192 new tokens per trace.
 """
 
@@ -79,6 +80,9 @@ def main(argv=None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=192)
     ap.add_argument("--only", nargs="*", default=list(RUNS), help="a subset of the strategies")
     ap.add_argument("--fresh", action="store_true", help="discard earlier records")
+    ap.add_argument("--name", default="strategies",
+                    help="results name: bench/results/NAME.json and NAME/ (a subset run beside "
+                         "the full table, e.g. the strategies of one issue with their baselines)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on a shared, loaded 2-core machine 2 threads ran "
                          "13x slower than 1, measured)")
@@ -96,7 +100,7 @@ def main(argv=None) -> None:
     from ttx.tts.search import SearchConfig
     from ttx.tts.strategy import StrategyConfig
 
-    folder = OUT / "strategies"
+    folder = OUT / args.name
     if args.fresh and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,7 +139,7 @@ def main(argv=None) -> None:
                 walls[name], files[name], summaries[name] = wall, cfg.output, summary
             print(f"{name} ({mode}): {wall} s", file=sys.stderr, flush=True)
     result = score(compare=[f"{name}={path}" for name, path in files.items()],
-                   plot=str(OUT / "strategies.png"))
+                   plot=str(OUT / f"{args.name}.png"))
     rows = []
     forwards = {name: {"reward_forwards_per_problem": round(s["reward_forwards"] / s["problems"], 1),
                        "reward_sequences_per_problem (forwards before batching)":
@@ -160,7 +164,7 @@ def main(argv=None) -> None:
                               "levels": RUNS[name][2], "knobs": RUNS[name][3]} for name in files},
               "table": rows, "prefix_reuse": reuse, "reward_model_forwards": forwards,
               "machine": before, "load_average_1m_after": machine()["load_average_1m"]}
-    (OUT / "strategies.json").write_text(json.dumps(report, indent=2) + "\n")
+    (OUT / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'strategy':<15} {'level':>8} {'acc':>6} {'compl':>7} {'seq':>6} {'ARISE':>7} {'wall':>6}")
     for r in rows:
         arise = "" if r["arise"] is None else f"{r['arise']:+.3f}"

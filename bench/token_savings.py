@@ -1,16 +1,17 @@
 """DeepConf's and adaptive consistency's claim: the accuracy of majority voting at n = 32 for
 fewer completion tokens, on unseen problems (GSM8K test), with a second table at equal tokens.
 
-    .venv/bin/python bench/token_savings.py [--problems 30] [--n 32] [--max-new-tokens 256]
+    .venv/bin/python bench/token_savings.py [--problems 20] [--n 32] [--max-new-tokens 256]
     .venv/bin/python bench/token_savings.py --engine openai --base-url URL --model NAME   # larger
 
 Each run is exactly the command a user types (`ttx tts-run --strategy S --n 32`, every other
 option at its default but the budget and seed), so what is measured is the strategies' defaults:
 deepconf online (warm-up traces set the threshold, low-confidence traces cancelled in the engine,
-consensus stop) and adaptive-consistency's default stopping rule. majority and ffs run over
-`--levels n=1,2,...,N`, the curves the equal-token table reads: for each strategy, the accuracy
-majority and ffs reach at the level whose mean completion tokens are the nearest at or above the
-strategy's own.
+consensus stop) and adaptive-consistency's default stopping rule. majority runs once at n = N (its
+curve is maj@k of those traces, `ttx score`'s estimator, at k times its tokens per trace) and
+ffs over `--levels n=N/16,N/4,N`; the equal-token table gives, for each strategy, the accuracy
+majority and ffs reach at the first point whose mean completion tokens are at or above the
+strategy's own (or their largest).
 
 Token savings are paired per problem (strategy - majority at n = N, mean completion tokens,
 bootstrap 95% interval over problems); accuracies carry `ttx score`'s 95% intervals. Records go to
@@ -39,15 +40,16 @@ GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
 def levels(n: int) -> str:
-    values, k = [], 1
+    """n=2,8,32 for n = 32: ffs's curve at a quarter of the cost of every power of two."""
+    values, k = [], max(1, n // 16)
     while k < n:
         values.append(k)
-        k *= 2
+        k *= 4
     return "n=" + ",".join(str(v) for v in values + [n])
 
 
 def runs(n: int) -> dict[str, list[str]]:
-    return {"majority": ["--strategy", "majority", "--n", str(n), "--levels", levels(n)],
+    return {"majority": ["--strategy", "majority", "--n", str(n)],
             "ffs": ["--strategy", "ffs", "--n", str(n), "--levels", levels(n)],
             "deepconf": ["--strategy", "deepconf", "--n", str(n)],
             "adaptive-consistency": ["--strategy", "adaptive-consistency", "--n", str(n)]}
@@ -65,7 +67,7 @@ def tokens_by_problem(path: Path, level_value: int | None = None) -> dict[str, l
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--problems", type=int, default=30)
+    ap.add_argument("--problems", type=int, default=20)
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
@@ -109,12 +111,22 @@ def main(argv=None) -> None:
     by_name = {run["name"]: run for run in result["runs"]}
 
     def curve(name: str) -> list[dict]:
+        """ffs: one point per level; majority: maj@k of the n-trace run (the first k traces'
+        vote, ttx score's estimator) at k times its mean tokens per trace."""
+        if name not in by_name:
+            return []
+        if name == "majority":
+            top = by_name[name]["levels"][-1]
+            per_trace = top["mean_completion_tokens"] / args.n
+            ks = sorted(int(k[4:]) for k in top if k.startswith("maj@") and not k.endswith("_ci"))
+            return [{"n": k, "accuracy": top[f"maj@{k}"], "accuracy_ci": top.get(f"maj@{k}_ci"),
+                     "mean_completion_tokens": round(k * per_trace, 1)} for k in ks]
         return [{"n": lv["value"], "accuracy": lv["accuracy"], "accuracy_ci": lv.get("accuracy_ci"),
                  "mean_completion_tokens": lv["mean_completion_tokens"],
                  "mean_sequential_tokens": lv["mean_sequential_tokens"]}
-                for lv in by_name[name]["levels"]] if name in by_name else []
+                for lv in by_name[name]["levels"]]
 
-    base = tokens_by_problem(files["majority"], args.n) if "majority" in files else {}
+    base = tokens_by_problem(files["majority"]) if "majority" in files else {}
     savings, equal = [], []
     for name in ("deepconf", "adaptive-consistency"):
         if name not in by_name:
@@ -122,7 +134,11 @@ def main(argv=None) -> None:
         top = by_name[name]["levels"][-1]
         mine = tokens_by_problem(files[name])
         diff = paired_ci(base, mine) if base else None
-        maj = curve("majority")[-1] if base else {}
+        maj = {}
+        if base:
+            top_maj = by_name["majority"]["levels"][-1]
+            maj = {"accuracy": top_maj["accuracy"], "accuracy_ci": top_maj.get("accuracy_ci"),
+                   "mean_completion_tokens": top_maj["mean_completion_tokens"]}
         savings.append({
             "strategy": name, "accuracy": top["accuracy"], "accuracy_ci": top.get("accuracy_ci"),
             "mean_completion_tokens": top["mean_completion_tokens"],
