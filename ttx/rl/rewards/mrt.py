@@ -68,7 +68,8 @@ class MRTReward(Reward):
                     for t in group.texts]
         # one forced prompt for J_0 (shared), then one per response and inner boundary
         texts = [""] + [p for ps in prefixes for p in ps[1:]]
-        prompts = [TokenPrompt([*group.prompt_ids, *tok(p + mrt.FORCED_ANSWER, add_special_tokens=False).input_ids])
+        prompts = [TokenPrompt([*group.prompt_ids,
+                                *tok(p + mrt.FORCED_ANSWER, add_special_tokens=False).input_ids])
                    for p in texts]
         params = SamplingParams(max_new_tokens=cfg.mrt_answer_tokens, temperature=cfg.mrt_temperature,
                                 top_p=FORCED_TOP_P, seed=call_seed(group.seed, 7))
@@ -97,7 +98,8 @@ class MRTReward(Reward):
                   "episodes": [len(s) for s in cut], "regret": round(regret, 6)}
         metrics = {"accuracy": acc, "regret": regret, "j0": js[0],
                    "episodes": sum(len(s) for s in cut) / len(cut),
-                   "progress_mean": sum(prg) / len(prg), "forced_answers": float(len(prompts) * cfg.mrt_samples)}
+                   "progress_mean": sum(prg) / len(prg),
+                   "forced_answers": float(len(prompts) * cfg.mrt_samples)}
         return Scored(rewards, record, metrics, infos)
 
 
