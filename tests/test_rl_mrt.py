@@ -6,10 +6,13 @@ tests/test_mrt_reference.py."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
+from tests import test_ttrl
+from tests.conftest import run_cli
 from ttx.engines.base import Generation, SamplingParams, Trace
 from ttx.errors import TtxError
 from ttx.rl import mrt
@@ -18,6 +21,7 @@ from ttx.rl.grpo import GRPOConfig, Rollout, group_advantages, grpo_loss, sequen
 from ttx.rl.plugins import Group, Problem, check_options, load_advantage, load_reward
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+digits_model_dir, questions = test_ttrl.digits_model_dir, test_ttrl.questions     # fixtures
 
 M = 4
 RESPONSES = [
@@ -182,3 +186,55 @@ def test_mrt_options_and_advantage_are_refused_elsewhere():
         load_advantage("mrt")(_cfg(reward="gold"))
     check_options(_cfg(mrt_alpha=0.3))
     check_options(_cfg(advantage="grpo"))                 # the scalar MRT reward under GRPO
+
+
+# -- end to end on a tiny model ------------------------------------------------------------------
+
+@pytest.fixture()
+def fours(tmp_path):
+    """Questions whose gold answer is the digits model's likeliest first token: rewards vary."""
+    path = tmp_path / "fours.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "question": f"{i} + {4 - i}?", "answer": "4"}) + "\n"
+                            for i in range(4)))
+    return path
+
+
+def _e2e(model, questions, out, *extra):
+    return run_cli(["rl", "--reward", "mrt", "--advantage", "mrt", "--model", model, "-i", questions,
+                    "-o", out, "--n", "4", "--n-train", "4", "--batch-size", "2", "--max-new-tokens", "1",
+                    "--mrt-samples", "4", "--mrt-answer-tokens", "1", "--lr", "1e-3", "--steps", "3",
+                    "--save-every", "1", "--lora-dropout", "0.1", "--no-progress", *extra])
+
+
+def test_end_to_end_with_resume_bit_exact(digits_model_dir, fours, tmp_path):
+    from safetensors.torch import load_file
+
+    whole = _e2e(digits_model_dir, fours, tmp_path / "whole")
+    assert whole.exit_code == 0, whole.output
+    log = [json.loads(x) for x in (tmp_path / "whole" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["rollout_step"] for r in log] == [1, 1, 2, 2, 3, 3]
+    assert all(0.0 <= r["regret"] <= 1.0 and "j0" in r and "progress_mean" in r for r in log)
+    recs = [json.loads(x) for x in (tmp_path / "whole" / "rollouts.jsonl").read_text().splitlines()]
+    for r in recs:      # rewards: outcome + α (J_n − J_0), J_n the outcome (α = 1)
+        assert r["rewards"] == pytest.approx([2 * j[-1] - j[0] for j in r["j"]])
+    assert any(r["j"][0][0] not in (0.0, 1.0) for r in recs)                # J_0 is estimated, not 0/1
+    assert any(a != 0 for r in recs for a in r["advantages"]) and any(r["grad_norm"] > 0 for r in log)
+    first = _e2e(digits_model_dir, fours, tmp_path / "cut", "--stop-after", "1")
+    assert first.exit_code == 0 and "continue with --resume" in first.output, first.output
+    again = _e2e(digits_model_dir, fours, tmp_path / "cut", "--resume")
+    assert again.exit_code == 0, again.output
+    a = load_file(str(tmp_path / "whole" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("rollouts.jsonl", "train_log.jsonl"):
+        assert (tmp_path / "whole" / name).read_text() == (tmp_path / "cut" / name).read_text()
+
+
+def test_refused_without_gold_answers_before_a_model_loads(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"id": "a", "question": "1+1?", "answer": "2"}\n{"id": "b", "question": "2+2?"}\n')
+    out = tmp_path / "out"
+    result = run_cli(["rl", "--reward", "mrt", "--advantage", "mrt", "--model", tmp_path / "no-model",
+                      "-i", path, "-o", out, "--no-progress"])
+    assert result.exit_code == 2 and "record 'b' has none" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()

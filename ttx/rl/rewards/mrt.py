@@ -87,7 +87,7 @@ class MRTReward(Reward):
             j = [js[0], *js[pos:pos + inner], outcomes[i]]
             x = [costs[0], *costs[pos:pos + inner], len(group.prompt_ids) + len(ids)]
             pos += inner
-            token_starts = [char_to_token(tok, ids, s) for s in starts]
+            token_starts = [0] + [char_to_token(tok, ids, s) for s in starts[1:]]
             rewards.append(mrt.mrt_reward(outcomes[i], j, cfg.mrt_alpha))
             infos.append({"mrt_outcome": outcomes[i], "mrt_j": j, "mrt_token_starts": token_starts})
             curves.append((j, x, float(cfg.mrt_budget or budget_default or x[-1])))
