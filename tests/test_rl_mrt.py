@@ -221,6 +221,8 @@ def test_end_to_end_with_resume_bit_exact(digits_model_dir, fours, tmp_path):
     assert any(a != 0 for r in recs for a in r["advantages"]) and any(r["grad_norm"] > 0 for r in log)
     first = _e2e(digits_model_dir, fours, tmp_path / "cut", "--stop-after", "1")
     assert first.exit_code == 0 and "continue with --resume" in first.output, first.output
+    other = _e2e(digits_model_dir, fours, tmp_path / "cut", "--resume", "--mrt-alpha", "0.5")
+    assert other.exit_code == 2 and "--mrt-alpha" in other.output, other.output    # in the fingerprint
     again = _e2e(digits_model_dir, fours, tmp_path / "cut", "--resume")
     assert again.exit_code == 0, again.output
     a = load_file(str(tmp_path / "whole" / "adapter_model.safetensors"))
