@@ -128,3 +128,18 @@ class RLConfig(TTRLConfig):
     entropic_beta: float | None = opt(
         None, "entropic: a fixed β (default: per group, so that KL(q_β || uniform) = ln 2).",
         type=click.FloatRange(min=0, min_open=True))
+    # -- mrt
+    mrt_alpha: float = opt(1.0, "mrt: α, the weight of the progress bonus (reward = outcome + α·progress).",
+                           type=click.FloatRange(min=0))
+    mrt_samples: int = opt(8, "mrt: m, forced answers sampled to estimate J after each episode (MRT's -K 8).",
+                           type=click.IntRange(min=1))
+    mrt_answer_tokens: int = opt(256, "mrt: tokens per forced answer (MRT's analysis: 4096).",
+                                 type=click.IntRange(min=1))
+    mrt_temperature: float = opt(0.6, "mrt: temperature of the forced answers (MRT's analysis: 0.6).",
+                                 type=click.FloatRange(min=0))
+    mrt_max_episodes: int = opt(99, "mrt: episode boundaries per response, the rest is one episode "
+                                "(MRT's max_steps).", type=click.IntRange(min=0))
+    mrt_group: int = opt(1, "mrt: consecutive episodes merged into one (MRT's group_size; its regret "
+                         "analysis: 10).", type=click.IntRange(min=1))
+    mrt_budget: int | None = opt(None, "mrt: token budget C0 of the logged regret (default: prompt tokens + "
+                                 "--max-new-tokens).", type=click.IntRange(min=1))
