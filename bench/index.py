@@ -112,6 +112,27 @@ def strategies_best(d: dict) -> str:
     return out + (f" (greedy {_of(greedy['accuracy'], n)})" if greedy else "")
 
 
+def strategies_new(d: dict) -> str:
+    """Each strategy's accuracy and mean completion tokens at its compared level, majority first."""
+    n = d["problems"]
+    return "; ".join(f"{r['strategy']} {_of(r['accuracy'], n)}, {r['mean_completion_tokens']:.0f} tok"
+                     for r in d["table"])
+
+
+def token_savings(d: dict) -> str:
+    n = d["problems"]
+    out = []
+    for r in d["savings_vs_majority"]:
+        ci = r.get("tokens_minus_majority_ci")
+        out.append(f"{r['strategy']} {_of(r['accuracy'], n)} at {r['token_ratio_to_majority']:.2f}x "
+                   f"majority's tokens ({r['tokens_minus_majority']:+.0f}"
+                   + (f" [{ci[0]:+.0f}, {ci[1]:+.0f}]" if ci else "") + " per problem)")
+    majority = d["savings_vs_majority"][0] if d["savings_vs_majority"] else None
+    tail = (f"; majority {_of(majority['majority_accuracy'], n)} at n={d['n']}"
+            if majority and majority.get("majority_accuracy") is not None else "")
+    return "; ".join(out) + tail
+
+
 def strategies_reuse(d: dict) -> str:
     saved, wall = [], []
     for arms in d.get("prefix_reuse", {}).values():
@@ -265,6 +286,14 @@ REGISTRY: dict[str, Entry] = {
         Claim("best accuracy at the compared budget (n=4, 192 tokens or 3 turns)",
               strategies_best),
         Claim("prefix reuse in the search strategies", strategies_reuse),
+    ]),
+    "strategies_issue35": Entry("strategies", [
+        Claim("issue 35's strategies beside majority and ffs at the same budgets (n=4, 192 tokens)",
+              strategies_new),
+    ]),
+    "token_savings": Entry("token_savings", [
+        Claim("deepconf / adaptive-consistency at --n 32 vs majority at n=32 (GSM8K test)",
+              token_savings),
     ]),
     "strategies_previous": Entry("strategies", [
         Claim("(history) best accuracy in the run before the strategies followed their references",
