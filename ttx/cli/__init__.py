@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "memory-extract": ("memory_extract", "Distil strategies and pitfalls from traces into a memory bank."),
     "verifier-train": ("verifier_train", "Train an outcome or process reward model on scored traces."),
     "ttrl": ("ttrl", "Test-time RL: majority-vote rewards on unlabeled questions, GRPO (TTRL, ETTRL)."),
+    "sft": ("sft", "Supervised fine-tuning on pairs or correct traces: cross-entropy or DCO."),
 }
 
 
