@@ -8,9 +8,10 @@ Compute", arXiv 2502.07154; no public code, so the paper's equations):
     L_DCO^N  = -log(1 - (1 - p)^N)                             -log pass@N coverage
     ∇L_DCO^N = F(N, p) ∇L_CE,  F(N, p) = N p (1-p)^(N-1) / (1 - (1-p)^N)
 
-Stable in log space for every p in [0, 1] (no constant chosen): with q = 1 - p,
-1 - q^N = p Σ_{k<N} q^k, so
-    L_DCO = -ℓ - logsumexp_{k=0..N-1}(k log q)
+Stable in log space for every p in [0, 1] (no constant chosen; the regime switch at q^N = 1/2
+is where both forms are exact to rounding): with q = 1 - p, 1 - q^N = p Σ_{k<N} q^k, so
+    L_DCO = -ℓ - logsumexp_{k=0..N-1}(k log q)       where q^N >= 1/2 (p small)
+          = -log1mexp(N log q)                      where q^N < 1/2 (L small, no cancellation)
     F     = N q^(N-1) / Σ_{k<N} q^k = exp(log N + (N-1) log q - logsumexp_k(k log q)),
 p cancels out of F: F -> 1 as p -> 0, F -> 0 as p -> 1 (N > 1), F = 1 for N = 1 (DCO is CE).
 log q = log(1 - e^ℓ) is log1mexp (Mächler 2012): log(-expm1(ℓ)) for ℓ > -ln 2, else
@@ -41,9 +42,11 @@ def _powers(logq: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def dco_value(logp: torch.Tensor, n: int) -> torch.Tensor:
-    """L_DCO^N = -log(1 - (1 - p)^N) from ℓ = log p (no gradient path through it)."""
+    """L_DCO^N = -log(1 - (1 - p)^N) from ℓ = log p (no gradient path through it): where
+    q^N < 1/2, -log1mexp(N log q) (no cancellation as L -> 0); else -ℓ - logsumexp (p -> 0)."""
     logq = log1mexp(logp)
-    return -logp - torch.logsumexp(_powers(logq, n), dim=-1)
+    small = -logp - torch.logsumexp(_powers(logq, n), dim=-1)
+    return torch.where(n * logq < -math.log(2.0), -log1mexp(n * logq), small)
 
 
 def dco_factor(logp: torch.Tensor, n: int) -> torch.Tensor:
