@@ -14,6 +14,7 @@ from ttx.cli.options import option_names
 
 STAGES = ["distill-to-mamba", "inplace-ttt-convert", "perk-metatrain", "perk-encode", "tlm-adapt",
           "memory-extract", "tts-run", "score", "report", "verifier-train", "ttrl"]
+STAGES += ["sft"]
 
 
 def test_help_lists_every_stage_without_importing_torch():

@@ -115,10 +115,6 @@ class Prepared:
         if cfg.lora_r > 0:
             from ttx.train.lora import attach_lora
 
-            if cfg.load_in_4bit:
-                from peft import prepare_model_for_kbit_training
-
-                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
             model = attach_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                 targets=cfg.lora_targets, seed=cfg.seed)
         self.model = model
