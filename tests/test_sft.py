@@ -314,3 +314,28 @@ def test_a_folder_sft_did_not_write_is_never_replaced(tiny_model_dir, tmp_path):
     r = run_cli(["sft", "--model", tiny_model_dir, "--from", no_correct, "--only-correct",
                  "-o", tmp_path / "b"])
     assert r.exit_code == 2 and "none is correct" in r.output and not (tmp_path / "b").exists()
+
+
+def test_qlora_trains_an_adapter_over_4bit_weights(tiny_model_dir, tmp_path):
+    inp = _pairs(tmp_path / "pairs.jsonl", n=2)
+    r = run_cli(["sft", "--model", tiny_model_dir, "-i", inp, "-o", tmp_path / "q", "--lora-r", "4",
+                 "--load-in-4bit", "--lr", "5e-3", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert any(float(v.abs().sum()) > 0 for k, v in _lora(tmp_path / "q").items() if "lora_B" in k)
+
+
+@pytest.mark.model
+def test_default_model_adapter_lowers_the_loss_and_tts_run_uses_it(default_model_dir, tmp_path):
+    """On the default model: two direct-answer pairs, two epochs; the second epoch's -log p is
+    below the first's, and tts-run answers with the adapter."""
+    inp = _pairs(tmp_path / "pairs.jsonl", n=2)
+    out = tmp_path / "adapter"
+    r = run_cli(["sft", "-i", inp, "-o", out, "--lr", "1e-3", "--batch-size", "1", "--epochs", "2",
+                 "--loss", "dco", "--dco-n", "16", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and log[2]["ce"] + log[3]["ce"] < log[0]["ce"] + log[1]["ce"]
+    ran = run_cli(["tts-run", "--adapter", out, "-i", _problems(tmp_path), "-o", tmp_path / "r.jsonl",
+                   "--strategy", "greedy", "--max-new-tokens", "4", "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
