@@ -283,6 +283,33 @@ def test_bad_input_is_one_line_naming_file_line_and_field(tiny_model_dir, tmp_pa
     assert not (tmp_path / "a").exists()              # nothing loaded, nothing written
 
 
+def test_bad_from_records_name_file_line_and_field(tiny_model_dir, tmp_path):
+    bad = tmp_path / "scored.jsonl"
+    bad.write_text(json.dumps({"id": "a", "question": "q", "answer": "1",
+                               "traces": [{"text": "1", "pred": "1"}]}) + "\n"
+                   + json.dumps({"id": "b", "question": "q", "answer": "1",
+                                 "traces": [{"pred": "1"}]}) + "\n")
+    r = run_cli(["sft", "--model", tiny_model_dir, "--from", bad, "-o", tmp_path / "a"])
+    assert r.exit_code == 2 and f"{bad}:2: field 'traces'" in r.output
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_resume_before_the_first_checkpoint_starts_over(tiny_model_dir, tmp_path):
+    """A run killed before its first checkpoint leaves a manifest and log rows: --resume trains
+    from the start and the log holds this run's rows only."""
+    inp = _pairs(tmp_path / "pairs.jsonl", n=4)
+    assert _sft(tiny_model_dir, inp, tmp_path / "whole").exit_code == 0
+    cut = tmp_path / "cut"
+    assert _sft(tiny_model_dir, inp, cut, "--stop-after", "1", "--save-every", "0").exit_code == 0
+    import shutil
+
+    shutil.rmtree(cut / "checkpoints")              # as if killed before any checkpoint
+    assert _sft(tiny_model_dir, inp, cut, "--resume", "--save-every", "0").exit_code == 0
+    a, b = _lora(tmp_path / "whole"), _lora(cut)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len((cut / "train_log.jsonl").read_text().splitlines()) == 2
+
+
 @pytest.mark.parametrize("args, flag", [
     ([], "--input"),
     (["-i", "P", "--from", "P"], "--input"),

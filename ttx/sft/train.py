@@ -165,6 +165,10 @@ def _train(cfg: SFTConfig, pairs: list, counts: dict, base: Path) -> dict:
                        started=started, extra={"fingerprint": fp, "status": "running"})
     else:
         started = previous.get("started", started)
+        from ttx.train.checkpoint import checkpoint_dirs
+
+        if not checkpoint_dirs(out):                # stopped before its first checkpoint:
+            (out / "train_log.jsonl").unlink(missing_ok=True)   # it starts over, log included
     prep = Prepared(cfg, pairs, base, out, fp)
     trainer = prep.trainer
     t0 = time.perf_counter()
