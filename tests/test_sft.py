@@ -366,3 +366,17 @@ def test_default_model_adapter_lowers_the_loss_and_tts_run_uses_it(default_model
                    "--strategy", "greedy", "--max-new-tokens", "4", "--no-progress"])
     assert ran.exit_code == 0, ran.output
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_second_writer_of_the_output_folder_is_refused(tiny_model_dir, tmp_path):
+    import os
+
+    from ttx.records import folder_lock
+
+    inp = _pairs(tmp_path / "pairs.jsonl", n=2)
+    out = tmp_path / "out"
+    with folder_lock(out):                         # another run holds the folder
+        r = _sft(tiny_model_dir, inp, out)
+        assert r.exit_code == 2
+        assert f"another process (pid {os.getpid()}) is writing this output folder" in r.output
+    assert not out.exists()
