@@ -380,3 +380,15 @@ def test_a_second_writer_of_the_output_folder_is_refused(tiny_model_dir, tmp_pat
         assert r.exit_code == 2
         assert f"another process (pid {os.getpid()}) is writing this output folder" in r.output
     assert not out.exists()
+
+
+def test_the_bench_index_reads_a_hand_made_sft_result():
+    from bench import index
+
+    row = lambda loss, epoch, p16, maxp: {"loss": loss, "epoch": epoch, "pass@1": 0.1,
+                                          "pass@16": p16, "pass@16_ci": [0, 1], "max_answer_p": maxp}
+    d = {"rows": [row("ce", 0, 0.5, 0.2), row("ce", 2, 0.4, 0.9), row("dco", 0, 0.5, 0.2),
+                  row("dco", 2, 0.6, 0.5)]}
+    assert index.sft_pass(d) == ("pass@16 0.500 -> CE 0.400 / DCO 0.600 after 2 epochs; "
+                                 "max-answer p 0.20 -> 0.90 / 0.50")
+    assert index.REGISTRY["sft"].script == "sft"
