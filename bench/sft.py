@@ -9,8 +9,9 @@ loss) train CE and DCO from the same start, epoch by epoch with a constant learn
 training and after every epoch, on the held-out problems: greedy accuracy; pass@1 and pass@16 by
 the unbiased estimator (ttx.scoring.metrics.pass_at_k) over --samples samples at temperature 1;
 and the mean max-answer probability: per problem, the largest sequence probability p(answer +
-EOS | prompt) among the distinct answers sampled and the greedy one (the model's confidence in its
-favourite answer). Intervals: 95% bootstrap over problems (ttx.scoring.intervals). The paper's
+EOS | prompt) among the distinct answers sampled and the greedy one (the model's confidence in
+its favourite answer; only answers that ended with EOS within 8 tokens count, 0 when none did).
+Intervals: 95% bootstrap over problems (ttx.scoring.intervals). The paper's
 prediction: pass@16 falls with CE epochs while the max-answer probability climbs; DCO holds it.
 --smoke: toy size (8 pairs, 4 held-out, 2 epochs, 4 samples, pass@4) to check the bench runs;
 it writes to a temporary folder unless --out is given. Writes bench/results/sft.json.
