@@ -209,6 +209,10 @@ def test_interrupted_run_resumes_bit_exact_and_refuses_other_options(tiny_model_
     other = _sft(tiny_model_dir, inp, tmp_path / "cut", "--loss", "dco", "--dco-n", "4",
                  "--epochs", "2", "--lora-dropout", "0.1", "--resume")
     assert other.exit_code == 2 and "--dco-n" in other.output and len(other.output.splitlines()) == 1
+    moved = tmp_path / "moved.jsonl"
+    moved.write_text((tmp_path / "pairs.jsonl").read_text().replace('"response": "', '"response": "1'))
+    other = _sft(tiny_model_dir, moved, tmp_path / "cut", *common, "--resume")
+    assert other.exit_code == 2 and "--resume with a different input" in other.output
     second = _sft(tiny_model_dir, inp, tmp_path / "cut", *common, "--resume")
     assert second.exit_code == 0, second.output
     a, b = _lora(tmp_path / "whole"), _lora(tmp_path / "cut")
