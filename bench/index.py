@@ -357,6 +357,24 @@ REGISTRY: dict[str, Entry] = {
 }
 
 
+
+def sft_pass(d: dict) -> str:
+    """bench/sft.py: pass@k (largest k) and max-answer probability at the start and after the
+    last epoch, CE vs DCO."""
+    rows = d["rows"]
+    k = max(int(key.split("@")[1]) for key in rows[0] if key.startswith("pass@") and "_" not in key)
+    last = max(r["epoch"] for r in rows)
+    pick = {(r["loss"], r["epoch"]): r for r in rows}
+    start, ce, dco = pick[("ce", 0)], pick[("ce", last)], pick[("dco", last)]
+    return (f"pass@{k} {start[f'pass@{k}']:.3f} -> CE {ce[f'pass@{k}']:.3f} / DCO "
+            f"{dco[f'pass@{k}']:.3f} after {last} epochs; max-answer p {start['max_answer_p']:.2f} "
+            f"-> {ce['max_answer_p']:.2f} / {dco['max_answer_p']:.2f}")
+
+
+REGISTRY["sft"] = Entry("sft", [
+    Claim("direct-answer SFT: held-out pass@16 and confidence, CE vs DCO", sft_pass),
+], args_key="settings")
+
 # ---- provenance cells ---------------------------------------------------------------------------
 
 def _git(*args: str) -> tuple[int, str]:

@@ -13,7 +13,7 @@ from ttx.cli import SUBCOMMANDS, cli
 from ttx.cli.options import option_names
 
 STAGES = ["distill-to-mamba", "inplace-ttt-convert", "perk-metatrain", "perk-encode", "tlm-adapt",
-          "memory-extract", "tts-run", "score", "report", "verifier-train", "ttrl", "rl"]
+          "memory-extract", "tts-run", "score", "report", "verifier-train", "ttrl", "rl", "sft"]
 
 
 def test_help_lists_every_stage_without_importing_torch():

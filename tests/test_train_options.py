@@ -17,6 +17,7 @@ from ttx.options import opt, resume_may_change
 from ttx.perk.config import EncodeConfig, MetaTrainConfig, PerkConfig
 from ttx.records import check_fingerprint, stage_fingerprint
 from ttx.rl.config import RLConfig, TTRLConfig
+from ttx.sft.config import SFTConfig
 from ttx.tlm.config import TLMConfig
 from ttx.train import TrainConfig, Trainer
 from ttx.verifier.config import VerifierConfig
@@ -36,6 +37,7 @@ NOT_TAKEN = {
     "verifier-train": set(),
     "ttrl": {"--grad-accum"},       # its accumulation is --mini-batch-size / --micro-batch-size
     "rl": {"--grad-accum"},         # ttrl's stage
+    "sft": set(),
 }
 OLD_SPELLINGS = {"inplace-ttt-convert": {"--max-steps": "steps"},
                  "perk-metatrain": {"--target-modules": "target_modules"},
@@ -77,7 +79,7 @@ def test_old_spellings_parse_to_the_same_option(tmp_path):
 
 
 SCHEMAS = [TLMConfig, MetaTrainConfig, PerkConfig, EncodeConfig, InplaceTTTConfig, DistillConfig,
-           VerifierConfig, TTRLConfig, RLConfig]
+           VerifierConfig, TTRLConfig, RLConfig, SFTConfig]
 
 
 def _other(value):
@@ -163,6 +165,8 @@ PINNED = {
     TTRLConfig: {"input", "output", "resume", "overwrite", "stop_after", "progress", "save_every"},
     RLConfig: {"input", "output", "resume", "overwrite", "stop_after", "progress", "save_every"},
 }
+PINNED[SFTConfig] = {"input", "from_records", "output", "model", "device", "resume", "overwrite",
+                     "stop_after", "progress", "cli", "save_every"}
 
 
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda c: c.__name__)

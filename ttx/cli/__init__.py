@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "verifier-train": ("verifier_train", "Train an outcome or process reward model on scored traces."),
     "ttrl": ("ttrl", "Test-time RL: majority-vote rewards on unlabeled questions, GRPO (TTRL, ETTRL)."),
     "rl": ("rl", "Test-time RL with reward and advantage plug-ins (majority, gold, label-free, HAPO)."),
+    "sft": ("sft", "Supervised fine-tuning on pairs or correct traces: cross-entropy or DCO."),
 }
 
 
