@@ -102,7 +102,7 @@ def per_step(folder: Path) -> list[dict]:
     out = []
     for step in sorted(rows):
         row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in rows[step].items()
-               if isinstance(v, (int, float)) and k not in ("rollout_step",)}
+               if isinstance(v, (int, float)) and k not in ("rollout_step", "step")}   # step: the trainer's
         recs = groups.get(step, [])
         gold = [r for r in recs if r.get("gold") is not None]
         if gold:
