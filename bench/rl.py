@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/rl.py [--only hapo mrt discover label-free] [--steps 4] [--smoke]
     # a larger model on a GPU (the same four sections, sized up):
-    .venv/bin/python bench/rl.py --model Qwen/Qwen2.5-0.5B-Instruct --device cuda --train 64 \
-        --held-out 200 --steps 32 --n 8 --max-new-tokens 512 --eval-n 8 --mrt-samples 8 \
-        --mrt-answer-tokens 128 --out bench/results/rl-gpu.json
+    .venv/bin/python bench/rl.py --model Qwen/Qwen2.5-0.5B-Instruct --device cuda --train 32 \
+        --batch-size 8 --steps 16 --held-out 200 --n 8 --max-new-tokens 512 --eval-n 8 \
+        --mrt-samples 8 --mrt-answer-tokens 128 --countdown 16 --out bench/results/rl-gpu.json
 
 Four sections, each the real stage (ttx.rl.stage.run_rl, LoRA, each reward's own KL default)
 against its baseline at the same rollout steps, group size and learning rate:
@@ -12,8 +12,9 @@ against its baseline at the same rollout steps, group size and learning rate:
 - hapo: `--reward hapo` against `--reward gold` (ordinary RLVR GRPO). Evaluated before and after
   with tts-run (`--strategy majority --n eval_n` at temperature 0.6, `--adapter`) on held-out
   problems: accuracy (maj@k and the mean over the k samples) and the mean length in tokens of the
-  correct samples, each with its 95% bootstrap interval over problems (ttx.scoring.intervals).
-  HAPO's claim: shorter correct responses at equal accuracy.
+  correct samples, each with its 95% bootstrap interval over problems (ttx.scoring.intervals),
+  and the paired intervals of hapo − gold (the same problems and sampling seeds). HAPO's claim:
+  shorter correct responses at equal accuracy.
 - mrt: `--reward mrt --advantage mrt` against outcome-only `--reward gold`. The cumulative regret
   (ttx.rl.mrt, the authors' regret.ipynb definition) of the same held-out samples before and after,
   J estimated by the mrt reward's own forced answers (ttx.rl.rewards.mrt) on tts-run's traces
@@ -30,8 +31,10 @@ Problems: the arithmetic generator (ttx.data.arith: training seed 0, held-out se
 question also in training), Countdown seed 0 for discover. Rollouts sample at temperature 0.6 for
 every arm (the 135M model's samples scatter at 1.0; see bench/ttrl.py). Writes
 bench/results/rl.json and its records folder bench/results/rl/ (train logs, rollouts and tts-run
-records of every arm); --smoke: the same code at a tiny size into a temporary folder unless --out.
-Sized to take about 20 minutes on 2 CPU cores at the defaults.
+records of every arm); --smoke: the same code at a tiny size into a temporary folder unless --out
+(3.3 minutes measured on the shared 2 cores at load 4, 8 model loads). The defaults are sized for
+about 20 minutes on 2 CPU cores (an estimate from bench/ttrl.py's measured rates: 8 runs of 48
+rollouts, 4 evaluations of 80 samples). Not measured here: rollouts through a vLLM server.
 """
 
 from __future__ import annotations
@@ -50,9 +53,10 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
-# 8 training problems seen once each (4 steps x 2 questions), 4 samples per question, all trained
-# (HAPO's and TTT-Discover's recipes train on every sample), one question per update.
-FULL = dict(train=8, held_out=24, steps=4, batch_size=2, n=4, max_new_tokens=128, lr=1e-4,
+# 4 training problems seen 3 times each (6 steps x 2 questions): HAPO's length reward is 0 until a
+# problem's history h_i is known, i.e. from a problem's second visit on. 4 samples per question, all
+# trained (HAPO's and TTT-Discover's recipes train on every sample), one question per update.
+FULL = dict(train=4, held_out=20, steps=6, batch_size=2, n=4, max_new_tokens=128, lr=1e-4,
             eval_n=4, mrt_samples=4, mrt_answer_tokens=32, countdown=4)
 SMOKE = dict(train=2, held_out=2, steps=1, batch_size=2, n=2, max_new_tokens=16, lr=1e-4,
              eval_n=2, mrt_samples=2, mrt_answer_tokens=8, countdown=2)
@@ -200,7 +204,8 @@ class Bench:
             mean[pid] = [float(x) for x in ok]
             lengths[pid] = [float(t["completion_tokens"]) for t, x in zip(r["traces"], ok) if x]
             tokens[pid] = [float(t["completion_tokens"]) for t in r["traces"]]
-        self.evals[name] = {"engine": engine, "records": records, "summary": {
+        self.evals[name] = {"engine": engine, "records": records,
+                            "groups": {"accuracy": mean, "correct_length": lengths}, "summary": {
             f"maj@{k}": _ci(maj), f"mean@{k}": _ci(mean), "correct_length": _ci(lengths),
             "length_all": _ci(tokens), "eval_s": round(wall, 1)}}
         print(json.dumps({"eval": name, **self.evals[name]["summary"]}), flush=True)
@@ -251,8 +256,13 @@ def section_hapo(b: Bench) -> dict:
         out[arm] = {"run": _strip(b.run(arm)), "after": b.evaluate(arm)["summary"]}
     k = b.size["eval_n"]
     g, h = out["gold"]["after"], out["hapo"]["after"]
+    gg, hg = b.evaluate("gold")["groups"], b.evaluate("hapo")["groups"]
     out["claim"] = {"hapo_correct_length_minus_gold": _diff(h["correct_length"], g["correct_length"]),
                     "hapo_accuracy_minus_gold": _diff(h[f"mean@{k}"], g[f"mean@{k}"]),
+                    # the same problems and sampling seeds: paired intervals (problems with a correct
+                    # sample in both runs for the length)
+                    "paired_correct_length": _paired(gg["correct_length"], hg["correct_length"]),
+                    "paired_accuracy": _paired(gg["accuracy"], hg["accuracy"]),
                     "accuracy_intervals_overlap": _overlap(h[f"mean@{k}"], g[f"mean@{k}"]),
                     "correct_length_intervals_overlap": _overlap(h["correct_length"], g["correct_length"])}
     return out
@@ -290,6 +300,16 @@ def section_label_free(b: Bench) -> dict:
              "mean_entropy": r.get("mean_entropy"), "reward_mean": r.get("reward_mean")}
             for r in run["per_step"]]}
     return out
+
+
+def _paired(base: dict, other: dict) -> dict | None:
+    from ttx.scoring.intervals import paired_ci
+
+    p = paired_ci({k: v for k, v in base.items() if v}, {k: v for k, v in other.items() if v})
+    if p is None:
+        return None
+    ci = [round(x, 4) for x in p["ci"]] if p["ci"] else None
+    return {"difference": round(p["difference"], 4), "ci95": ci, "problems": p["n_problems"]}
 
 
 def _minus(a, b):
