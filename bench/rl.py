@@ -1,6 +1,6 @@
 """Do `ttx rl`'s reward and advantage plug-ins (issue 36) do what their papers claim, on the default model?
 
-    .venv/bin/python bench/rl.py [--only hapo mrt discover label-free] [--steps 4] [--smoke]
+    .venv/bin/python bench/rl.py [--only hapo mrt discover label-free] [--steps 12] [--smoke]
     # a larger model on a GPU (the same four sections, sized up):
     .venv/bin/python bench/rl.py --model Qwen/Qwen2.5-0.5B-Instruct --device cuda --train 32 \
         --batch-size 8 --steps 16 --held-out 200 --n 8 --max-new-tokens 512 --eval-n 8 \
