@@ -158,7 +158,7 @@ class Bench:
             overwrite=True, **extra))
         wall = time.perf_counter() - t0
         steps = per_step(folder)
-        for name in ("train_log.jsonl", "rollouts.jsonl"):
+        for name in ("train_log.jsonl", "rollouts.jsonl", "ttx_manifest.json"):   # the manifest: plug-in state
             dest = self.records / "runs" / arm / name
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / name, dest)
@@ -369,7 +369,8 @@ def main(argv=None) -> None:
                       f"{len(bench.held)} held-out problems; intervals: 95% bootstrap over problems "
                       "(ttx.scoring.intervals)",
               "notes": "LoRA (ttx's defaults), each reward's KL default, clip 0.2, one question per update, "
-                       "every sample trained (--n-train = --n); correct_length: tokens of the samples graded "
+                       "every sample trained (--n-train = --n), rollouts at temperature 0.6 in every arm "
+                       "(TTT-Discover's is 1.0); correct_length: tokens of the samples graded "
                        "correct, per problem then averaged over problems with one; regret: MRT's "
                        "normalized regret (J* = 1, budget prompt + --max-new-tokens) of each held-out "
                        "problem's samples, J from --mrt-samples forced answers",
