@@ -175,6 +175,52 @@ def ttrl_claims(d: dict) -> list[Claim]:
     return [row(i) for i in range(len(d["rows"]))]
 
 
+def rl_claims(d: dict) -> list[Claim]:
+    """bench/rl.py: one claim per section the run holds (--only runs a subset)."""
+    s, k = d["sections"], d["size"]["eval_n"]
+
+    def ci(v: dict, fmt: str = "{:.2f}") -> str:
+        if v["mean"] is None:
+            return "none"
+        return fmt.format(v["mean"]) + (f" [{fmt.format(v['ci95'][0])}, {fmt.format(v['ci95'][1])}]"
+                                         if v["ci95"] else "")
+
+    def hapo(d: dict) -> str:
+        h = d["sections"]["hapo"]
+        a, g, b = h["hapo"]["after"], h["gold"]["after"], h["before"]
+        n = "{:.0f}"
+        return (f"correct length {ci(a['correct_length'], n)} vs gold {ci(g['correct_length'], n)}"
+                f" (before {ci(b['correct_length'], n)}); mean@{k} {ci(a[f'mean@{k}'])} vs "
+                f"{ci(g[f'mean@{k}'])} (before {ci(b[f'mean@{k}'])})")
+
+    def mrt(d: dict) -> str:
+        m = d["sections"]["mrt"]
+        return (f"{ci(m['mrt']['after']['regret'])} vs gold {ci(m['gold']['after']['regret'])} "
+                f"(before {ci(m['before']['regret'])})")
+
+    def discover(d: dict) -> str:
+        c = d["sections"]["discover"]
+        e, g = c["discover"]["best_so_far_curve"][-1], c["discover-grpo"]["best_so_far_curve"][-1]
+        return (f"{e['best_so_far']:.3f} vs {g['best_so_far']:.3f} after {e['samples']:.0f} / "
+                f"{g['samples']:.0f} samples")
+
+    def label_free(d: dict) -> str:
+        parts = []
+        for arm, v in d["sections"]["label-free"].items():
+            last = v["per_step"][-1]
+            parts.append(f"{arm} {last['sample_accuracy']:.2f} / {last['answer_diversity']:.2f}")
+        return "; ".join(parts)
+
+    texts = {"hapo": ("HAPO vs gold-reward GRPO: held-out tokens of correct samples and accuracy "
+                      "(95% intervals)", hapo),
+             "mrt": ("MRT vs outcome-only GRPO: held-out cumulative regret (95% interval)", mrt),
+             "discover": ("TTT-Discover (entropic) vs mean-baseline GRPO: best-so-far Countdown reward "
+                          "at equal samples", discover),
+             "label-free": ("label-free rewards vs TTRL's majority: last step's sample accuracy / "
+                            "answer diversity", label_free)}
+    return [Claim(*texts[name]) for name in texts if name in s]
+
+
 def memory_best(d: dict) -> str:
     base, arms = d["without_memory"], d["arms"]
     n = base["problems"]
@@ -309,6 +355,7 @@ REGISTRY: dict[str, Entry] = {
               verifier_best),
     ], notes={"e0121b6": "training samples drawn at 08dd944, the later stages at e0121b6"}),
     "ttrl": Entry("ttrl", ttrl_claims),
+    "rl": Entry("rl", rl_claims),
     "memory": Entry("memory", [
         Claim("accuracy with a memory bank vs without", memory_best),
     ]),

@@ -124,3 +124,47 @@ def test_unreadable_results_give_one_line_naming_file_and_claim(tmp_path, capsys
     assert index.main(argv) == 2
     assert "expected one block" in capsys.readouterr().err
     assert readme.read_text() == "no markers\n"
+
+
+def _rl_result(sections=("hapo", "mrt", "discover", "label-free")) -> dict:
+    def ci(mean, lo, hi):
+        return {"mean": mean, "ci95": [lo, hi], "problems": 8, "values": 8}
+
+    def ev(length, acc):
+        return {"correct_length": ci(length, length - 10, length + 10), "mean@4": ci(acc, 0.0, 0.5)}
+
+    def regret(v):
+        return {"regret": ci(v, v - 0.1, min(1.0, v + 0.1))}
+
+    def curve(best, samples):
+        return {"best_so_far_curve": [{"step": 1, "samples": samples / 2, "best_so_far": 0.1},
+                                      {"step": 2, "samples": samples, "best_so_far": best}]}
+
+    def steps(acc, div):
+        return {"per_step": [{"step": 1, "sample_accuracy": 0.0, "answer_diversity": 1.0},
+                             {"step": 2, "sample_accuracy": acc, "answer_diversity": div}]}
+    every = {"hapo": {"before": ev(80, 0.25), "gold": {"after": ev(78, 0.25)},
+                      "hapo": {"after": ev(51.4, 0.3)}},
+             "mrt": {"before": regret(0.9), "gold": {"after": regret(0.85)}, "mrt": {"after": regret(0.8)}},
+             "discover": {"discover": curve(0.5, 32), "discover-grpo": curve(0.25, 32)},
+             "label-free": {"majority": steps(0.25, 0.5), "self-certainty": steps(0.125, 0.25),
+                            "entropy": steps(0.0, 0.125)}}
+    return {"machine": {"cpu": "Test CPU", "cores": 2, "git_commit": "0000000"}, "size": {"eval_n": 4},
+            "sections": {k: every[k] for k in sections}}
+
+
+def test_rl_claims_read_each_section_the_run_holds():
+    d = _rl_result()
+    got = {c.text.split(":")[0]: c.number(d) for c in index.rl_claims(d)}
+    assert got == {
+        "HAPO vs gold-reward GRPO": "correct length 51 [41, 61] vs gold 78 [68, 88] (before 80 [70, 90]); "
+                                    "mean@4 0.30 [0.00, 0.50] vs 0.25 [0.00, 0.50] (before 0.25 [0.00, 0.50])",
+        "MRT vs outcome-only GRPO": "0.80 [0.70, 0.90] vs gold 0.85 [0.75, 0.95] (before 0.90 [0.80, 1.00])",
+        "TTT-Discover (entropic) vs mean-baseline GRPO": "0.500 vs 0.250 after 32 / 32 samples",
+        "label-free rewards vs TTRL's majority": "majority 0.25 / 0.50; self-certainty 0.12 / 0.25; "
+                                                 "entropy 0.00 / 0.12"}
+    # a run of some sections (--only) lists only theirs; no correct sample reads "none"
+    d = _rl_result(("hapo",))
+    d["sections"]["hapo"]["before"]["correct_length"] = {"mean": None, "ci95": None}
+    (claim,) = index.rl_claims(d)
+    assert "(before none)" in claim.number(d)
