@@ -168,11 +168,11 @@ def question_order(count: int, batch: int, steps: int, seed: int) -> list[list[i
 
 
 def run_ttrl(cfg: TTRLConfig) -> dict:
-    from accelerate import PartialState
+    from ttx.train.dist import state as process_state
 
     started = now_iso()
     check_options(cfg)
-    if PartialState().num_processes > 1:
+    if process_state().num_processes > 1:
         raise TtxError("ttrl runs in one process: multi-process rollouts are not implemented")
     problems = read_questions(cfg)                 # bad input fails before anything is written
     from ttx.records import folder_lock

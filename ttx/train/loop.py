@@ -57,6 +57,7 @@ class TrainConfig:
     stop_after: int | None = _may_change(None)   # stop after N steps in this invocation (checkpointed)
     desc: str = _may_change("train")
     progress: bool = _may_change(True)
+    report_to: str = _may_change("none")  # none | tensorboard | wandb: accelerate's trackers
     # what else decides the training (the stage's input hashes, model, LoRA shape...): a resume
     # with other values is refused, naming the option
     fingerprint: dict = field(default_factory=dict)
@@ -74,11 +75,18 @@ class TrainResult:
     wall_s: float = 0.0
 
 
-def make_accelerator(mixed_precision: str = "no"):
-    """The Accelerator: created here and nowhere else (accelerate keeps its state per process)."""
+def make_accelerator(mixed_precision: str = "no", report_to: str = "none", project_dir=None):
+    """The Accelerator: created here and nowhere else (accelerate keeps its state per process).
+    On CPU under torchrun it runs MULTI_CPU on gloo (ttx.train.dist); `report_to` names
+    accelerate's tracker (tensorboard, wandb) or none."""
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=mixed_precision)
+    from ttx.train.dist import launched, state, use_cpu
+
+    state()                                  # the process state, made the one way
+    trackers = None if report_to in (None, "none") else [report_to]
+    return Accelerator(mixed_precision=mixed_precision, cpu=use_cpu() and launched(),
+                       log_with=trackers, project_dir=str(project_dir) if project_dir else None)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -100,7 +108,8 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         torch.manual_seed(config.seed)
-        self.accelerator = make_accelerator(config.mixed_precision)
+        self.accelerator = make_accelerator(config.mixed_precision, config.report_to,
+                                            self.output_dir / "runs")
         self.named = {n: p for n, p in module.named_parameters() if p.requires_grad}
         if not self.named:
             raise ValueError("nothing to train: no parameter requires grad")
@@ -119,6 +128,8 @@ class Trainer:
         self._window_backward = 0
         self._extras: dict[str, float] = {}
         self._log_path = self.output_dir / "train_log.jsonl"
+        self._tracking = config.report_to not in (None, "none")
+        self._trackers_on = False
 
     # -- what stages use -------------------------------------------------------------------
     @property
@@ -181,13 +192,18 @@ class Trainer:
         """One micro-batch; completes a step (update, schedule, log, checkpoint) at the window end."""
         self.module.train()
         loss, extras = _split(loss_fn(self.module, batch))
-        if loss is None and self.accelerator.num_processes > 1:
-            # every rank must join the gradient all-reduce: contribute zeros
+        padding = loss is None and self.accelerator.num_processes > 1
+        if padding:
+            # every rank must join the gradient all-reduce: contribute zeros (not logged)
             loss = sum(p.sum() for p in self.named.values()) * 0.0
         value = None
-        if loss is None:
+        if loss is None or padding:
             self.result.skipped += 1
-        else:
+        if padding:
+            last = self.micro + 1 == self.config.grad_accum
+            with self.accelerator.no_sync(self.module) if not last else _nullcontext():
+                self.accelerator.backward(loss)
+        elif loss is not None:
             last = self.micro + 1 == self.config.grad_accum
             context = self.accelerator.no_sync(self.module) if not last else _nullcontext()
             with context:
@@ -236,6 +252,7 @@ class Trainer:
         bar.close()
         self.result.finished = self.step_count >= total
         self.result.wall_s += time.perf_counter() - t0
+        self.end_tracking()
         return self.result
 
     def order_run(self, n: int, steps: int) -> list[int]:
@@ -255,6 +272,12 @@ class Trainer:
         if self.micro:
             self._finish_window()
 
+    def end_tracking(self) -> None:
+        """Close the trackers (--report-to); a later step reopens them."""
+        if self._tracking and self._trackers_on:
+            self.accelerator.end_training()
+            self._trackers_on = False
+
     def remove_checkpoints(self) -> None:
         """After the stage saved its final artefact: checkpoints are no longer needed."""
         import shutil
@@ -269,7 +292,14 @@ class Trainer:
     def _finish_window(self) -> None:
         cfg = self.config
         lr = self.lr()
-        updated = self._window_backward > 0
+        total, count, backward = sum(self._window_losses), len(self._window_losses), self._window_backward
+        if self.accelerator.num_processes > 1:
+            # the window over all ranks: the mean loss of every rank's micro-batches (what one
+            # process with the same global batch logs), and an update if any rank did a backward
+            summed = self.accelerator.reduce(torch.tensor([total, count, backward], dtype=torch.float64,
+                                                          device=self.accelerator.device), "sum")
+            total, count, backward = summed.tolist()
+        updated = backward > 0
         grad_norm = None
         if updated:
             for group in self.optimizer.param_groups:
@@ -280,7 +310,7 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.result.updates += 1
-        loss = sum(self._window_losses) / len(self._window_losses) if self._window_losses else None
+        loss = total / count if count else None
         if loss is not None:
             self.result.losses.append(loss)
         self.step_count += 1
@@ -313,11 +343,26 @@ class Trainer:
         from ttx.io import append_line
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self._tracking:
+            self._track(row)
         fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         try:                              # a full disk: one line, the log keeps whole rows
             append_line(fd, json.dumps(row) + "\n", self._log_path, sync=False)
         finally:
             os.close(fd)
+
+    def _track(self, row: dict) -> None:
+        """Mirror a train_log row to the --report-to tracker (numbers only, at the row's step)."""
+        if not self._trackers_on:
+            cfg = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                   for k, v in _jsonable(asdict(self.config)).items() if k != "fingerprint"}
+            name = "".join(c if c.isalnum() or c in "-_" else "-" for c in self.config.desc)
+            self.accelerator.init_trackers(name, config=cfg,
+                                           init_kwargs={"wandb": {"dir": str(self.output_dir)}})
+            self._trackers_on = True
+        values = {k: float(v) for k, v in row.items() if k != "step"
+                  and isinstance(v, (int, float)) and v is not None and math.isfinite(float(v))}
+        self.accelerator.log(values, step=int(row["step"]))
 
     def _truncate_log(self, step: int) -> None:
         from ttx.io import resume_log
