@@ -128,7 +128,7 @@ def run_distill_to_mamba(cfg: DistillConfig) -> dict:
     common = dict(schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed,
                   resume=cfg.resume, mixed_precision=cfg.mixed_precision,
                   save_every=cfg.save_every, grad_accum=cfg.grad_accum,
-                  max_grad_norm=cfg.max_grad_norm, progress=cfg.progress,
+                  max_grad_norm=cfg.max_grad_norm, progress=cfg.progress, report_to=cfg.report_to,
                   fingerprint=stage_fingerprint(
                       asdict(cfg), [p for p in (cfg.input, cfg.eval_input) if p],
                       volatile=resume_may_change(DistillConfig)))

@@ -209,7 +209,8 @@ def _run(cfg: TTRLConfig, problems: list[dict], started: str) -> dict:
     trainer = Trainer(model, TrainConfig(
         fingerprint=state, output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",
         warmup_ratio=cfg.warmup_ratio, grad_accum=micro, max_grad_norm=cfg.max_grad_norm or None,
-        save_every=0, seed=cfg.seed, desc="ttrl", progress=False), total_steps=steps * updates)
+        save_every=0, seed=cfg.seed, desc="ttrl", progress=False, report_to=cfg.report_to),
+        total_steps=steps * updates)
     engine = engine_over(model, tokenizer, name=str(cfg.model))
 
     @contextmanager

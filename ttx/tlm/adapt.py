@@ -105,7 +105,7 @@ def _adapt(cfg: TLMConfig, problems: list[dict], evals: dict, out, started: str)
         warmup_ratio=0.0 if online else cfg.warmup_ratio, epochs=cfg.epochs, max_steps=cfg.steps,
         grad_accum=cfg.grad_accum, max_grad_norm=None, save_every=0 if online else cfg.save_every,
         seed=cfg.seed, resume=cfg.resume, stop_after=None if online else cfg.stop_after,
-        desc=f"tlm-adapt {cfg.mode}", progress=cfg.progress))
+        desc=f"tlm-adapt {cfg.mode}", progress=cfg.progress, report_to=cfg.report_to))
     t0 = time.perf_counter()
     seen = len(problems) * (cfg.epochs if not online else 1)
     if online:

@@ -187,7 +187,7 @@ def _train(cfg: VerifierConfig, examples: list, held: list | None, base: Path) -
         warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs, max_steps=cfg.steps, grad_accum=cfg.grad_accum,
         max_grad_norm=cfg.max_grad_norm, save_every=cfg.save_every, seed=cfg.seed, shuffle=True,
         mixed_precision=cfg.mixed_precision, resume=cfg.resume, stop_after=cfg.stop_after,
-        desc=f"verifier-train {cfg.kind}", progress=cfg.progress))
+        desc=f"verifier-train {cfg.kind}", progress=cfg.progress, report_to=cfg.report_to))
     before = evaluate(verifier, trainer.unwrapped, eval_items, [held[i] for i in eval_kept])
     batches = length_batches([len(it.ids) for it in items], cfg.batch_size, cfg.seed)
     t0 = time.perf_counter()
