@@ -130,6 +130,7 @@ class Trainer:
         self._log_path = self.output_dir / "train_log.jsonl"
         self._tracking = config.report_to not in (None, "none")
         self._trackers_on = False
+        self._window_len: int | None = None  # fit's current window, when shorter than grad_accum
 
     # -- what stages use -------------------------------------------------------------------
     @property
@@ -199,12 +200,11 @@ class Trainer:
         value = None
         if loss is None or padding:
             self.result.skipped += 1
+        last = self.micro + 1 == (self._window_len or self.config.grad_accum)
         if padding:
-            last = self.micro + 1 == self.config.grad_accum
             with self.accelerator.no_sync(self.module) if not last else _nullcontext():
                 self.accelerator.backward(loss)
         elif loss is not None:
-            last = self.micro + 1 == self.config.grad_accum
             context = self.accelerator.no_sync(self.module) if not last else _nullcontext()
             with context:
                 self.accelerator.backward(loss / self.config.grad_accum)
@@ -224,10 +224,13 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.config
-        shard = self._shard(list(batches))
-        if not shard:
+        batches = list(batches)
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        usable = len(batches) // world * world   # equal counts per rank, so no rank waits forever
+        if not usable:
             raise ValueError("no training batches")
-        per_epoch = math.ceil(len(shard) / cfg.grad_accum)
+        span = world * cfg.grad_accum            # a step's micro-batches over all ranks
+        per_epoch = math.ceil(usable / span)
         total = cfg.max_steps or per_epoch * cfg.epochs
         self.total_steps = total
         if cfg.resume:
@@ -237,11 +240,15 @@ class Trainer:
                    disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         while self.step_count < total:
             epoch, in_epoch = divmod(self.step_count, per_epoch)
-            order = self._order(len(shard), epoch)
-            window = order[in_epoch * cfg.grad_accum:(in_epoch + 1) * cfg.grad_accum]
+            # the global order (one seeded permutation of all batches, as one process takes
+            # them); each rank takes every world-th of the step's window
+            order = self._order(len(batches), epoch)[:usable]
+            window = order[in_epoch * span:(in_epoch + 1) * span][rank::world]
+            self._window_len = len(window)   # a short last window syncs at its own end
             for i in window:
-                self.step(shard[i], loss_fn)
-            self.flush()                     # a short last window of the epoch
+                self.step(batches[i], loss_fn)
+            self.flush()
+            self._window_len = None
             bar.update(1)
             if self.result.losses:
                 bar.set_postfix(loss=f"{self.result.losses[-1]:.4f}", lr=f"{self.lr():.2e}")
@@ -256,15 +263,16 @@ class Trainer:
         return self.result
 
     def order_run(self, n: int, steps: int) -> list[int]:
-        """The micro-batches (indices into fit's list, one process) that fit's first `steps` steps
-        take, in order: what a stage capped by max_steps really trained on."""
-        ga = self.config.grad_accum
-        per_epoch = math.ceil(n / ga)
+        """The micro-batches (indices into fit's list, all processes) that fit's first `steps`
+        steps take, in order: what a stage capped by max_steps really trained on."""
+        world = self.accelerator.num_processes
+        span, usable = world * self.config.grad_accum, n // world * world
+        per_epoch = math.ceil(usable / span)
         out: list[int] = []
-        for epoch in range(math.ceil(steps / per_epoch) if n else 0):
-            order = self._order(n, epoch)
+        for epoch in range(math.ceil(steps / per_epoch) if usable else 0):
+            order = self._order(n, epoch)[:usable]
             windows = min(per_epoch, steps - epoch * per_epoch)
-            out += order[:windows * ga]
+            out += order[:windows * span]
         return out
 
     def flush(self) -> None:
@@ -326,14 +334,6 @@ class Trainer:
             return list(range(n))
         g = torch.Generator().manual_seed(call_seed(self.config.seed, epoch))
         return torch.randperm(n, generator=g).tolist()
-
-    def _shard(self, batches: list) -> list:
-        """Each process takes every world-th micro-batch (equal counts, so no rank waits forever)."""
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        if world == 1:
-            return batches
-        usable = len(batches) // world * world
-        return batches[rank:usable:world]
 
     def _log(self, row: dict) -> None:
         if not self.is_main:
