@@ -160,6 +160,8 @@ PINNED = {
                      "progress", "cli", "save_every", "device"},
     TTRLConfig: {"input", "output", "resume", "overwrite", "stop_after", "progress", "save_every"},
 }
+for _schema in (TLMConfig, MetaTrainConfig, InplaceTTTConfig, DistillConfig, VerifierConfig, TTRLConfig):
+    PINNED[_schema] = PINNED[_schema] | {"report_to"}     # a tracker never decides the weights
 
 
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda c: c.__name__)
