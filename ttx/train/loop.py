@@ -102,7 +102,11 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 class Trainer:
-    def __init__(self, module: torch.nn.Module, config: TrainConfig, total_steps: int | None = None):
+    def __init__(self, module: torch.nn.Module, config: TrainConfig, total_steps: int | None = None,
+                 bypasses_ddp: bool = False):
+        """bypasses_ddp: the stage's loss_fn calls the unwrapped module (perk-metatrain's
+        functional inner loop), so DDP's gradient hooks never fire; the Trainer then averages
+        the gradients over the processes itself at each step's end."""
         if config.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"unknown schedule {config.schedule!r}")
         self.config = config
@@ -131,6 +135,7 @@ class Trainer:
         self._tracking = config.report_to not in (None, "none")
         self._trackers_on = False
         self._window_len: int | None = None  # fit's current window, when shorter than grad_accum
+        self._sync_by_hand = bypasses_ddp and self.accelerator.num_processes > 1
 
     # -- what stages use -------------------------------------------------------------------
     @property
@@ -310,6 +315,10 @@ class Trainer:
         updated = backward > 0
         grad_norm = None
         if updated:
+            if self._sync_by_hand:           # what DDP's all-reduce would have done: the mean
+                for p in self.named.values():
+                    grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                    p.grad = self.accelerator.reduce(grad, "mean")
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             if cfg.max_grad_norm:
