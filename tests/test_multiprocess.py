@@ -174,3 +174,20 @@ def test_distill_to_mamba(tmp_path, tiny_model_dir):
         same_curve(tmp_path / "one" / "train" / stage / "train_log.jsonl",
                    tmp_path / "two" / "train" / stage / "train_log.jsonl")
     assert (tmp_path / "two" / "model.safetensors").is_file()
+
+
+def test_ttrl(tmp_path, tiny_model_dir):
+    """Both ranks sample the same rollouts (same weights, same seeds); each trains on every second
+    micro-batch of an update. Two micro-batches per update (4 rollouts, --micro-batch-size 2)."""
+    from ttx.data.arith import generate
+
+    data = _write(tmp_path / "q.jsonl", generate(4, seed=0))
+    common = ["ttrl", "--model", tiny_model_dir, "-i", data, "--n", "8", "--n-train", "4", "--batch-size", "2",
+              "--micro-batch-size", "2", "--max-new-tokens", "2", "--temperature", "1.0", "--lr", "1e-3",
+              "--steps", "2", "--no-progress"]
+    launch(common + ["-o", tmp_path / "one"], 1)
+    launch(common + ["-o", tmp_path / "two"], 2)
+    same_curve(tmp_path / "one" / "train_log.jsonl", tmp_path / "two" / "train_log.jsonl")
+    rollouts = [(tmp_path / n / "rollouts.jsonl").read_text().splitlines() for n in ("one", "two")]
+    assert len(rollouts[1]) == 4 and rollouts[0] == rollouts[1]              # one writer, same samples
+    assert (tmp_path / "two" / "adapter_model.safetensors").is_file()

@@ -140,7 +140,7 @@ def metatrain(cfg: MetaTrainConfig, options: dict | None = None) -> dict:
                             keep_checkpoints=1, seed=cfg.seed, resume=cfg.resume,
                             stop_after=cfg.stop_after, desc=STAGE, progress=cfg.progress,
                             report_to=cfg.report_to, fingerprint=_fingerprint(cfg))
-    trainer = Trainer(module, train_cfg, bypasses_ddp=True)    # outer_loss unwraps DDP
+    trainer = Trainer(module, train_cfg)
     result = trainer.fit(examples, make_outer_loss(p.unroll, cfg.inner_grad_accum))
     summary = {"records": len(records), "outer_steps": result.steps, "updates": result.updates,
                "skipped": result.skipped, "finished": result.finished,

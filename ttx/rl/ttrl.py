@@ -168,16 +168,20 @@ def question_order(count: int, batch: int, steps: int, seed: int) -> list[list[i
 
 
 def run_ttrl(cfg: TTRLConfig) -> dict:
+    from contextlib import nullcontext
+
     from ttx.train.dist import state as process_state
 
     started = now_iso()
     check_options(cfg)
-    if process_state().num_processes > 1:
-        raise TtxError("ttrl runs in one process: multi-process rollouts are not implemented")
     problems = read_questions(cfg)                 # bad input fails before anything is written
     from ttx.records import folder_lock
 
-    with folder_lock(cfg.output):                  # a second writer is refused
+    # several processes (accelerate launch): every rank samples the same rollouts (same weights,
+    # same seeds) and trains on its share of each update's micro-batches (ttx.rl.loop._update);
+    # rank 0 holds the lock and writes the folder
+    main = process_state().is_main_process
+    with folder_lock(cfg.output) if main else nullcontext():     # a second writer is refused
         return _run(cfg, problems, started)
 
 
@@ -201,14 +205,19 @@ def _run(cfg: TTRLConfig, problems: list[dict], started: str) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     reference_model = copy.deepcopy(base).eval().requires_grad_(False) if cfg.full and cfg.kl_coef else None
     model = attach_policy(base, cfg)
-    if cfg.overwrite and out.exists():
+    from ttx.train.dist import state as process_state
+
+    dist = process_state()
+    if cfg.overwrite and out.exists() and dist.is_main_process:
         shutil.rmtree(out)
+    dist.wait_for_everyone()
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in _jsonable(asdict(cfg)).items() if k not in resume_may_change(TTRLConfig)}
     state["input"] = content_digest(problems)     # the questions, whatever file held them
     trainer = Trainer(model, TrainConfig(
         fingerprint=state, output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",
-        warmup_ratio=cfg.warmup_ratio, grad_accum=micro, max_grad_norm=cfg.max_grad_norm or None,
+        warmup_ratio=cfg.warmup_ratio, grad_accum=-(-micro // dist.num_processes),   # per rank
+        max_grad_norm=cfg.max_grad_norm or None,
         save_every=0, seed=cfg.seed, desc="ttrl", progress=False, report_to=cfg.report_to),
         total_steps=steps * updates)
     engine = engine_over(model, tokenizer, name=str(cfg.model))
@@ -226,11 +235,16 @@ def _run(cfg: TTRLConfig, problems: list[dict], started: str) -> dict:
     log = out / "rollouts.jsonl"
 
     def on_resume(start: int) -> None:
+        if not dist.is_main_process:
+            return
         if start == 0:                              # nothing to continue: no rows may stay behind
             (out / "train_log.jsonl").unlink(missing_ok=True)
         resume_log(log, keep=lambda r: r["step"] <= start)
 
     def on_step(step: int, rollouts: list[Rollout], metrics: dict) -> None:
+        if not dist.is_main_process:
+            records.pop(step)
+            return
         with JsonlAppender(log, resume=True) as w:
             for rec in records.pop(step):
                 trained = [r for r in rollouts if r.group == rec["group"]]
@@ -259,6 +273,9 @@ def _run(cfg: TTRLConfig, problems: list[dict], started: str) -> dict:
     if ran["stopped"]:
         return {"stopped_at_step": ran["done"], "output": str(out)}
     model.eval()
+    if not dist.is_main_process:
+        dist.wait_for_everyone()
+        return {}
     trainer.unwrapped.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     plain_modes(out)
@@ -270,6 +287,7 @@ def _run(cfg: TTRLConfig, problems: list[dict], started: str) -> dict:
                                                "n_train": n_train(cfg), "steps": steps, "batch_size": batch},
                    inputs=[cfg.input], started=started, summary=summary)
     trainer.remove_checkpoints()
+    dist.wait_for_everyone()
     return summary
 
 

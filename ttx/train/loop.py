@@ -102,11 +102,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 class Trainer:
-    def __init__(self, module: torch.nn.Module, config: TrainConfig, total_steps: int | None = None,
-                 bypasses_ddp: bool = False):
-        """bypasses_ddp: the stage's loss_fn calls the unwrapped module (perk-metatrain's
-        functional inner loop), so DDP's gradient hooks never fire; the Trainer then averages
-        the gradients over the processes itself at each step's end."""
+    def __init__(self, module: torch.nn.Module, config: TrainConfig, total_steps: int | None = None):
         if config.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"unknown schedule {config.schedule!r}")
         self.config = config
@@ -134,8 +130,11 @@ class Trainer:
         self._log_path = self.output_dir / "train_log.jsonl"
         self._tracking = config.report_to not in (None, "none")
         self._trackers_on = False
-        self._window_len: int | None = None  # fit's current window, when shorter than grad_accum
-        self._sync_by_hand = bypasses_ddp and self.accelerator.num_processes > 1
+        # several processes: every backward runs under no_sync and the Trainer averages the
+        # gradients itself at the step's end (one all-reduce), so a stage whose loss calls the
+        # unwrapped module (perk's functional inner loop) or skips a micro-batch (a zero loss
+        # that never passes DDP's forward) still contributes, and no rank waits on another
+        self._sync_by_hand = self.accelerator.num_processes > 1
 
     # -- what stages use -------------------------------------------------------------------
     @property
@@ -194,8 +193,10 @@ class Trainer:
                                       "config": _jsonable(asdict(self.config)),
                                       "extras": extras or {}})
 
-    def step(self, batch, loss_fn: Callable[[torch.nn.Module, Any], LossOut]) -> float | None:
-        """One micro-batch; completes a step (update, schedule, log, checkpoint) at the window end."""
+    def step(self, batch, loss_fn: Callable[[torch.nn.Module, Any], LossOut],
+             weight: float = 1.0) -> float | None:
+        """One micro-batch; completes a step (update, schedule, log, checkpoint) at the window end.
+        weight scales its gradient (not its logged loss): a stage's uneven windows (rl updates)."""
         self.module.train()
         loss, extras = _split(loss_fn(self.module, batch))
         padding = loss is None and self.accelerator.num_processes > 1
@@ -205,14 +206,13 @@ class Trainer:
         value = None
         if loss is None or padding:
             self.result.skipped += 1
-        last = self.micro + 1 == (self._window_len or self.config.grad_accum)
+        context = self.accelerator.no_sync(self.module) if self._sync_by_hand else _nullcontext()
         if padding:
-            with self.accelerator.no_sync(self.module) if not last else _nullcontext():
+            with context:
                 self.accelerator.backward(loss)
         elif loss is not None:
-            context = self.accelerator.no_sync(self.module) if not last else _nullcontext()
             with context:
-                self.accelerator.backward(loss / self.config.grad_accum)
+                self.accelerator.backward(loss * (weight / self.config.grad_accum))
             value = float(loss.detach())
             self._window_losses.append(value)
             self._window_backward += 1
@@ -249,11 +249,9 @@ class Trainer:
             # them); each rank takes every world-th of the step's window
             order = self._order(len(batches), epoch)[:usable]
             window = order[in_epoch * span:(in_epoch + 1) * span][rank::world]
-            self._window_len = len(window)   # a short last window syncs at its own end
             for i in window:
                 self.step(batches[i], loss_fn)
-            self.flush()
-            self._window_len = None
+            self.flush()                     # a short last window of the epoch
             bar.update(1)
             if self.result.losses:
                 bar.set_postfix(loss=f"{self.result.losses[-1]:.4f}", lr=f"{self.lr():.2e}")
@@ -315,10 +313,13 @@ class Trainer:
         updated = backward > 0
         grad_norm = None
         if updated:
-            if self._sync_by_hand:           # what DDP's all-reduce would have done: the mean
-                for p in self.named.values():
-                    grad = p.grad if p.grad is not None else torch.zeros_like(p)
-                    p.grad = self.accelerator.reduce(grad, "mean")
+            if self._sync_by_hand:           # what DDP's all-reduce does: the mean over ranks
+                params = list(self.named.values())
+                flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                                  for p in params])
+                flat = self.accelerator.reduce(flat, "mean")
+                for p, g in zip(params, flat.split([p.numel() for p in params])):
+                    p.grad = g.view_as(p).to(p.dtype)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             if cfg.max_grad_norm:
