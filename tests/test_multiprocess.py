@@ -188,6 +188,20 @@ def test_ttrl(tmp_path, tiny_model_dir):
     launch(common + ["-o", tmp_path / "one"], 1)
     launch(common + ["-o", tmp_path / "two"], 2)
     same_curve(tmp_path / "one" / "train_log.jsonl", tmp_path / "two" / "train_log.jsonl")
+    logs = [(tmp_path / n / "train_log.jsonl").read_text().splitlines() for n in ("one", "two")]
+    norms = [[json.loads(line)["grad_norm"] for line in log] for log in logs]   # GRPO's loss is ~0
+    # on-policy (ratio 1, advantages of mean 0): the gradient norms say more
+    assert norms[1] == pytest.approx(norms[0], rel=1e-3) and max(norms[0]) > 0
     rollouts = [(tmp_path / n / "rollouts.jsonl").read_text().splitlines() for n in ("one", "two")]
     assert len(rollouts[1]) == 4 and rollouts[0] == rollouts[1]              # one writer, same samples
     assert (tmp_path / "two" / "adapter_model.safetensors").is_file()
+
+
+def test_a_resume_under_another_process_count_is_refused(tmp_path, tiny_model_dir):
+    data = _write(tmp_path / "in.jsonl", [{"id": str(i), "question": f"Add {i} and {i}."} for i in range(8)])
+    common = ["tlm-adapt", "--model", tiny_model_dir, "-i", data, "--lr", "5e-3", "--lora-r", "4",
+              "--no-progress", "-o", tmp_path / "cut"]
+    launch(common + ["--stop-after", "1"], 2)
+    r = subprocess.run([sys.executable, "-m", "ttx", *map(str, common), "--resume"], cwd=REPO, env=_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--resume under 1 process(es): the checkpoint was trained under 2" in r.stderr

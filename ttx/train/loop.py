@@ -168,7 +168,13 @@ class Trainer:
 
         from ttx.errors import TtxError
 
-        saved = json.loads((folder / "state.json").read_text()).get("config") or {}
+        state = json.loads((folder / "state.json").read_text())
+        saved = state.get("config") or {}
+        then, now_world = state.get("processes", 1), self.accelerator.num_processes
+        if then != now_world:                # each rank's share of a step would change
+            raise TtxError(f"--resume under {now_world} process(es): the checkpoint was trained under "
+                           f"{then} (a step is processes x --grad-accum micro-batches); relaunch with "
+                           f"--num_processes {then}", path=str(folder))
         now = json.loads(json.dumps(_jsonable(asdict(self.config)), default=str))
         flat_saved = {**{k: v for k, v in saved.items() if k != "fingerprint"},
                       **(saved.get("fingerprint") or {})}
@@ -190,6 +196,7 @@ class Trainer:
         return save_checkpoint(self.output_dir, self.step_count, params=self._trainable(),
                                optimizer=self.optimizer, keep=self.config.keep_checkpoints,
                                state={"step": self.step_count, "result": asdict(self.result),
+                                      "processes": self.accelerator.num_processes,
                                       "config": _jsonable(asdict(self.config)),
                                       "extras": extras or {}})
 
