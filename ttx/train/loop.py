@@ -9,6 +9,11 @@ a per-step log, and a progress bar. A stage supplies the module, the micro-batch
 A step is one accumulation window of `grad_accum` micro-batches. A micro-batch whose loss_fn
 returns None is skipped (no backward); a window with no backward makes no optimizer update but
 still advances the schedule, so the learning rate follows the data position.
+
+Several processes (accelerate launch, torchrun; docs/training.md): a step is one window of
+processes x grad_accum micro-batches of one seeded order, each rank taking every world-th; the
+Trainer averages the gradients over the ranks at the step's end and logs the loss over all of
+them; rank 0 writes the log and the checkpoints. `report_to` mirrors the log to a tracker.
 """
 
 from __future__ import annotations
