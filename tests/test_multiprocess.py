@@ -10,6 +10,7 @@ averaged over the ranks, so the updates agree up to float summation order: the t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -94,8 +95,10 @@ def test_tlm_adapt(tmp_path, tiny_model_dir):
     common = ["tlm-adapt", "--model", tiny_model_dir, "-i", data, "--lr", "5e-3", "--lora-r", "4",
               "--no-progress", "--batch-size", "1"]
     launch(common + ["-o", tmp_path / "one", "--grad-accum", "2"], 1)
-    launch(common + ["-o", tmp_path / "two", "--grad-accum", "1"], 2)
+    launch(common + ["-o", tmp_path / "two", "--grad-accum", "1", "--report-to", "tensorboard"], 2)
     same_curve(tmp_path / "one" / "train_log.jsonl", tmp_path / "two" / "train_log.jsonl")
+    if importlib.util.find_spec("tensorboard"):                     # rank 0 alone logs
+        assert len(list((tmp_path / "two" / "runs").rglob("events.out.tfevents.*"))) == 2   # scalars, hparams
     for name in ("one", "two"):
         out = tmp_path / name
         assert (out / "adapter_model.safetensors").is_file() and not (out / "checkpoints").exists()

@@ -296,9 +296,12 @@ class Trainer:
             self._finish_window()
 
     def end_tracking(self) -> None:
-        """Close the trackers (--report-to); a later step reopens them."""
+        """Close the trackers (--report-to); a later step reopens them. Not end_training():
+        that also destroys the process group, which the stage may still need."""
         if self._tracking and self._trackers_on:
-            self.accelerator.end_training()
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+            self.accelerator.trackers = []
             self._trackers_on = False
 
     def remove_checkpoints(self) -> None:
