@@ -138,6 +138,21 @@ def test_verifier_train(tmp_path, tiny_model_dir):
     assert json.loads((tmp_path / "two" / "ttx_manifest.json").read_text())["summary"]
 
 
+def test_verifier_train_prm_with_rollout_labels(tmp_path, tiny_model_dir):
+    """Rank 0 samples the rollout labels; the other rank reads its rows back (same labels)."""
+    from tests.test_verifier import _scored
+
+    data = _scored(tmp_path / "s.jsonl", n=4)
+    common = ["verifier-train", "-i", data, "--model", tiny_model_dir, "--kind", "prm", "--prm-labels",
+              "rollout", "--label-type", "soft", "--rollouts", "2", "--rollout-model", tiny_model_dir,
+              "--max-new-tokens", "4", "--epochs", "1", "--batch-size", "1", "--no-progress"]
+    launch(common + ["-o", tmp_path / "one", "--grad-accum", "2"], 1)
+    launch(common + ["-o", tmp_path / "two", "--grad-accum", "1"], 2)
+    same_curve(tmp_path / "one" / "train_log.jsonl", tmp_path / "two" / "train_log.jsonl")
+    rows = [(tmp_path / n / "rollouts.jsonl").read_text().splitlines() for n in ("one", "two")]
+    assert rows[0] == rows[1]
+
+
 def test_perk_metatrain(tmp_path, tiny_model_dir):
     from ttx.data.recall import generate
 

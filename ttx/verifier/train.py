@@ -291,10 +291,18 @@ def _step_labels(cfg: VerifierConfig, examples: list, out: Path) -> dict | None:
                        top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                        chunk=max(1, cfg.batch_rows // cfg.rollouts), instruction=cfg.instruction,
                        system=cfg.system, chat=cfg.chat, progress=cfg.progress)
+    from ttx.train.dist import state as process_state
+
+    dist = process_state()           # several processes: rank 0 labels, the others read its rows
+    others = dist.num_processes > 1 and not dist.is_main_process
+    if others:
+        dist.wait_for_everyone()
     try:
-        cost = label_by_rollouts(engine, examples, rc, out / "rollouts.jsonl", resume=cfg.resume)
+        cost = label_by_rollouts(engine, examples, rc, out / "rollouts.jsonl", resume=cfg.resume or others)
     finally:
         engine.close()
+    if dist.num_processes > 1 and dist.is_main_process:
+        dist.wait_for_everyone()
     return {**asdict(cost), "policy": policy, "wall_s": round(cost.wall_s, 2)}
 
 
