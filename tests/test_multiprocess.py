@@ -224,3 +224,51 @@ def test_a_resume_under_another_process_count_is_refused(tmp_path, tiny_model_di
     r = subprocess.run([sys.executable, "-m", "ttx", *map(str, common), "--resume"], cwd=REPO, env=_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--resume under 1 process(es): the checkpoint was trained under 2" in r.stderr
+
+
+TRAINER_SCRIPT = """
+import json, sys, torch
+from ttx.train import TrainConfig, Trainer
+
+torch.manual_seed(0)
+module = torch.nn.Linear(3, 1)
+xs = torch.arange(24, dtype=torch.float32).view(8, 3) / 10
+
+
+def loss_fn(m, i):
+    if i in (1, 6):                      # skipped micro-batches (tlm-adapt's filter, say)
+        return None
+    return ((m(xs[i]) - i) ** 2).sum()
+
+
+trainer = Trainer(module, TrainConfig(output_dir=sys.argv[1], grad_accum=int(sys.argv[2]), lr=0.1,
+                                      shuffle=True, seed=3, epochs=2, progress=False))
+result = trainer.fit(list(range(8)), loss_fn)
+if trainer.is_main:
+    w = trainer.unwrapped
+    print("RESULT", json.dumps({"losses": result.losses, "w": w.weight.tolist(), "b": w.bias.tolist()}))
+"""
+
+
+def test_trainer_skipped_micro_batches_and_shuffle_match_one_process(tmp_path):
+    """The Trainer alone: a shuffled order and micro-batches whose loss_fn returns None (the rank
+    contributes a zero gradient) give one process's weights and losses under two processes."""
+    script = tmp_path / "train.py"
+    script.write_text(TRAINER_SCRIPT)
+    out = {}
+    for processes, accum in ((1, 4), (2, 2)):
+        if processes == 1:
+            cmd = [sys.executable, str(script)]
+        else:
+            cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes",
+                   "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", str(_port()), str(script)]
+        r = subprocess.run(cmd + [str(tmp_path / f"o{processes}"), str(accum)], cwd=REPO, env=_env(),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-3000:]
+        line = next(x for x in r.stdout.splitlines() if x.startswith("RESULT"))
+        out[processes] = json.loads(line.split(" ", 1)[1])
+    assert len(out[1]["losses"]) == 4
+    assert out[2]["losses"] == pytest.approx(out[1]["losses"], rel=1e-5)
+    assert out[2]["w"] == pytest.approx(out[1]["w"], rel=1e-5)
+    assert out[2]["b"] == pytest.approx(out[1]["b"], rel=1e-5)

@@ -124,7 +124,22 @@ class Trainer:
                   {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr,
                                       betas=config.betas)
-        self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
+        if self.accelerator.num_processes > 1:
+            # several processes: no DDP wrapper. The Trainer averages the gradients itself at the
+            # step's end (_finish_window), so a rank may skip a forward (a micro-batch whose
+            # loss_fn returns None) or call the bare module (perk's functional inner loop); DDP's
+            # per-forward bookkeeping assumes every rank runs the same forwards. Rank 0's
+            # weights are broadcast once so every rank starts from them.
+            from accelerate.utils import broadcast
+
+            if any(p.device != self.accelerator.device for p in self.named.values()):
+                module = module.to(self.accelerator.device)
+            with torch.no_grad():
+                for p in self.named.values():
+                    p.copy_(broadcast(p.detach().clone(), from_process=0))
+            self.module, self.optimizer = module, self.accelerator.prepare(optimizer)
+        else:
+            self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
         self.total_steps = total_steps or config.max_steps
         self.step_count = 0                  # completed windows
         self.micro = 0                       # micro-batches in the current window
@@ -135,10 +150,9 @@ class Trainer:
         self._log_path = self.output_dir / "train_log.jsonl"
         self._tracking = config.report_to not in (None, "none")
         self._trackers_on = False
-        # several processes: every backward runs under no_sync and the Trainer averages the
-        # gradients itself at the step's end (one all-reduce), so a stage whose loss calls the
-        # unwrapped module (perk's functional inner loop) or skips a micro-batch (a zero loss
-        # that never passes DDP's forward) still contributes, and no rank waits on another
+        # several processes: the Trainer averages the gradients itself at the step's end (one
+        # all-reduce), so a stage whose loss calls the bare module or skips a micro-batch (a
+        # zero gradient) still contributes, and no rank waits on another
         self._sync_by_hand = self.accelerator.num_processes > 1
 
     # -- what stages use -------------------------------------------------------------------
@@ -210,7 +224,8 @@ class Trainer:
         """One micro-batch; completes a step (update, schedule, log, checkpoint) at the window end.
         weight scales its gradient (not its logged loss): a stage's uneven windows (rl updates)."""
         self.module.train()
-        loss, extras = _split(loss_fn(self.module, batch))
+        with self.accelerator.autocast() if self._sync_by_hand else _nullcontext():
+            loss, extras = _split(loss_fn(self.module, batch))
         padding = loss is None and self.accelerator.num_processes > 1
         if padding:
             # every rank must join the gradient all-reduce: contribute zeros (not logged)
@@ -218,13 +233,10 @@ class Trainer:
         value = None
         if loss is None or padding:
             self.result.skipped += 1
-        context = self.accelerator.no_sync(self.module) if self._sync_by_hand else _nullcontext()
         if padding:
-            with context:
-                self.accelerator.backward(loss)
+            self.accelerator.backward(loss)
         elif loss is not None:
-            with context:
-                self.accelerator.backward(loss * (weight / self.config.grad_accum))
+            self.accelerator.backward(loss * (weight / self.config.grad_accum))
             value = float(loss.detach())
             self._window_losses.append(value)
             self._window_backward += 1
