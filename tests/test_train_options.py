@@ -25,11 +25,11 @@ from ttx.verifier.config import VerifierConfig
 SHARED = ("--lr", "--epochs", "--steps", "--grad-accum", "--batch-size", "--save-every",
           "--stop-after", "--resume", "--no-resume", "--seed", "--overwrite", "--warmup-ratio",
           "--weight-decay", "--max-grad-norm", "--lora-r", "--lora-alpha", "--lora-dropout",
-          "--lora-targets")
+          "--lora-targets", "--report-to")
 # what a stage's trainer cannot honour, so it does not take the option (docs say why)
 NOT_TAKEN = {
     "tlm-adapt": {"--weight-decay", "--max-grad-norm"},
-    "perk-metatrain": {"--grad-accum", "--batch-size"},
+    "perk-metatrain": {"--batch-size"},
     "inplace-ttt-convert": {"--lora-r", "--lora-alpha", "--lora-dropout",
                             "--lora-targets"},
     "distill-to-mamba": {"--lora-r", "--lora-alpha", "--lora-dropout",
@@ -132,7 +132,7 @@ def test_a_field_declared_resume_may_change_is_left_out():
 def test_the_trainer_reads_the_property_of_its_own_fields(tmp_path):
     """TrainConfig's fields carry the property too: a resume may change stop_after, not lr."""
     assert resume_may_change(TrainConfig) == {"output_dir", "resume", "stop_after", "desc",
-                                              "progress", "save_every", "keep_checkpoints"}
+                                              "progress", "save_every", "keep_checkpoints", "report_to"}
 
     def run(**kw):
         torch.manual_seed(0)
@@ -167,6 +167,9 @@ PINNED = {
 }
 PINNED[SFTConfig] = {"input", "from_records", "output", "model", "device", "resume", "overwrite",
                      "stop_after", "progress", "cli", "save_every"}
+for _schema in (TLMConfig, MetaTrainConfig, InplaceTTTConfig, DistillConfig, VerifierConfig, TTRLConfig,
+                RLConfig, SFTConfig):
+    PINNED[_schema] = PINNED[_schema] | {"report_to"}     # a tracker never decides the weights
 
 
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda c: c.__name__)

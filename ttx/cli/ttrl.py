@@ -24,6 +24,8 @@ def command(**options):
     cfg = build(TTRLConfig, options, clip_c=options.get("clip_c") or None)   # 0: no dual clip
     output_path = cfg.output
     s = run_ttrl(cfg)
+    if not s:                                   # not the main process of a distributed run
+        return
     if "stopped_at_step" in s:
         click.echo(f"ttrl: stopped after rollout step {s['stopped_at_step']} (checkpoint in "
                    f"{output_path}/checkpoints); continue with --resume", err=True)

@@ -64,3 +64,4 @@ class InplaceTTTConfig:
     seed: int = T.seed(help="Random seed (W_target init, shuffling).")
     overwrite: bool = T.overwrite()
     progress: bool = T.progress()
+    report_to: str = T.report_to()

@@ -166,9 +166,14 @@ def run_convert(cfg: InplaceTTTConfig) -> dict:
         summary["train"] = stats
         if not stats["finished"]:
             return summary               # stopped early: the checkpoint under output/ resumes
+        if not trainer.is_main:          # several processes: rank 0 writes the folder
+            trainer.accelerator.wait_for_everyone()
+            return summary
     save_checkpoint_folder(model, tokenizer, output)
     if trainer is not None:
         trainer.remove_checkpoints()
     write_manifest(output, stage="inplace-ttt-convert", options=asdict(cfg),
                    inputs=[str(folder / "config.json"), *inputs], started=started, summary=summary)
+    if trainer is not None:
+        trainer.accelerator.wait_for_everyone()
     return summary

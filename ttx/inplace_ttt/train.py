@@ -104,7 +104,7 @@ def lm_loss(module, batch):
 def train_model(model, batches: list[dict], output_dir: Path, *, lr=5e-6, warmup_ratio=0.02,
                 weight_decay=0.1, max_grad_norm=1.0, epochs=1, max_steps=None, grad_accum=1,
                 save_every=0, resume=False, seed=0, trainable="all", progress=True,
-                desc="inplace-ttt", fingerprint=None, stop_after=None):
+                desc="inplace-ttt", fingerprint=None, stop_after=None, report_to="none"):
     """Train `model` (converted or plain: the bench trains both the same way) in place."""
     from ttx.train import TrainConfig, Trainer
 
@@ -116,7 +116,7 @@ def train_model(model, batches: list[dict], output_dir: Path, *, lr=5e-6, warmup
                       schedule="cosine", warmup_ratio=warmup_ratio, max_steps=max_steps,
                       epochs=epochs, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
                       save_every=save_every, seed=seed, resume=resume, stop_after=stop_after, desc=desc,
-                      progress=progress, fingerprint=fingerprint or {})
+                      progress=progress, fingerprint=fingerprint or {}, report_to=report_to)
     trainer = Trainer(model, cfg)
     result = trainer.fit(batches, lm_loss)
     model.eval().requires_grad_(False)
@@ -143,7 +143,7 @@ def train_converted(ttt_model, tokenizer, output: Path, cfg, source=None):
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, epochs=cfg.epochs,
         max_steps=cfg.steps, grad_accum=cfg.grad_accum, save_every=cfg.save_every,
         resume=cfg.resume, seed=cfg.seed, trainable=cfg.trainable, progress=cfg.progress,
-        fingerprint=fingerprint, stop_after=cfg.stop_after)
+        fingerprint=fingerprint, stop_after=cfg.stop_after, report_to=cfg.report_to)
     tokens = sum(len(ids) for ids, _ in sequences)
     stats = {"documents": len(items), "sequences": len(sequences), "tokens": tokens,
              "steps": result.steps, "finished": result.finished,

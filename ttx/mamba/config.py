@@ -98,3 +98,4 @@ class DistillConfig:
     seed: int = T.seed(help="Random seed (Mamba init, shuffling, teacher sampling).")
     overwrite: bool = T.overwrite()
     progress: bool = T.progress(help="Progress bars on stderr.")
+    report_to: str = T.report_to()

@@ -48,13 +48,12 @@ def _save_checkpoint(model, tokenizer, output: Path) -> None:
 def run_distill_to_mamba(cfg: DistillConfig) -> dict:
     """The stage: read the data, convert, stage 1 (align), stage 2 (distill), save, manifest.
     A resume with options or inputs that differ from the interrupted run's is refused."""
-    from accelerate import PartialState
-
     from ttx.mamba import data as D
     from ttx.mamba.convert import choose_attn_layers, convert
     from ttx.mamba.distill import evaluate, run_align, run_distill
     from ttx.models import load_model
     from ttx.train import TrainConfig
+    from ttx.train.dist import state as process_state
 
     started = now_iso()
     from ttx.io import output_dir
@@ -70,7 +69,7 @@ def run_distill_to_mamba(cfg: DistillConfig) -> dict:
         raise TtxError("training needs -i/--input (or --steps 0 --align-steps 0 to only convert)")
     if cfg.teacher_generate and not cfg.input:
         raise TtxError("--teacher-generate needs -i/--input prompts")
-    state = PartialState()
+    state = process_state()
     device = state.device if cfg.device == "auto" else cfg.device
     # training keeps float32 master weights; use --mixed-precision bf16 on GPUs
     dtype = "float32" if cfg.dtype == "auto" else cfg.dtype
@@ -129,7 +128,7 @@ def run_distill_to_mamba(cfg: DistillConfig) -> dict:
     common = dict(schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed,
                   resume=cfg.resume, mixed_precision=cfg.mixed_precision,
                   save_every=cfg.save_every, grad_accum=cfg.grad_accum,
-                  max_grad_norm=cfg.max_grad_norm, progress=cfg.progress,
+                  max_grad_norm=cfg.max_grad_norm, progress=cfg.progress, report_to=cfg.report_to,
                   fingerprint=stage_fingerprint(
                       asdict(cfg), [p for p in (cfg.input, cfg.eval_input) if p],
                       volatile=resume_may_change(DistillConfig)))

@@ -77,6 +77,9 @@ class MetaTrainConfig:
     resume: bool = T.resume()
     overwrite: bool = T.overwrite()
     progress: bool = T.progress()
+    grad_accum: int = T.grad_accum(help="Records (outer micro-batches) per optimizer step, over all "
+                                   "processes' own micro-batches.")
+    report_to: str = T.report_to()
 
 
 @dataclass

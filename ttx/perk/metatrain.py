@@ -135,11 +135,11 @@ def metatrain(cfg: MetaTrainConfig, options: dict | None = None) -> dict:
     examples = tokenize(records, tokenizer, cfg)
     train_cfg = TrainConfig(output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             schedule=cfg.schedule, warmup_ratio=cfg.warmup_ratio,
-                            max_steps=cfg.steps, epochs=cfg.epochs, grad_accum=1,
+                            max_steps=cfg.steps, epochs=cfg.epochs, grad_accum=cfg.grad_accum,
                             max_grad_norm=cfg.max_grad_norm, save_every=cfg.save_every,
                             keep_checkpoints=1, seed=cfg.seed, resume=cfg.resume,
                             stop_after=cfg.stop_after, desc=STAGE, progress=cfg.progress,
-                            fingerprint=_fingerprint(cfg))
+                            report_to=cfg.report_to, fingerprint=_fingerprint(cfg))
     trainer = Trainer(module, train_cfg)
     result = trainer.fit(examples, make_outer_loss(p.unroll, cfg.inner_grad_accum))
     summary = {"records": len(records), "outer_steps": result.steps, "updates": result.updates,

@@ -88,6 +88,7 @@ class TTRLConfig:
     overwrite: bool = T.overwrite(help="Replace an existing output folder.")
     stop_after: int | None = T.stop_after(help="Stop after N rollout steps, checkpointed; rerun with --resume.")
     progress: bool = T.progress()
+    report_to: str = T.report_to()
 
 
 def _reward_choice():

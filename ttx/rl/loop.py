@@ -134,22 +134,30 @@ def _batch_metrics(trained: list[Rollout]) -> dict[str, float]:
 
 
 def _update(trainer, update: list[list[Rollout]], grpo: GRPOConfig, pad_id: int, row: dict) -> None:
-    """One optimizer update: its micro-batches as one accumulation window (a mean over them)."""
-    if len(update) > trainer.config.grad_accum:
+    """One optimizer update: its micro-batches as one accumulation window (a mean over them).
+    Several processes: rank r takes micro-batches r, r + world, ...; a rank with one fewer pads
+    with a skipped micro-batch (the Trainer's zero loss); the Trainer averages the gradients over
+    the ranks, hence the factor world here."""
+    world, rank = trainer.accelerator.num_processes, trainer.accelerator.process_index
+    mine = update[rank::world]
+    mine += [None] * (-(-len(update) // world) - len(mine))
+    if len(mine) > trainer.config.grad_accum:
         raise ValueError(f"an update of {len(update)} micro-batches exceeds grad_accum "
                          f"{trainer.config.grad_accum}")
-    scale = trainer.config.grad_accum / len(update)    # the Trainer divides by grad_accum
+    weight = trainer.config.grad_accum * world / len(update)    # the Trainer divides by grad_accum
     sums: dict[str, float] = {}
     seen = [0]
 
     def loss_fn(module, batch):
+        if batch is None:
+            return None
         loss, stats = grpo_loss(module, batch, grpo, pad_id)
         seen[0] += 1
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + v
         # the Trainer keeps the last micro-batch's extras: give it the window's means so far
-        return loss * scale, {**row, **{k: v / seen[0] for k, v in sums.items()}}
+        return loss, {**row, **{k: v / seen[0] for k, v in sums.items()}}
 
-    for batch in update:
-        trainer.step(batch, loss_fn)
+    for batch in mine:
+        trainer.step(batch, loss_fn, weight=weight)
     trainer.flush()

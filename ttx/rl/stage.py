@@ -137,14 +137,14 @@ def question_order(count: int, batch: int, steps: int, seed: int) -> list[list[i
 def run_rl(cfg: RLConfig, *, stage: str = "rl", options: dict | None = None) -> dict:
     """The stage; `stage` names it in messages and the manifest, `options` (default: cfg's) are
     what the manifest records."""
-    from accelerate import PartialState
+    from contextlib import nullcontext
+
+    from ttx.train.dist import state as process_state
 
     started = now_iso()
     check_options(cfg)
     reward = load_reward(cfg.reward)(cfg)
     advantage = load_advantage(cfg.advantage)(cfg)
-    if PartialState().num_processes > 1:
-        raise TtxError(f"{stage} runs in one process: multi-process rollouts are not implemented")
     problems = read_questions(cfg, gold_used=stage != "ttrl")   # bad input fails before anything is written
     reward.check(problems)                                       # (gold answers, ...) before a model loads
     if options is None:            # the fingerprint keeps --kl-coef as given: a resume names --reward
@@ -153,7 +153,11 @@ def run_rl(cfg: RLConfig, *, stage: str = "rl", options: dict | None = None) -> 
         cfg = replace(cfg, kl_coef=reward.kl_default)
     from ttx.records import folder_lock
 
-    with folder_lock(cfg.output):                  # a second writer is refused
+    # several processes (accelerate launch): every rank samples the same rollouts (same weights,
+    # same seeds) and trains on its share of each update's micro-batches (ttx.rl.loop._update);
+    # rank 0 holds the lock and writes the folder
+    main = process_state().is_main_process
+    with folder_lock(cfg.output) if main else nullcontext():     # a second writer is refused
         return _run(cfg, problems, started, stage, options, reward, advantage)
 
 
@@ -178,16 +182,22 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     reference_model = copy.deepcopy(base).eval().requires_grad_(False) if cfg.full and cfg.kl_coef else None
     model = attach_policy(base, cfg)
-    if cfg.overwrite and out.exists():
+    from ttx.train.dist import state as process_state
+
+    dist = process_state()
+    if cfg.overwrite and out.exists() and dist.is_main_process:
         shutil.rmtree(out)
+    dist.wait_for_everyone()
     out.mkdir(parents=True, exist_ok=True)
     fields = options
     state = {k: v for k, v in _jsonable(fields).items() if k not in resume_may_change(RLConfig)}
     state["input"] = content_digest([asdict(p) for p in problems])   # the questions, whatever file held them
     trainer = Trainer(model, TrainConfig(
         fingerprint=state, output_dir=out, lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine",
-        warmup_ratio=cfg.warmup_ratio, grad_accum=micro, max_grad_norm=cfg.max_grad_norm or None,
-        save_every=0, seed=cfg.seed, desc=stage, progress=False), total_steps=steps * updates)
+        warmup_ratio=cfg.warmup_ratio, grad_accum=-(-micro // dist.num_processes),   # per rank
+        max_grad_norm=cfg.max_grad_norm or None,
+        save_every=0, seed=cfg.seed, desc=stage, progress=False, report_to=cfg.report_to),
+        total_steps=steps * updates)
     engine = engine_over(model, tokenizer, name=str(cfg.model))
 
     @contextmanager
@@ -203,11 +213,16 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
     log = out / "rollouts.jsonl"
 
     def on_resume(start: int) -> None:
+        if not dist.is_main_process:
+            return
         if start == 0:                              # nothing to continue: no rows may stay behind
             (out / "train_log.jsonl").unlink(missing_ok=True)
         resume_log(log, keep=lambda r: r["step"] <= start)
 
     def on_step(step: int, rollouts: list[Rollout], metrics: dict) -> None:
+        if not dist.is_main_process:
+            records.pop(step)
+            return
         with JsonlAppender(log, resume=True) as w:
             for rec in records.pop(step):
                 trained = [r for r in rollouts if r.group == rec["group"]]
@@ -245,6 +260,9 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
     if ran["stopped"]:
         return {"stopped_at_step": ran["done"], "output": str(out)}
     model.eval()
+    if not dist.is_main_process:
+        dist.wait_for_everyone()
+        return {}
     trainer.unwrapped.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     plain_modes(out)
@@ -259,6 +277,7 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
                                               **({} if stage == "ttrl" else {"kl_coef": cfg.kl_coef})},
                    inputs=[cfg.input], started=started, summary=summary)
     trainer.remove_checkpoints()
+    dist.wait_for_everyone()
     return summary
 
 

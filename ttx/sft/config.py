@@ -67,4 +67,5 @@ class SFTConfig:
     stop_after: int | None = T.stop_after()
     overwrite: bool = T.overwrite()
     progress: bool = T.progress()
+    report_to: str = T.report_to()
     cli: dict = opt(None, cli=False, resume_may_change=True)  # the options the user gave

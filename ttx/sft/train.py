@@ -44,8 +44,6 @@ def check(cfg: SFTConfig) -> None:
 
 
 def run_sft(cfg: SFTConfig) -> dict:
-    from accelerate import PartialState
-
     from ttx.models import resolve_model
     from ttx.records import folder_lock, refuse_overlap
     from ttx.sft.data import read_pairs
@@ -55,7 +53,9 @@ def run_sft(cfg: SFTConfig) -> dict:
     refuse_overlap(cfg.output, [source])
     pairs, counts = read_pairs(cfg)                 # bad input fails before any model loads
     base = resolve_model(cfg.model)
-    if not PartialState().is_main_process:          # one lock per run: the main process's
+    from ttx.train.dist import state as process_state
+
+    if not process_state().is_main_process:         # one lock per run: the main process's
         return _train(cfg, pairs, counts, base)
     with folder_lock(cfg.output):                   # a second writer is refused
         return _train(cfg, pairs, counts, base)
@@ -126,7 +126,7 @@ class Prepared:
             max_steps=cfg.steps, grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm,
             save_every=cfg.save_every, seed=cfg.seed, shuffle=True,
             mixed_precision=cfg.mixed_precision, resume=cfg.resume, stop_after=cfg.stop_after,
-            desc=f"sft {cfg.loss}", progress=cfg.progress))
+            desc=f"sft {cfg.loss}", progress=cfg.progress, report_to=cfg.report_to))
         self.loss_fn = make_loss_fn(self.rows, self.pad_id, cfg.loss, cfg.dco_n)
 
 

@@ -60,10 +60,9 @@ def reference_ce(model, sequences: list[list[int]], pad_id: int) -> list[float]:
 def run_tlm(cfg: TLMConfig) -> dict:
     from contextlib import nullcontext
 
-    from accelerate import PartialState
-
     from ttx.io import output_dir
     from ttx.records import folder_lock, refuse_overlap
+    from ttx.train.dist import state as process_state
 
     if cfg.mode not in ("offline", "online"):
         raise TtxError(f"unknown mode {cfg.mode!r} (offline or online)", field="--mode")
@@ -76,7 +75,7 @@ def run_tlm(cfg: TLMConfig) -> dict:
         raise TtxError("no inputs", path=cfg.input)
     if cfg.generate:
         refuse_overlap(cfg.generate, [cfg.input, *cfg.eval], option="--generate")
-    main = PartialState().is_main_process              # one lock per run: the main process's
+    main = process_state().is_main_process              # one lock per run: the main process's
     with folder_lock(cfg.output) if main else nullcontext():     # a second writer is refused
         out = output_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
         return _adapt(cfg, problems, evals, out, started)
@@ -106,7 +105,7 @@ def _adapt(cfg: TLMConfig, problems: list[dict], evals: dict, out, started: str)
         warmup_ratio=0.0 if online else cfg.warmup_ratio, epochs=cfg.epochs, max_steps=cfg.steps,
         grad_accum=cfg.grad_accum, max_grad_norm=None, save_every=0 if online else cfg.save_every,
         seed=cfg.seed, resume=cfg.resume, stop_after=None if online else cfg.stop_after,
-        desc=f"tlm-adapt {cfg.mode}", progress=cfg.progress))
+        desc=f"tlm-adapt {cfg.mode}", progress=cfg.progress, report_to=cfg.report_to))
     t0 = time.perf_counter()
     seen = len(problems) * (cfg.epochs if not online else 1)
     if online:

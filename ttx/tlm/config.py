@@ -71,4 +71,5 @@ class TLMConfig:
     )
     overwrite: bool = T.overwrite()
     progress: bool = T.progress()
+    report_to: str = T.report_to()
     cli: dict = opt(None, cli=False, resume_may_change=True)

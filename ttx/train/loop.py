@@ -9,6 +9,11 @@ a per-step log, and a progress bar. A stage supplies the module, the micro-batch
 A step is one accumulation window of `grad_accum` micro-batches. A micro-batch whose loss_fn
 returns None is skipped (no backward); a window with no backward makes no optimizer update but
 still advances the schedule, so the learning rate follows the data position.
+
+Several processes (accelerate launch, torchrun; docs/training.md): a step is one window of
+processes x grad_accum micro-batches of one seeded order, each rank taking every world-th; the
+Trainer averages the gradients over the ranks at the step's end and logs the loss over all of
+them; rank 0 writes the log and the checkpoints. `report_to` mirrors the log to a tracker.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class TrainConfig:
     stop_after: int | None = _may_change(None)   # stop after N steps in this invocation (checkpointed)
     desc: str = _may_change("train")
     progress: bool = _may_change(True)
+    report_to: str = _may_change("none")  # none | tensorboard | wandb: accelerate's trackers
     # what else decides the training (the stage's input hashes, model, LoRA shape...): a resume
     # with other values is refused, naming the option
     fingerprint: dict = field(default_factory=dict)
@@ -74,11 +80,18 @@ class TrainResult:
     wall_s: float = 0.0
 
 
-def make_accelerator(mixed_precision: str = "no"):
-    """The Accelerator: created here and nowhere else (accelerate keeps its state per process)."""
+def make_accelerator(mixed_precision: str = "no", report_to: str = "none", project_dir=None):
+    """The Accelerator: created here and nowhere else (accelerate keeps its state per process).
+    On CPU under torchrun it runs MULTI_CPU on gloo (ttx.train.dist); `report_to` names
+    accelerate's tracker (tensorboard, wandb) or none."""
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=mixed_precision)
+    from ttx.train.dist import launched, state, use_cpu
+
+    state()                                  # the process state, made the one way
+    trackers = None if report_to in (None, "none") else [report_to]
+    return Accelerator(mixed_precision=mixed_precision, cpu=use_cpu() and launched(),
+                       log_with=trackers, project_dir=str(project_dir) if project_dir else None)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -100,7 +113,8 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         torch.manual_seed(config.seed)
-        self.accelerator = make_accelerator(config.mixed_precision)
+        self.accelerator = make_accelerator(config.mixed_precision, config.report_to,
+                                            self.output_dir / "runs")
         self.named = {n: p for n, p in module.named_parameters() if p.requires_grad}
         if not self.named:
             raise ValueError("nothing to train: no parameter requires grad")
@@ -110,7 +124,22 @@ class Trainer:
                   {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr,
                                       betas=config.betas)
-        self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
+        if self.accelerator.num_processes > 1:
+            # several processes: no DDP wrapper. The Trainer averages the gradients itself at the
+            # step's end (_finish_window), so a rank may skip a forward (a micro-batch whose
+            # loss_fn returns None) or call the bare module (perk's functional inner loop); DDP's
+            # per-forward bookkeeping assumes every rank runs the same forwards. Rank 0's
+            # weights are broadcast once so every rank starts from them.
+            from accelerate.utils import broadcast
+
+            if any(p.device != self.accelerator.device for p in self.named.values()):
+                module = module.to(self.accelerator.device)
+            with torch.no_grad():
+                for p in self.named.values():
+                    p.copy_(broadcast(p.detach().clone(), from_process=0))
+            self.module, self.optimizer = module, self.accelerator.prepare(optimizer)
+        else:
+            self.module, self.optimizer = self.accelerator.prepare(module, optimizer)
         self.total_steps = total_steps or config.max_steps
         self.step_count = 0                  # completed windows
         self.micro = 0                       # micro-batches in the current window
@@ -119,6 +148,12 @@ class Trainer:
         self._window_backward = 0
         self._extras: dict[str, float] = {}
         self._log_path = self.output_dir / "train_log.jsonl"
+        self._tracking = config.report_to not in (None, "none")
+        self._trackers_on = False
+        # several processes: the Trainer averages the gradients itself at the step's end (one
+        # all-reduce), so a stage whose loss calls the bare module or skips a micro-batch (a
+        # zero gradient) still contributes, and no rank waits on another
+        self._sync_by_hand = self.accelerator.num_processes > 1
 
     # -- what stages use -------------------------------------------------------------------
     @property
@@ -152,7 +187,13 @@ class Trainer:
 
         from ttx.errors import TtxError
 
-        saved = json.loads((folder / "state.json").read_text()).get("config") or {}
+        state = json.loads((folder / "state.json").read_text())
+        saved = state.get("config") or {}
+        then, now_world = state.get("processes", 1), self.accelerator.num_processes
+        if then != now_world:                # each rank's share of a step would change
+            raise TtxError(f"--resume under {now_world} process(es): the checkpoint was trained under "
+                           f"{then} (a step is processes x --grad-accum micro-batches); relaunch with "
+                           f"--num_processes {then}", path=str(folder))
         now = json.loads(json.dumps(_jsonable(asdict(self.config)), default=str))
         flat_saved = {**{k: v for k, v in saved.items() if k != "fingerprint"},
                       **(saved.get("fingerprint") or {})}
@@ -174,24 +215,28 @@ class Trainer:
         return save_checkpoint(self.output_dir, self.step_count, params=self._trainable(),
                                optimizer=self.optimizer, keep=self.config.keep_checkpoints,
                                state={"step": self.step_count, "result": asdict(self.result),
+                                      "processes": self.accelerator.num_processes,
                                       "config": _jsonable(asdict(self.config)),
                                       "extras": extras or {}})
 
-    def step(self, batch, loss_fn: Callable[[torch.nn.Module, Any], LossOut]) -> float | None:
-        """One micro-batch; completes a step (update, schedule, log, checkpoint) at the window end."""
+    def step(self, batch, loss_fn: Callable[[torch.nn.Module, Any], LossOut],
+             weight: float = 1.0) -> float | None:
+        """One micro-batch; completes a step (update, schedule, log, checkpoint) at the window end.
+        weight scales its gradient (not its logged loss): a stage's uneven windows (rl updates)."""
         self.module.train()
-        loss, extras = _split(loss_fn(self.module, batch))
-        if loss is None and self.accelerator.num_processes > 1:
-            # every rank must join the gradient all-reduce: contribute zeros
+        with self.accelerator.autocast() if self._sync_by_hand else _nullcontext():
+            loss, extras = _split(loss_fn(self.module, batch))
+        padding = loss is None and self.accelerator.num_processes > 1
+        if padding:
+            # every rank must join the gradient all-reduce: contribute zeros (not logged)
             loss = sum(p.sum() for p in self.named.values()) * 0.0
         value = None
-        if loss is None:
+        if loss is None or padding:
             self.result.skipped += 1
-        else:
-            last = self.micro + 1 == self.config.grad_accum
-            context = self.accelerator.no_sync(self.module) if not last else _nullcontext()
-            with context:
-                self.accelerator.backward(loss / self.config.grad_accum)
+        if padding:
+            self.accelerator.backward(loss)
+        elif loss is not None:
+            self.accelerator.backward(loss * (weight / self.config.grad_accum))
             value = float(loss.detach())
             self._window_losses.append(value)
             self._window_backward += 1
@@ -208,10 +253,13 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.config
-        shard = self._shard(list(batches))
-        if not shard:
+        batches = list(batches)
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        usable = len(batches) // world * world   # equal counts per rank, so no rank waits forever
+        if not usable:
             raise ValueError("no training batches")
-        per_epoch = math.ceil(len(shard) / cfg.grad_accum)
+        span = world * cfg.grad_accum            # a step's micro-batches over all ranks
+        per_epoch = math.ceil(usable / span)
         total = cfg.max_steps or per_epoch * cfg.epochs
         self.total_steps = total
         if cfg.resume:
@@ -221,10 +269,12 @@ class Trainer:
                    disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         while self.step_count < total:
             epoch, in_epoch = divmod(self.step_count, per_epoch)
-            order = self._order(len(shard), epoch)
-            window = order[in_epoch * cfg.grad_accum:(in_epoch + 1) * cfg.grad_accum]
+            # the global order (one seeded permutation of all batches, as one process takes
+            # them); each rank takes every world-th of the step's window
+            order = self._order(len(batches), epoch)[:usable]
+            window = order[in_epoch * span:(in_epoch + 1) * span][rank::world]
             for i in window:
-                self.step(shard[i], loss_fn)
+                self.step(batches[i], loss_fn)
             self.flush()                     # a short last window of the epoch
             bar.update(1)
             if self.result.losses:
@@ -236,24 +286,35 @@ class Trainer:
         bar.close()
         self.result.finished = self.step_count >= total
         self.result.wall_s += time.perf_counter() - t0
+        self.end_tracking()
         return self.result
 
     def order_run(self, n: int, steps: int) -> list[int]:
-        """The micro-batches (indices into fit's list, one process) that fit's first `steps` steps
-        take, in order: what a stage capped by max_steps really trained on."""
-        ga = self.config.grad_accum
-        per_epoch = math.ceil(n / ga)
+        """The micro-batches (indices into fit's list, all processes) that fit's first `steps`
+        steps take, in order: what a stage capped by max_steps really trained on."""
+        world = self.accelerator.num_processes
+        span, usable = world * self.config.grad_accum, n // world * world
+        per_epoch = math.ceil(usable / span)
         out: list[int] = []
-        for epoch in range(math.ceil(steps / per_epoch) if n else 0):
-            order = self._order(n, epoch)
+        for epoch in range(math.ceil(steps / per_epoch) if usable else 0):
+            order = self._order(n, epoch)[:usable]
             windows = min(per_epoch, steps - epoch * per_epoch)
-            out += order[:windows * ga]
+            out += order[:windows * span]
         return out
 
     def flush(self) -> None:
         """Finish a partly filled window now (the end of an epoch or of an online block)."""
         if self.micro:
             self._finish_window()
+
+    def end_tracking(self) -> None:
+        """Close the trackers (--report-to); a later step reopens them. Not end_training():
+        that also destroys the process group, which the stage may still need."""
+        if self._tracking and self._trackers_on:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+            self.accelerator.trackers = []
+            self._trackers_on = False
 
     def remove_checkpoints(self) -> None:
         """After the stage saved its final artefact: checkpoints are no longer needed."""
@@ -269,9 +330,23 @@ class Trainer:
     def _finish_window(self) -> None:
         cfg = self.config
         lr = self.lr()
-        updated = self._window_backward > 0
+        total, count, backward = sum(self._window_losses), len(self._window_losses), self._window_backward
+        if self.accelerator.num_processes > 1:
+            # the window over all ranks: the mean loss of every rank's micro-batches (what one
+            # process with the same global batch logs), and an update if any rank did a backward
+            summed = self.accelerator.reduce(torch.tensor([total, count, backward], dtype=torch.float64,
+                                                          device=self.accelerator.device), "sum")
+            total, count, backward = summed.tolist()
+        updated = backward > 0
         grad_norm = None
         if updated:
+            if self._sync_by_hand:           # what DDP's all-reduce does: the mean over ranks
+                params = list(self.named.values())
+                flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                                  for p in params])
+                flat = self.accelerator.reduce(flat, "mean")
+                for p, g in zip(params, flat.split([p.numel() for p in params])):
+                    p.grad = g.view_as(p).to(p.dtype)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             if cfg.max_grad_norm:
@@ -280,7 +355,7 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.result.updates += 1
-        loss = sum(self._window_losses) / len(self._window_losses) if self._window_losses else None
+        loss = total / count if count else None
         if loss is not None:
             self.result.losses.append(loss)
         self.step_count += 1
@@ -297,14 +372,6 @@ class Trainer:
         g = torch.Generator().manual_seed(call_seed(self.config.seed, epoch))
         return torch.randperm(n, generator=g).tolist()
 
-    def _shard(self, batches: list) -> list:
-        """Each process takes every world-th micro-batch (equal counts, so no rank waits forever)."""
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        if world == 1:
-            return batches
-        usable = len(batches) // world * world
-        return batches[rank:usable:world]
-
     def _log(self, row: dict) -> None:
         if not self.is_main:
             return
@@ -313,11 +380,26 @@ class Trainer:
         from ttx.io import append_line
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self._tracking:
+            self._track(row)
         fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
         try:                              # a full disk: one line, the log keeps whole rows
             append_line(fd, json.dumps(row) + "\n", self._log_path, sync=False)
         finally:
             os.close(fd)
+
+    def _track(self, row: dict) -> None:
+        """Mirror a train_log row to the --report-to tracker (numbers only, at the row's step)."""
+        if not self._trackers_on:
+            cfg = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                   for k, v in _jsonable(asdict(self.config)).items() if k != "fingerprint"}
+            name = "".join(c if c.isalnum() or c in "-_" else "-" for c in self.config.desc)
+            self.accelerator.init_trackers(name, config=cfg,
+                                           init_kwargs={"wandb": {"dir": str(self.output_dir)}})
+            self._trackers_on = True
+        values = {k: float(v) for k, v in row.items() if k != "step"
+                  and isinstance(v, (int, float)) and v is not None and math.isfinite(float(v))}
+        self.accelerator.log(values, step=int(row["step"]))
 
     def _truncate_log(self, step: int) -> None:
         from ttx.io import resume_log

@@ -78,3 +78,28 @@ context_field = _field("context", "Record field holding the long context.")
 # -- rollout sampling (ttrl, verifier-train's rollout labels) ------------------------------
 top_p = _field(1.0, "Nucleus sampling: keep the smallest token set with this much probability.",
                type=click.FloatRange(min=0, max=1, min_open=True))
+
+# -- experiment tracking (accelerate's trackers, TRL's --report-to) --------------------------
+
+
+class _Tracker(click.Choice):
+    """none | tensorboard | wandb; a tracker whose package is missing fails at parse time."""
+
+    PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+    def __init__(self):
+        super().__init__(["none", *self.PACKAGES])
+
+    def convert(self, value, param, ctx):
+        import importlib.util
+
+        value = super().convert(value, param, ctx)
+        package = self.PACKAGES.get(value)
+        if package and importlib.util.find_spec(package) is None:
+            self.fail(f"{value} is not installed (pip install 'ttx[track]')", param, ctx)
+        return value
+
+
+report_to = _field("none", "Mirror train_log.jsonl rows to a tracker: tensorboard (event files in "
+                   "OUTPUT/runs/) or wandb (WANDB_MODE=offline keeps it local).", type=_Tracker(),
+                   resume_may_change=True)

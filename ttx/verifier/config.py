@@ -85,6 +85,7 @@ class VerifierConfig:
     stop_after: int | None = T.stop_after()
     overwrite: bool = T.overwrite(help="Replace an existing output folder.")
     progress: bool = T.progress(help="Progress bars on stderr.")
+    report_to: str = T.report_to()
     question_field: str = T.question_field()
     answer_field: str = T.answer_field()
     id_field: str = T.id_field()

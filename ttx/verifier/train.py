@@ -63,10 +63,9 @@ def prepare_output(cfg: VerifierConfig) -> bool:
 
 
 def run_verifier_train(cfg: VerifierConfig) -> dict:
-    from accelerate import PartialState
-
     from ttx.models import resolve_model
     from ttx.records import folder_lock
+    from ttx.train.dist import state as process_state
     from ttx.verifier.data import ReadConfig, read_examples
 
     check(cfg)
@@ -78,7 +77,7 @@ def run_verifier_train(cfg: VerifierConfig) -> dict:
     if held is not None:
         check_eval(cfg, examples, held)
     base = resolve_model(cfg.model)
-    if not PartialState().is_main_process:               # one lock per run: the main process's
+    if not process_state().is_main_process:               # one lock per run: the main process's
         return _train(cfg, examples, held, base)
     with folder_lock(cfg.output):                        # a second writer is refused
         return _train(cfg, examples, held, base)
@@ -188,7 +187,7 @@ def _train(cfg: VerifierConfig, examples: list, held: list | None, base: Path) -
         warmup_ratio=cfg.warmup_ratio, epochs=cfg.epochs, max_steps=cfg.steps, grad_accum=cfg.grad_accum,
         max_grad_norm=cfg.max_grad_norm, save_every=cfg.save_every, seed=cfg.seed, shuffle=True,
         mixed_precision=cfg.mixed_precision, resume=cfg.resume, stop_after=cfg.stop_after,
-        desc=f"verifier-train {cfg.kind}", progress=cfg.progress))
+        desc=f"verifier-train {cfg.kind}", progress=cfg.progress, report_to=cfg.report_to))
     before = evaluate(verifier, trainer.unwrapped, eval_items, [held[i] for i in eval_kept])
     batches = length_batches([len(it.ids) for it in items], cfg.batch_size, cfg.seed)
     t0 = time.perf_counter()
@@ -292,10 +291,18 @@ def _step_labels(cfg: VerifierConfig, examples: list, out: Path) -> dict | None:
                        top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                        chunk=max(1, cfg.batch_rows // cfg.rollouts), instruction=cfg.instruction,
                        system=cfg.system, chat=cfg.chat, progress=cfg.progress)
+    from ttx.train.dist import state as process_state
+
+    dist = process_state()           # several processes: rank 0 labels, the others read its rows
+    others = dist.num_processes > 1 and not dist.is_main_process
+    if others:
+        dist.wait_for_everyone()
     try:
-        cost = label_by_rollouts(engine, examples, rc, out / "rollouts.jsonl", resume=cfg.resume)
+        cost = label_by_rollouts(engine, examples, rc, out / "rollouts.jsonl", resume=cfg.resume or others)
     finally:
         engine.close()
+    if dist.num_processes > 1 and dist.is_main_process:
+        dist.wait_for_everyone()
     return {**asdict(cost), "policy": policy, "wall_s": round(cost.wall_s, 2)}
 
 
