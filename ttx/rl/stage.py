@@ -82,6 +82,18 @@ def check_options(cfg: RLConfig) -> None:
         raise TtxError("the dual-clip bound must exceed 1", field="--clip-c")
     if cfg.temperature <= 0:
         raise TtxError("sampling needs a temperature above 0", field="--temperature")
+    # -- rollouts on a server (ttx/rl/served.py)
+    if cfg.engine == "openai":
+        if not cfg.base_url:
+            raise TtxError("--engine openai needs --base-url or TTX_BASE_URL (e.g. http://127.0.0.1:8000/v1)",
+                           field="--base-url")
+        if cfg.full:
+            raise TtxError("the server loads LoRA adapters: --engine openai trains LoRA, not --full",
+                           field="--full")
+    else:
+        for name, default in (("served_adapters", None), ("concurrency", 8)):
+            if getattr(cfg, name) != default:
+                raise TtxError("is read only by --engine openai", field="--" + name.replace("_", "-"))
 
 
 # what marks a folder as the stage's own (--overwrite deletes only such a folder)
@@ -173,6 +185,7 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
                       temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
                       groups_per_update=min(cfg.mini_batch_size, batch), epochs=cfg.ppo_epochs)
     updates, micro = updates_per_step(batch, n_train(cfg), grpo)
+    server = _open_server(cfg)          # --engine openai: a bad URL fails before the model loads
 
     base, tokenizer, folder = load_model(cfg.model, cfg.device, cfg.dtype)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -189,6 +202,11 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
         warmup_ratio=cfg.warmup_ratio, grad_accum=micro, max_grad_norm=cfg.max_grad_norm or None,
         save_every=0, seed=cfg.seed, desc=stage, progress=False), total_steps=steps * updates)
     engine = engine_over(model, tokenizer, name=str(cfg.model))
+    if server is not None:
+        from ttx.rl.served import ServedPolicy
+
+        engine = ServedPolicy(server, engine, model,
+                              Path(cfg.served_adapters) if cfg.served_adapters else out / "served")
 
     @contextmanager
     def reference():
@@ -235,13 +253,14 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
         advantage.load_state_dict(saved.get("advantage") or {})
 
     t0 = time.perf_counter()
-    ran = run_loop(trainer, model, grpo, LoopConfig(steps=steps, save_every=cfg.save_every,
-                                                    stop_after=cfg.stop_after, resume=cfg.resume,
-                                                    progress=cfg.progress, desc=stage),
-                   pad_id=pad_id, collect=collect, reference=reference if cfg.kl_coef else None,
-                   shape=shape, on_step=on_step, on_resume=on_resume, state=state,
-                   advantages=lambda trained: advantage.compute(trained, grpo.eps),
-                   plugin_state=(get_state, set_state))
+    with _closing(engine if server is not None else None):
+        ran = run_loop(trainer, model, grpo, LoopConfig(steps=steps, save_every=cfg.save_every,
+                                                        stop_after=cfg.stop_after, resume=cfg.resume,
+                                                        progress=cfg.progress, desc=stage),
+                       pad_id=pad_id, collect=collect, reference=reference if cfg.kl_coef else None,
+                       shape=shape, on_step=on_step, on_resume=on_resume, state=state,
+                       advantages=lambda trained: advantage.compute(trained, grpo.eps),
+                       plugin_state=(get_state, set_state))
     if ran["stopped"]:
         return {"stopped_at_step": ran["done"], "output": str(out)}
     model.eval()
@@ -304,6 +323,8 @@ def _collector(cfg, engine, tokenizer, model, problems, order, pad_id, reward):
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                 top_p=cfg.top_p, seed=call_seed(cfg.seed, step, 0))
         model.eval()
+        if cfg.engine == "openai":
+            engine.sync(step)                # the server samples with the adapter as it is now
         if cfg.etmr:
             leaves = tree_rollouts(engine, tokenizer, prompts, params, trees=cfg.etmr_trees,
                                    forks=cfg.etmr_forks, branches=cfg.etmr_branches, entropy_fn=entropy_fn,
@@ -358,6 +379,35 @@ def _collector(cfg, engine, tokenizer, model, problems, order, pad_id, reward):
         return rollouts, metrics
 
     return collect, records
+
+
+def _open_server(cfg: RLConfig):
+    """--engine openai: the server's engine (its first model is the base the adapters load on)."""
+    if cfg.engine != "openai":
+        return None
+    from ttx.engines import open_engine
+    from ttx.models import DEFAULT_MODEL
+
+    return open_engine("openai", model=DEFAULT_MODEL, base_url=cfg.base_url,
+                       concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
+                       max_retries=cfg.max_retries, deadline_s=cfg.deadline_s)
+
+
+@contextmanager
+def _closing(served):
+    """Close the served policy (unload its adapter) after the loop; after an error, a failure
+    to close does not hide the error."""
+    try:
+        yield
+    except BaseException:
+        if served is not None:
+            try:
+                served.close()
+            except Exception:
+                pass
+        raise
+    if served is not None:
+        served.close()
 
 
 def _check_scored(s: Scored, n: int, name: str, q: Problem) -> None:
