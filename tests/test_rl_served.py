@@ -196,7 +196,8 @@ def test_a_server_without_lora_is_one_line_with_its_answer(digits_model_dir, que
         vllm.refuse = (status, answer)
         vllm.requests.clear()
         out = tmp_path / f"o{status}"
-        result = run_cli(_args(digits_model_dir, questions, out) + ["--engine", "openai", "--base-url", vllm.url])
+        result = run_cli(_args(digits_model_dir, questions, out)
+                         + ["--engine", "openai", "--base-url", vllm.url])
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and shown in lines[0] and "refused to load the LoRA adapter" in lines[0], lines
@@ -224,5 +225,6 @@ def test_bad_options_are_refused_before_the_model_loads(questions, tmp_path):
                          (["--concurrency", "2"], "--concurrency")):
         result = run_cli(base + extra)
         assert result.exit_code == 2, result.output
-        assert f"field '{field}'" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+        assert f"field '{field}'" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "o").exists()

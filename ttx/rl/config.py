@@ -154,8 +154,9 @@ class RLConfig(TTRLConfig):
                                   type=click.FloatRange(min=0, min_open=True), envvar="TTX_TIMEOUT_S",
                                   resume_may_change=True)
     deadline_s: float | None = opt(None, "openai: seconds one attempt of a request may take in all (env "
-                                   "TTX_DEADLINE_S).", flag="--deadline", type=click.FloatRange(min=0, min_open=True),
-                                   envvar="TTX_DEADLINE_S", resume_may_change=True)
+                                   "TTX_DEADLINE_S).", flag="--deadline",
+                                   type=click.FloatRange(min=0, min_open=True), envvar="TTX_DEADLINE_S",
+                                   resume_may_change=True)
     max_retries: int | None = opt(None, "openai: retries of a failed request (env TTX_MAX_RETRIES; default 4).",
                                   type=click.IntRange(min=0), envvar="TTX_MAX_RETRIES", resume_may_change=True)
     served_adapters: str | None = opt(None, "openai: folder each step's adapter is saved to, a path the server "
