@@ -188,6 +188,22 @@ def test_served_rollouts_equal_the_in_process_run(digits_model_dir, questions, v
         assert ids == encode(build_prompt(f"Say four ({rec['id'][1:]}).", instruction=None))
 
 
+def test_etmr_trees_and_mrt_forced_answers_go_through_the_server(digits_model_dir, questions, vllm,  # noqa: F811
+                                                                 tmp_path):
+    """ETTRL's branches and MRT's forced answers are sampled by the served engine too (token-id
+    prompts, the step's adapter), not by the in-process model."""
+    for extra in (["--etmr", "--etmr-trees", "2", "--etmr-forks", "1", "--etmr-branches", "1"],
+                  ["--reward", "mrt", "--advantage", "mrt", "--mrt-samples", "2", "--mrt-answer-tokens", "2"]):
+        vllm.requests.clear()
+        out = tmp_path / extra[1].strip("-")
+        args = [a for a in _args(digits_model_dir, questions, out) if a not in ("--reward", "majority")]
+        result = run_cli(args + extra + ["--engine", "openai", "--base-url", vllm.url, "--n-train", "2"])
+        assert result.exit_code == 0, result.output
+        completions = [b for p, b in vllm.requests if p == "/v1/completions"]
+        assert len(completions) > 2 and all(b["model"].endswith(("-step1", "-step2")) for b in completions)
+        assert not vllm.loaded
+
+
 def test_a_server_without_lora_is_one_line_with_its_answer(digits_model_dir, questions, vllm, tmp_path):  # noqa: F811
     for status, answer, shown in (
             (404, {"detail": "Not Found"}, "HTTP 404: Not Found; the server has no runtime LoRA API"),

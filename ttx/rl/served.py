@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from ttx.engines.base import Generation, Prompt, SamplingParams, TokenPrompt
@@ -27,18 +28,22 @@ class ServedPolicy:
     name = "openai"
     supports_constraints = False
 
-    def __init__(self, server, local, model, folder: Path):
-        """server: ttx.engines.openai.OpenAIEngine; local: the in-process engine (its encode);
-        model: the PEFT model being trained; folder: where each step's adapter is saved, a path
-        the server reads as it is."""
+    def __init__(self, server, folder: Path):
+        """server: ttx.engines.openai.OpenAIEngine; folder: where each step's adapter is saved, a
+        path the server reads as it is. over() gives it the policy before the first sync()."""
         self.server = server
-        self.local = local
-        self.model = model
+        self.local = None
+        self.model = None
         self.folder = Path(folder).resolve()
         # a name no earlier run left loaded on the server (vLLM refuses a name loaded twice)
         self.tag = f"ttx-rl-{uuid.uuid4().hex[:8]}"
         self.current: tuple[str, Path] | None = None
         self.model_name = server.model_name
+
+    def over(self, local, model) -> "ServedPolicy":
+        """local: the in-process engine (its encode); model: the PEFT model being trained."""
+        self.local, self.model = local, model
+        return self
 
     def sync(self, step: int) -> str:
         """Save the adapter as it is now and serve it for the step's rollouts; return its name."""
@@ -52,17 +57,15 @@ class ServedPolicy:
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
-        self._drop()
-        self.current = (name, path)
+        previous, self.current = self.current, (name, path)
         self.model_name = name
+        if previous is not None:
+            self._drop(*previous)
         return name
 
-    def _drop(self) -> None:
-        if self.current is not None:
-            name, path = self.current
-            self.current = None
-            self.server.unload_adapter(name)
-            shutil.rmtree(path, ignore_errors=True)
+    def _drop(self, name: str, path: Path) -> None:
+        self.server.unload_adapter(name)
+        shutil.rmtree(path, ignore_errors=True)
 
     def encode(self, prompt: Prompt) -> list[int]:
         return self.local.encode(prompt)
@@ -83,10 +86,37 @@ class ServedPolicy:
         """Unload the last adapter and remove its saved folder (also after an error)."""
         try:
             if self.current is not None:
-                self._drop()
+                current, self.current = self.current, None
+                self._drop(*current)
         finally:
             try:
                 self.folder.rmdir()        # only when empty: the folder may be the user's
             except OSError:
                 pass
             self.server.close()
+
+
+@contextmanager
+def served_rollouts(cfg):
+    """`ttx rl --engine openai`: the ServedPolicy (None for --engine hf), its server opened before
+    the model loads (a bad URL fails first); its adapter unloaded on the way out, and after an
+    error a failure to do so does not hide the error."""
+    if cfg.engine != "openai":
+        yield None
+        return
+    from ttx.engines import open_engine
+    from ttx.models import DEFAULT_MODEL
+
+    server = open_engine("openai", model=DEFAULT_MODEL, base_url=cfg.base_url,   # its first model
+                         concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
+                         max_retries=cfg.max_retries, deadline_s=cfg.deadline_s)
+    policy = ServedPolicy(server, Path(cfg.served_adapters or Path(cfg.output) / "served"))
+    try:
+        yield policy
+    except BaseException:
+        try:
+            policy.close()
+        except Exception:
+            pass
+        raise
+    policy.close()

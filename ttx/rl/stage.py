@@ -164,13 +164,14 @@ def run_rl(cfg: RLConfig, *, stage: str = "rl", options: dict | None = None) -> 
     if cfg.kl_coef is None:
         cfg = replace(cfg, kl_coef=reward.kl_default)
     from ttx.records import folder_lock
+    from ttx.rl.served import served_rollouts
 
-    with folder_lock(cfg.output):                  # a second writer is refused
-        return _run(cfg, problems, started, stage, options, reward, advantage)
+    with folder_lock(cfg.output), served_rollouts(cfg) as served:    # a second writer is refused
+        return _run(cfg, problems, started, stage, options, reward, advantage, served)
 
 
 def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, options: dict | None,
-         reward, advantage) -> dict:
+         reward, advantage, served=None) -> dict:
     import copy
 
     from ttx.engines import engine_over
@@ -185,7 +186,6 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
                       temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
                       groups_per_update=min(cfg.mini_batch_size, batch), epochs=cfg.ppo_epochs)
     updates, micro = updates_per_step(batch, n_train(cfg), grpo)
-    server = _open_server(cfg)          # --engine openai: a bad URL fails before the model loads
 
     base, tokenizer, folder = load_model(cfg.model, cfg.device, cfg.dtype)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -202,11 +202,8 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
         warmup_ratio=cfg.warmup_ratio, grad_accum=micro, max_grad_norm=cfg.max_grad_norm or None,
         save_every=0, seed=cfg.seed, desc=stage, progress=False), total_steps=steps * updates)
     engine = engine_over(model, tokenizer, name=str(cfg.model))
-    if server is not None:
-        from ttx.rl.served import ServedPolicy
-
-        engine = ServedPolicy(server, engine, model,
-                              Path(cfg.served_adapters) if cfg.served_adapters else out / "served")
+    if served is not None:                         # --engine openai: rollouts on the server
+        engine = served.over(engine, model)
 
     @contextmanager
     def reference():
@@ -253,14 +250,13 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
         advantage.load_state_dict(saved.get("advantage") or {})
 
     t0 = time.perf_counter()
-    with _closing(engine if server is not None else None):
-        ran = run_loop(trainer, model, grpo, LoopConfig(steps=steps, save_every=cfg.save_every,
-                                                        stop_after=cfg.stop_after, resume=cfg.resume,
-                                                        progress=cfg.progress, desc=stage),
-                       pad_id=pad_id, collect=collect, reference=reference if cfg.kl_coef else None,
-                       shape=shape, on_step=on_step, on_resume=on_resume, state=state,
-                       advantages=lambda trained: advantage.compute(trained, grpo.eps),
-                       plugin_state=(get_state, set_state))
+    ran = run_loop(trainer, model, grpo, LoopConfig(steps=steps, save_every=cfg.save_every,
+                                                    stop_after=cfg.stop_after, resume=cfg.resume,
+                                                    progress=cfg.progress, desc=stage),
+                   pad_id=pad_id, collect=collect, reference=reference if cfg.kl_coef else None,
+                   shape=shape, on_step=on_step, on_resume=on_resume, state=state,
+                   advantages=lambda trained: advantage.compute(trained, grpo.eps),
+                   plugin_state=(get_state, set_state))
     if ran["stopped"]:
         return {"stopped_at_step": ran["done"], "output": str(out)}
     model.eval()
@@ -379,35 +375,6 @@ def _collector(cfg, engine, tokenizer, model, problems, order, pad_id, reward):
         return rollouts, metrics
 
     return collect, records
-
-
-def _open_server(cfg: RLConfig):
-    """--engine openai: the server's engine (its first model is the base the adapters load on)."""
-    if cfg.engine != "openai":
-        return None
-    from ttx.engines import open_engine
-    from ttx.models import DEFAULT_MODEL
-
-    return open_engine("openai", model=DEFAULT_MODEL, base_url=cfg.base_url,
-                       concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
-                       max_retries=cfg.max_retries, deadline_s=cfg.deadline_s)
-
-
-@contextmanager
-def _closing(served):
-    """Close the served policy (unload its adapter) after the loop; after an error, a failure
-    to close does not hide the error."""
-    try:
-        yield
-    except BaseException:
-        if served is not None:
-            try:
-                served.close()
-            except Exception:
-                pass
-        raise
-    if served is not None:
-        served.close()
 
 
 def _check_scored(s: Scored, n: int, name: str, q: Problem) -> None:
