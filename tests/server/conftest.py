@@ -110,7 +110,10 @@ def lora_base_url(pytestconfig, base_url):
         return
     port = free_port()
     env = {**os.environ, **LORA_ENV, "TTX_VLLM_RUN_DIR": str(pytestconfig.cache.mkdir("vllm-lora"))}
+    venv = Path(os.environ.get("TTX_VLLM_VENV", ROOT / ".venv-vllm"))
     with _uncaptured(pytestconfig):
+        if not (venv / ".installed").is_file() and _script("setup").returncode != 0:
+            pytest.fail(f"{SCRIPT} setup failed (see the output above)")
         print(f"\ntests/server: starting vLLM with LoRA on 127.0.0.1:{port}", flush=True)
         started = subprocess.run(["bash", str(SCRIPT), "start", str(port)], check=False, cwd=ROOT,
                                  text=True, stdout=subprocess.PIPE, env=env)
