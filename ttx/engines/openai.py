@@ -89,6 +89,11 @@ and llama.cpp server read too), everything else in vLLM's `structured_outputs` {
 "choice": ...}. vLLM 0.32 ignores its old `guided_json` / `guided_regex` / `guided_choice`
 fields (it logs a warning and decodes unconstrained), so they are not sent. A server that
 refuses a constraint with a 4xx naming it raises one TtxError line saying so.
+
+LoRA adapters (vLLM's runtime LoRA API): load_adapter(name, path) loads a PEFT adapter folder on
+the server (POST /load_lora_adapter) and makes generate() ask for model=name; unload_adapter(name)
+unloads it (POST /unload_lora_adapter). `ttx rl --engine openai` loads its current adapter so at
+every rollout step. A refusal is one TtxError line with the server's answer.
 """
 
 from __future__ import annotations
@@ -678,6 +683,53 @@ class OpenAIEngine:
             generations.append(Generation(traces=traces, prompt_tokens=state.prompt_tokens,
                                           wall_s=state.end - (state.start or state.end)))
         return generations
+
+    # ---------------------------------------------------------------- LoRA adapters (vLLM)
+
+    def load_adapter(self, name: str, path: str) -> None:
+        """Load the PEFT adapter folder `path` (as the server's filesystem names it) on the server
+        as `name` through vLLM's runtime LoRA API (POST /load_lora_adapter; the server runs with
+        --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True); generate() then asks for
+        model=name. A server that refuses (no such API, LoRA not enabled, a rank above its
+        --max-lora-rank) is one TtxError line with the server's own answer."""
+        if self._base_model is None:
+            self._base_model = self.model_name
+        self._adapter_request("/load_lora_adapter", {"lora_name": name, "lora_path": str(path)},
+                              f"load the LoRA adapter {name!r} from {path}")
+        self.model_name = name
+
+    def unload_adapter(self, name: str) -> None:
+        """Unload adapter `name` from the server (POST /unload_lora_adapter); generate() goes
+        back to the base model if it asked for this one."""
+        self._adapter_request("/unload_lora_adapter", {"lora_name": name},
+                              f"unload the LoRA adapter {name!r}")
+        if self.model_name == name:
+            self.model_name = self._base_model or name
+
+    _base_model: str | None = None     # the served model before load_adapter switched away
+
+    def _adapter_request(self, path: str, body: dict, what: str) -> None:
+        """POST body to path; 429/502/503/504 and dropped connections are retried ("Faults"),
+        any other refusal is one TtxError (vLLM answers a LoRA error with a 500 that no retry
+        mends). The answer is plain text ("Success: ..."), read and dropped."""
+
+        def call():
+            with self._client.stream("POST", path, json=body) as response:
+                if response.status_code in _RETRY_STATUS - {500} or 300 <= response.status_code < 400:
+                    self._check(response, path)
+                if response.status_code >= 400:
+                    message = _error_message(response, _head(response, _ERROR_BYTES))
+                    hint = ""
+                    if response.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
+                        hint = ("; the server has no runtime LoRA API: run vLLM with --enable-lora "
+                                "and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True")
+                    raise TtxError(f"{self._url(path)}: the server refused to {what}: "
+                                   f"HTTP {response.status_code}: {message}{hint}")
+                _head(response, _ERROR_BYTES)
+        try:
+            self._attempts(path, call, self._deadline(0))
+        except TtxError as exc:
+            raise self._scrubbed(exc) from None
 
     def close(self) -> None:
         self._client.close()

@@ -144,3 +144,21 @@ class RLConfig(TTRLConfig):
                          "analysis: 10).", type=click.IntRange(min=1))
     mrt_budget: int | None = opt(None, "mrt: token budget C0 of the logged regret (default: prompt tokens + "
                                  "--max-new-tokens).", type=click.IntRange(min=1))
+    # -- rollouts on a server (--engine openai: ttx/rl/served.py)
+    engine: str = opt("hf", "hf: rollouts in this process; openai: on a vLLM server that loads the current "
+                      "LoRA adapter at each step (runtime LoRA API).", type=click.Choice(["hf", "openai"]))
+    base_url: str | None = opt(None, "openai: server URL, e.g. http://127.0.0.1:8000/v1 (env TTX_BASE_URL).",
+                               envvar="TTX_BASE_URL", resume_may_change=True)
+    concurrency: int = opt(8, "openai: requests in flight.", type=click.IntRange(min=1), resume_may_change=True)
+    timeout_s: float | None = opt(None, "openai: seconds the server may stay silent before the request is "
+                                  "retried (env TTX_TIMEOUT_S; default 600).", flag="--timeout",
+                                  type=click.FloatRange(min=0, min_open=True), envvar="TTX_TIMEOUT_S",
+                                  resume_may_change=True)
+    deadline_s: float | None = opt(None, "openai: seconds one attempt of a request may take in all (env "
+                                   "TTX_DEADLINE_S).", flag="--deadline",
+                                   type=click.FloatRange(min=0, min_open=True), envvar="TTX_DEADLINE_S",
+                                   resume_may_change=True)
+    max_retries: int | None = opt(None, "openai: retries of a failed request (env TTX_MAX_RETRIES; default 4).",
+                                  type=click.IntRange(min=0), envvar="TTX_MAX_RETRIES", resume_may_change=True)
+    served_adapters: str | None = opt(None, "openai: folder each step's adapter is saved to, a path the server "
+                                      "reads as it is (default: <output>/served).", resume_may_change=True)

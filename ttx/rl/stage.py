@@ -82,6 +82,18 @@ def check_options(cfg: RLConfig) -> None:
         raise TtxError("the dual-clip bound must exceed 1", field="--clip-c")
     if cfg.temperature <= 0:
         raise TtxError("sampling needs a temperature above 0", field="--temperature")
+    # -- rollouts on a server (ttx/rl/served.py)
+    if cfg.engine == "openai":
+        if not cfg.base_url:
+            raise TtxError("--engine openai needs --base-url or TTX_BASE_URL (e.g. http://127.0.0.1:8000/v1)",
+                           field="--base-url")
+        if cfg.full:
+            raise TtxError("the server loads LoRA adapters: --engine openai trains LoRA, not --full",
+                           field="--full")
+    else:
+        for name, default in (("served_adapters", None), ("concurrency", 8)):
+            if getattr(cfg, name) != default:
+                raise TtxError("is read only by --engine openai", field="--" + name.replace("_", "-"))
 
 
 # what marks a folder as the stage's own (--overwrite deletes only such a folder)
@@ -152,17 +164,23 @@ def run_rl(cfg: RLConfig, *, stage: str = "rl", options: dict | None = None) -> 
     if cfg.kl_coef is None:
         cfg = replace(cfg, kl_coef=reward.kl_default)
     from ttx.records import folder_lock
+    from ttx.rl.served import served_rollouts
 
     # several processes (accelerate launch): every rank samples the same rollouts (same weights,
     # same seeds) and trains on its share of each update's micro-batches (ttx.rl.loop._update);
     # rank 0 holds the lock and writes the folder
-    main = process_state().is_main_process
-    with folder_lock(cfg.output) if main else nullcontext():     # a second writer is refused
-        return _run(cfg, problems, started, stage, options, reward, advantage)
+    dist = process_state()
+    if dist.num_processes > 1 and cfg.engine == "openai":
+        raise TtxError("--engine openai samples on one server for one trainer: run it in one "
+                       "process (several processes would each load their adapter there)",
+                       field="--engine")
+    lock = folder_lock(cfg.output) if dist.is_main_process else nullcontext()
+    with lock, served_rollouts(cfg) as served:                    # a second writer is refused
+        return _run(cfg, problems, started, stage, options, reward, advantage, served)
 
 
 def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, options: dict | None,
-         reward, advantage) -> dict:
+         reward, advantage, served=None) -> dict:
     import copy
 
     from ttx.engines import engine_over
@@ -199,6 +217,8 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
         save_every=0, seed=cfg.seed, desc=stage, progress=False, report_to=cfg.report_to),
         total_steps=steps * updates)
     engine = engine_over(model, tokenizer, name=str(cfg.model))
+    if served is not None:                         # --engine openai: rollouts on the server
+        engine = served.over(engine, model)
 
     @contextmanager
     def reference():
@@ -323,6 +343,8 @@ def _collector(cfg, engine, tokenizer, model, problems, order, pad_id, reward):
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                 top_p=cfg.top_p, seed=call_seed(cfg.seed, step, 0))
         model.eval()
+        if cfg.engine == "openai":
+            engine.sync(step)                # the server samples with the adapter as it is now
         if cfg.etmr:
             leaves = tree_rollouts(engine, tokenizer, prompts, params, trees=cfg.etmr_trees,
                                    forks=cfg.etmr_forks, branches=cfg.etmr_branches, entropy_fn=entropy_fn,
