@@ -1,0 +1,157 @@
+"""`ttx rl --curriculum ttcs` (TTCS, XMUDeepLIT/TTCS at c0a38fd): the synthesizer's rewards, the
+BLEU clustering and the consistency band against the reference's formulas on fixed inputs, one
+co-evolution step on a tiny model with a scripted engine, and the stage end to end with a
+bit-exact --resume."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import run_cli
+from tests.test_rl import _common, _lines, gold_questions  # noqa: F401  (a fixture)
+from tests.test_ttrl import digits_model_dir  # noqa: F401  (a fixture)
+from ttx.rl import ttcs
+
+
+# -- the reference's rules, restated from its source to compare against ----------------------
+
+def ref_parse(predict: str):
+    """src/reward_manager.py:177-192 (gen_question_func ttrl_icl: the last \\boxed{})."""
+    import re
+
+    questions = re.findall(r"<question>(.*?)</question>", predict, re.DOTALL)
+    start = predict.rfind(r"\boxed{")
+    answers = None
+    if start != -1:                                   # custom_extract_boxed_content, :25-47
+        content, depth = predict[start + len(r"\boxed{"):], 0
+        for i, ch in enumerate(content):
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            if depth == -1:
+                answers = content[:i].strip()
+                break
+    if questions and answers:
+        return questions[-1].strip(), answers.strip()
+    return "", ""
+
+
+def ref_bleu_distance_matrix(sentences):
+    """src/reward_manager.py:50-65."""
+    import numpy as np
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    n = len(sentences)
+    dist = np.zeros((n, n))
+    smoother = SmoothingFunction().method1
+    for i in range(n):
+        for j in range(i, n):
+            score = 1.0 if i == j else sentence_bleu([sentences[j].split()], sentences[i].split(),
+                                                     smoothing_function=smoother)
+            dist[i, j] = dist[j, i] = 1 - score
+    return dist
+
+
+def ref_score(answers):
+    """src/utils.py:355-364 and :271: the majority share (the "None" class scores 0), then
+    1 - 2|p - 1/2|. Answers are compared as strings here (the reference's first, cheap check)."""
+    counts: dict = {}
+    for a in [str(a) for a in answers]:          # str(None) == "None", as extract_boxed_content gives
+        counts[a] = counts.get(a, 0) + 1
+    majority = max(counts, key=counts.get)
+    p = 0.0 if majority.lower() == "none" else counts[majority] / len(answers)
+    return p, 1 - 2 * abs(p - 0.5)
+
+
+VARIANTS = [
+    "Find the sum of all positive integers x such that x + 2 divides 12.",
+    "Find the sum of all positive integers y such that y + 2 divides 12.",
+    "Find the sum of all positive integers x such that x + 3 divides 15.",
+    "",
+    "A point moves along the circle of radius four; find the largest value of a linear form.",
+    "How many subsets of a set with five elements have an even number of elements?",
+    "",
+]
+
+
+def test_parse_rule_is_the_references():
+    texts = ["[Design]: x\n<question>\nWhat is $2+2$?\n</question>\nFinal Answer: \\boxed{4}",
+             "<question>a</question><question> b </question> \\boxed{\\frac{1}{2}}",
+             "<question>no answer</question>", "\\boxed{3} without a question", "<question>q</question>\\boxed{}",
+             "<question>q</question>\\boxed{unclosed", "<question>q</question>\\boxed{1} then \\boxed{2}"]
+    for t in texts:
+        assert ttcs.parse_variant(t) == ref_parse(t), t
+
+
+def test_bleu_distances_are_the_references():
+    ours = ttcs.bleu_distances(VARIANTS)
+    ref = ref_bleu_distance_matrix(VARIANTS)
+    for i in range(len(VARIANTS)):
+        for j in range(len(VARIANTS)):
+            assert ours[i][j] == pytest.approx(float(ref[i, j]), abs=1e-12)
+    assert ours[0][1] < 0.5 < ours[0][4]          # near-duplicates are close, others far
+
+
+def _brute_average_linkage(dist, threshold):
+    """Reference semantics of sklearn's AgglomerativeClustering(distance_threshold, average,
+    precomputed), used at reward_manager.py:77-83: no two final clusters have a mean pairwise
+    distance below the threshold, and each cluster was built by merges below it."""
+    import itertools
+
+    labels = ttcs.average_linkage(dist, threshold)
+    clusters = {}
+    for i, lab in enumerate(labels):
+        clusters.setdefault(lab, []).append(i)
+    for a, b in itertools.combinations(clusters.values(), 2):
+        assert sum(dist[i][j] for i in a for j in b) / (len(a) * len(b)) >= threshold
+    return labels
+
+
+def test_clustering_and_penalty_are_the_references():
+    dist = ttcs.bleu_distances(VARIANTS)
+    labels = _brute_average_linkage(dist, 0.5)
+    assert labels == [0, 0, 0, 1, 2, 3, 4]        # the three "x + k divides" variants are one cluster
+    # cluster_share_per_problem, reward_manager.py:85-90: the share of the batch in one's cluster
+    assert ttcs.repetition_penalty(VARIANTS) == [3 / 7] * 3 + [1 / 7] * 4
+    # a hand-made matrix where average linkage differs from single linkage: {0,1} merge at 0.2;
+    # 2 is 0.3 from 1 but 0.9 from 0, mean 0.6 >= 0.5, so it stays alone
+    d = [[0, 0.2, 0.9], [0.2, 0, 0.3], [0.9, 0.3, 0]]
+    assert ttcs.average_linkage(d, 0.5) == [0, 0, 1]
+    assert ttcs.average_linkage(d, 0.61) == [0, 0, 0]
+    try:
+        from sklearn.cluster import AgglomerativeClustering
+    except ImportError:
+        return
+    for mat, t in ((d, 0.5), (d, 0.61), (dist, 0.5)):
+        sk = AgglomerativeClustering(n_clusters=None, distance_threshold=t, metric="precomputed",
+                                     linkage="average").fit_predict(mat)
+        ours = ttcs.average_linkage(mat, t)
+        assert len(set(sk)) == len(set(ours))
+        assert all((sk[i] == sk[j]) == (ours[i] == ours[j]) for i in range(len(mat)) for j in range(len(mat)))
+
+
+@pytest.mark.parametrize("answers", [["4"] * 10, ["4"] * 5 + ["7"] * 5, ["4"] * 7 + ["7"] * 3,
+                                     [None] * 6 + ["4"] * 4, ["4", "7", "1", "2", None, None, None, "3", "5", "6"],
+                                     ["4", "7"] * 5, [None] * 10])
+def test_majority_share_and_uncertainty_are_the_references(answers):
+    p, u = ref_score(answers)
+    assert ttcs.majority_share(answers) == p
+    assert ttcs.uncertainty(ttcs.majority_share(answers)) == pytest.approx(u)
+
+
+def test_synthesizer_reward_is_uncertainty_minus_cluster_share_floored_at_zero():
+    shares = [0.5, 0.4, 1.0, None, 0.7, 0.5, None]
+    rewards, penalty = ttcs.synth_rewards(VARIANTS, shares)
+    pen = ttcs.repetition_penalty(VARIANTS)
+    # reward_manager.py:206: max(0, base - penalty) if a question was parsed, else 0
+    expect = [max(0, (1 - 2 * abs(p - 0.5)) - c) if q else 0 for q, p, c in zip(VARIANTS, shares, pen)]
+    assert rewards == pytest.approx(expect) and penalty == pen
+    assert rewards[2] == 0 and rewards[3] == 0
+
+
+def test_band_is_inclusive_as_the_reference_keeps():
+    # reward_manager.py:494 is_kept = low <= acc_mean <= high, solver.sh filter_lower/high 0.25/0.75
+    assert [ttcs.in_band(p) for p in (0.2, 0.25, 0.5, 0.75, 0.8)] == [False, True, True, True, False]
