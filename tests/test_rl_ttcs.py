@@ -155,3 +155,32 @@ def test_synthesizer_reward_is_uncertainty_minus_cluster_share_floored_at_zero()
 def test_band_is_inclusive_as_the_reference_keeps():
     # reward_manager.py:494 is_kept = low <= acc_mean <= high, solver.sh filter_lower/high 0.25/0.75
     assert [ttcs.in_band(p) for p in (0.2, 0.25, 0.5, 0.75, 0.8)] == [False, True, True, True, False]
+
+
+# -- the stage end to end ------------------------------------------------------------------------
+
+def _ttcs_args(model, questions):
+    return _common(model, questions, "majority") + [
+        "--curriculum", "ttcs", "--ttcs-variants", "2", "--ttcs-solver-votes", "4", "--ttcs-max-new-tokens", "6",
+        "--ttcs-lr", "1e-3", "--lora-dropout", "0.1", "--steps", "2", "--save-every", "1"]
+
+
+def test_ttcs_end_to_end_resumes_bit_for_bit(digits_model_dir, gold_questions, tmp_path):  # noqa: F811
+    common = _ttcs_args(digits_model_dir, gold_questions)
+    whole = run_cli(common + ["-o", tmp_path / "whole"])
+    assert whole.exit_code == 0, whole.output
+    first = run_cli(common + ["-o", tmp_path / "cut", "--stop-after", "1"])
+    assert first.exit_code == 0 and "continue with --resume" in first.output
+    again = run_cli(common + ["-o", tmp_path / "cut", "--resume"])
+    assert again.exit_code == 0, again.output
+    for adapter in ("adapter_model.safetensors", "synthesizer/adapter_model.safetensors"):
+        a, b = load_file(str(tmp_path / "whole" / adapter)), load_file(str(tmp_path / "cut" / adapter))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), adapter
+    for name in ("rollouts.jsonl", "ttcs.jsonl", "train_log.jsonl", "synthesizer_train/train_log.jsonl"):
+        assert _lines(tmp_path / "whole" / name) == _lines(tmp_path / "cut" / name), name
+    log = _lines(tmp_path / "whole" / "train_log.jsonl")
+    assert all("ttcs_parse_rate" in r and "ttcs_kept" in r for r in log)
+    rows = _lines(tmp_path / "whole" / "ttcs.jsonl")
+    assert len(rows) == 2 * 2 * 2 and {r["step"] for r in rows} == {1, 2}
+    assert not (tmp_path / "whole" / "checkpoints").exists()
+    assert not (tmp_path / "whole" / "synthesizer_train" / "checkpoints").exists()

@@ -199,6 +199,9 @@ class TTCS(Curriculum):
 
     # -- checkpoints --------------------------------------------------------------------------
     def save(self) -> dict:
+        # the stage's KL pass (disable_adapter) leaves only the active adapter trainable: mark both
+        # again so the stage's checkpoint, taken right after this, holds both
+        self._use("default")
         self.trainer.save(extras={"ttcs_updates": self.updates})
         return {"updates": self.updates, "window": self.trainer.step_count, "kept_total": self.kept_total,
                 "seen": sorted(self.seen)}
