@@ -184,3 +184,85 @@ def test_ttcs_end_to_end_resumes_bit_for_bit(digits_model_dir, gold_questions, t
     assert len(rows) == 2 * 2 * 2 and {r["step"] for r in rows} == {1, 2}
     assert not (tmp_path / "whole" / "checkpoints").exists()
     assert not (tmp_path / "whole" / "synthesizer_train" / "checkpoints").exists()
+
+
+# -- one co-evolution step on a tiny model, the engine scripted ------------------------------------
+
+class ScriptedEngine:
+    """Answers the synthesizer's prompts with fixed variants and the solver's with fixed votes
+    (by question text); records which adapter was active at each call."""
+
+    def __init__(self, model, tokenizer, variants, votes):
+        self.model, self.tok, self.variants, self.votes, self.calls = model, tokenizer, variants, votes, []
+
+    def encode(self, prompt):
+        return self.tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+
+    def generate(self, prompts, n, params):
+        from ttx.engines.base import Generation, Trace
+
+        self.calls.append((self.model.active_adapter, len(prompts), n))
+        out = []
+        for p in prompts:
+            user = p[-1]["content"]
+            texts = self.variants.pop(0) if "**Reference Question:**" in user else \
+                [f"So the answer is \\boxed{{{a}}}." if a is not None else "I do not know." for a in self.votes[user]]
+            assert len(texts) == n
+            out.append(Generation([Trace(t, 3, "stop", self.tok.encode(t, add_special_tokens=False)) for t in texts], 5))
+        return out
+
+
+def _cfg(**kw):
+    base = dict(seed=0, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_targets=("q_proj", "v_proj"), clip_low=0.2,
+                clip_high=0.2, clip_c=3.0, ttcs_kl_coef=0.01, ttcs_temperature=1.0, micro_batch_size=2,
+                mini_batch_size=1, batch_size=2, ttcs_variants=3, ttcs_lr=1e-2, weight_decay=0.0, max_grad_norm=1.0,
+                chat=True, ttcs_max_new_tokens=64, instruction=None, system=None, max_new_tokens=16,
+                temperature=1.0, top_p=1.0, ttcs_solver_votes=4, ttcs_keep=None, ttcs_low=0.25, ttcs_high=0.75,
+                full=False, etmr=False, reward="majority")
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_one_step_rewards_the_synthesizer_and_keeps_the_band(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ttx.rl.curricula.ttcs import TTCS
+    from ttx.rl.plugins import Problem
+    from ttx.train.lora import attach_lora
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), r=4, alpha=8, dropout=0.0,
+                        targets=("q_proj", "v_proj"))
+    block = "[Design]: ...\n<question>\n{}\n</question>\nFinal Answer: \\boxed{{1}}"
+    v = [q for q in VARIANTS if q]
+    variants = [[block.format(v[0]), block.format(v[1]), "no question here"],
+                [block.format(v[3]), block.format(v[4]), block.format(v[2])]]
+    votes = {v[0]: ["4", "4", "7", "7"], v[1]: ["4"] * 4, v[3]: ["4", "4", "4", "7"],
+             v[4]: ["4", "7", "1", None], v[2]: [None, None, "4", "4"]}
+    engine = ScriptedEngine(model, tok, [list(x) for x in variants], votes)
+    cur = TTCS(_cfg())
+    cur.attach(model=model, tokenizer=tok, engine=engine, out=tmp_path, pad_id=tok.eos_token_id, resume=False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    qs = [Problem("0", "a", "What is 2+2?"), Problem("1", "b", "What is 3+4?")]
+    kept, metrics = cur.problems(0, qs)
+
+    assert engine.calls == [("synthesizer", 2, 3), ("default", 5, 4)]     # adapters switched in the engine
+    assert model.active_adapter == "default"
+    rows = _lines(tmp_path / "ttcs.jsonl")
+    questions = [r["question"] for r in rows]
+    assert questions == [v[0], v[1], "", v[3], v[4], v[2]]
+    shares = [ref_score(votes[q])[0] if q else None for q in questions]   # utils.py:355-364 on the votes
+    assert [r["p"] for r in rows] == shares
+    penalty = ttcs.repetition_penalty(questions)
+    expect = [max(0.0, ref_score(votes[q])[1] - c) if q else 0.0 for q, c in zip(questions, penalty)]
+    assert [r["reward"] for r in rows] == pytest.approx(expect, abs=1e-6)
+    # band 0.25 <= p <= 0.75, new, at most as many as the test questions: v0 (0.5) and v3 (0.75)
+    assert [k.question for k in kept] == [v[0], v[3]] and [r["kept"] for r in rows] == \
+        [True, False, False, True, False, False]
+    assert metrics["ttcs_parse_rate"] == pytest.approx(5 / 6) and metrics["ttcs_kept"] == 2
+    assert metrics["ttcs_p_q50"] == pytest.approx(0.5)
+    after = dict(model.named_parameters())
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved and all(".synthesizer." in n for n in moved)              # only the synthesizer learned
+    assert cur.updates == 2 and cur.trainer.result.updates == 2           # one update per test question
+    # a kept question is not offered again in a later step (data_merge.py:49-59)
+    assert cur.save()["seen"] == sorted([v[0], v[3]])
