@@ -266,3 +266,27 @@ def test_one_step_rewards_the_synthesizer_and_keeps_the_band(tiny_model_dir, tmp
     assert cur.updates == 2 and cur.trainer.result.updates == 2           # one update per test question
     # a kept question is not offered again in a later step (data_merge.py:49-59)
     assert cur.save()["seen"] == sorted([v[0], v[3]])
+
+
+# -- bad input: one line, exit 2, before a model loads ----------------------------------------------
+
+@pytest.mark.parametrize("extra, field", [
+    (["--ttcs-variants", "3"], "--ttcs-variants"),                              # without --curriculum ttcs
+    (["--curriculum", "ttcs", "--reward", "gold"], "--reward"),                 # synthetic questions have no gold
+    (["--curriculum", "ttcs", "--full"], "--full"),                             # two adapters need LoRA
+    (["--curriculum", "ttcs", "--ttcs-low", "0.8", "--ttcs-high", "0.5"], "--ttcs-low"),
+])
+def test_bad_ttcs_options_are_refused_before_the_model_loads(tmp_path, extra, field):
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps({"id": "a", "question": "1+1?", "answer": "2"}) + "\n")
+    out = tmp_path / "o"
+    result = run_cli(["rl", "--model", tmp_path / "no-such-model", "-i", q, "-o", out, *extra])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"'{field}'" in lines[0], result.output
+    assert not out.exists()
+
+
+def test_unknown_curriculum_is_refused(tmp_path):
+    result = run_cli(["rl", "--curriculum", "nope", "-i", tmp_path / "q.jsonl", "-o", tmp_path / "o"])
+    assert result.exit_code == 2 and "ttcs" in result.output
