@@ -17,7 +17,6 @@ from tests.test_rl import _common, _lines, gold_questions  # noqa: F401  (a fixt
 from tests.test_ttrl import digits_model_dir  # noqa: F401  (a fixture)
 from ttx.rl import ttcs
 
-
 # -- the reference's rules, restated from its source to compare against ----------------------
 
 def ref_parse(predict: str):
@@ -80,7 +79,8 @@ VARIANTS = [
 def test_parse_rule_is_the_references():
     texts = ["[Design]: x\n<question>\nWhat is $2+2$?\n</question>\nFinal Answer: \\boxed{4}",
              "<question>a</question><question> b </question> \\boxed{\\frac{1}{2}}",
-             "<question>no answer</question>", "\\boxed{3} without a question", "<question>q</question>\\boxed{}",
+             "<question>no answer</question>", "\\boxed{3} without a question",
+             "<question>q</question>\\boxed{}",
              "<question>q</question>\\boxed{unclosed", "<question>q</question>\\boxed{1} then \\boxed{2}"]
     for t in texts:
         assert ttcs.parse_variant(t) == ref_parse(t), t
@@ -134,7 +134,8 @@ def test_clustering_and_penalty_are_the_references():
 
 
 @pytest.mark.parametrize("answers", [["4"] * 10, ["4"] * 5 + ["7"] * 5, ["4"] * 7 + ["7"] * 3,
-                                     [None] * 6 + ["4"] * 4, ["4", "7", "1", "2", None, None, None, "3", "5", "6"],
+                                     [None] * 6 + ["4"] * 4, ["4", "7", "1", "2", None, None, None,
+                                                              "3", "5", "6"],
                                      ["4", "7"] * 5, [None] * 10])
 def test_majority_share_and_uncertainty_are_the_references(answers):
     p, u = ref_score(answers)
@@ -161,7 +162,8 @@ def test_band_is_inclusive_as_the_reference_keeps():
 
 def _ttcs_args(model, questions):
     return _common(model, questions, "majority") + [
-        "--curriculum", "ttcs", "--ttcs-variants", "2", "--ttcs-solver-votes", "4", "--ttcs-max-new-tokens", "6",
+        "--curriculum", "ttcs", "--ttcs-variants", "2", "--ttcs-solver-votes", "4",
+        "--ttcs-max-new-tokens", "6",
         "--ttcs-lr", "1e-3", "--lora-dropout", "0.1", "--steps", "2", "--save-every", "1"]
 
 
@@ -196,7 +198,8 @@ class ScriptedEngine:
         self.model, self.tok, self.variants, self.votes, self.calls = model, tokenizer, variants, votes, []
 
     def encode(self, prompt):
-        return self.tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+        return self.tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                            return_dict=False)
 
     def generate(self, prompts, n, params):
         from ttx.engines.base import Generation, Trace
@@ -206,16 +209,20 @@ class ScriptedEngine:
         for p in prompts:
             user = p[-1]["content"]
             texts = self.variants.pop(0) if "**Reference Question:**" in user else \
-                [f"So the answer is \\boxed{{{a}}}." if a is not None else "I do not know." for a in self.votes[user]]
+                [f"So the answer is \\boxed{{{a}}}." if a is not None else "I do not know."
+                 for a in self.votes[user]]
             assert len(texts) == n
-            out.append(Generation([Trace(t, 3, "stop", self.tok.encode(t, add_special_tokens=False)) for t in texts], 5))
+            traces = [Trace(t, 3, "stop", self.tok.encode(t, add_special_tokens=False)) for t in texts]
+            out.append(Generation(traces, 5))
         return out
 
 
 def _cfg(**kw):
-    base = dict(seed=0, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_targets=("q_proj", "v_proj"), clip_low=0.2,
+    base = dict(seed=0, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_targets=("q_proj", "v_proj"),
+                clip_low=0.2,
                 clip_high=0.2, clip_c=3.0, ttcs_kl_coef=0.01, ttcs_temperature=1.0, micro_batch_size=2,
-                mini_batch_size=1, batch_size=2, ttcs_variants=3, ttcs_lr=1e-2, weight_decay=0.0, max_grad_norm=1.0,
+                mini_batch_size=1, batch_size=2, ttcs_variants=3, ttcs_lr=1e-2, weight_decay=0.0,
+                max_grad_norm=1.0,
                 chat=True, ttcs_max_new_tokens=64, instruction=None, system=None, max_new_tokens=16,
                 temperature=1.0, top_p=1.0, ttcs_solver_votes=4, ttcs_keep=None, ttcs_low=0.25, ttcs_high=0.75,
                 full=False, etmr=False, reward="majority")
@@ -272,7 +279,7 @@ def test_one_step_rewards_the_synthesizer_and_keeps_the_band(tiny_model_dir, tmp
 
 @pytest.mark.parametrize("extra, field", [
     (["--ttcs-variants", "3"], "--ttcs-variants"),                              # without --curriculum ttcs
-    (["--curriculum", "ttcs", "--reward", "gold"], "--reward"),                 # synthetic questions have no gold
+    (["--curriculum", "ttcs", "--reward", "gold"], "--reward"),       # synthetic questions have no gold
     (["--curriculum", "ttcs", "--full"], "--full"),                             # two adapters need LoRA
     (["--curriculum", "ttcs", "--ttcs-low", "0.8", "--ttcs-high", "0.5"], "--ttcs-low"),
 ])

@@ -96,7 +96,8 @@ def average_linkage(dist: Sequence[Sequence[float]], threshold: float) -> list[i
         best, pair = None, None
         for a in range(len(clusters)):
             for b in range(a + 1, len(clusters)):
-                d = sum(dist[i][j] for i in clusters[a] for j in clusters[b]) / (len(clusters[a]) * len(clusters[b]))
+                pairs = [dist[i][j] for i in clusters[a] for j in clusters[b]]
+                d = sum(pairs) / len(pairs)
                 if best is None or d < best:
                     best, pair = d, (a, b)
         if best >= threshold:

@@ -55,8 +55,8 @@ class TTCS(Curriculum):
         from ttx.rl.plugins import load_reward
 
         if load_reward(self.cfg.reward).needs_gold:
-            raise TtxError(f"needs gold answers, which synthetic questions lack; --curriculum ttcs trains "
-                           f"with a label-free reward (majority)", field="--reward")
+            raise TtxError("needs gold answers, which synthetic questions lack; --curriculum ttcs trains "
+                           "with a label-free reward (majority)", field="--reward")
 
     def keep(self, batch: int) -> int:
         return batch if self.cfg.ttcs_keep is None else self.cfg.ttcs_keep   # data_merge.py:61
@@ -75,7 +75,8 @@ class TTCS(Curriculum):
         cfg = self.cfg
         self.model, self.tokenizer, self.engine, self.out, self.pad_id = model, tokenizer, engine, out, pad_id
         torch.manual_seed(call_seed(cfg.seed, 7))               # the synthesizer's LoRA A init
-        model.add_adapter(SYNTH, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        model.add_adapter(SYNTH, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                            lora_dropout=cfg.lora_dropout,
                                             target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
         self._use("default")
         for n, p in model.named_parameters():                   # its trainer holds its adapter only
@@ -110,7 +111,8 @@ class TTCS(Curriculum):
         cfg, tok = self.cfg, self.tokenizer
         self.model.eval()
         self._use(SYNTH)
-        prompts = [build_prompt(ttcs.synth_prompt(q.question), instruction=None, chat=cfg.chat) for q in questions]
+        prompts = [build_prompt(ttcs.synth_prompt(q.question), instruction=None, chat=cfg.chat)
+                   for q in questions]
         gens = self.engine.generate(prompts, cfg.ttcs_variants, SamplingParams(
             max_new_tokens=cfg.ttcs_max_new_tokens, temperature=cfg.ttcs_temperature, top_p=1.0,
             seed=call_seed(cfg.seed, step, 20)))
@@ -124,8 +126,8 @@ class TTCS(Curriculum):
         parsed = [i for i, r in enumerate(rows) if r[3]]
         shares: list[float | None] = [None] * len(rows)
         if parsed:
-            solver_prompts = [build_prompt(rows[i][3], instruction=cfg.instruction, system=cfg.system, chat=cfg.chat)
-                              for i in parsed]
+            solver_prompts = [build_prompt(rows[i][3], instruction=cfg.instruction, system=cfg.system,
+                                           chat=cfg.chat) for i in parsed]
             outs = self.engine.generate(solver_prompts, cfg.ttcs_solver_votes, SamplingParams(
                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                 seed=call_seed(cfg.seed, step, 21)))
@@ -177,10 +179,11 @@ class TTCS(Curriculum):
 
         seen = self.seen | {q.question for q in questions}
         kept: list[Problem] = []
-        for i, ((g, _, _, q, a), p) in enumerate(zip(rows, shares)):
+        band = (self.cfg.ttcs_low, self.cfg.ttcs_high)
+        for i, ((_, _, _, q, _), p) in enumerate(zip(rows, shares)):
             if len(kept) >= self.keep(len(questions)):
                 break
-            if q and p is not None and ttcs.in_band(p, (self.cfg.ttcs_low, self.cfg.ttcs_high)) and q not in seen:
+            if q and p is not None and ttcs.in_band(p, band) and q not in seen:
                 seen.add(q)
                 name = f"ttcs-{step + 1}-{i}"
                 kept.append(Problem(key=name, id=name, question=q))
