@@ -103,6 +103,12 @@ def _advantage_choice():
     return click.Choice(advantage_names())
 
 
+def _curriculum_choice():
+    from ttx.rl.curriculum import curriculum_names
+
+    return click.Choice(curriculum_names())
+
+
 @dataclass
 class RLConfig(TTRLConfig):
     """`ttx rl`'s options: ttrl's, the plug-ins' names, and each plug-in's own options (one block
@@ -162,3 +168,23 @@ class RLConfig(TTRLConfig):
                                   type=click.IntRange(min=0), envvar="TTX_MAX_RETRIES", resume_may_change=True)
     served_adapters: str | None = opt(None, "openai: folder each step's adapter is saved to, a path the server "
                                       "reads as it is (default: <output>/served).", resume_may_change=True)
+    # -- curriculum (ttx/rl/curricula/); ttcs: TTCS's synthesizer (ttx/rl/curricula/ttcs.py)
+    curriculum: str | None = opt(None, "Curriculum plug-in (ttx/rl/curricula/): questions each step adds "
+                                 "to the test questions.", type=_curriculum_choice())
+    ttcs_variants: int = opt(4, "ttcs: variants the synthesizer writes per test question (its GRPO group).",
+                             type=click.IntRange(min=2))
+    ttcs_solver_votes: int = opt(10, "ttcs: solver responses per variant for its majority share p "
+                                 "(TTCS's n=10).", type=click.IntRange(min=1))
+    ttcs_max_new_tokens: int = opt(1024, "ttcs: tokens per synthesizer response (TTCS's 1024).",
+                                   type=click.IntRange(min=1))
+    ttcs_temperature: float = opt(1.0, "ttcs: the synthesizer's sampling temperature (TTCS's 1.0).",
+                                  type=click.FloatRange(min=0, min_open=True))
+    ttcs_lr: float = opt(1e-6, "ttcs: the synthesizer's AdamW learning rate, constant (TTCS's 1e-6, full "
+                         "fine-tuning; LoRA wants far more).", type=click.FloatRange(min=0, min_open=True))
+    ttcs_kl_coef: float = opt(0.01, "ttcs: β of the synthesizer's KL to the base model (TTCS's 0.01).",
+                              type=click.FloatRange(min=0))
+    ttcs_keep: int | None = opt(None, "ttcs: most synthetic questions the solver trains on per step "
+                                "(default: as many as the step's test questions).", type=click.IntRange(min=0))
+    ttcs_low: float = opt(0.25, "ttcs: a variant is kept when its p is at least this (TTCS's 0.25).",
+                          type=click.FloatRange(0, 1))
+    ttcs_high: float = opt(0.75, "ttcs: ... and at most this (TTCS's 0.75).", type=click.FloatRange(0, 1))

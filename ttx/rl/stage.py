@@ -69,6 +69,9 @@ def check_options(cfg: RLConfig) -> None:
     from ttx.rl.plugins import check_options as plugin_options
 
     plugin_options(cfg)
+    from ttx.rl.curriculum import check_curriculum_options
+
+    check_curriculum_options(cfg)
     if cfg.invalid_votes not in INVALID_VOTES:
         raise TtxError(f"expected one of {', '.join(INVALID_VOTES)}", field="--invalid-votes")
     votes = cfg.etmr_trees * (1 + cfg.etmr_branches * cfg.etmr_forks) if cfg.etmr else cfg.n_votes
@@ -157,8 +160,16 @@ def run_rl(cfg: RLConfig, *, stage: str = "rl", options: dict | None = None) -> 
     check_options(cfg)
     reward = load_reward(cfg.reward)(cfg)
     advantage = load_advantage(cfg.advantage)(cfg)
+    from ttx.rl.curriculum import load_curriculum
+
+    curriculum = load_curriculum(cfg.curriculum)(cfg) if cfg.curriculum else None
+    if curriculum is not None and cfg.engine == "openai":
+        raise TtxError("--curriculum trains a second adapter in this process: use --engine hf",
+                       field="--curriculum")
     problems = read_questions(cfg, gold_used=stage != "ttrl")   # bad input fails before anything is written
     reward.check(problems)                                       # (gold answers, ...) before a model loads
+    if curriculum is not None:
+        curriculum.check(problems)
     if options is None:            # the fingerprint keeps --kl-coef as given: a resume names --reward
         options = asdict(cfg)
     if cfg.kl_coef is None:
@@ -174,13 +185,16 @@ def run_rl(cfg: RLConfig, *, stage: str = "rl", options: dict | None = None) -> 
         raise TtxError("--engine openai samples on one server for one trainer: run it in one "
                        "process (several processes would each load their adapter there)",
                        field="--engine")
+    if dist.num_processes > 1 and curriculum is not None:
+        raise TtxError("--curriculum runs in one process (its synthesizer's updates are not "
+                       "shared between processes)", field="--curriculum")
     lock = folder_lock(cfg.output) if dist.is_main_process else nullcontext()
     with lock, served_rollouts(cfg) as served:                    # a second writer is refused
-        return _run(cfg, problems, started, stage, options, reward, advantage, served)
+        return _run(cfg, problems, started, stage, options, reward, advantage, served, curriculum)
 
 
 def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, options: dict | None,
-         reward, advantage, served=None) -> dict:
+         reward, advantage, served=None, curriculum=None) -> dict:
     import copy
 
     from ttx.engines import engine_over
@@ -194,7 +208,8 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
     grpo = GRPOConfig(clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_c=cfg.clip_c, kl_coef=cfg.kl_coef,
                       temperature=cfg.temperature, micro_batch_size=cfg.micro_batch_size,
                       groups_per_update=min(cfg.mini_batch_size, batch), epochs=cfg.ppo_epochs)
-    updates, micro = updates_per_step(batch, n_train(cfg), grpo)
+    extra = curriculum.extra(batch) if curriculum is not None else 0     # questions a curriculum adds
+    updates, micro = updates_per_step(batch + extra, n_train(cfg), grpo)
 
     base, tokenizer, folder = load_model(cfg.model, cfg.device, cfg.dtype)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -217,6 +232,9 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
         save_every=0, seed=cfg.seed, desc=stage, progress=False, report_to=cfg.report_to),
         total_steps=steps * updates)
     engine = engine_over(model, tokenizer, name=str(cfg.model))
+    if curriculum is not None:
+        curriculum.attach(model=model, tokenizer=tokenizer, engine=engine, out=out, pad_id=pad_id,
+                          resume=cfg.resume)
     if served is not None:                         # --engine openai: rollouts on the server
         engine = served.over(engine, model)
 
@@ -229,7 +247,8 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
                 yield model
 
     collect, records = _collector(cfg, engine, tokenizer, model, problems,
-                                  question_order(len(problems), batch, steps, cfg.seed), pad_id, reward)
+                                  question_order(len(problems), batch, steps, cfg.seed), pad_id, reward,
+                                  curriculum)
     log = out / "rollouts.jsonl"
 
     def on_resume(start: int) -> None:
@@ -238,6 +257,8 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
         if start == 0:                              # nothing to continue: no rows may stay behind
             (out / "train_log.jsonl").unlink(missing_ok=True)
         resume_log(log, keep=lambda r: r["step"] <= start)
+        if curriculum is not None:
+            curriculum.on_resume(start)
 
     def on_step(step: int, rollouts: list[Rollout], metrics: dict) -> None:
         if not dist.is_main_process:
@@ -265,9 +286,14 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
     def get_state() -> dict:
         return {"reward": reward.state_dict(), "advantage": advantage.state_dict()}
 
+    def checkpoint_state() -> dict:                # a checkpoint: the curriculum saves its part too
+        return {**get_state(), **({"curriculum": curriculum.save()} if curriculum is not None else {})}
+
     def set_state(saved: dict) -> None:
         reward.load_state_dict(saved.get("reward") or {})
         advantage.load_state_dict(saved.get("advantage") or {})
+        if curriculum is not None:
+            curriculum.load(saved.get("curriculum") or {})
 
     t0 = time.perf_counter()
     ran = run_loop(trainer, model, grpo, LoopConfig(steps=steps, save_every=cfg.save_every,
@@ -276,7 +302,7 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
                    pad_id=pad_id, collect=collect, reference=reference if cfg.kl_coef else None,
                    shape=shape, on_step=on_step, on_resume=on_resume, state=state,
                    advantages=lambda trained: advantage.compute(trained, grpo.eps),
-                   plugin_state=(get_state, set_state))
+                   plugin_state=(checkpoint_state, set_state))
     if ran["stopped"]:
         return {"stopped_at_step": ran["done"], "output": str(out)}
     model.eval()
@@ -297,11 +323,13 @@ def _run(cfg: RLConfig, problems: list[Problem], started: str, stage: str, optio
                                               **({} if stage == "ttrl" else {"kl_coef": cfg.kl_coef})},
                    inputs=[cfg.input], started=started, summary=summary)
     trainer.remove_checkpoints()
+    if curriculum is not None:
+        curriculum.finish()
     dist.wait_for_everyone()
     return summary
 
 
-def _collector(cfg, engine, tokenizer, model, problems, order, pad_id, reward):
+def _collector(cfg, engine, tokenizer, model, problems, order, pad_id, reward, curriculum=None):
     """collect(step) for the loop, and the per-question records it leaves for on_step."""
     from ttx.engines.base import SamplingParams
     from ttx.prompts import build_prompt
@@ -337,6 +365,10 @@ def _collector(cfg, engine, tokenizer, model, problems, order, pad_id, reward):
 
     def collect(step: int):
         qs = [problems[i] for i in order[step]]
+        added: dict[str, float] = {}
+        if curriculum is not None:                  # the curriculum's questions join the test ones
+            more, added = curriculum.problems(step, qs)
+            qs = qs + more
         prompts = [reward.prompt(q, step, build_prompt(q.question, instruction=cfg.instruction,
                                                        system=cfg.system, chat=cfg.chat))
                    for q in qs]
@@ -396,6 +428,7 @@ def _collector(cfg, engine, tokenizer, model, problems, order, pad_id, reward):
             if k != "rollout_tokens":
                 metrics[k] = sum(vs) / len(vs)       # over the groups that report it
         metrics.update(extra)
+        metrics.update(added)
         return rollouts, metrics
 
     return collect, records
