@@ -53,7 +53,11 @@ RUNS = {
     "dora": ("dora", 4, "n=2,4", {"step_tokens": 64, "max_steps": 4}),
     "refine": ("refine", 1, "turns=1,2,3", {}),
     # DeepConf online: 2 warm-up traces set the threshold, then one trace per round (the
-    # consensus checked between them); a 32-token window fits 192-token traces
+    # consensus checked between them); a 32-token window fits 192-token traces. Measured
+    # (strategies_issue35.json): with 2 warm-up traces the top-90% filter leaves one voter, whose
+    # share 1.0 passes the 0.95 consensus, so every problem stops after the warm-up: this row is
+    # "the more confident of 2 traces", not DeepConf's cancelling (bench/token_savings.py runs
+    # the defaults)
     "deepconf": ("deepconf", 4, "n=2,4", {"deepconf_warmup": 2, "deepconf_round": 1,
                                           "deepconf_window": 32}),
     "tot": ("tot", 2, "n=1,2", {"tot_breadth": 2, "tot_evaluations": 2, "tot_depth": 4,
