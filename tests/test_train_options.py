@@ -163,7 +163,10 @@ PINNED = {
     VerifierConfig: {"input", "eval", "output", "model", "resume", "overwrite", "stop_after",
                      "progress", "cli", "save_every", "device"},
     TTRLConfig: {"input", "output", "resume", "overwrite", "stop_after", "progress", "save_every"},
-    RLConfig: {"input", "output", "resume", "overwrite", "stop_after", "progress", "save_every"},
+    RLConfig: {"input", "output", "resume", "overwrite", "stop_after", "progress", "save_every",
+               # the server's address and client settings (--engine openai) may change on resume
+               "base_url", "concurrency", "timeout_s", "deadline_s", "max_retries",
+               "served_adapters"},
 }
 PINNED[SFTConfig] = {"input", "from_records", "output", "model", "device", "resume", "overwrite",
                      "stop_after", "progress", "cli", "save_every"}
