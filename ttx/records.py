@@ -163,6 +163,25 @@ def content_digest(obj) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+def resumed_manifest(output: str, fp: dict, *, resume: bool, made: str, hint: str,
+                     required: bool = True) -> dict | None:
+    """The manifest of the run in an output folder that --resume continues (None: not resuming,
+    or nothing to resume); a fingerprint differing from the one that run started with is refused,
+    naming the option (a manifest without one is refused too unless `required=False`)."""
+    if not resume:
+        return None
+    path = Path(output) / "ttx_manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        raise TtxError("cannot read the manifest of the run to resume", path=str(path)) from None
+    if required or "fingerprint" in manifest:
+        check_fingerprint(manifest.get("fingerprint") or {}, fp, path=output, made=made, hint=hint)
+    return manifest
+
+
 def check_fingerprint(before: dict, now: dict, *, path: str, made: str, hint: str) -> None:
     """Refuse a resume whose fingerprint differs from the one its output was made with, naming
     the first option that differs (one line)."""

@@ -75,24 +75,11 @@ def fingerprint(cfg: SFTConfig, base: Path, pairs: list) -> dict:
 
 
 def _previous(cfg: SFTConfig, fp: dict) -> dict | None:
-    """The manifest of the run in the output folder (None: a fresh start); a --resume whose
-    fingerprint differs from the one that run started with is refused, naming the option."""
-    import json
+    """The manifest of the run --resume continues (ttx.records.resumed_manifest)."""
+    from ttx.records import resumed_manifest
 
-    from ttx.records import check_fingerprint
-
-    if not cfg.resume:
-        return None
-    path = Path(cfg.output) / "ttx_manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        raise TtxError("cannot read the manifest of the run to resume", path=str(path)) from None
-    check_fingerprint(manifest.get("fingerprint") or {}, fp, path=cfg.output,
-                      made="the run here was trained", hint="--overwrite starts a new one")
-    return manifest
+    return resumed_manifest(cfg.output, fp, resume=cfg.resume, made="the run here was trained",
+                            hint="--overwrite starts a new one")
 
 
 class Prepared:

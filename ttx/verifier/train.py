@@ -117,26 +117,12 @@ def fingerprint(cfg: VerifierConfig, base: Path, examples: list, held: list | No
 
 
 def _resume_state(cfg: VerifierConfig, fp: dict) -> dict | None:
-    """The manifest of the run in the output folder (None: a fresh start); a --resume whose
-    fingerprint differs from the one that run started with is refused, naming the option."""
-    import json
+    """The manifest of the run --resume continues (ttx.records.resumed_manifest; a manifest of
+    a version before fingerprints is not checked)."""
+    from ttx.records import resumed_manifest
 
-    from ttx.records import check_fingerprint
-
-    if not cfg.resume:
-        return None
-    path = Path(cfg.output) / "ttx_manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        raise TtxError("cannot read the manifest of the run to resume", path=str(path)) from None
-    if "fingerprint" in manifest:
-        check_fingerprint(manifest["fingerprint"], fp, path=cfg.output,
-                          made="the verifier here was trained",
-                          hint="--overwrite trains a new one")
-    return manifest
+    return resumed_manifest(cfg.output, fp, resume=cfg.resume, required=False,
+                            made="the verifier here was trained", hint="--overwrite trains a new one")
 
 
 def _train(cfg: VerifierConfig, examples: list, held: list | None, base: Path) -> dict:
