@@ -152,9 +152,8 @@ def question_order(count: int, batch: int, steps: int, seed: int) -> list[list[i
 def run_rl(cfg: RLConfig, *, stage: str = "rl", options: dict | None = None) -> dict:
     """The stage; `stage` names it in messages and the manifest, `options` (default: cfg's) are
     what the manifest records."""
-    from contextlib import nullcontext
-
     from ttx.train.dist import state as process_state
+    from ttx.train.dist import writer_lock
 
     started = now_iso()
     check_options(cfg)
@@ -174,7 +173,6 @@ def run_rl(cfg: RLConfig, *, stage: str = "rl", options: dict | None = None) -> 
         options = asdict(cfg)
     if cfg.kl_coef is None:
         cfg = replace(cfg, kl_coef=reward.kl_default)
-    from ttx.records import folder_lock
     from ttx.rl.served import served_rollouts
 
     # several processes (accelerate launch): every rank samples the same rollouts (same weights,
@@ -188,8 +186,7 @@ def run_rl(cfg: RLConfig, *, stage: str = "rl", options: dict | None = None) -> 
     if dist.num_processes > 1 and curriculum is not None:
         raise TtxError("--curriculum runs in one process (its synthesizer's updates are not "
                        "shared between processes)", field="--curriculum")
-    lock = folder_lock(cfg.output) if dist.is_main_process else nullcontext()
-    with lock, served_rollouts(cfg) as served:                    # a second writer is refused
+    with writer_lock(cfg.output), served_rollouts(cfg) as served:   # a second writer is refused
         return _run(cfg, problems, started, stage, options, reward, advantage, served, curriculum)
 
 

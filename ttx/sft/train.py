@@ -45,7 +45,7 @@ def check(cfg: SFTConfig) -> None:
 
 def run_sft(cfg: SFTConfig) -> dict:
     from ttx.models import resolve_model
-    from ttx.records import folder_lock, refuse_overlap
+    from ttx.records import refuse_overlap
     from ttx.sft.data import read_pairs
 
     check(cfg)
@@ -53,11 +53,9 @@ def run_sft(cfg: SFTConfig) -> dict:
     refuse_overlap(cfg.output, [source])
     pairs, counts = read_pairs(cfg)                 # bad input fails before any model loads
     base = resolve_model(cfg.model)
-    from ttx.train.dist import state as process_state
+    from ttx.train.dist import writer_lock
 
-    if not process_state().is_main_process:         # one lock per run: the main process's
-        return _train(cfg, pairs, counts, base)
-    with folder_lock(cfg.output):                   # a second writer is refused
+    with writer_lock(cfg.output):                   # a second writer is refused
         return _train(cfg, pairs, counts, base)
 
 

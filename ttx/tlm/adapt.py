@@ -58,11 +58,10 @@ def reference_ce(model, sequences: list[list[int]], pad_id: int) -> list[float]:
 
 
 def run_tlm(cfg: TLMConfig) -> dict:
-    from contextlib import nullcontext
 
     from ttx.io import output_dir
-    from ttx.records import folder_lock, refuse_overlap
-    from ttx.train.dist import state as process_state
+    from ttx.records import refuse_overlap
+    from ttx.train.dist import writer_lock
 
     if cfg.mode not in ("offline", "online"):
         raise TtxError(f"unknown mode {cfg.mode!r} (offline or online)", field="--mode")
@@ -75,8 +74,7 @@ def run_tlm(cfg: TLMConfig) -> dict:
         raise TtxError("no inputs", path=cfg.input)
     if cfg.generate:
         refuse_overlap(cfg.generate, [cfg.input, *cfg.eval], option="--generate")
-    main = process_state().is_main_process              # one lock per run: the main process's
-    with folder_lock(cfg.output) if main else nullcontext():     # a second writer is refused
+    with writer_lock(cfg.output):                        # a second writer is refused
         out = output_dir(cfg.output, resume=cfg.resume, overwrite=cfg.overwrite)
         return _adapt(cfg, problems, evals, out, started)
 

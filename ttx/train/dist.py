@@ -30,3 +30,13 @@ def state():
     from accelerate import PartialState
 
     return PartialState(cpu=use_cpu() and launched())
+
+
+def writer_lock(output):
+    """The output folder's lock (ttx.records.folder_lock: a second writer is refused), held by the
+    main process only: the other ranks of a run never write the folder."""
+    from contextlib import nullcontext
+
+    from ttx.records import folder_lock
+
+    return folder_lock(output) if state().is_main_process else nullcontext()

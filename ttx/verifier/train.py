@@ -64,8 +64,7 @@ def prepare_output(cfg: VerifierConfig) -> bool:
 
 def run_verifier_train(cfg: VerifierConfig) -> dict:
     from ttx.models import resolve_model
-    from ttx.records import folder_lock
-    from ttx.train.dist import state as process_state
+    from ttx.train.dist import writer_lock
     from ttx.verifier.data import ReadConfig, read_examples
 
     check(cfg)
@@ -77,9 +76,7 @@ def run_verifier_train(cfg: VerifierConfig) -> dict:
     if held is not None:
         check_eval(cfg, examples, held)
     base = resolve_model(cfg.model)
-    if not process_state().is_main_process:               # one lock per run: the main process's
-        return _train(cfg, examples, held, base)
-    with folder_lock(cfg.output):                        # a second writer is refused
+    with writer_lock(cfg.output):                        # a second writer is refused
         return _train(cfg, examples, held, base)
 
 
